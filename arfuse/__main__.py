@@ -1,0 +1,3 @@
+from arfuse.cli import main
+
+main()
