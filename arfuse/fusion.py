@@ -1,0 +1,220 @@
+"""AllReduceFusionPass: one fused op for every allreduce -> add -> RMSNorm (-> FP8) chain.
+
+An Inductor post-grad custom pass (`post_grad_custom_post_pass`). Before (bf16, Llama layer):
+
+    all_reduce = _c10d_functional.all_reduce_(mm, "sum", "0")
+    wait = _c10d_functional.wait_tensor(all_reduce)
+    add = aten.add.Tensor(wait, residual)                       # -> next residual
+    f32 = prims.convert_element_type(add, torch.float32)
+    norm = aten.mul(f32, aten.rsqrt(aten.add(aten.mean(aten.pow(f32, 2), [-1], True), 1e-5)))
+    out = aten.mul(weight, prims.convert_element_type(norm, torch.bfloat16))
+
+After:
+
+    fused = arfuse.fused_allreduce_rmsnorm(mm, residual, weight, 1e-5, 0.0, "0")
+    out = fused[0]
+    add = fused[1]
+
+With a static FP8 quant after the norm the op is `arfuse.fused_allreduce_rmsnorm_fp8` and
+`fused[0]` is the float8_e4m3fn tensor. Views between the collective and the add are replayed
+on the collective's input, so 3-D `[batch, seq, hidden]` models fuse like 2-D ones. A chain whose
+intermediates feed anything outside it is left alone, as is everything the pass cannot run
+(world size 1, no process group, unsupported dtype or hidden size): each reason is warned once
+and recorded in `skipped`, and a per-graph report goes to the structured trace (artifact
+`arfuse_fusion`) where `arfuse audit` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+from torch._inductor.pattern_matcher import stable_topological_sort
+from torch._prims_common import is_contiguous_or_false
+from torch.fx import Graph, Node
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from arfuse import kernels
+from arfuse.config import FusionConfig
+from arfuse.patterns.match import ChainMatch, Miss, custom_allreduce_ops, match_chain
+
+_WARNED: set[str] = set()
+_SOURCES = tuple(str(Path(__file__).parent / rel) for rel in (
+    "fusion.py", "config.py", "ops.py", "patterns/spec.py", "patterns/match.py"))
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _WARNED:
+        _WARNED.add(reason)
+        warnings.warn(f"arfuse: not fusing: {reason}", stacklevel=3)
+
+
+def _val(node: Any) -> Any:
+    return node.meta.get("val") if isinstance(node, Node) else None
+
+
+def _same_shape(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # statically_known_true: never add a guard (on num_tokens, say) just to decide a match
+    return a.dim() == b.dim() and all(statically_known_true(x == y)
+                                      for x, y in zip(a.shape, b.shape))
+
+
+class AllReduceFusionPass(CustomGraphPass):
+    """Replace allreduce + (residual add) + RMSNorm (+ static FP8 quant) with one arfuse op.
+
+    Counters accumulate over every graph the pass sees: `num_matches` (chains replaced),
+    `matched` (a Counter of spec names), `skipped` (reason, node) pairs for chains left alone.
+    """
+
+    def __init__(self, config: FusionConfig | None = None) -> None:
+        self.config = config or FusionConfig()
+        self.num_matches = 0
+        self.matched: Counter[str] = Counter()
+        self.skipped: list[tuple[str, str]] = []
+
+    # -- CustomGraphPass ---------------------------------------------------------------------
+
+    def __call__(self, graph: Graph) -> None:
+        report = self.apply(graph)
+        torch._logging.trace_structured(
+            "artifact",
+            metadata_fn=lambda: {"name": "arfuse_fusion", "encoding": "json"},
+            payload_fn=lambda: json.dumps(report),
+        )
+
+    def uuid(self) -> bytes:
+        """Changes with arfuse's matching/replacement code and with the config, so the FX graph
+        cache never serves a graph compiled by another version or config of the pass."""
+        return get_hash_for_files(_SOURCES, extra=self.config.key())
+
+    # -- the pass ------------------------------------------------------------------------------
+
+    def apply(self, graph: Graph) -> dict[str, Any]:
+        """Fuse every supported chain in `graph`; return this graph's report."""
+        custom_ops = custom_allreduce_ops(self.config)
+        matches: list[ChainMatch] = []
+        skipped: list[tuple[str, str]] = []
+        disabled = None
+        for node in list(graph.nodes):
+            found = match_chain(node, self.config, custom_ops)
+            if found is None:
+                continue
+            if isinstance(found, Miss):
+                skipped.append((found.reason, found.node))
+                continue
+            if not self.config.enables(found.spec):
+                skipped.append((f"pattern {found.spec.name} is disabled in FusionConfig",
+                                found.norm_out.name))
+                continue
+            why = self._unsupported(found)
+            if why is not None:
+                skipped.append((why, found.norm_out.name))
+                if why.startswith(("torch.distributed", "world size")):
+                    disabled = why
+                continue
+            matches.append(found)
+        for match in matches:
+            _rewrite(graph, match)
+            self.matched[match.spec.name] += 1
+        if matches:
+            stable_topological_sort(graph)
+            graph.lint()
+        self.num_matches += len(matches)
+        self.skipped.extend(skipped)
+        for reason, _ in skipped:
+            _warn_once(reason)
+        return {"matches": len(matches), "specs": [m.spec.name for m in matches],
+                "disabled": disabled,
+                "skipped": [{"reason": r, "node": n} for r, n in skipped]}
+
+    def _unsupported(self, m: ChainMatch) -> str | None:
+        if not dist.is_available() or not dist.is_initialized():
+            return "torch.distributed is not initialized: no process group to reduce over"
+        try:
+            group = kernels.resolve_group(m.group_name)
+        except ValueError as e:
+            return str(e)
+        if group.size() < 2:
+            return f"world size {group.size()} of group {m.group_name!r}: nothing to fuse"
+        act, out, weight = _val(m.allreduce_input), _val(m.norm_out), _val(m.weight)
+        if act is None or out is None or weight is None:
+            return "graph nodes lack shape metadata (meta['val'])"
+        dtype, hidden = act.dtype, out.shape[-1]
+        if out.dtype != dtype or weight.dtype != dtype:
+            return (f"dtypes differ: activation {dtype}, weight {weight.dtype}, norm output "
+                    f"{out.dtype}; the fused kernel needs one dtype")
+        if not isinstance(hidden, int):
+            return "hidden size is dynamic; the fused kernel needs a static hidden size"
+        if hidden % self.config.hidden_multiple:
+            return (f"hidden size {hidden} is not a multiple of {self.config.hidden_multiple}, "
+                    "as the fused kernel needs")
+        if tuple(weight.shape) != (hidden,):
+            return f"weight shape {tuple(weight.shape)} is not ({hidden},)"
+        residual = _val(m.residual)
+        if not is_contiguous_or_false(act) or (
+                residual is not None and not is_contiguous_or_false(residual)):
+            return "allreduce input or residual is not contiguous"
+        if residual is not None and not _same_shape(residual, _val(m.residual_out)):
+            return "residual and allreduce output shapes differ (broadcasting add)"
+        return None
+
+
+# ---- graph surgery ----------------------------------------------------------------------------
+
+def _fake_call(node: Node) -> None:
+    """Fill node.meta['val'] by running its target on the fake values of its inputs."""
+    args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: n.meta["val"])
+    mode = torch._guards.detect_fake_mode([a for a in torch.utils._pytree.tree_leaves(args)
+                                           if isinstance(a, torch.Tensor)])
+    if mode is None:
+        node.meta["val"] = node.target(*args, **kwargs)
+        return
+    with mode:
+        node.meta["val"] = node.target(*args, **kwargs)
+
+
+def _rewrite(graph: Graph, m: ChainMatch) -> None:
+    stack_trace = m.last.meta.get("stack_trace")
+    with graph.inserting_before(m.last):
+        x = m.allreduce_input
+        for view in m.views:
+            x = graph.call_function(view.target, (x, *view.args[1:]), dict(view.kwargs))
+            _fake_call(x)
+        if m.scale is None:
+            fused = graph.call_function(
+                torch.ops.arfuse.fused_allreduce_rmsnorm.default,
+                (x, m.residual, m.weight, m.eps, m.weight_bias, m.group_name))
+            names = ("norm_out", "residual_out")
+        else:
+            fused = graph.call_function(
+                torch.ops.arfuse.fused_allreduce_rmsnorm_fp8.default,
+                (x, m.residual, m.weight, m.scale, m.eps, m.weight_bias, m.group_name))
+            names = ("quant_out", "norm_out", "residual_out")
+        _fake_call(fused)
+        outs = {}
+        for i, name in enumerate(names):
+            outs[name] = graph.call_function(operator.getitem, (fused, i))
+            outs[name].meta["val"] = fused.meta["val"][i]
+    for node in [fused, *outs.values()]:
+        if stack_trace:
+            node.meta["stack_trace"] = stack_trace
+    m.norm_out.replace_all_uses_with(outs["norm_out"])
+    m.residual_out.replace_all_uses_with(outs["residual_out"])
+    if m.quant_out is not None:
+        m.quant_out.replace_all_uses_with(outs["quant_out"])
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in sorted(m.nodes, key=order.__getitem__, reverse=True):
+        graph.erase_node(node)
+    for node in reversed(m.weight_nodes):
+        if not node.users:
+            graph.erase_node(node)
+    for name, node in outs.items():
+        if not node.users:
+            graph.erase_node(node)

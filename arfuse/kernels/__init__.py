@@ -1,0 +1,51 @@
+"""Kernel dispatch for the fused ops: the one place where a fast kernel plugs in.
+
+`run_fused` asks each registered backend (in order) whether it can run this call; the first that
+returns a result wins, otherwise the exact path runs. A backend is a callable with the signature
+of `exact.fused` that returns None when it does not apply (wrong device, size past its
+threshold, library missing), having logged its reason once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from arfuse.kernels import exact
+
+Result = tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]
+Backend = Callable[..., Optional[Result]]
+
+_BACKENDS: list[Backend] = []
+
+
+def register_backend(backend: Backend) -> None:
+    if backend not in _BACKENDS:
+        _BACKENDS.append(backend)
+
+
+def resolve_group(group_name: str) -> dist.ProcessGroup:
+    """The process group registered under `group_name`, or a ValueError saying what exists."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError(f"process group {group_name!r} requested but torch.distributed is not "
+                         "initialized; call torch.distributed.init_process_group first")
+    try:
+        return dist.distributed_c10d._resolve_process_group(group_name)
+    except (RuntimeError, ValueError, KeyError) as e:
+        known = sorted(dist.distributed_c10d._world.pg_names.values())
+        raise ValueError(f"unknown process group name {group_name!r}; known groups: {known}. "
+                         "Pass group.group_name of an existing group") from e
+
+
+def all_reduce(input: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    return exact.all_reduce(input, group)
+
+
+def run_fused(input, residual, weight, scale, eps, weight_bias, group) -> Result:
+    for backend in _BACKENDS:
+        result = backend(input, residual, weight, scale, eps, weight_bias, group)
+        if result is not None:
+            return result
+    return exact.fused(input, residual, weight, scale, eps, weight_bias, group)

@@ -1,0 +1,41 @@
+"""The exact unfused path: allreduce, then add + RMSNorm (+ FP8 quant) with float32 accumulation.
+
+Runs anywhere torch.distributed runs (gloo on CPU, NCCL on GPU). It is the reference the GPU
+kernels are held to and the fallback whenever a fused kernel does not apply.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def rms_norm_f32(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 weight_bias: float) -> torch.Tensor:
+    xf = x.to(torch.float32)
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return normed * (weight.to(torch.float32) + weight_bias)
+
+
+def all_reduce(input: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    out = input.clone(memory_format=torch.contiguous_format)
+    dist.all_reduce(out, group=group)
+    return out
+
+
+def fused(input: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+          scale: torch.Tensor | None, eps: float, weight_bias: float,
+          group: dist.ProcessGroup) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Returns (quant_out or None, norm_out, residual_out)."""
+    reduced = all_reduce(input, group)
+    if residual is None:
+        residual_out = reduced
+    else:
+        residual_out = (reduced.to(torch.float32) + residual.to(torch.float32)).to(input.dtype)
+    norm_out = rms_norm_f32(residual_out, weight, eps, weight_bias).to(input.dtype)
+    if scale is None:
+        return None, norm_out, residual_out
+    quant = (norm_out.to(torch.float32) / scale).clamp(-FP8_MAX, FP8_MAX)
+    return quant.to(torch.float8_e4m3fn), norm_out, residual_out

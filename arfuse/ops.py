@@ -1,0 +1,183 @@
+"""arfuse's custom ops (namespace `arfuse`), their fake kernels and their dispatch.
+
+    arfuse::all_reduce(Tensor input, str group_name) -> Tensor
+        Functional sum-allreduce over the named group: an opaque collective for frameworks
+        that hide their communication behind one op (vLLM-style).
+    arfuse::rms_norm(Tensor input, Tensor weight, float eps) -> Tensor
+        RMSNorm over the last dim with float32 accumulation: a custom-op norm form.
+    arfuse::fused_allreduce_rmsnorm(input, residual?, weight, eps, weight_bias, group_name)
+        -> (norm_out, residual_out)
+    arfuse::fused_allreduce_rmsnorm_fp8(input, residual?, weight, scale, eps, weight_bias,
+        group_name) -> (quant_out, norm_out, residual_out)
+        all_reduce(input) [+ residual] -> RMSNorm [-> static per-tensor FP8 e4m3]. Functional:
+        new tensors out, nothing mutated. `residual_out` is the sum fed to the norm (the
+        allreduce result itself when `residual` is None); `weight_bias` is 1.0 for the Gemma
+        `(1 + weight)` form, else 0.0.
+
+Python callers get named results through `fused_allreduce_rmsnorm(...)` and
+`fused_allreduce_rmsnorm_fp8(...)` below instead of tuple indices. Every op validates its
+inputs in the fake kernel too, so a bad call fails at compile time with a message saying what to
+fix, never with a wrong result. The real kernels call `arfuse.kernels.run_fused`, the single
+dispatch point where a GPU kernel plugs in; everything else runs the exact path.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from arfuse import kernels
+from arfuse.kernels.exact import FP8_MAX, rms_norm_f32
+
+LIB = torch.library.Library("arfuse", "DEF")
+
+LIB.define("all_reduce(Tensor input, str group_name) -> Tensor")
+LIB.define("rms_norm(Tensor input, Tensor weight, float eps) -> Tensor")
+LIB.define(
+    "fused_allreduce_rmsnorm(Tensor input, Tensor? residual, Tensor weight, float eps, "
+    "float weight_bias, str group_name) -> (Tensor norm_out, Tensor residual_out)")
+LIB.define(
+    "fused_allreduce_rmsnorm_fp8(Tensor input, Tensor? residual, Tensor weight, Tensor scale, "
+    "float eps, float weight_bias, str group_name) "
+    "-> (Tensor quant_out, Tensor norm_out, Tensor residual_out)")
+
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+FP8_DTYPE = torch.float8_e4m3fn
+
+
+class FusedOutputs(NamedTuple):
+    norm: torch.Tensor
+    residual: torch.Tensor
+
+
+class FusedFP8Outputs(NamedTuple):
+    quant: torch.Tensor
+    norm: torch.Tensor
+    residual: torch.Tensor
+
+
+def _check_activation(op: str, input: torch.Tensor, residual: torch.Tensor | None,
+                      weight: torch.Tensor) -> None:
+    if input.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"arfuse::{op}: input dtype {input.dtype} is not supported; "
+                         "use bfloat16, float16 or float32")
+    if input.dim() < 1 or input.shape[-1] == 0:
+        raise ValueError(f"arfuse::{op}: input must have a non-empty last (hidden) dim, "
+                         f"got shape {tuple(input.shape)}")
+    hidden = input.shape[-1]
+    if weight.dim() != 1 or weight.shape[0] != hidden:
+        raise ValueError(f"arfuse::{op}: weight shape {tuple(weight.shape)} does not match the "
+                         f"hidden size {hidden} of input {tuple(input.shape)}; pass a 1-D weight "
+                         f"of {hidden} elements")
+    if weight.dtype != input.dtype:
+        raise ValueError(f"arfuse::{op}: weight dtype {weight.dtype} differs from input dtype "
+                         f"{input.dtype}; cast the weight to {input.dtype}")
+    if not input.is_contiguous():
+        raise ValueError(f"arfuse::{op}: input (strides {input.stride()}) is not contiguous; "
+                         "call .contiguous() first")
+    if residual is not None:
+        if residual.shape != input.shape:
+            raise ValueError(f"arfuse::{op}: residual shape {tuple(residual.shape)} differs "
+                             f"from input shape {tuple(input.shape)}")
+        if residual.dtype != input.dtype:
+            raise ValueError(f"arfuse::{op}: residual dtype {residual.dtype} differs from input "
+                             f"dtype {input.dtype}")
+        if not residual.is_contiguous():
+            raise ValueError(f"arfuse::{op}: residual (strides {residual.stride()}) is not "
+                             "contiguous; call .contiguous() first")
+
+
+def _check_scale(scale: torch.Tensor) -> None:
+    if scale.numel() != 1:
+        raise ValueError("arfuse::fused_allreduce_rmsnorm_fp8: static per-tensor FP8 needs a "
+                         f"scale with exactly one element, got shape {tuple(scale.shape)}; "
+                         "per-token or per-channel scales are not supported")
+    if scale.dtype != torch.float32:
+        raise ValueError(f"arfuse::fused_allreduce_rmsnorm_fp8: scale dtype {scale.dtype} must be "
+                         "torch.float32")
+
+
+# ---- fake kernels (shape/dtype propagation and validation at compile time) -------------------
+
+@torch.library.register_fake("arfuse::all_reduce", lib=LIB)
+def _all_reduce_fake(input, group_name):
+    return torch.empty_like(input)
+
+
+@torch.library.register_fake("arfuse::rms_norm", lib=LIB)
+def _rms_norm_fake(input, weight, eps):
+    _check_activation("rms_norm", input, None, weight)
+    return torch.empty_like(input)
+
+
+@torch.library.register_fake("arfuse::fused_allreduce_rmsnorm", lib=LIB)
+def _fused_fake(input, residual, weight, eps, weight_bias, group_name):
+    _check_activation("fused_allreduce_rmsnorm", input, residual, weight)
+    return torch.empty_like(input), torch.empty_like(input)
+
+
+@torch.library.register_fake("arfuse::fused_allreduce_rmsnorm_fp8", lib=LIB)
+def _fused_fp8_fake(input, residual, weight, scale, eps, weight_bias, group_name):
+    _check_activation("fused_allreduce_rmsnorm_fp8", input, residual, weight)
+    _check_scale(scale)
+    return (torch.empty_like(input, dtype=FP8_DTYPE), torch.empty_like(input),
+            torch.empty_like(input))
+
+
+# ---- real kernels -----------------------------------------------------------------------------
+
+@torch.library.impl(LIB, "all_reduce", "CompositeExplicitAutograd")
+def _all_reduce_impl(input, group_name):
+    return kernels.all_reduce(input, kernels.resolve_group(group_name))
+
+
+@torch.library.impl(LIB, "rms_norm", "CompositeExplicitAutograd")
+def _rms_norm_impl(input, weight, eps):
+    _check_activation("rms_norm", input, None, weight)
+    return rms_norm_f32(input, weight, eps, 0.0).to(input.dtype)
+
+
+@torch.library.impl(LIB, "fused_allreduce_rmsnorm", "CompositeExplicitAutograd")
+def _fused_impl(input, residual, weight, eps, weight_bias, group_name):
+    _check_activation("fused_allreduce_rmsnorm", input, residual, weight)
+    group = kernels.resolve_group(group_name)
+    quant, norm, res = kernels.run_fused(input, residual, weight, None, eps, weight_bias, group)
+    return norm, res
+
+
+@torch.library.impl(LIB, "fused_allreduce_rmsnorm_fp8", "CompositeExplicitAutograd")
+def _fused_fp8_impl(input, residual, weight, scale, eps, weight_bias, group_name):
+    _check_activation("fused_allreduce_rmsnorm_fp8", input, residual, weight)
+    _check_scale(scale)
+    group = kernels.resolve_group(group_name)
+    return kernels.run_fused(input, residual, weight, scale, eps, weight_bias, group)
+
+
+# ---- Python entry points with named results ---------------------------------------------------
+
+def all_reduce(input: torch.Tensor, group_name: str) -> torch.Tensor:
+    return torch.ops.arfuse.all_reduce(input, group_name)
+
+
+def rms_norm(input: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.ops.arfuse.rms_norm(input, weight, eps)
+
+
+def fused_allreduce_rmsnorm(input: torch.Tensor, residual: torch.Tensor | None,
+                            weight: torch.Tensor, eps: float, group_name: str, *,
+                            weight_bias: float = 0.0) -> FusedOutputs:
+    return FusedOutputs(*torch.ops.arfuse.fused_allreduce_rmsnorm(
+        input, residual, weight, eps, weight_bias, group_name))
+
+
+def fused_allreduce_rmsnorm_fp8(input: torch.Tensor, residual: torch.Tensor | None,
+                                weight: torch.Tensor, scale: torch.Tensor, eps: float,
+                                group_name: str, *, weight_bias: float = 0.0) -> FusedFP8Outputs:
+    return FusedFP8Outputs(*torch.ops.arfuse.fused_allreduce_rmsnorm_fp8(
+        input, residual, weight, scale, eps, weight_bias, group_name))
+
+
+def quant_fp8_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Static per-tensor FP8 e4m3 quantization in the form the pass matches."""
+    return (x.to(torch.float32) / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)

@@ -1,0 +1,358 @@
+"""Recognise `all_reduce -> [views] -> [+ residual] -> RMSNorm -> [FP8 quant]` in a post-grad graph.
+
+Each spec axis has its own recogniser; `match_chain` composes them starting from one allreduce
+node and returns a `ChainMatch` naming the spec it found, or a `Miss` saying why this chain
+cannot be fused. The post-grad forms recognised (bf16 shown; fp32 graphs have no converts):
+
+    allreduce   c10d:     r = _c10d_functional.all_reduce[_](x, "sum", group); w = wait_tensor(r)
+                arfuse:   w = arfuse.all_reduce(x, group)
+    views       w -> view/reshape/_unsafe_view ... (e.g. [T, H] -> [B, S, H])
+    residual    h = add(w, res) | add(res, w)
+    norm        hf:       f = convert(h, f32); n = mul(f, rsqrt(add(mean(pow(f, 2), [-1]), eps)))
+                          out = mul(weight, convert(n, bf16))
+                rms_norm: same n; out = convert(mul(n, convert?(weight)), bf16)
+                gemma:    same n; out = convert(mul(n, add(convert(weight), 1.0)), bf16)
+                custom_op: out = arfuse.rms_norm(h, weight, eps)
+    quant       q = convert(clamp_max(clamp_min(div(convert(out, f32), scale), -448), 448), fp8)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch.fx import Node
+
+from arfuse.config import FusionConfig
+from arfuse.kernels.exact import FP8_MAX
+from arfuse.patterns.spec import FusionSpec
+
+aten = torch.ops.aten
+prims = torch.ops.prims
+c10d = torch.ops._c10d_functional
+
+VIEW_OPS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
+CONVERT = prims.convert_element_type.default
+ADD = (aten.add.Tensor, aten.add.Scalar)
+MUL = (aten.mul.Tensor,)
+SUPPORTED = (torch.bfloat16, torch.float16, torch.float32)
+
+
+@dataclass
+class ChainMatch:
+    """One fusible chain. `nodes` are removed; the three outputs are rewired to the fused op."""
+
+    spec: FusionSpec
+    group_name: str
+    allreduce_input: Node
+    views: list[Node]
+    residual: Node | None
+    weight: Node
+    eps: float
+    weight_bias: float
+    scale: Node | None
+    residual_out: Node          # the add, or the (viewed) allreduce result when no residual
+    norm_out: Node
+    quant_out: Node | None
+    nodes: list[Node] = field(default_factory=list)
+    weight_nodes: list[Node] = field(default_factory=list)  # erased only if left without users
+
+    @property
+    def last(self) -> Node:
+        return self.quant_out if self.quant_out is not None else self.norm_out
+
+
+@dataclass(frozen=True)
+class Miss:
+    """A chain that looks like allreduce + norm but must stay unfused, and why."""
+
+    reason: str
+    node: str
+
+
+# ---- small helpers ---------------------------------------------------------------------------
+
+def _is(node: Any, *targets: Any) -> bool:
+    return isinstance(node, Node) and node.op == "call_function" and node.target in targets
+
+
+def _val(node: Any) -> Any:
+    return node.meta.get("val") if isinstance(node, Node) else None
+
+
+def _dtype(node: Any) -> torch.dtype | None:
+    v = _val(node)
+    return v.dtype if isinstance(v, torch.Tensor) else None
+
+
+def _only_user(node: Node) -> Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _users(node: Node, pred: Callable[[Node], bool]) -> list[Node]:
+    return [u for u in node.users if pred(u)]
+
+
+def _other(node: Node, this: Node) -> Any:
+    a, b = node.args[0], node.args[1]
+    return b if a is this else a if b is this else None
+
+
+def _number(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _strip_convert(node: Any) -> Any:
+    while _is(node, CONVERT):
+        node = node.args[0]
+    return node
+
+
+def _is_convert_to(node: Node, dtype: torch.dtype) -> bool:
+    return _is(node, CONVERT) and node.args[1] == dtype
+
+
+# ---- axis: allreduce -------------------------------------------------------------------------
+
+@dataclass
+class _AllReduce:
+    form: str
+    input: Node
+    group_name: str
+    out: Node
+    nodes: list[Node]
+
+
+def _group_arg(schema: torch.FunctionSchema) -> int | None:
+    for i, arg in enumerate(schema.arguments):
+        if str(arg.type) == "str" and arg.name in ("group_name", "group"):
+            return i
+    return None
+
+
+def custom_allreduce_ops(config: FusionConfig) -> dict[Any, int]:
+    """OpOverload -> index of its group-name argument, for the ops named in the config."""
+    found: dict[Any, int] = {}
+    for qualified in config.allreduce_ops:
+        ns, name = qualified.split("::")
+        packet = getattr(getattr(torch.ops, ns), name, None)
+        if packet is None:
+            continue
+        for overload in packet.overloads():
+            op = getattr(packet, overload)
+            idx = _group_arg(op._schema)
+            if idx is not None:
+                found[op] = idx
+    return found
+
+
+def match_allreduce(node: Node, custom_ops: dict[Any, int]) -> _AllReduce | Miss | None:
+    if _is(node, c10d.all_reduce.default, c10d.all_reduce_.default):
+        inp, reduce_op, group = node.args[:3]
+        if str(reduce_op).lower() != "sum":
+            return Miss(f"all_reduce with reduce op {reduce_op!r}, only 'sum' fuses", node.name)
+        wait = _only_user(node)
+        if not _is(wait, c10d.wait_tensor.default):
+            return Miss("all_reduce result is used before (or without) wait_tensor", node.name)
+        return _AllReduce("c10d", inp, str(group), wait, [node, wait])
+    if _is(node, torch.ops.arfuse.all_reduce.default):
+        return _AllReduce("arfuse", node.args[0], str(node.args[1]), node, [node])
+    if node.op == "call_function" and node.target in custom_ops:
+        idx = custom_ops[node.target]
+        name = node.target._schema.arguments[idx].name
+        group = node.kwargs.get(name, node.args[idx] if idx < len(node.args) else None)
+        return _AllReduce("custom", node.args[0], str(group), node, [node])
+    return None
+
+
+# ---- axis: norm ------------------------------------------------------------------------------
+
+@dataclass
+class _Norm:
+    form: str
+    weight: Node
+    eps: float
+    weight_bias: float
+    out: Node
+    nodes: list[Node]
+    weight_nodes: list[Node] = field(default_factory=list)
+
+
+def _custom_norm_targets(config: FusionConfig) -> set[Any]:
+    targets = {torch.ops.arfuse.rms_norm.default}
+    for qualified in config.norm_ops:
+        ns, name = qualified.split("::")
+        packet = getattr(getattr(torch.ops, ns), name, None)
+        if packet is not None:
+            targets.update(getattr(packet, o) for o in packet.overloads())
+    return targets
+
+
+def _match_rsqrt_core(xf: Node) -> tuple[Node, float, list[Node]] | None:
+    """n = xf * rsqrt(mean(xf^2, [-1], keepdim) + eps) -> (n, eps, nodes)."""
+    ndim = _val(xf).dim()
+    for sq in _users(xf, lambda u: (_is(u, aten.pow.Tensor_Scalar) and u.args[1] == 2)
+                     or (_is(u, *MUL) and u.args[0] is xf and u.args[1] is xf)):
+        mean = _only_user(sq)
+        if not _is(mean, aten.mean.dim) or len(mean.args) < 3 or not mean.args[2]:
+            continue
+        if list(mean.args[1]) not in ([-1], [ndim - 1]):
+            continue
+        add = _only_user(mean)
+        if not _is(add, *ADD) or add.args[0] is not mean or _number(add.args[1]) is None:
+            continue
+        rsqrt = _only_user(add)
+        if not _is(rsqrt, aten.rsqrt.default):
+            continue
+        n = _only_user(rsqrt)
+        if not _is(n, *MUL) or _other(n, rsqrt) is not xf:
+            continue
+        return n, _number(add.args[1]), [sq, mean, add, rsqrt, n]
+    return None
+
+
+def _weight_leaf(w: Any, dtype: torch.dtype) -> tuple[Node, list[Node]] | None:
+    """The weight in the activation dtype, plus the converts that produced its float32 copy."""
+    if not isinstance(w, Node):
+        return None
+    if _is(w, CONVERT) and isinstance(w.args[0], Node) and _dtype(w.args[0]) == dtype:
+        return w.args[0], [w]
+    return w, []
+
+
+def match_norm(h: Node, config: FusionConfig) -> _Norm | Miss | None:
+    dtype = _dtype(h)
+    for user in h.users:
+        if user.op == "call_function" and user.target in _custom_norm_targets(config) \
+                and user.args[0] is h and _number(user.args[2]) is not None:
+            return _Norm("custom_op", user.args[1], _number(user.args[2]), 0.0, user, [user])
+    if dtype == torch.float32:
+        xf, up = h, []
+    else:
+        ups = _users(h, lambda u: _is_convert_to(u, torch.float32))
+        if not ups:
+            return None
+        xf, up = ups[0], [ups[0]]
+    core = _match_rsqrt_core(xf)
+    if core is None:
+        return None
+    n, eps, core_nodes = core
+    nodes = up + core_nodes
+    nxt = _only_user(n)
+    if nxt is None:
+        return Miss("the normalized value (before the weight) has other users", n.name)
+    # hf: weight * convert(n, dtype)   (fp32: weight * n, weight first)
+    if _is(nxt, CONVERT) and nxt.args[1] == dtype:
+        mul = _only_user(nxt)
+        if _is(mul, *MUL) and isinstance(_other(mul, nxt), Node):
+            leaf = _weight_leaf(_other(mul, nxt), dtype)
+            if leaf:
+                return _Norm("hf", leaf[0], eps, 0.0, mul, nodes + [nxt, mul], leaf[1])
+        return None
+    if not _is(nxt, *MUL):
+        return None
+    w = _other(nxt, n)
+    form, bias, extra = "rms_norm", 0.0, []
+    if _is(w, *ADD) and _number(w.args[1]) == 1.0 and isinstance(w.args[0], Node):
+        form, bias, extra, w = "gemma", 1.0, [w], w.args[0]
+    elif dtype == torch.float32 and nxt.args[0] is w:
+        form = "hf"
+    leaf = _weight_leaf(w, dtype)
+    if leaf is None:
+        return None
+    out, tail = nxt, []
+    if dtype != torch.float32:
+        down = _only_user(nxt)
+        if down is None or not _is_convert_to(down, dtype):
+            return None
+        out, tail = down, [down]
+    return _Norm(form, leaf[0], eps, bias, out, nodes + [nxt] + tail, extra + leaf[1])
+
+
+# ---- axis: quant -----------------------------------------------------------------------------
+
+def _clamped(node: Node) -> tuple[Node, list[Node]] | None:
+    """clamp(x, -448, 448) in any of its decompositions -> (last clamp node, nodes)."""
+    if _is(node, aten.clamp.default) and _number(node.args[1]) == -FP8_MAX \
+            and _number(node.args[2] if len(node.args) > 2 else None) == FP8_MAX:
+        return node, [node]
+    if _is(node, aten.clamp_min.default) and _number(node.args[1]) == -FP8_MAX:
+        hi = _only_user(node)
+        if _is(hi, aten.clamp_max.default) and _number(hi.args[1]) == FP8_MAX:
+            return hi, [node, hi]
+    return None
+
+
+def match_quant(out: Node) -> tuple[Node, Node, list[Node]] | None:
+    """FP8 static quant of `out` -> (scale, quant_out, nodes)."""
+    starts = [out] if _dtype(out) == torch.float32 else \
+        _users(out, lambda u: _is_convert_to(u, torch.float32))
+    for start in starts:
+        up = [] if start is out else [start]
+        for div in _users(start, lambda u: _is(u, aten.div.Tensor) and u.args[0] is start):
+            scale = div.args[1]
+            if not isinstance(scale, Node) or _val(scale) is None or _val(scale).numel() != 1:
+                continue
+            nxt = _only_user(div)
+            clamped = _clamped(nxt) if nxt is not None else None
+            if clamped is None:
+                continue
+            q = _only_user(clamped[0])
+            if q is not None and _is_convert_to(q, torch.float8_e4m3fn):
+                return scale, q, up + [div] + clamped[1] + [q]
+    return None
+
+
+# ---- composition -----------------------------------------------------------------------------
+
+def _external_users(nodes: Iterable[Node], allowed: set[Node]) -> list[str]:
+    inside = set(nodes)
+    return [n.name for n in inside - allowed if any(u not in inside for u in n.users)]
+
+
+def match_chain(ar_node: Node, config: FusionConfig,
+                custom_ops: dict[Any, int]) -> ChainMatch | Miss | None:
+    """Match the chain that starts at `ar_node`; None if it is not an allreduce + norm chain."""
+    ar = match_allreduce(ar_node, custom_ops)
+    if ar is None or isinstance(ar, Miss):
+        return ar
+    views, cur = [], ar.out
+    while (nxt := _only_user(cur)) is not None and _is(nxt, *VIEW_OPS):
+        views.append(nxt)
+        cur = nxt
+    residual, residual_form, h = None, "none", cur
+    adds = _users(cur, lambda u: _is(u, aten.add.Tensor) and len(u.args) == 2
+                  and "alpha" not in u.kwargs and isinstance(_other(u, cur), Node))
+    if len(adds) == 1 and len(cur.users) == 1:
+        add = adds[0]
+        res = _other(add, cur)
+        if _val(res) is not None and _val(res).shape == _val(add).shape \
+                and _dtype(res) == _dtype(cur):
+            residual, h = res, add
+            residual_form = "ar+res" if add.args[0] is cur else "res+ar"
+    if _dtype(h) not in SUPPORTED:
+        return Miss(f"activation dtype {_dtype(h)} is not supported", h.name) \
+            if match_norm(h, config) else None
+    norm = match_norm(h, config)
+    if norm is None:
+        return None
+    if isinstance(norm, Miss):
+        return norm
+    quant = match_quant(norm.out)
+    spec = FusionSpec(ar.form, norm.form, residual_form, "fp8" if quant else "none")
+    if quant and not config.enables(spec):
+        quant, spec = None, FusionSpec(ar.form, norm.form, residual_form, "none")
+    scale, quant_out, quant_nodes = quant if quant else (None, None, [])
+    nodes = ar.nodes + views + ([h] if residual is not None else []) + norm.nodes + quant_nodes
+    outputs = {h, norm.out} | ({quant_out} if quant_out is not None else set())
+    leaking = _external_users(nodes, outputs)
+    if leaking:
+        return Miss(f"intermediate(s) {leaking} have users outside the chain; fusing would "
+                    "drop them", ar_node.name)
+    return ChainMatch(spec, ar.group_name, ar.input, views, residual, norm.weight, norm.eps,
+                      norm.weight_bias, scale, h, norm.out, quant_out, nodes,
+                      norm.weight_nodes)
+
+

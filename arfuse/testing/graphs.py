@@ -1,0 +1,66 @@
+"""Post-grad graphs without code generation: the graph Inductor's custom passes see, in ~1 s.
+
+`post_grad_graph(fn, *args)` runs Dynamo + AOTAutograd with Inductor's decompositions, then
+Inductor's joint-graph and post-grad passes (with the given `post_grad_custom_post_pass`), and
+returns the resulting FX GraphModule; it runs eagerly (op by op), so tests can check numerics
+of the rewritten graph without paying for an Inductor compile.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable
+
+import torch
+from torch._dynamo.backends.common import aot_autograd
+from torch._inductor import config as inductor_config
+from torch._inductor.decomposition import select_decomp_table
+from torch._inductor.fx_passes.joint_graph import joint_graph_passes
+from torch._inductor.fx_passes.post_grad import post_grad_passes
+from torch._inductor.virtualized import V
+
+
+class PostGradCapture:
+    """A Dynamo backend that keeps every post-grad graph it produced, in order."""
+
+    def __init__(self, custom_post_pass: Any = None) -> None:
+        self.custom_post_pass = custom_post_pass
+        self.graphs: list[torch.fx.GraphModule] = []
+        self.backend = aot_autograd(fw_compiler=self._compile,
+                                    decompositions=select_decomp_table())
+
+    def _compile(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+        fake_mode = torch._guards.detect_fake_mode(example_inputs)
+        with inductor_config.patch(post_grad_custom_post_pass=self.custom_post_pass), \
+                V.set_fake_mode(fake_mode):
+            joint_graph_passes(gm)
+            post_grad_passes(gm, True)
+        gm.recompile()
+        self.graphs.append(gm)
+        return gm.forward
+
+
+def op_counts(gm: torch.fx.GraphModule | torch.fx.Graph) -> Counter[str]:
+    """Count call_function nodes by op name, e.g. 'arfuse.fused_allreduce_rmsnorm.default',
+    '_c10d_functional.all_reduce_.default', 'aten.rsqrt.default'."""
+    graph = gm.graph if isinstance(gm, torch.fx.GraphModule) else gm
+    return Counter(str(n.target) for n in graph.nodes if n.op == "call_function")
+
+
+def post_grad_graph(fn: Callable, *args: Any, custom_post_pass: Any = None,
+                    dynamic_dims: dict[int, int] | None = None) -> tuple[torch.fx.GraphModule, Any]:
+    """Compile `fn` up to Inductor's post-grad graph; return (graph module, fn's output).
+
+    `dynamic_dims` maps positional-arg index -> dim to mark dynamic (default: dim 0 of every
+    tensor arg, the token dim)."""
+    capture = PostGradCapture(custom_post_pass)
+    if dynamic_dims is None:
+        dynamic_dims = {i: 0 for i, a in enumerate(args) if isinstance(a, torch.Tensor)}
+    for i, dim in dynamic_dims.items():
+        torch._dynamo.maybe_mark_dynamic(args[i], dim)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(fn, backend=capture.backend, fullgraph=True)(*args)
+    if len(capture.graphs) != 1:
+        raise AssertionError(f"expected one graph, Dynamo produced {len(capture.graphs)}")
+    return capture.graphs[0], out
