@@ -102,7 +102,11 @@ class AllReduceFusionPass(CustomGraphPass):
         matches: list[ChainMatch] = []
         skipped: list[tuple[str, str]] = []
         disabled = None
+        erased: set[Node] = set()
+        # rewrite as we go: a later chain's residual is often an earlier chain's residual_out
         for node in list(graph.nodes):
+            if node in erased:
+                continue
             found = match_chain(node, self.config, custom_ops)
             if found is None:
                 continue
@@ -119,10 +123,9 @@ class AllReduceFusionPass(CustomGraphPass):
                 if why.startswith(("torch.distributed", "world size")):
                     disabled = why
                 continue
+            erased.update(_rewrite(graph, found))
             matches.append(found)
-        for match in matches:
-            _rewrite(graph, match)
-            self.matched[match.spec.name] += 1
+            self.matched[found.spec.name] += 1
         if matches:
             stable_topological_sort(graph)
             graph.lint()
@@ -180,7 +183,8 @@ def _fake_call(node: Node) -> None:
         node.meta["val"] = node.target(*args, **kwargs)
 
 
-def _rewrite(graph: Graph, m: ChainMatch) -> None:
+def _rewrite(graph: Graph, m: ChainMatch) -> list[Node]:
+    """Insert the fused op, rewire the chain's outputs to it, erase the chain; return erased."""
     stack_trace = m.last.meta.get("stack_trace")
     with graph.inserting_before(m.last):
         x = m.allreduce_input
@@ -210,11 +214,12 @@ def _rewrite(graph: Graph, m: ChainMatch) -> None:
     if m.quant_out is not None:
         m.quant_out.replace_all_uses_with(outs["quant_out"])
     order = {n: i for i, n in enumerate(graph.nodes)}
-    for node in sorted(m.nodes, key=order.__getitem__, reverse=True):
+    erased = sorted(m.nodes, key=order.__getitem__, reverse=True)
+    for node in erased:
         graph.erase_node(node)
-    for node in reversed(m.weight_nodes):
+    # weight-side nodes (the float32 copy, Gemma's 1 + w) and unused outputs go if now unused
+    for node in [*reversed(m.weight_nodes), *outs.values()]:
         if not node.users:
             graph.erase_node(node)
-    for name, node in outs.items():
-        if not node.users:
-            graph.erase_node(node)
+            erased.append(node)
+    return erased

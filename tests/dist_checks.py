@@ -166,3 +166,227 @@ def count_allreduces(counts: dict) -> int:
 
 def count_fused(counts: dict) -> int:
     return sum(v for k, v in counts.items() if k in FUSED_TARGETS)
+
+
+def _compile_capture(fn, config=None, cls=CountingPass):
+    fusion = cls(config)
+    capture = PostGradCapture(fusion)
+    torch._dynamo.reset()
+    return torch.compile(fn, backend=capture.backend, fullgraph=True), fusion, capture
+
+
+def _run_sizes(model, compiled, make_inputs, tokens, token_dim=0):
+    errors, outputs = {}, {}
+    with torch.no_grad():
+        for t in tokens:
+            args = make_inputs(t)
+            torch._dynamo.maybe_mark_dynamic(args[0], token_dim)
+            got, want = compiled(*args), model(*args)
+            errors[t] = rel_l2(got.float(), want.float())
+            outputs[t] = got.float()
+    return errors, outputs
+
+
+def check_decoder(num_layers: int, dtype_name: str, norm: str = "hf", allreduce: str = "c10d",
+                  tokens=(7, 64, 1)) -> dict:
+    """The example TP decoder at graph level: fused count per graph and numerics vs eager."""
+    from arfuse.examples import build_tp_decoder
+
+    model, make_inputs = build_tp_decoder(num_layers=num_layers, dtype=DTYPES[dtype_name],
+                                          norm=norm, allreduce=allreduce)
+    compiled, fusion, capture = _compile_capture(model)
+    errors, _ = _run_sizes(model, compiled, make_inputs, tokens)
+    return {"before": [dict(c) for c in fusion.before], "after": [dict(c) for c in fusion.after],
+            "matched": dict(fusion.matched), "num_matches": fusion.num_matches,
+            "errors": errors, "skipped": fusion.skipped}
+
+
+def check_no_pattern() -> dict:
+    """A graph with an allreduce but no norm: the pass must leave it exactly as it was."""
+
+    def fn(x, w):
+        y = funcol.all_reduce(x @ w, "sum", dist.group.WORLD)
+        return torch.relu(y) + 1
+
+    compiled, fusion, capture = _compile_capture(fn)
+    x, w = torch.randn(6, 64), torch.randn(64, 64)
+    torch._dynamo.maybe_mark_dynamic(x, 0)
+    with torch.no_grad():
+        err = rel_l2(compiled(x, w), fn(x, w))
+    return {"before": dict(fusion.before[0]), "after": dict(fusion.after[0]),
+            "num_matches": fusion.num_matches, "error": err, "skipped": fusion.skipped}
+
+
+def check_extra_consumer(which: str) -> dict:
+    """A chain with an intermediate used outside it (which: 'rsqrt', 'upcast', 'allreduce')."""
+
+    def fn(x, residual, weight):
+        y = funcol.all_reduce(x, "sum", dist.group.WORLD)
+        h = y + residual
+        hf = h.to(torch.float32)
+        r = torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + 1e-6)
+        out = weight * (hf * r).to(h.dtype)
+        extra = {"rsqrt": r, "upcast": hf * 2, "allreduce": y * 3}[which]
+        return out, extra
+
+    compiled, fusion, capture = _compile_capture(fn)
+    x, residual, weight = (torch.randn(6, 64, dtype=torch.bfloat16),
+                           torch.randn(6, 64, dtype=torch.bfloat16),
+                           torch.randn(64, dtype=torch.bfloat16))
+    torch._dynamo.maybe_mark_dynamic(x, 0)
+    torch._dynamo.maybe_mark_dynamic(residual, 0)
+    with torch.no_grad():
+        got, want = compiled(x, residual, weight), fn(x, residual, weight)
+    return {"after": dict(fusion.after[0]), "num_matches": fusion.num_matches,
+            "skipped": fusion.skipped,
+            "errors": [rel_l2(g.float(), w.float()) for g, w in zip(got, want)]}
+
+
+def check_unsupported(case: str) -> dict:
+    """Chains the pass must skip, with the reason it records: 'world1', 'hidden', 'float64'."""
+    hidden, dtype, group = 64, torch.bfloat16, dist.group.WORLD
+    if case == "world1":
+        group, _ = dist.new_subgroups(group_size=1)
+    elif case == "hidden":
+        hidden = 12
+    elif case == "float64":
+        dtype = torch.float64
+
+    def fn(x, residual, weight):
+        h = funcol.all_reduce(x, "sum", group) + residual
+        return F.rms_norm(h, (hidden,), weight, 1e-6), h
+
+    compiled, fusion, capture = _compile_capture(fn)
+    x, residual, weight = (torch.randn(6, hidden, dtype=dtype), torch.randn(6, hidden, dtype=dtype),
+                           torch.randn(hidden, dtype=dtype))
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        got, want = compiled(x, residual, weight), fn(x, residual, weight)
+    return {"num_matches": fusion.num_matches, "skipped": fusion.skipped,
+            "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)],
+            "errors": [rel_l2(g, w) for g, w in zip(got, want)]}
+
+
+def check_bad_op_inputs() -> dict:
+    """Direct calls of the fused ops with bad inputs: each must raise ValueError (message)."""
+    group = dist.group.WORLD.group_name
+    x, w = torch.randn(4, 64, dtype=torch.bfloat16), torch.ones(64, dtype=torch.bfloat16)
+    cases = {
+        "hidden": lambda: arfuse.ops.fused_allreduce_rmsnorm(x, None, torch.ones(32, dtype=w.dtype),
+                                                             1e-6, group),
+        "residual_shape": lambda: arfuse.ops.fused_allreduce_rmsnorm(x, x[:2], w, 1e-6, group),
+        "noncontiguous": lambda: arfuse.ops.fused_allreduce_rmsnorm(
+            torch.randn(64, 4, dtype=x.dtype).t(), None, w, 1e-6, group),
+        "group": lambda: arfuse.ops.fused_allreduce_rmsnorm(x, None, w, 1e-6, "no-such-group"),
+        "scale_shape": lambda: arfuse.ops.fused_allreduce_rmsnorm_fp8(
+            x, None, w, torch.ones(64), 1e-6, group),
+        "weight_dtype": lambda: arfuse.ops.fused_allreduce_rmsnorm(x, None, w.float(), 1e-6, group),
+        "compiled_hidden": lambda: torch.compile(
+            lambda a: arfuse.ops.fused_allreduce_rmsnorm(a, None, torch.ones(32, dtype=a.dtype),
+                                                         1e-6, group).norm,
+            backend="aot_eager")(x),
+    }
+    out = {}
+    for name, call in cases.items():
+        try:
+            call()
+            out[name] = None
+        except Exception as e:  # noqa: BLE001 - the test asserts on the type and message
+            out[name] = (type(e).__name__, str(e))
+    return out
+
+
+def check_fused_op_exact(dtype_name: str, tokens: int, residual: bool, fp8: bool) -> dict:
+    """The fused op vs a float64 reference built from every rank's input."""
+    dtype = DTYPES[dtype_name]
+    rank, world = dist.get_rank(), dist.get_world_size()
+    hidden = 64
+    xs = [torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(r + 10)).to(dtype)
+          for r in range(world)]
+    gen = torch.Generator().manual_seed(99)
+    res = torch.randn(tokens, hidden, generator=gen).to(dtype) if residual else None
+    weight = (1 + 0.1 * torch.randn(hidden, generator=gen)).to(dtype)
+    scale = torch.tensor(0.02)
+    group = dist.group.WORLD.group_name
+    if fp8:
+        q, norm, res_out = arfuse.ops.fused_allreduce_rmsnorm_fp8(xs[rank], res, weight, scale,
+                                                                  1e-6, group)
+    else:
+        (norm, res_out), q = arfuse.ops.fused_allreduce_rmsnorm(xs[rank], res, weight, 1e-6,
+                                                                group), None
+    total = sum(x.double() for x in xs) + (res.double() if residual else 0)
+    ref = total * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + 1e-6) * weight.double()
+    out = {"norm": rel_l2(norm, ref), "residual": rel_l2(res_out, total),
+           "dtypes": [str(norm.dtype), str(res_out.dtype)]}
+    if fp8:
+        out["quant"] = rel_l2(q.float() * scale, ref.clamp(-448 * 0.02, 448 * 0.02))
+        out["dtypes"].append(str(q.dtype))
+    return out
+
+
+def check_dtensor(num_layers: int = 2, tokens=(5, 12)) -> dict:
+    """HF-style Llama layers sharded with DTensor ColwiseParallel/RowwiseParallel."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from arfuse.examples.hf_llama import LlamaStack, parallelize
+
+    torch.manual_seed(0)  # identical full weights on every rank before sharding
+    stack = LlamaStack(num_layers=num_layers, hidden_size=64, intermediate_size=128,
+                       num_heads=4, dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        for name, p in stack.named_parameters():
+            if name.endswith("norm.weight"):
+                p.add_(0.1 * torch.randn_like(p))
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    parallelize(stack, mesh)
+    compiled, fusion, capture = _compile_capture(stack)
+
+    def make_inputs(t):
+        x = torch.randn(1, t, 64, generator=torch.Generator().manual_seed(t))
+        return (x.to(torch.bfloat16),)
+
+    errors, _ = _run_sizes(stack, compiled, make_inputs, tokens, token_dim=1)
+    return {"before": [dict(c) for c in fusion.before], "after": [dict(c) for c in fusion.after],
+            "matched": dict(fusion.matched), "errors": errors, "skipped": fusion.skipped,
+            "graphs": len(capture.graphs)}
+
+
+def check_inductor_and_cache(cache_dir: str) -> dict:
+    """Full Inductor compiles of the example with the pass, FX graph cache on.
+
+    1. config A: compiled, fused, numerics vs eager;
+    2. config B (norm forms off): must NOT be served A's cached graph;
+    3. config A again (new pass object, same config): served from the cache, same outputs.
+    """
+    import os
+
+    from torch._dynamo.utils import counters
+    from torch._inductor import config as inductor_config
+
+    from arfuse.examples import build_tp_decoder
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{cache_dir}/rank{dist.get_rank()}"
+    model, make_inputs = build_tp_decoder(num_layers=2, dtype=torch.bfloat16)
+    steps = {}
+    configs = {"A": arfuse.FusionConfig(), "B": arfuse.FusionConfig(norm=()),
+               "A again": arfuse.FusionConfig()}
+    with inductor_config.patch(fx_graph_cache=True, force_disable_caches=False,
+                               fx_graph_remote_cache=False), torch.no_grad():
+        for step, config in configs.items():
+            torch._dynamo.reset()
+            counters.clear()
+            fusion = arfuse.AllReduceFusionPass(config)
+            compiled = torch.compile(model, options={"post_grad_custom_post_pass": fusion})
+            outs = {}
+            for t in (7, 64):
+                (x,) = make_inputs(t)
+                torch._dynamo.maybe_mark_dynamic(x, 0)
+                got = compiled(x)
+                outs[t] = (rel_l2(got.float(), model(x).float()), got.float())
+            steps[step] = {"num_matches": fusion.num_matches,
+                           "hits": counters["inductor"]["fxgraph_cache_hit"],
+                           "misses": counters["inductor"]["fxgraph_cache_miss"],
+                           "errors": {t: e for t, (e, _) in outs.items()},
+                           "outputs": {t: o for t, (_, o) in outs.items()},
+                           "uuid": fusion.uuid().hex()}
+    return steps

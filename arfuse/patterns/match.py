@@ -190,26 +190,27 @@ def _custom_norm_targets(config: FusionConfig) -> set[Any]:
     return targets
 
 
+def _first_user(node: Node, pred: Callable[[Node], bool]) -> Node | None:
+    found = _users(node, pred)
+    return found[0] if found else None
+
+
 def _match_rsqrt_core(xf: Node) -> tuple[Node, float, list[Node]] | None:
-    """n = xf * rsqrt(mean(xf^2, [-1], keepdim) + eps) -> (n, eps, nodes)."""
+    """n = xf * rsqrt(mean(xf^2, [-1], keepdim) + eps) -> (n, eps, nodes).
+
+    Follows the first fitting user at each step, not the only one: a node with extra users
+    still matches here and is refused by the caller's escape check, with a reason."""
     ndim = _val(xf).dim()
     for sq in _users(xf, lambda u: (_is(u, aten.pow.Tensor_Scalar) and u.args[1] == 2)
                      or (_is(u, *MUL) and u.args[0] is xf and u.args[1] is xf)):
-        mean = _only_user(sq)
-        if not _is(mean, aten.mean.dim) or len(mean.args) < 3 or not mean.args[2]:
-            continue
-        if list(mean.args[1]) not in ([-1], [ndim - 1]):
-            continue
-        add = _only_user(mean)
-        if not _is(add, *ADD) or add.args[0] is not mean or _number(add.args[1]) is None:
-            continue
-        rsqrt = _only_user(add)
-        if not _is(rsqrt, aten.rsqrt.default):
-            continue
-        n = _only_user(rsqrt)
-        if not _is(n, *MUL) or _other(n, rsqrt) is not xf:
-            continue
-        return n, _number(add.args[1]), [sq, mean, add, rsqrt, n]
+        mean = _first_user(sq, lambda u: _is(u, aten.mean.dim) and len(u.args) >= 3
+                           and bool(u.args[2]) and list(u.args[1]) in ([-1], [ndim - 1]))
+        add = mean and _first_user(mean, lambda u: _is(u, *ADD) and u.args[0] is mean
+                                   and _number(u.args[1]) is not None)
+        rsqrt = add and _first_user(add, lambda u: _is(u, aten.rsqrt.default))
+        n = rsqrt and _first_user(rsqrt, lambda u: _is(u, *MUL) and _other(u, rsqrt) is xf)
+        if n:
+            return n, _number(add.args[1]), [sq, mean, add, rsqrt, n]
     return None
 
 
@@ -240,9 +241,9 @@ def match_norm(h: Node, config: FusionConfig) -> _Norm | Miss | None:
         return None
     n, eps, core_nodes = core
     nodes = up + core_nodes
-    nxt = _only_user(n)
+    nxt = _first_user(n, lambda u: _is(u, CONVERT, *MUL))
     if nxt is None:
-        return Miss("the normalized value (before the weight) has other users", n.name)
+        return None
     # hf: weight * convert(n, dtype)   (fp32: weight * n, weight first)
     if _is(nxt, CONVERT) and nxt.args[1] == dtype:
         mul = _only_user(nxt)
@@ -323,15 +324,13 @@ def match_chain(ar_node: Node, config: FusionConfig,
         views.append(nxt)
         cur = nxt
     residual, residual_form, h = None, "none", cur
-    adds = _users(cur, lambda u: _is(u, aten.add.Tensor) and len(u.args) == 2
-                  and "alpha" not in u.kwargs and isinstance(_other(u, cur), Node))
-    if len(adds) == 1 and len(cur.users) == 1:
-        add = adds[0]
+    for add in _users(cur, lambda u: _is(u, aten.add.Tensor) and len(u.args) == 2
+                      and "alpha" not in u.kwargs and isinstance(_other(u, cur), Node)):
         res = _other(add, cur)
-        if _val(res) is not None and _val(res).shape == _val(add).shape \
-                and _dtype(res) == _dtype(cur):
+        if _dtype(res) == _dtype(cur) and match_norm(add, config) is not None:
             residual, h = res, add
             residual_form = "ar+res" if add.args[0] is cur else "res+ar"
+            break
     if _dtype(h) not in SUPPORTED:
         return Miss(f"activation dtype {_dtype(h)} is not supported", h.name) \
             if match_norm(h, config) else None
@@ -349,8 +348,8 @@ def match_chain(ar_node: Node, config: FusionConfig,
     outputs = {h, norm.out} | ({quant_out} if quant_out is not None else set())
     leaking = _external_users(nodes, outputs)
     if leaking:
-        return Miss(f"intermediate(s) {leaking} have users outside the chain; fusing would "
-                    "drop them", ar_node.name)
+        return Miss(f"intermediate value(s) {sorted(leaking)} are used outside the allreduce + "
+                    "norm chain; fusing would drop them", ar_node.name)
     return ChainMatch(spec, ar.group_name, ar.input, views, residual, norm.weight, norm.eps,
                       norm.weight_bias, scale, h, norm.out, quant_out, nodes,
                       norm.weight_nodes)

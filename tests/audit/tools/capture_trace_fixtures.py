@@ -5,8 +5,6 @@ writes `OUT_DIR/torch-<version>-<case>.log`. CPU only, no GPU needed. Each case 
 process so every log starts with a fresh string table.
 """
 
-from __future__ import annotations
-
 import glob
 import os
 import shutil
@@ -14,12 +12,12 @@ import subprocess
 import sys
 import tempfile
 
+import torch
+
 CASES = ["branch", "eq_strict", "fake", "funcol_inductor"]
 
 
 def _case(name: str) -> None:
-    import torch
-
     torch.set_num_threads(1)
 
     @torch.library.custom_op("capfix::myop", mutates_args=())
@@ -93,8 +91,6 @@ def main() -> None:
         return
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
-    import torch
-
     version = torch.__version__.split("+")[0]
     for case in CASES:
         tmp = tempfile.mkdtemp()
