@@ -26,6 +26,7 @@ and recorded in `skipped`, and a per-graph report goes to the structured trace (
 
 from __future__ import annotations
 
+import hashlib
 import json
 import operator
 import warnings
@@ -35,7 +36,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch._inductor.pattern_matcher import stable_topological_sort
 from torch._prims_common import is_contiguous_or_false
 from torch.fx import Graph, Node
@@ -92,7 +93,10 @@ class AllReduceFusionPass(CustomGraphPass):
     def uuid(self) -> bytes:
         """Changes with arfuse's matching/replacement code and with the config, so the FX graph
         cache never serves a graph compiled by another version or config of the pass."""
-        return get_hash_for_files(_SOURCES, extra=self.config.key())
+        digest = hashlib.sha256(self.config.key().encode())
+        for path in _SOURCES:
+            digest.update(Path(path).read_bytes())
+        return digest.digest()
 
     # -- the pass ------------------------------------------------------------------------------
 

@@ -441,6 +441,7 @@ def trace_files(directory: str | Path) -> list[Path]:
 
 
 def merge(traces: Iterable[Trace]) -> Trace:
+    traces = list(traces)
     out = Trace(source="+".join(t.source for t in traces))
     for t in traces:
         out.events.extend(t.events)

@@ -229,7 +229,8 @@ def match_norm(h: Node, config: FusionConfig) -> _Norm | Miss | None:
         if user.op == "call_function" and user.target in _custom_norm_targets(config) \
                 and user.args[0] is h and _number(user.args[2]) is not None:
             return _Norm("custom_op", user.args[1], _number(user.args[2]), 0.0, user, [user])
-    if dtype == torch.float32:
+    wide = dtype in (torch.float32, torch.float64)  # computed in its own dtype, no casts
+    if wide:
         xf, up = h, []
     else:
         ups = _users(h, lambda u: _is_convert_to(u, torch.float32))
@@ -258,13 +259,13 @@ def match_norm(h: Node, config: FusionConfig) -> _Norm | Miss | None:
     form, bias, extra = "rms_norm", 0.0, []
     if _is(w, *ADD) and _number(w.args[1]) == 1.0 and isinstance(w.args[0], Node):
         form, bias, extra, w = "gemma", 1.0, [w], w.args[0]
-    elif dtype == torch.float32 and nxt.args[0] is w:
+    elif wide and nxt.args[0] is w:
         form = "hf"
     leaf = _weight_leaf(w, dtype)
     if leaf is None:
         return None
     out, tail = nxt, []
-    if dtype != torch.float32:
+    if not wide:
         down = _only_user(nxt)
         if down is None or not _is_convert_to(down, dtype):
             return None

@@ -1,0 +1,151 @@
+"""What the rules look at: one rank's parsed trace plus what the driver knows about the run.
+
+`RunInfo` is written by the driver (`run.json`): the sizes it fed, which sources are token
+dims, and how each call ended. `AuditContext` joins it with the trace: which compile happened
+at which num_tokens (the driver logs an `arfuse_audit_call` artifact before every call), and
+which shape symbols are token symbols.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from arfuse.audit.trace import (
+    Artifact, CompileId, CreateSymbol, GuardAdded, SymbolicShapeSpecialization, Trace,
+)
+
+CALL_ARTIFACT = "arfuse_audit_call"
+FUSION_ARTIFACT = "arfuse_fusion"
+_SIZE_SOURCE = re.compile(r"\.size\(\)\[(\d+)\]$")
+
+
+@dataclass
+class CallResult:
+    index: int
+    num_tokens: int
+    ok: bool = True
+    error_type: str = ""
+    error: str = ""
+    rank: int = 0
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "CallResult":
+        return cls(**{k: d[k] for k in ("index", "num_tokens", "ok", "error_type", "error", "rank")
+                      if k in d})
+
+
+@dataclass
+class RunInfo:
+    """What the driver did. Defaults describe a bare trace: any `.size()[0]` is a token dim."""
+
+    target: str = "<trace>"
+    sizes: list[int] = field(default_factory=list)
+    token_sources: list[str] = field(default_factory=list)
+    token_dims: dict[str, list[int]] = field(default_factory=dict)  # arg name -> dims
+    calls: list[CallResult] = field(default_factory=list)
+    world_size: int = 1
+    ranks: list[int] = field(default_factory=lambda: [0])
+    backend: str = ""
+    strict: bool = False
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["calls"] = [c.__dict__ for c in self.calls]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "RunInfo":
+        d = dict(d)
+        d["calls"] = [CallResult.from_json(c) for c in d.get("calls", [])]
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunInfo":
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+class AuditContext:
+    """One rank's trace + the run; cached lookups the rules share."""
+
+    def __init__(self, trace: Trace, run: RunInfo | None = None, rank: int = 0) -> None:
+        self.trace = trace
+        self.run = run or RunInfo()
+        self.rank = rank
+
+    # -- which call triggered which compile ---------------------------------------------
+    @cached_property
+    def compile_sizes(self) -> dict[CompileId, int]:
+        """compile id -> num_tokens of the driver call during which it was compiled."""
+        out: dict[CompileId, int] = {}
+        current: int | None = None
+        for e in self.trace.events:
+            if isinstance(e, Artifact) and e.name == CALL_ARTIFACT:
+                payload = e.payload_json()
+                if isinstance(payload, dict) and isinstance(payload.get("num_tokens"), int):
+                    current = payload["num_tokens"]
+                continue
+            if e.compile_id is not None and current is not None:
+                out.setdefault(e.compile_id, current)
+        return out
+
+    # -- token symbols --------------------------------------------------------------------
+    def is_token_source(self, source: str) -> bool:
+        if self.run.token_sources:
+            return source in self.run.token_sources
+        m = _SIZE_SOURCE.search(source)
+        return bool(m) and m.group(1) == "0" and source.startswith("L[")
+
+    @cached_property
+    def token_symbols(self) -> dict[tuple[CompileId | None, str], str]:
+        """(compile id, symbol) -> the token source it stands for."""
+        out: dict[tuple[CompileId | None, str], str] = {}
+        for e in self.trace.of(CreateSymbol):
+            if self.is_token_source(e.source):
+                out[(e.compile_id, e.symbol)] = e.source
+            elif self._fallback_token(e):
+                out[(e.compile_id, e.symbol)] = e.source
+        for e in self.trace.of(GuardAdded):  # TORCH_DTRACE: symbol -> source maps
+            for sym, src in e.symbol_to_sources.items():
+                srcs = src if isinstance(src, list) else [src]
+                if any(self.is_token_source(str(s)) for s in srcs):
+                    out.setdefault((e.compile_id, sym), str(srcs[0]))
+        for e in self.trace.of(SymbolicShapeSpecialization):
+            if any(self.is_token_source(s) for s in e.sources):
+                out.setdefault((e.compile_id, e.symbol), e.sources[0])
+        return out
+
+    def _fallback_token(self, e: CreateSymbol) -> bool:
+        """A frame entered after a graph break names its inputs differently; accept a size
+        symbol of a token dim whose value is the num_tokens being fed."""
+        if not self.run.token_sources or not self.run.token_dims:
+            return False
+        m = _SIZE_SOURCE.search(e.source)
+        n = self.compile_sizes.get(e.compile_id) if e.compile_id else None
+        dims = {d for ds in self.run.token_dims.values() for d in ds}
+        return bool(m) and int(m.group(1)) in dims and n is not None and e.val == str(n)
+
+    def token_source(self, cid: CompileId | None, symbol: str) -> str | None:
+        return self.token_symbols.get((cid, symbol))
+
+    @cached_property
+    def token_source_names(self) -> set[str]:
+        """Sources as recompile reasons spell them: L['x'].size()[0] -> x.size()[0]."""
+        names = set(self.run.token_sources) | set(self.token_symbols.values())
+        return {re.sub(r"L\['([^']+)'\]", r"\1", s) for s in names} | names
+
+    @cached_property
+    def all_paths(self) -> list[str]:
+        return sorted(set(self.trace.strings.values()))
+
+    def resolve_path(self, suffix: str) -> str:
+        """Recompile reasons cut paths to their last characters; find the full one."""
+        matches = [p for p in self.all_paths if p.endswith(suffix)]
+        return max(matches, key=len) if matches else suffix

@@ -1,0 +1,69 @@
+"""Read an FX graph back from its printed form (the `inductor_post_grad_graph` payload).
+
+    # File: /m/model.py:12 in forward, code: h = y + res
+    add_9: "f32[s77, 64][64, 1]cpu" = torch.ops.aten.add.Tensor(wait_tensor, arg3_1);  ...
+
+becomes `Node(name="add_9", target="aten.add.Tensor", args=("wait_tensor", "arg3_1"),
+source=Frame("/m/model.py", 12, "forward", "h = y + res"))`. Only the data flow between named
+nodes is kept - enough to find an all_reduce whose result reaches an add or an RMSNorm.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from arfuse.audit.trace import Frame
+
+_COMMENT = re.compile(r"^\s*# File: (.+?):(\d+) in ([^,]+), code: (.*)$")
+_NODE = re.compile(r"^\s*(\w+)(?:: \"[^\"]*\")? = ([\w.]+)\((.*)\)(?:;.*)?$")
+_IDENT = re.compile(r"\b[A-Za-z_]\w*\b")
+
+
+@dataclass
+class Node:
+    name: str
+    target: str  # "aten.add.Tensor", "_c10d_functional.all_reduce_.default", "operator.getitem"
+    args: tuple[str, ...]
+    source: Frame | None
+    users: list[str] = field(default_factory=list)
+
+    @property
+    def op(self) -> str:
+        """`aten.add.Tensor` -> `aten.add`; `arfuse.fused_allreduce_rmsnorm.default` -> ..."""
+        parts = self.target.split(".")
+        return ".".join(parts[:2]) if len(parts) >= 2 else self.target
+
+
+@dataclass
+class Graph:
+    nodes: dict[str, Node]
+
+    def users(self, name: str) -> list[Node]:
+        node = self.nodes.get(name)
+        return [self.nodes[u] for u in node.users] if node else []
+
+
+def parse_graph(text: str) -> Graph:
+    nodes: dict[str, Node] = {}
+    source: Frame | None = None
+    for line in text.splitlines():
+        c = _COMMENT.match(line)
+        if c:
+            path, lineno, fn, code = c.groups()
+            source = Frame(path, int(lineno), fn.strip(), code.strip())
+            continue
+        m = _NODE.match(line)
+        if not m:
+            if not line.strip():
+                source = None
+            continue
+        name, target, argtext = m.groups()
+        if target.startswith("torch.ops."):
+            target = target[len("torch.ops."):]
+        args = tuple(a for a in _IDENT.findall(argtext) if a in nodes)
+        node = Node(name, target, args, source)
+        nodes[name] = node
+        for a in dict.fromkeys(args):
+            nodes[a].users.append(name)
+    return Graph(nodes)

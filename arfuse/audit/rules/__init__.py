@@ -1,0 +1,74 @@
+"""The rule registry. A rule is a small object: code, kebab-case name, summary, ruff-style docs
+(what it does / why is this bad / example / fix) and a check function over an `AuditContext`.
+
+Families (one module each):
+    ARF1xx  specialization.py  num_tokens specialization: pins, range and divisibility guards,
+                               recompiles, ConstraintViolationError
+    ARF2xx  fusion.py          fusion coverage: allreduce + add/RMSNorm left unfused, pass disabled
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable
+
+if TYPE_CHECKING:
+    from arfuse.audit.context import AuditContext
+    from arfuse.audit.findings import Finding
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    name: str
+    summary: str
+    docs: str
+    check: Callable[["AuditContext"], Iterable["Finding"]]
+    fix: str = ""
+
+    @property
+    def family(self) -> str:
+        return self.code[:4]
+
+
+_REGISTRY: dict[str, Rule] = {}
+
+
+def rule(code: str, name: str, summary: str, docs: str, fix: str = "") -> Callable:
+    """Register `check` as rule `code`; `docs` is markdown (dedented)."""
+
+    def register(check: Callable[["AuditContext"], Iterable["Finding"]]) -> Callable:
+        if code in _REGISTRY:
+            raise AssertionError(f"rule {code} registered twice")
+        _REGISTRY[code] = Rule(code, name, summary, textwrap.dedent(docs).strip(), check,
+                               textwrap.dedent(fix).strip())
+        return check
+
+    return register
+
+
+def all_rules() -> list[Rule]:
+    from arfuse.audit.rules import fusion, specialization  # noqa: F401 - registers rules
+
+    return [_REGISTRY[c] for c in sorted(_REGISTRY)]
+
+
+def get_rule(code: str) -> Rule:
+    rules = {r.code: r for r in all_rules()}
+    if code not in rules:
+        raise ValueError(f"unknown rule {code!r}; `arfuse rules` lists them: {', '.join(rules)}")
+    return rules[code]
+
+
+def select_rules(select: Iterable[str] = (), ignore: Iterable[str] = ()) -> list[Rule]:
+    """Ruff-style prefix selection: `select=["ARF1"]`, `ignore=["ARF103"]`."""
+    select, ignore = [s.strip().upper() for s in select if s.strip()], \
+        [s.strip().upper() for s in ignore if s.strip()]
+    rules = all_rules()
+    for prefix in [*select, *ignore]:
+        if not prefix.startswith("ARF") or not any(r.code.startswith(prefix) for r in rules):
+            raise ValueError(f"{prefix!r} matches no rule; use a code or prefix such as ARF1, "
+                             f"ARF103 (see `arfuse rules`)")
+    chosen = [r for r in rules if not select or any(r.code.startswith(s) for s in select)]
+    return [r for r in chosen if not any(r.code.startswith(i) for i in ignore)]

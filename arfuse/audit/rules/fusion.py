@@ -1,0 +1,234 @@
+"""ARF2xx: fusion coverage - allreduce + add/RMSNorm chains that stayed unfused.
+
+ARF201 reads the Inductor post-grad graph (after every post-grad pass, ours included), so it
+works whether or not `arfuse.AllReduceFusionPass` ran. ARF202/ARF203 read the `arfuse_fusion`
+artifact the pass writes for every graph it processes:
+`{"matches": int, "specs": [...], "disabled": null | "reason", "skipped": [{"reason", "node"}]}`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Iterable
+
+from arfuse.audit.attribution import is_framework
+from arfuse.audit.context import FUSION_ARTIFACT, AuditContext
+from arfuse.audit.findings import Finding, Location
+from arfuse.audit.graph import Graph, Node, parse_graph
+from arfuse.audit.rules import rule
+from arfuse.audit.trace import Artifact, CompilationMetrics, CompileId, Frame
+
+ALLREDUCE = re.compile(r"^(_c10d_functional\.all_reduce_?|c10d_functional\.all_reduce|"
+                       r"arfuse\.all_reduce)\.")
+_PASS_THROUGH = {"_c10d_functional.wait_tensor", "c10d_functional.wait_tensor", "aten.view",
+                 "aten.reshape", "aten._unsafe_view", "aten.squeeze", "aten.unsqueeze",
+                 "prims.convert_element_type", "aten.clone", "aten._to_copy", "aten.alias",
+                 "aten.contiguous", "aten.expand"}
+_NORM_OPS = {"aten.rms_norm", "aten._fused_rms_norm", "arfuse.rms_norm"}
+_RSQRT = {"aten.rsqrt", "aten.reciprocal"}
+
+
+def post_grad_graphs(ctx: AuditContext) -> list[tuple[CompileId | None, Graph]]:
+    return [(a.compile_id, parse_graph(a.payload or ""))
+            for a in ctx.trace.artifacts("inductor_post_grad_graph")]
+
+
+def _forward(graph: Graph, node: Node) -> list[Node]:
+    """`node` and everything it reaches through waits, views and casts."""
+    out, todo = [node], [node]
+    while todo:
+        for u in graph.users(todo.pop().name):
+            if u.op in _PASS_THROUGH and u not in out:
+                out.append(u)
+                todo.append(u)
+    return out
+
+
+def _norm_after(graph: Graph, starts: list[Node], depth: int = 8) -> list[Node]:
+    """The RMSNorm fed by any of `starts`: an rms_norm op, or mean -> ... -> rsqrt."""
+    seen: dict[str, int] = {}
+    queue = deque((s, 0) for s in starts)
+    chain: list[Node] = []
+    while queue:
+        node, d = queue.popleft()
+        if node.name in seen or d > depth:
+            continue
+        seen[node.name] = d
+        if node.op in _NORM_OPS:
+            return [node]
+        if node.op == "aten.mean" or node.op in _RSQRT:
+            chain.append(node)
+        for u in graph.users(node.name):
+            queue.append((u, d + 1))
+    ops = {n.op for n in chain}
+    return chain if "aten.mean" in ops and ops & _RSQRT else []
+
+
+def unfused_chains(graph: Graph) -> Iterable[tuple[Node, Node | None, list[Node]]]:
+    """(all_reduce, residual add or None, norm nodes) for every unfused chain."""
+    for node in graph.nodes.values():
+        if not ALLREDUCE.match(node.target):
+            continue
+        reduced = _forward(graph, node)
+        adds = [u for n in reduced for u in graph.users(n.name) if u.op == "aten.add"]
+        add = adds[0] if adds else None
+        norm = _norm_after(graph, _forward(graph, add) if add else reduced)
+        if add is not None or norm:
+            yield node, add, norm
+
+
+def _where(nodes: list[Node]) -> tuple[Frame | None, list[Frame]]:
+    frames = [n.source for n in nodes if n.source is not None]
+    user = [f for f in frames if not is_framework(f.filename)]
+    ordered = list(dict.fromkeys(user + frames))
+    return (ordered[0] if ordered else None), ordered
+
+
+@rule("ARF201", "allreduce-norm-unfused",
+      "an all_reduce followed by a residual add and/or RMSNorm was left unfused",
+      """
+      ## What it does
+      Reads the Inductor post-grad graph of every compiled graph and finds an all_reduce
+      (`_c10d_functional.all_reduce` + `wait_tensor`, or `arfuse.all_reduce`) whose result
+      feeds, through views and casts, a residual add and/or an RMSNorm (an `rms_norm` op or
+      the `pow -> mean -> add eps -> rsqrt` chain) - i.e. a chain that
+      `torch.ops.arfuse.fused_allreduce_*` would have replaced.
+
+      ## Why is this bad?
+      Unfused, the chain does a full allreduce, writes the sum to memory, and reads it back
+      for the add and the norm: on Hopper the fused one-shot kernel is up to several times
+      faster for decode-sized batches.
+
+      ## Example
+      ```python
+      compiled = torch.compile(model)   # no fusion pass: every layer's chain is ARF201
+      ```
+
+      ## Fix
+      Compile with the pass (`options={"post_grad_custom_post_pass":
+      arfuse.AllReduceFusionPass()}` or `arfuse.compile(model)`); if the pass ran, see
+      ARF202/ARF203 for why it left this chain alone (dtype, hidden size, a form it does not
+      match).
+      """,
+      fix="compile with arfuse.AllReduceFusionPass(), or see ARF202/ARF203 for why it skipped")
+def check_unfused(ctx: AuditContext) -> Iterable[Finding]:
+    found: dict[tuple[str, int], Finding] = {}
+    for cid, graph in post_grad_graphs(ctx):
+        for ar, add, norm in unfused_chains(graph):
+            parts = [ar.target.rsplit(".", 1)[0]] + (["add"] if add else []) + \
+                (["RMSNorm"] if norm else [])
+            chain = " -> ".join(parts)
+            # the model line: the add/norm a user wrote, else the collective's own line
+            where, frames = _where(([add] if add else []) + norm + [ar])
+            if where is None:
+                continue
+            key = (where.filename, where.line)
+            if key in found:
+                found[key].details.append(f"{cid}: {chain} (node {ar.name})")
+                continue
+            found[key] = Finding(
+                code="ARF201", name="allreduce-norm-unfused",
+                message=f"{chain} left unfused in compiled graph {cid}",
+                location=Location.of(where), expr=chain, compile_id=str(cid or ""),
+                frames=[Location.of(f) for f in frames],
+                details=[f"{cid}: {chain} (node {ar.name})"])
+    return found.values()
+
+
+def _frame_of(ctx: AuditContext, cid: CompileId | None) -> Frame:
+    for m in ctx.trace.of(CompilationMetrics):
+        if (m.metrics_compile_id or m.compile_id) == cid and m.metrics.get("co_filename"):
+            return Frame(m.metrics["co_filename"], int(m.metrics.get("co_firstlineno") or 0),
+                         str(m.metrics.get("co_name", "")))
+    return Frame("<compiled graph>", 0)
+
+
+def fusion_reports(ctx: AuditContext) -> list[tuple[Artifact, dict]]:
+    out = []
+    for a in ctx.trace.artifacts(FUSION_ARTIFACT):
+        p = a.payload_json()
+        if isinstance(p, dict):
+            out.append((a, p))
+    return out
+
+
+@rule("ARF202", "fusion-pass-disabled",
+      "the fusion pass ran but disabled itself (the reason is in the finding)",
+      """
+      ## What it does
+      Reports every compiled graph for which `arfuse.AllReduceFusionPass` logged that it was
+      disabled, with the reason it gave (no process group, unsupported world size, config).
+
+      ## Why is this bad?
+      The model compiles and runs, just without fusion: the regression is silent.
+
+      ## Example
+      ```python
+      fusion = arfuse.AllReduceFusionPass(arfuse.FusionConfig(enabled=False))
+      ```
+
+      ## Fix
+      Act on the reason in the message (initialize the process group before compiling, use a
+      supported world size, enable the pattern in `FusionConfig`).
+      """,
+      fix="act on the reason in the message")
+def check_disabled(ctx: AuditContext) -> Iterable[Finding]:
+    found: dict[str, Finding] = {}
+    for art, p in fusion_reports(ctx):
+        reason = p.get("disabled")
+        if not reason:
+            continue
+        if reason in found:
+            found[reason].details.append(f"graph {art.compile_id}")
+            continue
+        frame = _frame_of(ctx, art.compile_id)
+        found[reason] = Finding(
+            code="ARF202", name="fusion-pass-disabled",
+            message=f"fusion pass disabled: {reason}", location=Location.of(frame),
+            expr=str(reason), compile_id=str(art.compile_id or ""),
+            frames=[Location.of(frame)], details=[f"graph {art.compile_id}"])
+    return found.values()
+
+
+@rule("ARF203", "fusion-candidate-skipped",
+      "the fusion pass saw an allreduce chain and skipped it (the reason is in the finding)",
+      """
+      ## What it does
+      Reports every candidate chain the fusion pass logged under `skipped`, with its reason
+      (dtype, hidden size, a norm form or residual layout it does not fuse).
+
+      ## Why is this bad?
+      The chain stays unfused (ARF201 usually fires at the same line) and the reason is only
+      visible in the trace.
+
+      ## Example
+      ```python
+      norm = MyRMSNorm(hidden=100)   # hidden not a multiple of 8: skipped
+      ```
+
+      ## Fix
+      Act on the reason in the message.
+      """,
+      fix="act on the reason in the message")
+def check_skipped(ctx: AuditContext) -> Iterable[Finding]:
+    graphs = dict(post_grad_graphs(ctx))
+    found: dict[tuple[str, int, str], Finding] = {}
+    for art, p in fusion_reports(ctx):
+        for item in p.get("skipped") or []:
+            if not isinstance(item, dict):
+                continue
+            reason, node = str(item.get("reason", "")), str(item.get("node", ""))
+            g = graphs.get(art.compile_id)
+            src = g.nodes[node].source if g and node in g.nodes else None
+            frame = src or _frame_of(ctx, art.compile_id)
+            key = (frame.filename, frame.line, reason)
+            if key in found:
+                found[key].details.append(f"graph {art.compile_id}: node {node}")
+                continue
+            found[key] = Finding(
+                code="ARF203", name="fusion-candidate-skipped",
+                message=f"fusion pass skipped node {node}: {reason}",
+                location=Location.of(frame), expr=reason, compile_id=str(art.compile_id or ""),
+                frames=[Location.of(frame)], details=[f"graph {art.compile_id}: node {node}"])
+    return found.values()

@@ -1,0 +1,166 @@
+"""The child side of `arfuse audit`: load the target, compile, sweep, log; nothing else.
+
+    python -m arfuse.audit.worker CONFIG.json
+
+runs in a fresh process (TORCH_TRACE already in its environment), so the user's compile state
+and a crashing target cannot affect the caller. It writes into the config's `out` directory:
+`run.json` (a `RunInfo`), `progress.jsonl` (one line per finished call, for the progress bar),
+and on a target error `fatal.json` with a message that says what to fix (exit code 3).
+Multi-rank targets run the sweep on every rank of a `SpawnedGroup` (gloo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from arfuse.audit.context import CALL_ARTIFACT, CallResult, RunInfo
+
+EXIT_TARGET_ERROR = 3
+
+
+def _configure_torch() -> None:
+    """Caches that replay guards (FX graph, AOTAutograd, PGO profiles) off; the C++ kernel
+    cache stays on - it holds no guards and saves most of a cold Inductor compile."""
+    import torch
+    import torch._dynamo.config as dynamo_config
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = False
+    inductor_config.fx_graph_remote_cache = False
+    inductor_config.compile_threads = 1
+    functorch_config.enable_autograd_cache = False
+    for name in ("automatic_dynamic_local_pgo", "automatic_dynamic_remote_pgo"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, False)
+
+
+def _log_call(index: int, num_tokens: int) -> None:
+    from torch._logging import trace_structured
+
+    trace_structured(
+        "artifact",
+        metadata_fn=lambda: {"name": CALL_ARTIFACT, "encoding": "json"},
+        payload_fn=lambda: json.dumps({"index": index, "num_tokens": num_tokens}),
+        expect_trace_id=False,
+    )
+
+
+def _as_args(inputs: Any) -> tuple:
+    if isinstance(inputs, tuple):
+        return inputs
+    if isinstance(inputs, list):
+        return tuple(inputs)
+    return (inputs,)
+
+
+def sweep(config: dict[str, Any], rank: int = 0) -> dict[str, Any]:
+    """Compile the target and feed it every size. Runs on one rank (or the only process)."""
+    import torch
+
+    from arfuse.audit import target as targets
+
+    _configure_torch()
+    target = targets.load(config["spec"]).materialize()
+    strict = config.get("strict") or target.strict
+    audited = rank == 0 or target.audit_ranks == "all"
+    compile_here = audited or target.compile_ranks == "all"
+    kwargs = dict(target.compile_kwargs)
+    if config.get("backend"):
+        kwargs["backend"] = config["backend"]
+    model = torch.compile(target.model, **kwargs) if compile_here else target.model
+    mark = torch._dynamo.mark_dynamic if strict else torch._dynamo.maybe_mark_dynamic
+    progress = Path(config["out"], "progress.jsonl") if rank == 0 else None
+    calls: list[dict[str, Any]] = []
+    sources: list[str] = []
+    dims_by_name: dict[str, list[int]] = {}
+    sizes: list[int] = config["sizes"]
+    for i, n in enumerate(sizes):
+        try:
+            args = _as_args(target.make_inputs(n))
+        except Exception as exc:  # noqa: BLE001 - a target error, reported with its fix
+            raise ValueError(f"make_inputs({n}) raised {type(exc).__name__}: {exc}") from exc
+        if not sources:
+            sources, dims_by_name = targets.token_sources(target, args)
+            if not sources:
+                raise ValueError("make_inputs returned no tensor with a token dim; return the "
+                                 "model's positional args, or set AuditTarget.token_dims")
+        for j, a in enumerate(args):
+            if isinstance(a, torch.Tensor):
+                for d in targets.token_dims_of(target, j, a.dim()):
+                    mark(a, d)
+        _log_call(i, n)
+        t0 = time.perf_counter()
+        result: dict[str, Any] = {"index": i, "num_tokens": n, "ok": True, "rank": rank}
+        try:
+            with torch.no_grad():
+                model(*args)
+        except Exception as exc:  # noqa: BLE001 - recorded; ConstraintViolationError is a finding
+            result.update(ok=False, error_type=type(exc).__name__,
+                          error=f"{exc}"[:2000])
+        calls.append(result)
+        if progress is not None:
+            with progress.open("a") as fh:
+                fh.write(json.dumps({"done": i + 1, "total": len(sizes), "num_tokens": n,
+                                     "seconds": round(time.perf_counter() - t0, 3),
+                                     "ok": result["ok"]}) + "\n")
+    return {"calls": calls, "token_sources": sources, "token_dims": dims_by_name,
+            "backend": str(kwargs.get("backend", "inductor")), "strict": bool(strict)}
+
+
+def _rank_sweep(config: dict[str, Any]) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    return sweep(config, dist.get_rank())
+
+
+def main(config_path: str) -> int:
+    config = json.loads(Path(config_path).read_text())
+    out = Path(config["out"])
+    t0 = time.perf_counter()
+    try:
+        from arfuse.audit import sizes as sweeps
+        from arfuse.audit import target as targets
+
+        target = targets.load(config["spec"])
+        config["sizes"] = sweeps.sweep(target, config.get("sizes"))
+        if target.world_size is None:
+            import torch
+
+            torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+            results = [sweep(config, 0)]
+            ranks = [0]
+        else:
+            from arfuse.testing.process_group import RankError, SpawnedGroup
+
+            with SpawnedGroup(world_size=target.world_size, backend="gloo",
+                              timeout=float(config.get("timeout", 600))) as group:
+                try:
+                    results = group.run(_rank_sweep, config)
+                except RankError as exc:
+                    raise ValueError(f"the target failed on a rank:\n{exc}") from None
+            ranks = list(range(target.world_size)) if target.audit_ranks == "all" else [0]
+    except Exception as exc:  # noqa: BLE001 - every target error becomes a message + exit 3
+        (out / "fatal.json").write_text(json.dumps({
+            "message": f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError)
+            else str(exc),
+            "traceback": traceback.format_exc()}))
+        return EXIT_TARGET_ERROR
+    first = results[0]
+    run = RunInfo(target=config.get("display") or config["spec"], sizes=config["sizes"],
+                  token_sources=first["token_sources"], token_dims=first["token_dims"],
+                  calls=[CallResult.from_json(c) for r in results for c in r["calls"]],
+                  world_size=target.world_size or 1, ranks=ranks, backend=first["backend"],
+                  strict=first["strict"], seconds=round(time.perf_counter() - t0, 2))
+    (out / "run.json").write_text(json.dumps(run.to_json(), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,193 @@
+"""The pass on whole models, its refusals, its cache key, and the fused ops' own checks."""
+
+import warnings
+
+import pytest
+import torch
+
+import arfuse
+from arfuse.config import FusionConfig
+from tests import dist_checks as dc
+
+pytestmark = pytest.mark.timeout(300)
+FUSED = "arfuse.fused_allreduce_rmsnorm.default"
+
+
+@pytest.mark.parametrize("num_layers,dtype,norm,allreduce", [
+    (3, "bf16", "hf", "c10d"),
+    (1, "fp16", "gemma", "arfuse"),
+    (2, "fp32", "custom_op", "c10d"),
+    (2, "bf16", "rms_norm", "arfuse"),
+])
+def test_example_decoder_fuses_exactly_two_per_layer(group2, num_layers, dtype, norm, allreduce):
+    r = group2.run(dc.check_decoder, num_layers, dtype, norm, allreduce)[0]
+    assert len(r["after"]) >= 1
+    for before, after in zip(r["before"], r["after"]):
+        assert dc.count_allreduces(before) == 2 * num_layers
+        assert after.get(FUSED) == 2 * num_layers
+        assert dc.count_allreduces(after) == 0
+        # only the first layer's input norm (no allreduce before it) stays unfused
+        assert after.get("aten.rsqrt.default", 0) + after.get("arfuse.rms_norm.default", 0) == 1
+    assert r["skipped"] == []
+    tol = dc.TOL[dc.DTYPES[dtype]]
+    assert all(e <= tol for e in r["errors"].values()), r["errors"]
+    assert 1 in r["errors"]
+
+
+def test_graph_without_pattern_is_unchanged(group2):
+    r = group2.run(dc.check_no_pattern)[0]
+    assert r["before"] == r["after"]
+    assert r["num_matches"] == 0 and r["skipped"] == []
+    assert r["error"] == 0.0
+
+
+@pytest.mark.parametrize("which,node", [("rsqrt", "rsqrt"), ("upcast", "convert_element_type"),
+                                        ("allreduce", "wait_tensor")])
+def test_chain_with_extra_consumer_is_not_fused(group2, which, node):
+    r = group2.run(dc.check_extra_consumer, which)[0]
+    assert r["num_matches"] == 0
+    assert dc.count_fused(r["after"]) == 0
+    assert dc.count_allreduces(r["after"]) == 1
+    [(reason, _)] = r["skipped"]
+    assert f"['{node}']" in reason and "used outside" in reason
+    assert r["errors"] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("world1", "world size 1"),
+    ("hidden", "hidden size 12 is not a multiple of 8"),
+    ("float64", "activation dtype torch.float64 is not supported"),
+])
+def test_unsupported_chains_are_skipped_with_one_warning(group2, case, reason):
+    r = group2.run(dc.check_unsupported, case)[0]
+    assert r["num_matches"] == 0
+    assert [reason in s for s, _ in r["skipped"]] == [True]
+    assert len(r["warnings"]) == 1 and reason in r["warnings"][0]
+    assert r["errors"] == [0.0, 0.0]
+
+
+def test_dtensor_tensor_parallel_hf_decoder(group2):
+    results = group2.run(dc.check_dtensor)
+    r = results[0]
+    assert r["graphs"] == 1
+    assert r["matched"] == {"c10d/hf/res+ar/none": 4}
+    assert dc.count_allreduces(r["before"][0]) == 4
+    assert r["after"][0].get(FUSED) == 4 and dc.count_allreduces(r["after"][0]) == 0
+    assert all(e <= 2e-2 for e in r["errors"].values()), r["errors"]
+    assert results[1]["errors"] == r["errors"]
+
+
+def test_bad_op_inputs_raise_clear_errors(group2):
+    r = group2.run(dc.check_bad_op_inputs)[0]
+    expected = {
+        "hidden": "weight shape (32,) does not match the hidden size 64",
+        "residual_shape": "residual shape (2, 64) differs from input shape (4, 64)",
+        "noncontiguous": "is not contiguous; call .contiguous() first",
+        "group": "unknown process group name 'no-such-group'",
+        "scale_shape": "needs a scale with exactly one element, got shape (64,)",
+        "weight_dtype": "cast the weight to torch.bfloat16",
+        "compiled_hidden": "weight shape (32,) does not match the hidden size 64",
+    }
+    for case, text in expected.items():
+        assert r[case] is not None, f"{case}: no error raised"
+        kind, message = r[case]
+        assert text in message, (case, message)
+        assert kind == "ValueError" or case == "compiled_hidden"
+
+
+@pytest.mark.parametrize("dtype,tol", [("fp32", 1e-6), ("bf16", 8e-3), ("fp16", 1e-3)])
+@pytest.mark.parametrize("tokens", [1, 5])
+@pytest.mark.parametrize("residual,fp8", [(True, False), (False, False), (True, True)])
+def test_fused_op_matches_float64_reference(group2, dtype, tol, tokens, residual, fp8):
+    r0, r1 = group2.run(dc.check_fused_op_exact, dtype, tokens, residual, fp8)
+    assert r0 == r1  # both ranks see the same reduced values
+    assert r0["norm"] <= tol and r0["residual"] <= tol
+    if fp8:
+        assert r0["quant"] <= 5e-2  # e4m3 has 3 mantissa bits
+        assert r0["dtypes"][2] == "torch.float8_e4m3fn"
+
+
+def test_no_process_group_disables_the_pass():
+    """In this (pytest) process torch.distributed is not initialised."""
+    assert not torch.distributed.is_initialized()
+
+    def fn(x, weight):
+        return arfuse.ops.rms_norm(arfuse.ops.all_reduce(x, "0"), weight, 1e-6)
+
+    fusion = arfuse.AllReduceFusionPass()
+    from arfuse.testing.graphs import op_counts
+
+    x, w = torch.randn(4, 64), torch.randn(64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = _apply_on_traced(fn, x, w, fusion)
+    assert fusion.num_matches == 0
+    assert report["disabled"].startswith("torch.distributed is not initialized")
+    assert op_counts(report["graph"])["arfuse.all_reduce.default"] == 1
+    assert any("torch.distributed is not initialized" in str(w.message) for w in caught)
+
+
+def _apply_on_traced(fn, x, w, fusion):
+    """Trace to aten with make_fx (no Dynamo, so no real collective runs) and apply the pass."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gm = make_fx(fn, tracing_mode="fake")(x, w)
+    report = fusion.apply(gm.graph)
+    report["graph"] = gm
+    return report
+
+
+class TestCacheKey:
+    def test_uuid_changes_with_config_and_is_stable(self):
+        a, b = arfuse.AllReduceFusionPass(), arfuse.AllReduceFusionPass()
+        assert a.uuid() == b.uuid()
+        variants = [FusionConfig(norm=("hf",)), FusionConfig(quant=("none",)),
+                    FusionConfig(allreduce_ops=("vllm::all_reduce",)),
+                    FusionConfig(hidden_multiple=16), FusionConfig(norm_ops=("x::norm",))]
+        keys = {arfuse.AllReduceFusionPass(c).uuid() for c in variants}
+        assert len(keys) == len(variants) and a.uuid() not in keys
+
+    def test_uuid_changes_with_code(self, tmp_path, monkeypatch):
+        import arfuse.fusion as fusion_mod
+
+        copies = []
+        for src in fusion_mod._SOURCES:
+            dst = tmp_path / src.replace("/", "_")
+            dst.write_text(open(src).read())
+            copies.append(str(dst))
+        monkeypatch.setattr(fusion_mod, "_SOURCES", tuple(copies))
+        before = arfuse.AllReduceFusionPass().uuid()
+        with open(copies[-1], "a") as f:
+            f.write("\n# a change to the matcher\n")
+        assert arfuse.AllReduceFusionPass().uuid() != before
+
+
+class TestConfig:
+    def test_defaults_enable_every_pattern(self):
+        config = FusionConfig()
+        assert all(config.enables(s) for s in arfuse.all_specs())
+
+    @pytest.mark.parametrize("kwargs,message", [
+        ({"norm": ("layernorm",)}, "unknown norm form(s) ['layernorm']"),
+        ({"allreduce_ops": ("all_reduce",)}, "write it as 'namespace::op_name'"),
+        ({"hidden_multiple": 0}, "hidden_multiple must be >= 1"),
+    ])
+    def test_bad_values_say_what_to_fix(self, kwargs, message):
+        with pytest.raises(ValueError, match=r".*" + message.replace("(", r"\(")
+                           .replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+            FusionConfig(**kwargs)
+
+
+@pytest.mark.slow
+def test_inductor_compile_and_fx_graph_cache_never_serves_another_config(group2, tmp_path):
+    r = group2.run(dc.check_inductor_and_cache, str(tmp_path), timeout=420)[0]
+    a, b, again = r["A"], r["B"], r["A again"]
+    assert a["num_matches"] == 4 and a["misses"] >= 1 and a["hits"] == 0
+    assert all(e <= 2e-2 for e in a["errors"].values()), a["errors"]
+    # another config must compile afresh (a served graph would skip the pass entirely)
+    assert b["hits"] == 0 and b["misses"] >= 1 and b["num_matches"] == 0
+    assert b["uuid"] != a["uuid"]
+    # the same config again is served from the cache, with the fused graph's exact outputs
+    assert again["hits"] >= 1 and again["misses"] == 0 and again["uuid"] == a["uuid"]
+    for t in (7, 64):
+        assert torch.equal(again["outputs"][t], a["outputs"][t])
