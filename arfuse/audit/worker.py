@@ -61,13 +61,20 @@ def _as_args(inputs: Any) -> tuple:
 
 
 def sweep(config: dict[str, Any], rank: int = 0) -> dict[str, Any]:
-    """Compile the target and feed it every size. Runs on one rank (or the only process)."""
+    """Load the target and sweep it. Runs on one rank (or the only process)."""
+    from arfuse.audit import target as targets
+
+    return sweep_target(targets.load(config["spec"]), config, rank)
+
+
+def sweep_target(target: Any, config: dict[str, Any], rank: int = 0) -> dict[str, Any]:
+    """Compile the target and feed it every size in `config["sizes"]`."""
     import torch
 
     from arfuse.audit import target as targets
 
     _configure_torch()
-    target = targets.load(config["spec"]).materialize()
+    target = target.materialize()
     strict = config.get("strict") or target.strict
     audited = rank == 0 or target.audit_ranks == "all"
     compile_here = audited or target.compile_ranks == "all"
@@ -76,7 +83,7 @@ def sweep(config: dict[str, Any], rank: int = 0) -> dict[str, Any]:
         kwargs["backend"] = config["backend"]
     model = torch.compile(target.model, **kwargs) if compile_here else target.model
     mark = torch._dynamo.mark_dynamic if strict else torch._dynamo.maybe_mark_dynamic
-    progress = Path(config["out"], "progress.jsonl") if rank == 0 else None
+    progress = Path(config["out"], "progress.jsonl") if rank == 0 and config.get("out") else None
     calls: list[dict[str, Any]] = []
     sources: list[str] = []
     dims_by_name: dict[str, list[int]] = {}

@@ -239,11 +239,15 @@ def _user_frame(ctx: AuditContext, path: str, line: str, name: str) -> Frame | N
 
 
 def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
-    """The model lines a failed-guard description points at (0/1 notes dropped)."""
+    """The model lines a failed-guard description points at (0/1 notes dropped).
+
+    Each part reads `<guard>  # <code>  # <path>:<line> in <fn> [(<inner frame or note>)]`,
+    parts joined by ` and `; the note on torch's own 0/1 bound starts "(user code shown".
+    """
     out = []
     for m in _LOC.finditer(text):
         path, line, name, paren = m.groups()
-        if paren and "0/1 specialization" in paren:
+        if text[m.end(3):].lstrip().startswith("(user code shown"):
             continue
         inner = _LOC.search(paren or "")
         frame = _user_frame(ctx, *inner.groups()[:3]) if inner else None
@@ -277,13 +281,16 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
       """,
       fix="remove the guard at this line (see the ARF101-ARF103 finding at the same line)")
 def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
-    groups: dict[tuple[str, int], tuple[Frame, list[str], list[CompileId], list[int]]] = {}
+    groups: dict[tuple[str, int], tuple[Frame, list[tuple[CompileId, str]], list[int]]] = {}
     pins = {cid: where for _c, _x, _s, _src, cid, where in token_decisions(ctx)
             if _c is GuardClass.PIN}
     code_of = {m.metrics_compile_id or m.compile_id: m.metrics for m in
                ctx.trace.of(CompilationMetrics)}
     for art in ctx.trace.artifacts("recompile_reasons"):
         cid = art.compile_id
+        n = ctx.compile_sizes.get(cid) if cid else None
+        if n is not None and n < 2:
+            continue  # num_tokens 0/1 always gets its own graph: torch's 0/1 specialization
         for entry in _reason_entries(art.payload_json()):
             failed_id, _, text = entry.partition(": ")
             failed = CompileId.parse(failed_id)
@@ -302,24 +309,24 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
                                         str(m.get("co_name", "")))]
             elif any(name in text for name in ctx.token_source_names):
                 frames = _reason_lines(ctx, text)
+            guard = text.split("  #")[0].strip()
             for f in frames:
-                key = (f.filename, f.line)
-                g = groups.setdefault(key, (f, [], [], []))
-                if text not in g[1]:
-                    g[1].append(text)
-                if cid is not None and cid not in g[2]:
-                    g[2].append(cid)
-                n = ctx.compile_sizes.get(cid) if cid else None
-                if n is not None and n not in g[3]:
-                    g[3].append(n)
-    for frame, reasons, cids, sizes in groups.values():
+                g = groups.setdefault((f.filename, f.line), (f, [], []))
+                if cid is not None and (cid, guard) not in g[1]:
+                    g[1].append((cid, guard))
+                if n is not None and n not in g[2]:
+                    g[2].append(n)
+    for frame, events, sizes in groups.values():
+        cids = list(dict.fromkeys(c for c, _ in events))
         at = f" at num_tokens={', '.join(map(str, sorted(sizes)))}" if sizes else ""
         yield Finding(
             code="ARF104", name="num-tokens-recompile",
             message=f"recompiled {len(cids)} time(s){at} because a guard from this line failed",
-            location=Location.of(frame), expr="; ".join(r.split("  #")[0] for r in reasons),
+            location=Location.of(frame),
+            expr="; ".join(dict.fromkeys(g for _, g in events)),
             compile_id=str(cids[0]) if cids else "", frames=[Location.of(frame)],
-            details=[f"recompile {c}: {r[:300]}" for c, r in zip(cids, reasons)],
+            details=[f"recompile {c} (num_tokens={ctx.compile_sizes.get(c, '?')}): "
+                     f"failed `{g}`" for c, g in events],
             num_tokens=sorted(sizes), fix="")
 
 

@@ -1,0 +1,154 @@
+"""`audit()`: drive a target, parse its trace, run the rules, return a `Report`.
+
+    report = arfuse.audit.audit("model.py:build", sizes=[16, 2048, 2049])
+    report = arfuse.audit.audit(AuditTarget(model, make_inputs))   # in this process
+    report = arfuse.audit.analyze_trace("trace.log")                # a trace you already have
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from arfuse.audit import baseline as baselines
+from arfuse.audit.context import AuditContext, RunInfo
+from arfuse.audit.findings import Finding
+from arfuse.audit.report import Report
+from arfuse.audit.rules import Rule, select_rules
+from arfuse.audit.trace import Artifact, CompilationMetrics, Trace, parse_file
+
+
+def run_rules(ctx: AuditContext, rules: Sequence[Rule]) -> list[Finding]:
+    out: list[Finding] = []
+    for r in rules:
+        for f in r.check(ctx):
+            if not f.fix:
+                f.fix = r.fix
+            if ctx.rank not in f.ranks:
+                f.ranks.append(ctx.rank)
+            out.append(f)
+    return out
+
+
+def _merge_ranks(findings: list[Finding]) -> list[Finding]:
+    merged: dict[tuple[str, str, int], Finding] = {}
+    for f in findings:
+        key = (f.code, f.path, f.line)
+        if key in merged:
+            merged[key].ranks = sorted(set(merged[key].ranks) | set(f.ranks))
+        else:
+            merged[key] = f
+    return sorted(merged.values(), key=Finding.sort_key)
+
+
+def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) -> dict[str, Any]:
+    t0 = traces[min(traces)] if traces else Trace()
+    compiles = {m.metrics_compile_id or m.compile_id for m in t0.of(CompilationMetrics)}
+    recompiles = sum(1 for _ in t0.artifacts("recompile_reasons"))
+    fusion = [a.payload_json() for a in t0.artifacts("arfuse_fusion")]
+    fusion = [p for p in fusion if isinstance(p, dict)]
+    post_grad = sum(1 for _ in t0.artifacts("inductor_post_grad_graph"))
+    notes = list(run.notes)
+    if not post_grad:
+        notes.append("fusion coverage (ARF201) not checked: no Inductor post-grad graph in the "
+                     "trace (backend is not inductor)")
+    if any(c.num_tokens < 2 for c in run.calls):
+        notes.append("num_tokens=1 compiles its own graph (torch's 0/1 specialization); not a "
+                     "finding - use torch._dynamo.mark_unbacked to avoid it")
+    failed = [c for c in run.calls if not c.ok]
+    malformed = sum(len(t.malformed) for t in traces.values())
+    if malformed:
+        notes.append(f"{malformed} trace line(s) were not events (truncated or garbage); skipped")
+    return {
+        "target": run.target, "sizes": run.sizes, "calls": len(run.calls),
+        "failed_calls": len(failed), "compiles": len(compiles), "recompiles": recompiles,
+        "token_sources": run.token_sources, "backend": run.backend, "strict": run.strict,
+        "world_size": run.world_size, "ranks": sorted(traces) or run.ranks,
+        "seconds": run.seconds,
+        "fusion": {"graphs": len(fusion), "matches": sum(int(p.get("matches") or 0)
+                                                         for p in fusion),
+                   "post_grad_graphs": post_grad},
+        "findings": len(findings), "by_code": dict(sorted(
+            {f.code: sum(1 for g in findings if g.code == f.code) for f in findings}.items())),
+        "notes": notes,
+    }
+
+
+def analyze(traces: dict[int, Trace], run: RunInfo | None = None, *,
+            select: Iterable[str] = (), ignore: Iterable[str] = (),
+            baseline: str | Path | None = None, root: str | Path | None = None) -> Report:
+    """Run the selected rules over each rank's trace and build the report."""
+    run = run or RunInfo()
+    rules = select_rules(select, ignore)
+    findings = _merge_ranks([f for rank, t in sorted(traces.items())
+                             for f in run_rules(AuditContext(t, run, rank), rules)])
+    errors = [f"num_tokens={c.num_tokens} (rank {c.rank}): {c.error_type}: "
+              f"{c.error.splitlines()[0] if c.error else ''}"
+              for c in run.calls if not c.ok and "ConstraintViolation" not in c.error_type]
+    report = Report(findings, _summary(traces, run, findings), errors=errors)
+    if baseline is not None:
+        report.baselined = baselines.match(findings, baselines.load(baseline),
+                                           Path(root) if root else Path.cwd())
+    report.summary["new"] = len(report.new)
+    report.summary["baselined"] = len(report.baselined)
+    return report
+
+
+def analyze_trace(path: str | Path, run: RunInfo | None = None, **kwargs: Any) -> Report:
+    """Audit a TORCH_TRACE .log you already have (any `L[...].size()[0]` is a token dim unless
+    `run.token_sources` says otherwise)."""
+    return analyze({0: parse_file(path)}, run, **kwargs)
+
+
+def audit(target: Any, sizes: Sequence[int] | None = None, *, strict: bool = False,
+          dtrace: bool = False, backend: str | None = None, timeout: float = 600.0,
+          select: Iterable[str] = (), ignore: Iterable[str] = (),
+          baseline: str | Path | None = None, out_dir: str | Path | None = None,
+          progress: bool = False) -> Report:
+    """Audit a target. A `"FILE.py:NAME"` / `"pkg.module:NAME"` string runs in a fresh process;
+    an `AuditTarget` or `(model, make_inputs[, kwargs])` tuple runs in this process."""
+    if isinstance(target, str):
+        from arfuse.audit.run import run_target
+
+        result = run_target(target, sizes=list(sizes) if sizes else None, out_dir=out_dir,
+                            strict=strict, dtrace=dtrace, backend=backend, timeout=timeout,
+                            progress=progress)
+        traces = {r: parse_file(p) for r, p in result.trace_files.items()
+                  if r in result.run.ranks}
+        return analyze(traces, result.run, select=select, ignore=ignore, baseline=baseline)
+    return _audit_in_process(target, sizes, strict=strict, backend=backend, select=select,
+                             ignore=ignore, baseline=baseline, out_dir=out_dir)
+
+
+def _audit_in_process(obj: Any, sizes: Sequence[int] | None, *, strict: bool,
+                      backend: str | None, select: Iterable[str], ignore: Iterable[str],
+                      baseline: str | Path | None, out_dir: str | Path | None) -> Report:
+    import time
+
+    import torch
+
+    from arfuse.audit import sizes as sweeps
+    from arfuse.audit.capture import capture_trace
+    from arfuse.audit.context import CallResult
+    from arfuse.audit.target import coerce
+    from arfuse.audit.worker import sweep_target
+
+    target = coerce(obj, "audit(target)")
+    if target.world_size is not None:
+        raise ValueError("a multi-rank AuditTarget (world_size set) must be audited in a fresh "
+                         "process: pass its spec string, audit('file.py:NAME')")
+    plan = sweeps.sweep(target, sizes)
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="arfuse-audit-"))
+    out.mkdir(parents=True, exist_ok=True)
+    torch._dynamo.reset()  # a cached compile of the same code would log no guards
+    t0 = time.perf_counter()
+    with capture_trace(out / "trace.log") as log:
+        result = sweep_target(target, {"sizes": plan, "strict": strict, "backend": backend})
+    torch._dynamo.reset()
+    run = RunInfo(target=target.name or type(target.model).__name__, sizes=plan,
+                  token_sources=result["token_sources"], token_dims=result["token_dims"],
+                  calls=[CallResult.from_json(c) for c in result["calls"]],
+                  backend=result["backend"], strict=result["strict"],
+                  seconds=round(time.perf_counter() - t0, 2))
+    return analyze({0: parse_file(log)}, run, select=select, ignore=ignore, baseline=baseline)

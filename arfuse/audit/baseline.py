@@ -1,0 +1,84 @@
+"""Accepted findings: a JSON file the CI gate compares against (ruff's `--add-noqa` idea,
+kept out of the source).
+
+    {"version": 1, "findings": [{"code": "ARF102", "path": "audit/targets.py",
+                                 "source": "if n <= 2048:", "line": 12}]}
+
+A finding is baselined when code, path and the stripped source line match an entry (the line
+number may move); entries without a source line match on the line number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from arfuse.audit.findings import Finding
+
+VERSION = 1
+
+
+def _key(f: Finding, root: Path) -> dict[str, Any]:
+    from arfuse.audit.report import rel
+
+    return {"code": f.code, "path": rel(f.path, root), "source": f.location.code,
+            "line": f.line}
+
+
+def fingerprint(f: Finding, root: Path) -> str:
+    k = _key(f, root)
+    text = f"{k['code']}|{k['path']}|{k['source'] or k['line']}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"baseline {path} does not exist; create it with "
+                         f"`arfuse audit TARGET --write-baseline {path}`")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"baseline {path} is not valid JSON ({exc}); regenerate it with "
+                         f"--write-baseline") from None
+    if not isinstance(data, dict) or data.get("version") != VERSION or \
+            not isinstance(data.get("findings"), list):
+        raise ValueError(f"baseline {path} is not an arfuse baseline (version {VERSION}); "
+                         f"regenerate it with --write-baseline")
+    return data["findings"]
+
+
+def _matches(entry: dict[str, Any], key: dict[str, Any]) -> bool:
+    if entry.get("code") != key["code"]:
+        return False
+    ep, kp = str(entry.get("path", "")), key["path"]
+    if not (ep == kp or kp.endswith("/" + ep) or ep.endswith("/" + kp)):
+        return False
+    if entry.get("source") and key["source"]:
+        return entry["source"] == key["source"]
+    return entry.get("line") == key["line"]
+
+
+def match(findings: Iterable[Finding], entries: list[dict[str, Any]], root: Path) -> set[int]:
+    """Indexes of findings covered by the baseline."""
+    return {i for i, f in enumerate(findings)
+            if any(_matches(e, _key(f, root)) for e in entries)}
+
+
+def dump(findings: Iterable[Finding], root: Path, target: str = "") -> str:
+    entries = sorted((_key(f, root) for f in findings),
+                     key=lambda k: (k["path"], k["line"], k["code"]))
+    unique = [dict(t) for t in dict.fromkeys(tuple(e.items()) for e in entries)]
+    return json.dumps({"version": VERSION, "target": target, "findings": unique}, indent=2) + "\n"
+
+
+def merge_dump(path: Path, findings: Iterable[Finding], root: Path, target: str) -> str:
+    """Baseline text with this target's findings added to what the file already holds."""
+    existing = load(path) if path.exists() else []
+    fresh = json.loads(dump(findings, root, target))["findings"]
+    keyed = {(e["code"], e["path"], e.get("source", ""), e.get("line")): e
+             for e in [*existing, *fresh]}
+    entries = sorted(keyed.values(), key=lambda e: (e["path"], e.get("line") or 0, e["code"]))
+    return json.dumps({"version": VERSION, "findings": entries}, indent=2) + "\n"

@@ -1,0 +1,44 @@
+"""Capture torch's structured trace in this process (no TORCH_TRACE at startup needed).
+
+Used by `arfuse.testing.assert_dynamic` and `audit()` on in-memory targets. Attaches a file
+handler with torch's own trace formatter to the `torch.__trace` logger, and on exit prepends
+the string table (file names interned before the capture started are not logged again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def capture_trace(path: str | Path) -> Iterator[Path]:
+    import torch._logging._internal as internal
+    import torch._logging.structured as structured
+
+    path = Path(path)
+    body = path.with_suffix(".body")
+    handler = logging.FileHandler(body, mode="w")
+    handler.setFormatter(internal.TorchLogsFormatter(trace=True))
+    log = internal.trace_log
+    old_level, old_propagate = log.level, log.propagate
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        yield path
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        log.setLevel(old_level)
+        log.propagate = old_propagate
+        table = getattr(structured, "INTERN_TABLE", {})
+        with path.open("w") as out:
+            for text, sid in sorted(table.items(), key=lambda kv: kv[1]):
+                out.write(f"V0000 00:00:00.000000 0 arfuse/audit/capture.py:0] "
+                          f"{json.dumps({'str': [text, sid]})}\n")
+            out.write(body.read_text())
+        body.unlink()

@@ -1,0 +1,196 @@
+"""A `Report` (findings + summary) and its four renderings: text, json, markdown, SARIF 2.1.0.
+
+Paths are shown relative to `root` (the working directory by default) when they are under it,
+so golden outputs and baselines do not depend on where the checkout lives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from arfuse.audit.findings import Finding
+
+FORMATS = ("text", "json", "markdown", "sarif")
+
+
+@dataclass
+class Report:
+    findings: list[Finding]                       # all findings, baselined ones included
+    summary: dict[str, Any] = field(default_factory=dict)
+    baselined: set[int] = field(default_factory=set)  # indexes of findings in the baseline
+    errors: list[str] = field(default_factory=list)   # target errors at some size
+
+    @property
+    def new(self) -> list[Finding]:
+        return [f for i, f in enumerate(self.findings) if i not in self.baselined]
+
+    @property
+    def exit_code(self) -> int:
+        if self.errors:
+            return 2
+        return 1 if self.new else 0
+
+    def codes(self) -> list[tuple[str, int, str]]:
+        """(code, line, file name) of every finding: handy in tests."""
+        return [(f.code, f.line, os.path.basename(f.path)) for f in self.findings]
+
+    def render(self, fmt: str, root: str | Path | None = None) -> str:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        return {"text": to_text, "json": to_json, "markdown": to_markdown,
+                "sarif": to_sarif}[fmt](self, Path(root) if root else Path.cwd())
+
+
+def rel(path: str, root: Path) -> str:
+    if not path or path.startswith("<"):
+        return path
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except (ValueError, OSError):
+        return path
+
+
+def _json_finding(f: Finding, root: Path, baselined: bool) -> dict[str, Any]:
+    d = f.to_json()
+    d["path"] = rel(f.path, root)
+    d["frames"] = [{"path": rel(x.path, root), "line": x.line} for x in f.frames]
+    d["baselined"] = baselined
+    return d
+
+
+def to_json(report: Report, root: Path) -> str:
+    return json.dumps({
+        "findings": [_json_finding(f, root, i in report.baselined)
+                     for i, f in enumerate(report.findings)],
+        "summary": report.summary, "errors": report.errors,
+    }, indent=2)
+
+
+def _counts(report: Report) -> str:
+    by = Counter(f.code for f in report.new)
+    if not by:
+        return "no new findings"
+    return ", ".join(f"{c} x{n}" for c, n in sorted(by.items()))
+
+
+def to_text(report: Report, root: Path) -> str:
+    s = report.summary
+    lines = [f"arfuse audit: {s.get('target', '?')}",
+             f"  swept num_tokens = {', '.join(map(str, s.get('sizes', [])))} "
+             f"({s.get('calls', 0)} calls, {s.get('compiles', 0)} compiles, "
+             f"{s.get('recompiles', 0)} recompiles, {s.get('seconds', 0)} s, "
+             f"backend {s.get('backend', '?')}, ranks audited {s.get('ranks', [0])} "
+             f"of world size {s.get('world_size', 1)})", ""]
+    by_file: dict[str, list[tuple[int, Finding]]] = {}
+    for i, f in enumerate(report.findings):
+        by_file.setdefault(rel(f.path, root), []).append((i, f))
+    for path in sorted(by_file):
+        lines.append(path)
+        for i, f in sorted(by_file[path], key=lambda t: (t[1].line, t[1].code)):
+            mark = "  (baselined)" if i in report.baselined else ""
+            lines.append(f"  {path}:{f.line}: {f.code} [{f.name}] {f.message}{mark}")
+            if f.location.code:
+                lines.append(f"    {f.line:>5} | {f.location.code}")
+            for d in f.details[:6]:
+                lines.append(f"          - {d}")
+            if len(f.details) > 6:
+                lines.append(f"          - ... {len(f.details) - 6} more")
+            if f.num_tokens:
+                lines.append(f"          num_tokens: {', '.join(map(str, f.num_tokens))}")
+            others = [x for x in f.frames[1:]]
+            if others:
+                lines.append("          via: " + ", ".join(f"{rel(x.path, root)}:{x.line}"
+                                                           for x in others))
+            if f.fix:
+                lines.append(f"          fix: {f.fix}")
+        lines.append("")
+    for e in report.errors:
+        lines.append(f"error: {e}")
+    for note in s.get("notes", []):
+        lines.append(f"note: {note}")
+    verdict = ("PASS: num_tokens stays dynamic" if not report.new and not report.errors
+               else "FAIL" if report.errors else "FAIL")
+    lines.append(f"{verdict}: {len(report.findings)} finding(s), {len(report.baselined)} "
+                 f"baselined, {_counts(report)}. `arfuse rules` explains each code.")
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(report: Report, root: Path) -> str:
+    s = report.summary
+    icon = "✅" if report.exit_code == 0 else "❌"
+    out = [f"### {icon} arfuse audit: `{s.get('target', '?')}`", "",
+           f"Swept num_tokens = {', '.join(map(str, s.get('sizes', [])))}: "
+           f"{s.get('compiles', 0)} compiles, {s.get('recompiles', 0)} recompiles; "
+           f"{len(report.findings)} finding(s), {len(report.new)} new.", ""]
+    if report.findings:
+        out += ["| | code | rule | where | finding |", "|---|---|---|---|---|"]
+        for i, f in enumerate(report.findings):
+            state = "baselined" if i in report.baselined else "**new**"
+            msg = f.message
+            src = f" <br>`{f.location.code}`" if f.location.code else ""
+            cell = (msg + src).replace("|", "\\|")
+            out.append(f"| {state} | `{f.code}` | {f.name} | `{rel(f.path, root)}:{f.line}` | "
+                       f"{cell} |")
+        out.append("")
+        fixes = {f.code: f.fix for f in report.findings if f.fix}
+        if fixes:
+            out += ["<details><summary>How to fix</summary>", ""]
+            out += [f"- `{c}`: {fx}" for c, fx in sorted(fixes.items())]
+            out += ["", "</details>", ""]
+    for e in report.errors:
+        out.append(f"> **error:** {e}")
+    for n in s.get("notes", []):
+        out.append(f"> note: {n}")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def to_sarif(report: Report, root: Path) -> str:
+    from arfuse.audit.rules import all_rules
+
+    rules = all_rules()
+    index = {r.code: i for i, r in enumerate(rules)}
+    results = []
+    for i, f in enumerate(report.findings):
+        loc = {"physicalLocation": {"artifactLocation": {"uri": rel(f.path, root)},
+                                    "region": {"startLine": max(f.line, 1)}}}
+        if f.location.code:
+            loc["physicalLocation"]["region"]["snippet"] = {"text": f.location.code}
+        result = {
+            "ruleId": f.code, "ruleIndex": index.get(f.code, 0), "level": "error",
+            "message": {"text": f.message}, "locations": [loc],
+            "relatedLocations": [
+                {"id": k, "physicalLocation": {"artifactLocation": {"uri": rel(x.path, root)},
+                                               "region": {"startLine": max(x.line, 1)}}}
+                for k, x in enumerate(f.frames[1:], start=1)],
+            "partialFingerprints": {"arfuse/v1": _fingerprint(f, root)},
+        }
+        if i in report.baselined:
+            result["baselineState"] = "unchanged"
+            result["suppressions"] = [{"kind": "external", "justification": "in baseline"}]
+        results.append(result)
+    sarif = {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json", "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {
+                "name": "arfuse-audit", "informationUri": "https://github.com/arfuse/arfuse",
+                "rules": [{"id": r.code, "name": r.name,
+                           "shortDescription": {"text": r.summary},
+                           "fullDescription": {"text": r.summary},
+                           "help": {"text": r.docs, "markdown": r.docs},
+                           "defaultConfiguration": {"level": "error"}} for r in rules]}},
+            "results": results,
+            "properties": {"summary": report.summary},
+        }],
+    }
+    return json.dumps(sarif, indent=2)
+
+
+def _fingerprint(f: Finding, root: Path) -> str:
+    from arfuse.audit.baseline import fingerprint
+
+    return fingerprint(f, root)
