@@ -121,11 +121,13 @@ class AllReduceFusionPass(CustomGraphPass):
                 skipped.append((f"pattern {found.spec.name} is disabled in FusionConfig",
                                 found.norm_out.name))
                 continue
-            why = self._unsupported(found)
+            why = _group_unusable(found.group_name)
+            if why is not None:
+                disabled = why
+            else:
+                why = self._chain_unsupported(found)
             if why is not None:
                 skipped.append((why, found.norm_out.name))
-                if why.startswith(("torch.distributed", "world size")):
-                    disabled = why
                 continue
             erased.update(_rewrite(graph, found))
             matches.append(found)
@@ -141,15 +143,7 @@ class AllReduceFusionPass(CustomGraphPass):
                 "disabled": disabled,
                 "skipped": [{"reason": r, "node": n} for r, n in skipped]}
 
-    def _unsupported(self, m: ChainMatch) -> str | None:
-        if not dist.is_available() or not dist.is_initialized():
-            return "torch.distributed is not initialized: no process group to reduce over"
-        try:
-            group = kernels.resolve_group(m.group_name)
-        except ValueError as e:
-            return str(e)
-        if group.size() < 2:
-            return f"world size {group.size()} of group {m.group_name!r}: nothing to fuse"
+    def _chain_unsupported(self, m: ChainMatch) -> str | None:
         act, out, weight = _val(m.allreduce_input), _val(m.norm_out), _val(m.weight)
         if act is None or out is None or weight is None:
             return "graph nodes lack shape metadata (meta['val'])"
@@ -171,6 +165,19 @@ class AllReduceFusionPass(CustomGraphPass):
         if residual is not None and not _same_shape(residual, _val(m.residual_out)):
             return "residual and allreduce output shapes differ (broadcasting add)"
         return None
+
+
+def _group_unusable(group_name: str) -> str | None:
+    """Why the pass cannot fuse collectives of this group at all, or None."""
+    if not dist.is_available() or not dist.is_initialized():
+        return "torch.distributed is not initialized: no process group to reduce over"
+    try:
+        group = kernels.resolve_group(group_name)
+    except ValueError as e:
+        return str(e)
+    if group.size() < 2:
+        return f"world size {group.size()} of group {group_name!r}: nothing to fuse"
+    return None
 
 
 # ---- graph surgery ----------------------------------------------------------------------------

@@ -14,7 +14,6 @@ def gloo2():
 @pytest.fixture
 def group2(gloo2):
     """The session's group, respawned if an earlier test killed it (a timeout or a crash)."""
-    global _current
     if not gloo2.alive:
         pytest.fail("the 2-rank gloo group died in an earlier test; see that failure")
     return gloo2
