@@ -27,6 +27,10 @@ _ARFUSE_INSTALLED = re.compile(r"[/\\](site|dist)-packages[/\\]arfuse[/\\](?!exa
 _INDUCTOR = re.compile(r"[/\\]torch[/\\]_inductor[/\\]")
 # Inductor helpers that evaluate a guard on behalf of the real decision one frame out.
 _INDUCTOR_PLUMBING = re.compile(r"_inductor[/\\](sizevars|virtualized|utils|pattern_matcher)\.py$")
+# torch frames that only evaluate or log a guard on behalf of the frame that asked for it
+_GUARD_PLUMBING = re.compile(
+    r"torch[/\\](fx[/\\]experimental[/\\](symbolic_shapes|sym_node|recording)\.py|_logging[/\\]|"
+    r"__init__\.py$|_guards\.py$|utils[/\\]_stats\.py$|_subclasses[/\\]fake_tensor\.py$)")
 
 
 def is_framework(path: str) -> bool:
@@ -75,10 +79,12 @@ def attribute(user_stack: tuple[Frame, ...] | None,
     # 3. Dynamo tracing user code: the innermost user frame of `user_stack`.
     if decision is None and call_sites:
         decision = call_sites[0]
+    # 4. Another part of the compiler (AOTAutograd, decompositions): its innermost real frame.
     if decision is None:
-        callers = _user_frames(stack)
-        if not callers:
+        torch_frames = [f for f in stack if is_framework(f.filename)
+                        and not _GUARD_PLUMBING.search(f.filename)]
+        if not torch_frames:
             return None
-        decision = callers[-1]
+        decision, by = torch_frames[-1], "compiler"
     frames = [decision] + [f for f in call_sites if f != decision]
     return Attribution(decision, by, tuple(frames))

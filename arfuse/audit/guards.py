@@ -115,6 +115,12 @@ def classify(expr: str, token_symbols: set[str]) -> GuardClass | None:
 def _relation(lhs: str, op: str, rhs: str, token_symbols: set[str]) -> GuardClass:
     lhs, rhs = _unwrap(lhs), _unwrap(rhs)
     ls, rs = symbols(lhs), symbols(rhs)
+    if bool(ls) != bool(rs):
+        const = (rhs if ls else lhs).strip()
+        if _INT.match(const) and _is_zero_one_bound(op, bool(ls), int(const)):
+            # also for derived sizes: `Ne((s0//4), 1)`, `8*((s0//4)) >= 2` come from torch's
+            # contiguity/size-oblivious checks, not from a decision in the model
+            return GuardClass.FRAMEWORK
     if ls and rs:
         # Both sides symbolic: tokens agreeing with tokens is harmless; anything else ranges.
         if lhs in token_symbols and rhs in token_symbols:

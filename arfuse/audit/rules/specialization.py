@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from arfuse.audit.attribution import Attribution, attribute, is_framework
 from arfuse.audit.context import AuditContext
@@ -52,9 +52,17 @@ def _cve_compiles(ctx: AuditContext) -> set[CompileId]:
     return out
 
 
-def token_decisions(ctx: AuditContext) -> Iterator[tuple[GuardClass, str, str, str,
-                                                          CompileId | None, Attribution]]:
-    """(class, expr, symbol, source, compile id, attribution) for every token guard/pin."""
+def token_decisions(ctx: AuditContext) -> list[tuple[GuardClass, str, str, str,
+                                                     CompileId | None, Attribution]]:
+    """(class, expr, symbol, source, compile id, attribution) for every token guard/pin.
+
+    A reshape that needs divisibility adds a Mod guard plus floor-division consequences
+    (`Ne((s0//4), 0)`, `Eq((s0//((s0//4))), 4)`); on a line with a Mod guard those count as
+    divisibility too, so the line gets one finding, not three."""
+    cached = ctx.__dict__.get("_token_decisions")
+    if cached is not None:
+        return cached
+    out = []
     for e in ctx.trace.events:
         if isinstance(e, GuardAddedFast):
             tokens = {s for s in symbols(e.expr) if ctx.token_source(e.compile_id, s)}
@@ -69,13 +77,24 @@ def token_decisions(ctx: AuditContext) -> Iterator[tuple[GuardClass, str, str, s
             expr = f"{e.symbol} == {e.value}"
         else:
             continue
-        if cls is None or cls in (GuardClass.FRAMEWORK, GuardClass.RELATION):
+        if cls is None or cls is GuardClass.RELATION:
             continue
         where = attribute(e.user_stack, e.stack)
         if where is None:
             continue
         sym = sorted(tokens)[0]
-        yield cls, expr, sym, ctx.token_source(e.compile_id, sym) or "", e.compile_id, where
+        out.append((cls, expr, sym, ctx.token_source(e.compile_id, sym) or "", e.compile_id,
+                    where))
+    div_lines = {(w.decision.filename, w.decision.line) for c, *_, w in out
+                 if c is GuardClass.DIVISIBILITY}
+    result = []
+    for cls, expr, sym, src, cid, where in out:
+        if (where.decision.filename, where.decision.line) in div_lines and "//" in expr:
+            cls = GuardClass.DIVISIBILITY
+        if cls is not GuardClass.FRAMEWORK:
+            result.append((cls, expr, sym, src, cid, where))
+    ctx.__dict__["_token_decisions"] = result
+    return result
 
 
 def _grouped(ctx: AuditContext, wanted: GuardClass) -> dict[tuple[str, int], _Group]:
