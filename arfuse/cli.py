@@ -13,8 +13,11 @@ import click
 # name -> "module:attribute" of a click command
 _COMMANDS = {
     "audit": "arfuse.audit.cli:audit",
+    "bench": "arfuse.bench.cli:bench",
+    "tune": "arfuse.bench.cli:tune",
     "rules": "arfuse.audit.cli:rules",
     "patterns": "arfuse.patterns.cli:patterns",
+    "thresholds": "arfuse.thresholds_cli:thresholds",
 }
 
 

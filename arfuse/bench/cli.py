@@ -1,0 +1,248 @@
+"""`arfuse bench` and `arfuse tune`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from arfuse.bench.strategies import ALL
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give comma-separated integers", param_hint=what)
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"{text!r}: give integers >= 1", param_hint=what)
+    return values
+
+
+
+
+def run_bench_worker(cases, tokens, strategies, command, n_inner, reps):
+    from arfuse.bench.sweep import run_sweep
+
+    return run_sweep(cases, tokens, strategies, command, n_inner, reps)
+
+
+@click.command()
+@click.option("--world-size", type=int, default=None,
+              help="ranks to spawn (default: every visible GPU; 2 on CPU). Ignored under "
+                   "torchrun, which sets it")
+@click.option("--tokens", default=",".join(str(2**i) for i in range(15)), show_default=True,
+              help="token counts; every threshold +-1 is added on GPU")
+@click.option("--hidden", default="4096,8192", show_default=True, help="hidden sizes")
+@click.option("--dtype", "dtypes", default="bf16", show_default=True,
+              help="comma-separated: bf16, fp16, fp32")
+@click.option("--residual", type=click.Choice(["on", "off", "both"]), default="on",
+              show_default=True)
+@click.option("--quant", type=click.Choice(["none", "fp8", "both"]), default="none",
+              show_default=True)
+@click.option("--strategies", default=",".join(ALL), show_default=True,
+              help="which of: " + ", ".join(ALL))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("bench/results"), show_default=True)
+@click.option("--name", default=None, help="file stem (default: <card>_tp<N>_<date>)")
+@click.option("--backend", type=click.Choice(["auto", "nccl", "gloo"]), default="auto",
+              show_default=True, help="auto: nccl with GPUs, else gloo (CPU smoke run)")
+@click.option("--reps", type=int, default=30, show_default=True, help="timed graph replays")
+@click.option("--n-inner", type=int, default=16, show_default=True,
+              help="calls captured per CUDA graph")
+@click.option("--timeout", type=float, default=3600, show_default=True,
+              help="seconds before a hung sweep is killed")
+@click.option("--decoder", is_flag=True,
+              help="instead: time a decode step of a TP decoder stack (Llama-8B-like shapes), "
+                   "torch.compile with vs without arfuse, at --tokens (default 1..256)")
+@click.option("--layers", type=int, default=4, show_default=True, help="with --decoder")
+def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_dir, name,
+          backend, reps, n_inner, timeout, decoder, layers):
+    """Time allreduce + add + RMSNorm: unfused (eager / compiled) vs fused one-shot / two-shot
+    vs arfuse's dispatch, per token count; write markdown + JSON + PNG.
+
+    Spawns one process per GPU itself (or runs under torchrun). Times are us per call: the
+    median over CUDA-graph replays of many calls on rotating buffers, slowest rank."""
+    import torch
+
+    from arfuse.bench import report
+    from arfuse.bench.sweep import DTYPES, Case
+
+    token_counts = _ints(tokens, "--tokens")
+    hiddens = _ints(hidden, "--hidden")
+    dtype_names = [d.strip() for d in dtypes.split(",") if d.strip()]
+    bad = [d for d in dtype_names if d not in DTYPES]
+    if bad or not dtype_names:
+        raise click.BadParameter(f"{bad or dtypes!r}: choose from {list(DTYPES)}",
+                                 param_hint="--dtype")
+    chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
+    if not chosen or set(chosen) - set(ALL):
+        raise click.BadParameter(f"unknown {sorted(set(chosen) - set(ALL))}; choose from {ALL}",
+                                 param_hint="--strategies")
+    residuals = {"on": [True], "off": [False], "both": [True, False]}[residual]
+    quants = {"none": ["none"], "fp8": ["fp8"], "both": ["none", "fp8"]}[quant]
+    cases = [Case(h, d, r, q) for h in hiddens for d in dtype_names for r in residuals
+             for q in quants]
+    command = "arfuse bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    args = (cases, token_counts, chosen, command, n_inner, reps)
+    if decoder:
+        decode_tokens = token_counts if "--tokens" in sys.argv else (1, 2, 4, 8, 16, 32, 64,
+                                                                      128, 256)
+        return _decoder_bench(world_size, backend, decode_tokens, layers, out_dir, name,
+                              command, timeout)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun
+        result = _under_torchrun(backend, args)
+        if result is None:
+            return
+    else:
+        from arfuse.testing import SpawnedGroup
+
+        gpus = torch.cuda.device_count()
+        if backend == "auto":
+            backend = "nccl" if gpus >= 2 else "gloo"
+        world = world_size or (gpus if backend == "nccl" else 2)
+        if backend == "nccl" and world > gpus:
+            raise click.UsageError(f"--world-size {world} but only {gpus} GPUs are visible")
+        if world < 2:
+            raise click.UsageError("allreduce needs --world-size >= 2")
+        env = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+               "NVSHMEM_DISABLE_NVLS": "1"}
+        os.environ.update(env)
+        click.echo(f"arfuse bench: {len(cases)} case(s) x {len(token_counts)}+ token counts x "
+                   f"{len(chosen)} strategies on {world} ranks ({backend})", err=True)
+        with SpawnedGroup(world, backend=backend, timeout=timeout, env=env) as group:
+            result = group.run(run_bench_worker, *args)[0]
+    report.print_table(result)
+    env = result["env"]
+    stem = name or "{}_tp{}_{}".format(
+        env.get("card", "cpu").split("(")[0].strip().replace(" ", "-").lower(),
+        env["world_size"], env["date"][:10])
+    marks = _threshold_marks(result)
+    for path in report.write(result, out_dir, stem, marks):
+        click.echo(f"wrote {path}")
+
+
+def run_decoder_worker(tokens, layers):
+    from arfuse.bench.decoder import run_decoder_sweep
+
+    return run_decoder_sweep(tokens, layers)
+
+
+def _decoder_bench(world_size, backend, tokens, layers, out_dir, name, command, timeout):
+    import torch
+
+    from arfuse.bench.sweep import environment
+    from arfuse.testing import SpawnedGroup
+
+    gpus = torch.cuda.device_count()
+    backend = ("nccl" if gpus >= 2 else "gloo") if backend == "auto" else backend
+    world = world_size or (gpus if backend == "nccl" else 2)
+    env = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+           "NVSHMEM_DISABLE_NVLS": "1"}
+    os.environ.update(env)
+    with SpawnedGroup(world, backend=backend, timeout=timeout, env=env) as group:
+        rows = group.run(run_decoder_worker, tokens, layers)[0]
+    device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
+    result = {"env": environment(device, world, command), "rows": rows}
+    e = result["env"]
+    lines = [f"# Decode step, TP decoder stack: {e.get('card')} x{world}", "",
+             f"- {layers} layers, hidden 4096, intermediate 14336, 32 heads, bf16, random weights",
+             f"- torch {e['torch']}, FlashInfer {e.get('flashinfer', 'n/a')}, date {e['date']}",
+             f"- command: `{command}`",
+             "- us per step: median over " + ("CUDA-graph replays of the compiled call"
+                                               if backend == "nccl" else "eager loops (CPU)")
+             + ", slowest rank",
+             f"- chains fused by arfuse over all compiled graphs: {rows[0].get('fused_ops')}",
+             "",
+             "| tokens | torch.compile | torch.compile + arfuse | speedup | rel L2 vs compile |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['tokens']} | {r['compile_us']:.1f} | {r['compile+arfuse_us']:.1f} | "
+                     f"{r['speedup']:.2f}x | {r['rel_l2_vs_compile']:.1e} |")
+    text = "\n".join(lines) + "\n"
+    click.echo(text)
+    stem = name or f"decoder_tp{world}_{e['date'][:10]}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.md").write_text(text)
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    click.echo(f"wrote {out_dir / stem}.md and .json")
+
+
+def _under_torchrun(backend, args):
+    import torch
+    import torch.distributed as dist
+
+    from arfuse.bench.sweep import run_sweep
+
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend)
+    result = run_sweep(*args)
+    rank = dist.get_rank()
+    dist.destroy_process_group()
+    return result if rank == 0 else None
+
+
+def _threshold_marks(result: dict) -> dict:
+    env = result["env"]
+    if "capability" not in env:
+        return {}
+    from arfuse import thresholds
+
+    major, minor = (int(x) for x in env["capability"].split("."))
+    found = thresholds.entry((major, minor), env["world_size"])
+    return {"one-shot max": found.oneshot_max_mb, "fused max": found.fused_max_mb} if found \
+        else {}
+
+
+@click.command()
+@click.argument("results", nargs=-1, type=click.Path(exists=True, dir_okay=False,
+                                                     path_type=Path))
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="write the thresholds JSON here (load it with "
+                                 "ARFUSE_THRESHOLDS=PATH)")
+@click.option("--tolerance", type=float, default=0.02, show_default=True,
+              help="the dispatched strategy may be this much slower than the best, at most")
+def tune(results, out_file, tolerance):
+    """Choose thresholds from `arfuse bench` JSON files; print the diff against the table in
+    force; write the thresholds JSON the pass loads."""
+    from arfuse import thresholds
+    from arfuse.bench.tune import to_table, tune as run_tune
+
+    if not results:
+        raise click.UsageError("give one or more bench JSON files (`arfuse bench` writes them "
+                               "under bench/results/)")
+    loaded = []
+    for path in results:
+        try:
+            data = json.loads(path.read_text())
+            assert "env" in data and "rows" in data
+        except (json.JSONDecodeError, AssertionError):
+            raise click.UsageError(f"{path}: not an `arfuse bench` JSON result")
+        loaded.append(data)
+    try:
+        choices = run_tune(loaded, tolerance)
+    except ValueError as e:
+        raise click.UsageError(str(e))
+    source = "tuned by arfuse tune from " + ", ".join(p.name for p in results)
+    table = to_table(choices, source)
+    current = thresholds.to_json()
+    for c in choices:
+        old = current.get(c.arch, {}).get(str(c.world_size))
+        was = (f"{old['oneshot_max_mb']:g} / {old['fused_max_mb']:g} MB" if old else "no entry")
+        flag = "" if c.within_tolerance else f"  (!) no thresholds keep every size within " \
+                                              f"{tolerance:.0%}"
+        click.echo(f"{c.arch} TP{c.world_size}: one-shot max / fused max  {was}  ->  "
+                   f"{c.oneshot_max_mb:g} / {c.fused_max_mb:g} MB   worst {c.worst_ratio:.3f}x "
+                   f"of best at {c.worst_at} over {c.sizes} sizes{flag}")
+    if out_file:
+        out_file.write_text(json.dumps(table, indent=2) + "\n")
+        click.echo(f"wrote {out_file}; use it with ARFUSE_THRESHOLDS={out_file}")
+    else:
+        click.echo(json.dumps(table, indent=2))

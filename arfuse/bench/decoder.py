@@ -1,0 +1,53 @@
+"""What users feel: one decode step of a TP decoder stack, torch.compile with vs without arfuse.
+
+The stack is `arfuse.examples.TPDecoder` with Llama-8B-like shapes (hidden 4096, intermediate
+14336, 32 heads; random weights; `num_layers` layers, default 4) in bf16. A decode step of T
+tokens is one forward of [T, hidden]. Both variants are compiled once with the token dim
+dynamic; each step is timed as CUDA-graph replays of the compiled call (graphs on, as serving
+engines run decode), median, slowest rank.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from arfuse.bench.timing import slowest, time_cuda_graph, time_eager
+
+
+def run_decoder_sweep(tokens: tuple[int, ...], num_layers: int = 4, hidden: int = 4096,
+                      intermediate: int = 14336, heads: int = 32, n_inner: int = 4,
+                      reps: int = 20) -> list[dict]:
+    import arfuse
+    from arfuse.examples import build_tp_decoder
+
+    on_gpu = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    model, make_inputs = build_tp_decoder(num_layers, hidden, intermediate, heads,
+                                          dtype=torch.bfloat16, device=device)
+    fusion = arfuse.AllReduceFusionPass()
+    variants = {
+        "compile": torch.compile(model),
+        "compile+arfuse": torch.compile(model, options={"post_grad_custom_post_pass": fusion}),
+    }
+    group = dist.group.WORLD
+    rows = []
+    with torch.no_grad():
+        for t in tokens:
+            buffers = [make_inputs(t + 1000 * k)[0][:t] for k in range(2)]
+            for x in buffers:
+                torch._dynamo.maybe_mark_dynamic(x, 0)
+            row = {"tokens": t, "layers": num_layers, "hidden": hidden}
+            outs = {}
+            for name, compiled in variants.items():
+                step = lambda i, c=compiled: c(buffers[i])  # noqa: E731
+                outs[name] = compiled(buffers[0]).float()
+                us = time_cuda_graph(step, 2, group, n_inner, reps) if on_gpu else \
+                    time_eager(step, 2, group)
+                row[f"{name}_us"] = slowest(us, group, device)
+            diff = (outs["compile+arfuse"] - outs["compile"]).norm() / outs["compile"].norm()
+            row["rel_l2_vs_compile"] = float(diff)
+            row["speedup"] = row["compile_us"] / row["compile+arfuse_us"]
+            rows.append(row)
+    rows and rows[0].update(fused_ops=fusion.num_matches)
+    return rows

@@ -1,0 +1,100 @@
+"""Thresholds from measurements: per (arch, world size), the one-shot and fusion limits (MB)
+under which the strategy arfuse dispatches is never slower than the best measured strategy by
+more than `tolerance` at any measured size.
+
+The dispatch policy being tuned (see arfuse.kernels.flashinfer.choose_strategy):
+one-shot while MB <= oneshot_max, two-shot (one-shot at tokens <= world size) while
+MB <= fused_max, the unfused path above. The unfused path is costed as unfused_compiled (NCCL +
+compiled add+RMSNorm), the fastest unfused strategy the fallback can be.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+from arfuse.bench.strategies import ALL
+
+SLACK = 1 + 1e-9  # MB limits sit a hair above a measured size so MB -> tokens keeps it
+
+
+@dataclass(frozen=True)
+class Choice:
+    arch: str
+    world_size: int
+    oneshot_max_mb: float
+    fused_max_mb: float
+    worst_ratio: float        # policy time / best measured time, worst over measured sizes
+    worst_at: str             # where the worst ratio occurs
+    within_tolerance: bool
+    sizes: int
+
+
+def _policy_time(row: dict, world: int, oneshot_max: float, fused_max: float) -> float:
+    t = row["times_us"]
+    get = lambda n: t.get(n) if t.get(n) is not None else math.inf  # noqa: E731
+    if row["mb"] <= oneshot_max:
+        return get("fused_oneshot")
+    if row["mb"] <= fused_max:
+        return get("fused_twoshot") if row["tokens"] > world else get("fused_oneshot")
+    fallback = get("unfused_compiled")
+    return fallback if fallback < math.inf else get("unfused_eager")
+
+
+def _best(row: dict) -> float:
+    vals = [row["times_us"].get(n) for n in ALL if n != "arfuse"]
+    vals = [v for v in vals if v is not None]
+    return min(vals) if vals else math.inf
+
+
+def choose(rows: list[dict], arch: str, world: int, tolerance: float = 0.02) -> Choice:
+    """Search every (oneshot_max, fused_max) pair over the measured sizes."""
+    rows = [r for r in rows if _best(r) < math.inf]
+    if not rows:
+        raise ValueError(f"no measured rows for {arch} TP{world}; run `arfuse bench` first")
+    sizes = sorted({0.0} | {r["mb"] for r in rows})
+    best_key, best = None, None
+    for one, fused in itertools.combinations_with_replacement(sizes, 2):
+        ratios = [(_policy_time(r, world, one * SLACK, fused * SLACK) / _best(r), r)
+                  for r in rows]
+        worst, at = max(ratios, key=lambda x: x[0])
+        if math.isinf(worst):
+            continue
+        key = (worst > 1 + tolerance, sum(x for x, _ in ratios), worst, -fused)
+        if best_key is None or key < best_key:
+            best_key = key
+            best = Choice(arch, world, round(one * SLACK, 9) if one else 0.0,
+                          round(fused * SLACK, 9) if fused else 0.0, worst,
+                          f"{at['tokens']} tokens, hidden {at['hidden']}, {at['dtype']}",
+                          worst <= 1 + tolerance, len(rows))
+    if best is None:
+        raise ValueError(f"{arch} TP{world}: no threshold pair gives a finite time at every "
+                         "size (a strategy failed at every size?)")
+    return best
+
+
+def tune(results: list[dict], tolerance: float = 0.02) -> list[Choice]:
+    """One Choice per (arch, world size) found in the bench results."""
+    from arfuse import thresholds
+
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for result in results:
+        env = result["env"]
+        if "capability" not in env:
+            raise ValueError("bench result has no GPU capability (a CPU smoke run?); tune needs "
+                             "GPU measurements")
+        major, minor = (int(x) for x in env["capability"].split("."))
+        key = (thresholds.arch_of((major, minor)), int(env["world_size"]))
+        groups.setdefault(key, []).extend(result["rows"])
+    return [choose(rows, arch, world, tolerance) for (arch, world), rows in sorted(groups.items())]
+
+
+def to_table(choices: list[Choice], source: str) -> dict:
+    """The override-file JSON (`ARFUSE_THRESHOLDS`) for the choices."""
+    table: dict = {}
+    for c in choices:
+        table.setdefault(c.arch, {})[str(c.world_size)] = {
+            "oneshot_max_mb": c.oneshot_max_mb, "fused_max_mb": c.fused_max_mb,
+            "source": f"{source}; worst {c.worst_ratio:.3f}x of best at {c.worst_at}"}
+    return table
