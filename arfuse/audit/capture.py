@@ -25,6 +25,11 @@ def capture_trace(path: str | Path) -> Iterator[Path]:
     handler.setFormatter(internal.TorchLogsFormatter(trace=True))
     log = internal.trace_log
     old_level, old_propagate = log.level, log.propagate
+    # Without TORCH_TRACE, torch's lazy handler removes itself on the first record, mid-emit,
+    # and logging then skips the next handler for that record: park it while we capture.
+    parked = [h for h in log.handlers if getattr(h, "root_dir", "") is None]
+    for h in parked:
+        log.removeHandler(h)
     log.setLevel(logging.DEBUG)
     log.propagate = False
     log.addHandler(handler)
@@ -33,6 +38,8 @@ def capture_trace(path: str | Path) -> Iterator[Path]:
     finally:
         log.removeHandler(handler)
         handler.close()
+        for h in parked:
+            log.addHandler(h)
         log.setLevel(old_level)
         log.propagate = old_propagate
         table = getattr(structured, "INTERN_TABLE", {})
