@@ -43,7 +43,22 @@ def all_reduce(input: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     return exact.all_reduce(input, group)
 
 
+_gpu_backends_loaded = False
+
+
+def _load_gpu_backends() -> None:
+    """Register the FlashInfer backend on the first CUDA call (it imports FlashInfer lazily
+    itself, so importing arfuse on CPU never touches FlashInfer or CUDA)."""
+    global _gpu_backends_loaded
+    _gpu_backends_loaded = True
+    from arfuse.kernels import flashinfer
+
+    register_backend(flashinfer.backend)
+
+
 def run_fused(input, residual, weight, scale, eps, weight_bias, group) -> Result:
+    if input.is_cuda and not _gpu_backends_loaded:
+        _load_gpu_backends()
     for backend in _BACKENDS:
         result = backend(input, residual, weight, scale, eps, weight_bias, group)
         if result is not None:
