@@ -17,6 +17,7 @@ from typing import Any
 
 from arfuse.audit.trace import (
     Artifact, CompileId, CreateSymbol, GuardAdded, SymbolicShapeSpecialization, Trace,
+    UnknownEvent,
 )
 
 CALL_ARTIFACT = "arfuse_audit_call"
@@ -94,6 +95,26 @@ class AuditContext:
                 continue
             if e.compile_id is not None and current is not None:
                 out.setdefault(e.compile_id, current)
+        for cid, n in self._described_sizes().items():
+            out.setdefault(cid, n)
+        return out
+
+    def _described_sizes(self) -> dict[CompileId, int]:
+        """A trace without our call markers: read the token size of each compile's inputs from
+        Dynamo's describe_tensor/describe_source events."""
+        tensors: dict[tuple, list] = {}
+        out: dict[CompileId, int] = {}
+        for e in self.trace.of(UnknownEvent):
+            meta = e.metadata if isinstance(e.metadata, dict) else {}
+            key = (e.compile_id, meta.get("describer_id"), meta.get("id"))
+            if e.name == "describe_tensor" and isinstance(meta.get("size"), list):
+                tensors[key] = meta["size"]
+            elif e.name == "describe_source" and key in tensors and e.compile_id not in out:
+                for d, n in enumerate(tensors[key]):
+                    if isinstance(n, int) and self.is_token_source(
+                            f"{meta.get('source')}.size()[{d}]"):
+                        out[e.compile_id] = n
+                        break
         return out
 
     # -- token symbols --------------------------------------------------------------------

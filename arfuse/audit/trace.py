@@ -359,7 +359,8 @@ def parse_bytes(data: bytes, source: str = "<memory>") -> Trace:
         line_no += data.count(b"\n", prev_end, start)
         prev_end = start
         if start > covered_to:
-            _garbage(data, covered_to, start, line_no, trace)
+            _garbage(data, covered_to, start, line_no - data.count(b"\n", covered_to, start),
+                     trace)
         nxt = matches[i + 1].start() if i + 1 < len(matches) else len(data)
         covered_to = _payload_end(data, end, nxt)
         raw = m.group(3)
