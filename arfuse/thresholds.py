@@ -1,0 +1,267 @@
+"""When the fused allreduce+RMSNorm kernel pays, and which of its strategies to run.
+
+The table is keyed by GPU architecture (compute capability family: ``sm90`` = Hopper,
+``sm100`` = Blackwell) and tensor-parallel world size. Each entry holds two sizes in MB
+(MiB, 2**20 bytes) of *activation* - the per-rank ``[tokens, hidden]`` tensor that enters the
+allreduce:
+
+    oneshot_max_mb   one-shot kernel while the activation is <= this
+    fused_max_mb     two-shot kernel up to this; above it the unfused path
+                     (NCCL allreduce + compiled add+RMSNorm) is faster
+
+Where the values come from (``Thresholds.source`` says it for every entry):
+
+- sm90 TP2 / TP4: measured on 2x / 4x H200 (``../shared/gpu/reference/``, bf16, hidden 4096):
+  at TP2 one-shot always beat two-shot and fusion won up to 32 MB (lost at 64 MB); at TP4
+  one-shot won at 2 MB, two-shot from 4 MB, and fusion won up to 8 MB (lost at 16 MB).
+- everything else: the seed values (vLLM's table), not yet measured by us.
+
+Overrides, highest first: `set_override()` / `override()` (in-process, for tuning and tests), the
+JSON file named by the ``ARFUSE_THRESHOLDS`` environment variable (read once per process; call
+`reload()` after changing it), then the defaults. An override replaces only the entries it
+names. The file format is what ``arfuse thresholds --json`` prints::
+
+    {"sm90": {"4": {"oneshot_max_mb": 3, "fused_max_mb": 8}}}
+
+`lookup(capability, world_size, dtype, hidden)` turns an entry into token counts for one
+hidden size and dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import torch
+
+ENV_VAR = "ARFUSE_THRESHOLDS"
+MIB = 2**20
+
+_MEASURED_TP2 = ("measured: 2x H200, bf16, hidden 4096/8192 - one-shot beat two-shot at every "
+                 "size; fused won up to 32 MB, lost at 64 MB (hidden 4096)")
+_MEASURED_TP4 = ("measured: 4x H200, bf16, hidden 4096 - one-shot best at 2 MB, two-shot from "
+                 "4 MB; fused won up to 8 MB, lost from 16 MB")
+_SEED = "seed (vLLM's table), not measured by arfuse"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """One table entry: activation sizes in MB (MiB) for one arch and world size."""
+
+    oneshot_max_mb: float
+    fused_max_mb: float
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("oneshot_max_mb", "fused_max_mb"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value < 0:
+                raise ValueError(f"thresholds: {name} must be a finite number of MB >= 0, "
+                                 f"got {value!r}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """An entry resolved for one hidden size and dtype: token counts instead of MB."""
+
+    arch: str
+    world_size: int
+    hidden: int
+    dtype: torch.dtype
+    oneshot_max_tokens: int   # one-shot for tokens <= this
+    fused_max_tokens: int     # two-shot (or one-shot) for tokens <= this; unfused above
+    thresholds: Thresholds
+
+    def token_counts(self) -> list[int]:
+        """The token counts where behaviour switches, each as t-1, t, t+1 (for sweeps)."""
+        out = set()
+        for t in (self.oneshot_max_tokens, self.fused_max_tokens):
+            out.update(x for x in (t - 1, t, t + 1) if x >= 1)
+        return sorted(out)
+
+
+DEFAULT_TABLE: dict[str, dict[int, Thresholds]] = {
+    "sm90": {
+        2: Thresholds(oneshot_max_mb=32, fused_max_mb=32, source=_MEASURED_TP2),
+        4: Thresholds(oneshot_max_mb=2, fused_max_mb=8, source=_MEASURED_TP4),
+        8: Thresholds(oneshot_max_mb=0.5, fused_max_mb=0.5, source=_SEED),
+    },
+    "sm100": {
+        2: Thresholds(oneshot_max_mb=32, fused_max_mb=64, source=_SEED),
+        4: Thresholds(oneshot_max_mb=4, fused_max_mb=32, source=_SEED),
+        8: Thresholds(oneshot_max_mb=1, fused_max_mb=1, source=_SEED),
+    },
+}
+
+_override: dict[str, dict[int, Thresholds]] = {}
+_file_cache: tuple[str, dict[str, dict[int, Thresholds]]] | None = None
+_generation = 0  # bumped on every change, so callers may cache resolved Limits
+
+
+def generation() -> int:
+    """A counter that changes whenever the table in force may have changed."""
+    return _generation
+
+
+def arch_of(capability: Any) -> str:
+    """Normalise a compute capability to its table key.
+
+    Accepts ``(9, 0)``, ``"9.0"``, ``90``, ``"90"``, ``"sm90"``, ``"sm_90a"``; returns ``"sm90"``
+    (Hopper) or ``"sm100"`` (any 10.x, Blackwell) and ``"sm<major*10>"`` otherwise.
+    """
+    major = None
+    if isinstance(capability, (tuple, list)) and capability:
+        major = int(capability[0])
+    elif isinstance(capability, int) and not isinstance(capability, bool):
+        major = capability // 10 if capability >= 10 else capability
+    elif isinstance(capability, str):
+        text = capability.strip().lower().removeprefix("sm").lstrip("_").rstrip("af")
+        try:
+            if "." in text:
+                major = int(text.split(".")[0])
+            else:
+                major = int(text) // 10 if len(text) >= 2 else int(text)
+        except ValueError:
+            major = None
+    if major is None or major < 1:
+        raise ValueError(f"thresholds: cannot read compute capability {capability!r}; write it "
+                         "as (9, 0), '9.0' or 'sm90'")
+    return f"sm{major * 10}"
+
+
+def parse_table(data: Any, where: str = "thresholds") -> dict[str, dict[int, Thresholds]]:
+    """Validate a JSON-shaped table ``{arch: {world_size: {oneshot_max_mb, fused_max_mb}}}``.
+
+    Arch keys go through `arch_of`; world sizes may be ints or digit strings; entries may be
+    `Thresholds` objects or dicts (``source`` optional, defaulting to `where`).
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected an object like "
+                         '{"sm90": {"4": {"oneshot_max_mb": 2, "fused_max_mb": 8}}}, '
+                         f"got {type(data).__name__}")
+    table: dict[str, dict[int, Thresholds]] = {}
+    for arch_key, per_world in data.items():
+        arch = arch_of(arch_key)
+        if not isinstance(per_world, Mapping):
+            raise ValueError(f"{where}: {arch_key!r} must map world sizes to entries, got "
+                             f"{type(per_world).__name__}")
+        for ws_key, entry in per_world.items():
+            try:
+                ws = int(ws_key)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: world size {ws_key!r} under {arch_key!r} is not an "
+                                 "integer") from None
+            if ws < 1:
+                raise ValueError(f"{where}: world size must be >= 1, got {ws}")
+            if isinstance(entry, Thresholds):
+                value = entry
+            elif isinstance(entry, Mapping):
+                unknown = set(entry) - {"oneshot_max_mb", "fused_max_mb", "source"}
+                missing = {"oneshot_max_mb", "fused_max_mb"} - set(entry)
+                if unknown or missing:
+                    raise ValueError(f"{where}: entry {arch_key}/{ws_key} has unknown keys "
+                                     f"{sorted(unknown)} / lacks {sorted(missing)}; write "
+                                     '{"oneshot_max_mb": MB, "fused_max_mb": MB}')
+                value = Thresholds(entry["oneshot_max_mb"], entry["fused_max_mb"],
+                                   str(entry.get("source", where)))
+            else:
+                raise ValueError(f"{where}: entry {arch_key}/{ws_key} must be an object, got "
+                                 f"{type(entry).__name__}")
+            table.setdefault(arch, {})[ws] = value
+    return table
+
+
+def _file_table() -> dict[str, dict[int, Thresholds]]:
+    global _file_cache
+    path = os.environ.get(ENV_VAR, "")
+    if _file_cache is not None and _file_cache[0] == path:
+        return _file_cache[1]
+    table: dict[str, dict[int, Thresholds]] = {}
+    if path:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except OSError as e:
+            raise ValueError(f"{ENV_VAR}={path!r}: cannot read it ({e.strerror}); point it at a "
+                             "JSON file or unset it") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{ENV_VAR}={path!r}: not valid JSON ({e}); `arfuse thresholds "
+                             "--json` prints a valid file") from None
+        table = parse_table(data, where=f"{ENV_VAR} file {path}")
+    _file_cache = (path, table)
+    return table
+
+
+def reload() -> None:
+    """Forget the cached ``ARFUSE_THRESHOLDS`` file (re-read on next use)."""
+    global _file_cache, _generation
+    _file_cache = None
+    _generation += 1
+
+
+def set_override(new: Mapping | None) -> None:
+    """Replace the in-process override (None clears it). Same shape as the JSON file."""
+    global _override, _generation
+    _override = {} if new is None else parse_table(new, where="override")
+    _generation += 1
+
+
+@contextlib.contextmanager
+def override(new: Mapping) -> Iterator[None]:
+    """``with override({"sm90": {2: {...}}}):`` - the previous override comes back after."""
+    global _override, _generation
+    saved = _override
+    set_override(new)
+    try:
+        yield
+    finally:
+        _override = saved
+        _generation += 1
+
+
+def table() -> dict[str, dict[int, Thresholds]]:
+    """The table in force: defaults, then the file, then the in-process override."""
+    merged = {arch: dict(per_world) for arch, per_world in DEFAULT_TABLE.items()}
+    for layer in (_file_table(), _override):
+        for arch, per_world in layer.items():
+            merged.setdefault(arch, {}).update(per_world)
+    return merged
+
+
+def entry(capability: Any, world_size: int) -> Thresholds | None:
+    """The entry for this arch and world size, or None when there is none (no fused kernel)."""
+    return table().get(arch_of(capability), {}).get(int(world_size))
+
+
+def lookup(capability: Any, world_size: int, dtype: torch.dtype, hidden: int) -> Limits | None:
+    """Token limits for one (arch, world size, dtype, hidden), or None without an entry."""
+    if hidden < 1:
+        raise ValueError(f"thresholds.lookup: hidden must be >= 1, got {hidden}")
+    found = entry(capability, world_size)
+    if found is None:
+        return None
+    row_bytes = hidden * torch.empty((), dtype=dtype).element_size()
+    fused = int(found.fused_max_mb * MIB // row_bytes)
+    oneshot = min(int(found.oneshot_max_mb * MIB // row_bytes), fused)
+    return Limits(arch_of(capability), int(world_size), hidden, dtype, oneshot, fused, found)
+
+
+def threshold_token_counts(capability: Any, world_size: int, dtype: torch.dtype,
+                           hidden: int) -> list[int]:
+    """Every token count where the strategy switches, +-1 (empty without an entry)."""
+    limits = lookup(capability, world_size, dtype, hidden)
+    return limits.token_counts() if limits else []
+
+
+def to_json(tbl: Mapping[str, Mapping[int, Thresholds]] | None = None) -> dict:
+    """The table as the JSON object the override file takes."""
+    tbl = table() if tbl is None else tbl
+    return {arch: {str(ws): {"oneshot_max_mb": e.oneshot_max_mb, "fused_max_mb": e.fused_max_mb,
+                             "source": e.source}
+                   for ws, e in sorted(per_world.items())}
+            for arch, per_world in sorted(tbl.items())}

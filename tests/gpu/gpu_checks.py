@@ -1,0 +1,318 @@
+"""Checks that run inside each rank of a spawned NCCL group (see test_flashinfer_gpu.py).
+
+Module-level functions (the ranks import them by name) returning plain data. Every rank calls
+the same functions in the same order, so the collectives inside line up.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.distributed as dist
+
+import arfuse
+from arfuse import thresholds as th
+from arfuse.kernels import flashinfer as fb
+from arfuse.kernels.exact import FP8_MAX
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+EPS = 1e-6
+FP8_SCALE = 0.05
+
+
+def _group():
+    return dist.group.WORLD
+
+
+def _shared_randn(shape, dtype, scale=1.0):
+    """Identical on every rank (residual and norm weight are replicated under TP)."""
+    t = (torch.randn(shape, device="cuda") * scale).to(dtype)
+    dist.broadcast(t, src=0, group=_group())
+    return t
+
+
+def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _reference(x, residual, weight, eps, weight_bias):
+    """float32 allreduce + add + RMSNorm."""
+    xs = x.float().clone()
+    dist.all_reduce(xs, group=_group())
+    r = xs if residual is None else xs + residual.float()
+    n = r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps) * (weight.float() + weight_bias)
+    return n, r
+
+
+def _same_on_all_ranks(*tensors) -> bool:
+    ok = torch.ones(1, device="cuda")
+    for t in tensors:
+        t0 = t.clone()
+        dist.broadcast(t0, src=0, group=_group())
+        if not torch.equal(t0.view(torch.uint8), t.contiguous().view(torch.uint8)):
+            ok.zero_()
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=_group())
+    return bool(ok.item() == 1)
+
+
+def _ran(before) -> str:
+    diff = fb.stats - before
+    assert sum(diff.values()) == 1, f"expected exactly one backend call, saw {dict(diff)}"
+    return next(iter(diff))
+
+
+def info() -> dict:
+    import flashinfer
+
+    return {"rank": dist.get_rank(), "world": dist.get_world_size(),
+            "gpu": torch.cuda.get_device_name(), "cap": torch.cuda.get_device_capability(),
+            "torch": torch.__version__, "cuda": torch.version.cuda,
+            "nccl": ".".join(map(str, torch.cuda.nccl.version())),
+            "flashinfer": flashinfer.__version__}
+
+
+def _one_call(T, hidden, dtype, residual_on, weight_bias, fp8, seed):
+    """One fused-op call through the real op + dispatch, checked against the fp32 reference;
+    then the same strategy launched into NaN-poisoned preallocated outputs."""
+    group = _group()
+    torch.manual_seed(seed * 7919 + T * 31 + dist.get_rank())
+    x = torch.randn(T, hidden, device="cuda").to(dtype)       # differs per rank
+    x_keep = x.clone()
+    residual = _shared_randn((T, hidden), dtype) if residual_on else None
+    weight = (1.0 + 0.5 * _shared_randn((hidden,), torch.float32)).to(dtype) \
+        if weight_bias == 0.0 else (0.5 * _shared_randn((hidden,), torch.float32)).to(dtype)
+    scale = torch.tensor([FP8_SCALE], device="cuda") if fp8 else None
+    before = fb.stats.copy()
+    if fp8:
+        quant, norm, res = arfuse.ops.fused_allreduce_rmsnorm_fp8(
+            x, residual, weight, scale, EPS, group.group_name, weight_bias=weight_bias)
+    else:
+        norm, res = arfuse.ops.fused_allreduce_rmsnorm(x, residual, weight, EPS,
+                                                       group.group_name,
+                                                       weight_bias=weight_bias)
+        quant = None
+    torch.cuda.synchronize()
+    ran = _ran(before)
+    n_ref, r_ref = _reference(x_keep, residual, weight, EPS, weight_bias)
+    row = {"T": T, "hidden": hidden, "dtype": str(dtype).split(".")[-1], "ran": ran,
+           "residual": residual_on, "weight_bias": weight_bias, "fp8": fp8,
+           "norm_rel_l2": _rel_l2(norm.float(), n_ref), "resid_rel_l2": _rel_l2(res.float(), r_ref),
+           "input_unchanged": bool(torch.equal(x, x_keep)),
+           "finite": bool(torch.isfinite(norm).all() and torch.isfinite(res).all()),
+           "xrank_identical": _same_on_all_ranks(norm, res)}
+    if fp8:
+        deq = quant.float() * FP8_SCALE
+        own = (norm.float() / FP8_SCALE).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        own_deq = own.float() * FP8_SCALE
+        row["fp8_rel_l2"] = _rel_l2(deq, n_ref)
+        # kernel multiplies by 1/scale, the reference divides: at most one e4m3 step apart
+        step = (own_deq.abs() * 0.125).clamp_min(2.0**-9 * FP8_SCALE)
+        row["fp8_max_steps_vs_own_norm"] = float(((deq - own_deq).abs() / step).max())
+        row["xrank_identical"] &= _same_on_all_ranks(quant)
+    if ran in ("oneshot", "twoshot"):
+        site = fb._site(x, group)
+        poison = [torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))]
+        q_out = torch.full_like(x, float("nan"), dtype=torch.float8_e4m3fn) if fp8 else None
+        fb.launch(ran, site.workspace, x_keep, residual, weight, scale, EPS, weight_bias,
+                  poison[0], poison[1], q_out)
+        torch.cuda.synchronize()
+        row["poisoned_all_written"] = bool(torch.isfinite(poison[0]).all()
+                                           and torch.isfinite(poison[1]).all()
+                                           and (q_out is None or not torch.isnan(
+                                               q_out.float()).any()))
+        row["poisoned_equals_op"] = bool(torch.equal(poison[0], norm)
+                                         and torch.equal(poison[1], res)
+                                         and (q_out is None or torch.equal(
+                                             q_out.view(torch.uint8), quant.view(torch.uint8))))
+    return row
+
+
+def _big_enough_table(mb: float = 32.0) -> dict:
+    """An override so forced strategies fit 2048 tokens at hidden 8192 (32 MB) at any TP."""
+    arch = th.arch_of(torch.cuda.get_device_capability())
+    return {arch: {dist.get_world_size(): {"oneshot_max_mb": mb, "fused_max_mb": mb}}}
+
+
+def check_forced(hidden: int, dtype_name: str, strategy: str, tokens: list[int]) -> list[dict]:
+    """Each token count with the strategy forced (two-shot degrades to one-shot at T <= ws)."""
+    dtype = DTYPES[dtype_name]
+    rows = []
+    with th.override(_big_enough_table()), fb.forced_strategy(strategy):
+        for T in tokens:
+            rows.append(_one_call(T, hidden, dtype, True, 0.0, False, seed=1))
+    fb.release_workspaces(_group())
+    return rows
+
+
+def check_variants(strategy: str) -> list[dict]:
+    """No residual, Gemma (1 + weight), FP8 (+ no residual) at a few sizes, hidden 4096 bf16."""
+    rows = []
+    ws = dist.get_world_size()
+    with th.override(_big_enough_table()), fb.forced_strategy(strategy):
+        for T in (1, ws + 1, 129, 512):
+            for residual_on, wb, fp8 in ((False, 0.0, False), (True, 1.0, False),
+                                         (True, 0.0, True), (False, 1.0, True)):
+                rows.append(_one_call(T, 4096, torch.bfloat16, residual_on, wb, fp8, seed=2))
+    fb.release_workspaces(_group())
+    return rows
+
+
+def check_thresholds(hidden: int, dtype_name: str) -> dict:
+    """Default table, no forcing: the strategy at each threshold +-1 is what the table says."""
+    dtype = DTYPES[dtype_name]
+    fb.force_strategy(None)
+    lim = th.lookup(torch.cuda.get_device_capability(), dist.get_world_size(), dtype, hidden)
+    rows = []
+    for T in lim.token_counts():
+        expected, _ = fb.choose_strategy(T, dist.get_world_size(), lim.oneshot_max_tokens,
+                                         lim.fused_max_tokens, fb._workspace_tokens(lim))
+        row = _one_call(T, hidden, dtype, True, 0.0, False, seed=3)
+        row["expected"] = expected
+        rows.append(row)
+    fb.release_workspaces(_group())
+    return {"oneshot_max_tokens": lim.oneshot_max_tokens,
+            "fused_max_tokens": lim.fused_max_tokens, "rows": rows,
+            "reasons": dict(fb.fallback_reasons)}
+
+
+def check_fallbacks() -> dict:
+    """Shapes the kernel does not take run the fast unfused path, exactly."""
+    rows = []
+    for T, hidden, dtype in ((16, 4096, torch.float32), (16, 4100, torch.bfloat16),
+                             (33, 1028, torch.float16)):
+        rows.append(_one_call(T, hidden, dtype, True, 0.0, False, seed=4))
+    return {"rows": rows, "reasons": dict(fb.fallback_reasons)}
+
+
+def check_rank_mismatch() -> str:
+    """Ranks asking for different workspaces get a ValueError on every rank, not a hang."""
+    try:
+        fb.create_workspace(_group(), 4096 + 8 * dist.get_rank(), torch.bfloat16, 16)
+    except ValueError as e:
+        return str(e)
+    return "no error"
+
+
+def check_cuda_graph_op(strategy: str, T: int) -> dict:
+    """The fused op captured in a CUDA graph replays with new data like an eager call."""
+    group = _group()
+    hidden, dtype = 4096, torch.bfloat16
+    with th.override(_big_enough_table()), fb.forced_strategy(strategy):
+        torch.manual_seed(5 + dist.get_rank())
+        x = torch.randn(T, hidden, device="cuda").to(dtype)
+        residual = _shared_randn((T, hidden), dtype)
+        weight = (1.0 + 0.5 * _shared_randn((hidden,), torch.float32)).to(dtype)
+        fb.prepare(group, hidden, dtype)  # workspace before capture
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            arfuse.ops.fused_allreduce_rmsnorm(x, residual, weight, EPS, group.group_name)
+        torch.cuda.current_stream().wait_stream(s)
+        torch.cuda.synchronize()
+        dist.barrier(group=group)
+        g = torch.cuda.CUDAGraph()
+        before = fb.stats.copy()
+        with torch.cuda.graph(g, capture_error_mode="thread_local"):
+            out = arfuse.ops.fused_allreduce_rmsnorm(x, residual, weight, EPS, group.group_name)
+        ran = _ran(before)
+        torch.cuda.synchronize()
+        dist.barrier(group=group)
+        results = []
+        for _trial in range(3):
+            x.copy_(torch.randn(T, hidden, device="cuda").to(dtype))
+            residual.copy_(_shared_randn((T, hidden), dtype))
+            torch.cuda.synchronize()
+            dist.barrier(group=group)
+            g.replay()
+            torch.cuda.synchronize()
+            eager = arfuse.ops.fused_allreduce_rmsnorm(x, residual, weight, EPS,
+                                                       group.group_name)
+            torch.cuda.synchronize()
+            n_ref, _ = _reference(x, residual, weight, EPS, 0.0)
+            results.append({"equal_to_eager": bool(torch.equal(out.norm, eager.norm)
+                                                   and torch.equal(out.residual, eager.residual)),
+                            "norm_rel_l2": _rel_l2(out.norm.float(), n_ref)})
+        del g
+    fb.release_workspaces(group)
+    return {"ran": ran, "trials": results}
+
+
+def check_model(T: int = 64, T2: int = 300) -> dict:
+    """The example TP decoder compiled with the pass: fused ops in the graph, same outputs as
+    eager, and a CUDA graph of the compiled model replays to the same result."""
+    from arfuse.examples.tp_decoder import build_tp_decoder
+
+    logging.getLogger("arfuse").setLevel(logging.INFO)
+    torch._dynamo.reset()
+    fb.force_strategy(None)
+    out: dict = {}
+    # built on CPU, then moved: build_tp_decoder's init_weights mixes devices for device="cuda"
+    model, make_cpu_inputs = build_tp_decoder(num_layers=2, hidden=2048, intermediate=4096,
+                                              num_heads=16, dtype=torch.bfloat16, device="cpu")
+    model = model.to("cuda")
+    model32, _ = build_tp_decoder(num_layers=2, hidden=2048, intermediate=4096, num_heads=16,
+                                  dtype=torch.float32, device="cpu")  # same seed: same weights
+    model32 = model32.to("cuda")
+
+    def make_inputs(n):
+        return tuple(t.to("cuda") for t in make_cpu_inputs(n))
+
+    fusion = arfuse.AllReduceFusionPass()
+    compiled = torch.compile(model, options={"post_grad_custom_post_pass": fusion})
+    # no FX graph cache: a cache hit skips the pass, and num_matches would read 0
+    with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True):
+        for n in (T, T2):
+            (x,) = make_inputs(n)
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+            eager = model(x)
+            ref32 = model32(x.float())  # the float32 model: how far bf16 eager itself is off
+            before = fb.stats.copy()
+            got = compiled(x)
+            torch.cuda.synchronize()
+            out[f"T{n}"] = {"rel_l2_vs_eager": _rel_l2(got.float(), eager.float()),
+                            "fused_rel_l2_vs_fp32_model": _rel_l2(got.float(), ref32),
+                            "eager_rel_l2_vs_fp32_model": _rel_l2(eager.float(), ref32),
+                            "ran": dict(fb.stats - before),
+                            "xrank_identical": _same_on_all_ranks(got)}
+        out["num_matches"] = fusion.num_matches
+        # CUDA graph of the compiled model (static input buffer, shape T)
+        (static_x,) = make_inputs(T)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                compiled(static_x)
+        torch.cuda.current_stream().wait_stream(s)
+        torch.cuda.synchronize()
+        dist.barrier(group=_group())
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, capture_error_mode="thread_local"):
+            static_out = compiled(static_x)
+        torch.cuda.synchronize()
+        dist.barrier(group=_group())
+        replays = []
+        for _trial in range(3):
+            new_x = torch.randn(static_x.shape, device="cuda").to(static_x.dtype)
+            dist.broadcast(new_x, src=0, group=_group())
+            static_x.copy_(new_x)
+            torch.cuda.synchronize()
+            dist.barrier(group=_group())
+            g.replay()
+            torch.cuda.synchronize()
+            direct = compiled(new_x)
+            ref = model(new_x)
+            torch.cuda.synchronize()
+            replays.append({"equal_to_compiled": bool(torch.equal(static_out, direct)),
+                            "rel_l2_vs_compiled": _rel_l2(static_out.float(), direct.float()),
+                            "rel_l2_vs_eager": _rel_l2(static_out.float(), ref.float())})
+        out["graph_replays"] = replays
+        del g
+    out["reasons"] = dict(fb.fallback_reasons)
+    fb.release_workspaces(_group())
+    return out
+
+
+def teardown() -> int:
+    return fb.release_workspaces(_group())

@@ -1,0 +1,154 @@
+"""FlashInfer backend on real GPUs: `pytest -m gpu tests/gpu` on the GPU machine.
+
+One spawned NCCL group per world size (module scope; ARFUSE_GPU_WORLD_SIZES="2,4" picks them,
+default every supported size the machine has GPUs for). Skipped cleanly without CUDA, without
+2+ GPUs or without FlashInfer. Every group call has a timeout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+    pytest.skip("needs 2+ CUDA GPUs", allow_module_level=True)
+if importlib.util.find_spec("flashinfer") is None:  # not imported here: see gpu_checks
+    pytest.skip("needs flashinfer-python (source .device/setup.sh)", allow_module_level=True)
+
+from arfuse.testing import SpawnedGroup  # noqa: E402
+from tests.gpu import gpu_checks as gc  # noqa: E402
+
+SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+            "NVSHMEM_DISABLE_NVLS": "1"}
+TOL = 8e-3          # relative L2 vs the fp32 reference (bf16 rounding; the probe saw 2.9e-3)
+FP8_TOL = 4e-2      # dequantized e4m3 vs the fp32 reference
+
+
+def _world_sizes() -> list[int]:
+    text = os.environ.get("ARFUSE_GPU_WORLD_SIZES")
+    if text:
+        return [int(w) for w in text.split(",")]
+    return [w for w in (2, 4, 8) if w <= torch.cuda.device_count()]
+
+
+@pytest.fixture(scope="module", params=_world_sizes(), ids=lambda w: f"tp{w}")
+def ranks(request):
+    world = request.param
+    if world > torch.cuda.device_count():
+        pytest.skip(f"needs {world} GPUs")
+    group = SpawnedGroup(world_size=world, backend="nccl", timeout=240, env=SAFE_ENV)
+    try:
+        infos = group.run(gc.info, timeout=120)
+        print(f"\n[tp{world}] {infos[0]}")
+        yield group
+        if group.alive:
+            group.run(gc.teardown, timeout=60)
+    finally:
+        group.close()
+
+
+def _world(group) -> int:
+    return group.world_size
+
+
+def _assert_row(row, tol=TOL):
+    where = f"{row}"
+    assert row["finite"], where
+    assert row["input_unchanged"], where
+    assert row["xrank_identical"], where
+    assert row["norm_rel_l2"] < tol, where
+    assert row["resid_rel_l2"] < tol, where
+    if row.get("fp8"):
+        assert row["fp8_rel_l2"] < FP8_TOL, where
+        assert row["fp8_max_steps_vs_own_norm"] <= 1.01, where
+    if "poisoned_all_written" in row:
+        assert row["poisoned_all_written"], where
+        assert row["poisoned_equals_op"], where
+
+
+def _tokens(world: int) -> list[int]:
+    return sorted({1, 2, world, world + 1, 16, 127, 128, 129, 512, 2048})
+
+
+@pytest.mark.parametrize("hidden", [4096, 8192])
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("strategy", ["oneshot", "twoshot"])
+def test_forced_strategy_matches_fp32_reference(ranks, hidden, dtype, strategy):
+    world = _world(ranks)
+    rows = ranks.run(gc.check_forced, hidden, dtype, strategy, _tokens(world))
+    for row in rows[0]:
+        expected = "oneshot" if strategy == "oneshot" or row["T"] <= world else "twoshot"
+        assert row["ran"] == expected, row
+        _assert_row(row)
+    print(f"\n[tp{world} {strategy} H={hidden} {dtype}] worst norm rel_l2 "
+          f"{max(r['norm_rel_l2'] for r in rows[0]):.2e}")
+
+
+@pytest.mark.parametrize("strategy", ["oneshot", "twoshot"])
+def test_no_residual_gemma_and_fp8(ranks, strategy):
+    rows = ranks.run(gc.check_variants, strategy)
+    for row in rows[0]:
+        assert row["ran"] in ("oneshot", "twoshot"), row
+        _assert_row(row)
+    print(f"\n[tp{_world(ranks)} variants {strategy}] worst fp8 rel_l2 "
+          f"{max(r.get('fp8_rel_l2', 0) for r in rows[0]):.2e}")
+
+
+@pytest.mark.parametrize("hidden", [4096, 8192])
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_default_thresholds_pick_the_table_strategy(ranks, hidden, dtype):
+    out = ranks.run(gc.check_thresholds, hidden, dtype)[0]
+    assert out["rows"], out
+    for row in out["rows"]:
+        assert row["ran"] == row["expected"], row
+        _assert_row(row)
+    print(f"\n[tp{_world(ranks)} H={hidden} {dtype}] one-shot <= {out['oneshot_max_tokens']}, "
+          f"fused <= {out['fused_max_tokens']}: " +
+          ", ".join(f"{r['T']}->{r['ran']}" for r in out["rows"]))
+
+
+def test_unsupported_shapes_take_the_fast_unfused_path(ranks):
+    out = ranks.run(gc.check_fallbacks)[0]
+    for row in out["rows"]:
+        assert row["ran"] == "unfused", row
+        _assert_row(row, tol=1e-5 if row["dtype"] == "float32" else TOL)
+    assert "dtype" in out["reasons"] and "hidden" in out["reasons"], out["reasons"]
+    assert "epilogue-compile" not in out["reasons"], out["reasons"]
+
+
+def test_ranks_that_disagree_get_a_clear_error(ranks):
+    messages = ranks.run(gc.check_rank_mismatch, timeout=60)
+    for m in messages:
+        assert "ranks disagree" in m, m
+
+
+@pytest.mark.parametrize("strategy, tokens", [("oneshot", 128), ("twoshot", 512)])
+def test_fused_op_cuda_graph_replay(ranks, strategy, tokens):
+    out = ranks.run(gc.check_cuda_graph_op, strategy, tokens)[0]
+    assert out["ran"] == strategy, out
+    for trial in out["trials"]:
+        assert trial["equal_to_eager"], out
+        assert trial["norm_rel_l2"] < TOL, out
+
+
+def test_compiled_decoder_fused_and_cuda_graph(ranks):
+    out = ranks.run(gc.check_model, timeout=420)[0]
+    print(f"\n[tp{_world(ranks)} model] {out}")
+    assert out["num_matches"] >= 4, out          # 2 layers x 2 chains (per compiled graph)
+    for key in ("T64", "T300"):
+        assert out[key]["ran"].get("oneshot", 0) + out[key]["ran"].get("twoshot", 0) == 4, out
+        # bf16 eager vs compiled differ by bf16 rounding amplified through 2 random layers
+        # (~3e-2 seen); hold the fused model to the float32 model at least as well as eager
+        row = out[key]
+        assert row["fused_rel_l2_vs_fp32_model"] <= 1.25 * row["eager_rel_l2_vs_fp32_model"] \
+            + 2e-3, out
+        assert row["rel_l2_vs_eager"] < 6e-2, out
+        assert row["xrank_identical"], out
+    for replay in out["graph_replays"]:
+        assert replay["equal_to_compiled"], out
+        assert replay["rel_l2_vs_eager"] < 6e-2, out

@@ -1,0 +1,216 @@
+"""The threshold table: lookup, overrides (in-process and ARFUSE_THRESHOLDS file), the
+`arfuse thresholds` CLI, and the FlashInfer backend's pure strategy choice. CPU only."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from arfuse import thresholds as th
+from arfuse.cli import main
+
+
+@pytest.fixture(autouse=True)
+def clean_table(monkeypatch):
+    monkeypatch.delenv(th.ENV_VAR, raising=False)
+    th.set_override(None)
+    th.reload()
+    yield
+    th.set_override(None)
+    th.reload()
+
+
+@pytest.mark.parametrize("cap", [(9, 0), "9.0", "sm90", "sm_90a", 90, "90", [9, 0]])
+def test_arch_of_hopper_spellings(cap):
+    assert th.arch_of(cap) == "sm90"
+
+
+@pytest.mark.parametrize("cap", [(10, 0), (10, 3), "10.0", "sm100", "sm_100a", 100])
+def test_arch_of_blackwell_spellings(cap):
+    assert th.arch_of(cap) == "sm100"
+
+
+@pytest.mark.parametrize("cap", ["xx", "", None, (), "sm"])
+def test_arch_of_rejects_garbage(cap):
+    with pytest.raises(ValueError, match="compute capability"):
+        th.arch_of(cap)
+
+
+def test_default_sm90_measured_entries():
+    tp2 = th.entry((9, 0), 2)
+    tp4 = th.entry((9, 0), 4)
+    assert (tp2.oneshot_max_mb, tp2.fused_max_mb) == (32, 32)
+    assert (tp4.oneshot_max_mb, tp4.fused_max_mb) == (2, 8)
+    assert tp2.source.startswith("measured") and tp4.source.startswith("measured")
+    assert th.entry((9, 0), 8).source.startswith("seed")
+
+
+def test_lookup_converts_mb_to_tokens():
+    lim = th.lookup((9, 0), 4, torch.bfloat16, 4096)
+    assert lim.oneshot_max_tokens == 2 * 2**20 // (4096 * 2) == 256
+    assert lim.fused_max_tokens == 8 * 2**20 // (4096 * 2) == 1024
+    lim32 = th.lookup("sm90", 4, torch.float32, 4096)
+    assert (lim32.oneshot_max_tokens, lim32.fused_max_tokens) == (128, 512)
+    assert lim.token_counts() == [255, 256, 257, 1023, 1024, 1025]
+    assert th.threshold_token_counts((9, 0), 2, torch.float16, 8192) == [2047, 2048, 2049]
+
+
+def test_lookup_without_entry_is_none():
+    assert th.lookup((8, 0), 2, torch.bfloat16, 4096) is None
+    assert th.lookup((9, 0), 3, torch.bfloat16, 4096) is None
+    with pytest.raises(ValueError, match="hidden"):
+        th.lookup((9, 0), 2, torch.bfloat16, 0)
+
+
+def test_oneshot_never_exceeds_fused():
+    th.set_override({"sm90": {2: {"oneshot_max_mb": 16, "fused_max_mb": 4}}})
+    lim = th.lookup((9, 0), 2, torch.bfloat16, 4096)
+    assert lim.oneshot_max_tokens == lim.fused_max_tokens == 512
+
+
+def test_override_replaces_only_named_entries_and_bumps_generation():
+    gen = th.generation()
+    with th.override({"sm90": {"4": {"oneshot_max_mb": 3, "fused_max_mb": 6}}}):
+        assert th.generation() != gen
+        assert th.entry((9, 0), 4) == th.Thresholds(3, 6, "override")
+        assert th.entry((9, 0), 2).fused_max_mb == 32  # untouched
+    assert th.entry((9, 0), 4).fused_max_mb == 8
+
+
+def test_env_file_override(tmp_path, monkeypatch):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"sm90": {"8": {"oneshot_max_mb": 1, "fused_max_mb": 2}},
+                                "sm120": {"2": {"oneshot_max_mb": 4, "fused_max_mb": 4}}}))
+    monkeypatch.setenv(th.ENV_VAR, str(path))
+    th.reload()
+    assert th.entry((9, 0), 8) == th.Thresholds(1, 2, f"{th.ENV_VAR} file {path}")
+    assert th.entry((12, 0), 2).fused_max_mb == 4
+    # the in-process override wins over the file
+    th.set_override({"sm90": {8: {"oneshot_max_mb": 0.25, "fused_max_mb": 0.5}}})
+    assert th.entry((9, 0), 8).fused_max_mb == 0.5
+
+
+@pytest.mark.parametrize("content, match", [
+    ("not json", "not valid JSON"),
+    ('["x"]', "expected an object"),
+    ('{"sm90": {"two": {}}}', "not an integer"),
+    ('{"sm90": {"2": {"fused_max_mb": 1}}}', "lacks"),
+    ('{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": -1}}}', "finite number"),
+    ('{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1, "x": 2}}}', "unknown keys"),
+])
+def test_bad_env_file_is_a_clear_error(tmp_path, monkeypatch, content, match):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    monkeypatch.setenv(th.ENV_VAR, str(path))
+    th.reload()
+    with pytest.raises(ValueError, match=match):
+        th.table()
+
+
+def test_missing_env_file(monkeypatch, tmp_path):
+    monkeypatch.setenv(th.ENV_VAR, str(tmp_path / "nope.json"))
+    th.reload()
+    with pytest.raises(ValueError, match="cannot read"):
+        th.table()
+
+
+def test_json_round_trip():
+    data = th.to_json()
+    assert th.parse_table(data) == th.table()
+
+
+# ---- CLI -----------------------------------------------------------------------------------
+
+def test_cli_lists_every_entry_without_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(main, ["thresholds"])
+    assert result.exit_code == 0, result.output
+    assert "no CUDA GPU here" in result.output
+    assert "sm90 TP4: one-shot <= 2 MB, fused <= 8 MB" in result.output
+    assert "sm100 TP2" in result.output
+    assert result.output.index("sm90 TP2") < result.output.index("sm100 TP2")
+
+
+def test_cli_tokens_for_hidden():
+    result = CliRunner().invoke(main, ["thresholds", "--capability", "9.0", "--world-size", "4",
+                                       "--hidden", "4096"])
+    assert result.exit_code == 0, result.output
+    assert "one-shot <= 256 tokens, two-shot 257..1024, unfused > 1024" in result.output
+    assert "sm90 TP2" not in result.output
+
+
+def test_cli_json_is_a_valid_override_file(tmp_path, monkeypatch):
+    result = CliRunner().invoke(main, ["thresholds", "--capability", "sm90", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert set(data) == {"sm90"} and set(data["sm90"]) == {"2", "4", "8"}
+    path = tmp_path / "t.json"
+    path.write_text(result.output)
+    monkeypatch.setenv(th.ENV_VAR, str(path))
+    th.reload()
+    assert th.entry((9, 0), 4).fused_max_mb == 8
+    shown = CliRunner().invoke(main, ["thresholds", "--capability", "9.0"])
+    assert str(path) in shown.output
+
+
+def test_cli_errors_exit_2():
+    assert CliRunner().invoke(main, ["thresholds", "--capability", "xx"]).exit_code == 2
+    assert CliRunner().invoke(main, ["thresholds", "--hidden", "0"]).exit_code == 2
+
+
+def test_cli_no_entry():
+    result = CliRunner().invoke(main, ["thresholds", "--capability", "8.0"])
+    assert result.exit_code == 0
+    assert "no entry for sm80" in result.output
+
+
+# ---- the backend's strategy choice (pure; the GPU tests check the kernels) -----------------
+
+def test_flashinfer_module_imports_on_cpu_without_flashinfer():
+    import arfuse.kernels.flashinfer as fb
+
+    assert "flashinfer" not in sys.modules or fb._module is None
+    assert fb.backend(torch.ones(2, 8), None, torch.ones(8), None, 1e-6, 0.0, None) is None
+
+
+@pytest.mark.parametrize("tokens, expected", [
+    (1, "oneshot"), (2, "oneshot"), (256, "oneshot"), (257, "twoshot"), (1024, "twoshot"),
+    (1025, "unfused"), (0, "unfused"),
+])
+def test_choose_strategy_auto(tokens, expected):
+    from arfuse.kernels.flashinfer import choose_strategy
+
+    assert choose_strategy(tokens, 4, 256, 1024, 1024)[0] == expected
+
+
+def test_choose_strategy_twoshot_needs_more_tokens_than_ranks():
+    from arfuse.kernels.flashinfer import choose_strategy
+
+    assert choose_strategy(4, 4, 0, 1024, 1024)[0] == "oneshot"
+    assert choose_strategy(5, 4, 0, 1024, 1024)[0] == "twoshot"
+    assert choose_strategy(3, 4, 0, 1024, 1024, forced="twoshot")[0] == "oneshot"
+
+
+def test_choose_strategy_forced_and_workspace():
+    from arfuse.kernels.flashinfer import choose_strategy
+
+    assert choose_strategy(2000, 2, 8, 16, 4096, forced="oneshot")[0] == "oneshot"
+    assert choose_strategy(2000, 2, 8, 16, 4096, forced="twoshot")[0] == "twoshot"
+    assert choose_strategy(10, 2, 8, 16, 4096, forced="unfused")[1][0] == "forced"
+    strategy, (key, message) = choose_strategy(5000, 2, 8, 16, 4096, forced="oneshot")
+    assert (strategy, key) == ("unfused", "workspace") and "5000 tokens" in message
+    assert choose_strategy(17, 2, 8, 16, 4096)[1][0] == "threshold"
+
+
+def test_force_strategy_validates():
+    from arfuse.kernels import flashinfer as fb
+
+    with pytest.raises(ValueError, match="unknown strategy"):
+        fb.force_strategy("fast")
+    with fb.forced_strategy("oneshot"):
+        assert fb._forced == "oneshot"
+    assert fb._forced == "auto"
