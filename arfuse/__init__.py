@@ -10,7 +10,8 @@ from arfuse import ops  # registers the arfuse:: ops
 from arfuse.config import FusionConfig
 from arfuse.fusion import AllReduceFusionPass
 from arfuse.patterns.spec import FusionSpec, all_specs
+from arfuse.ranges import compile
 
 __version__ = "0.1.0"
 
-__all__ = ["AllReduceFusionPass", "FusionConfig", "FusionSpec", "all_specs", "ops"]
+__all__ = ["AllReduceFusionPass", "FusionConfig", "FusionSpec", "all_specs", "compile", "ops"]

@@ -33,6 +33,12 @@ class FusionConfig:
     allreduce_ops: functional sum-allreduce ops, 'ns::name', taking (Tensor, ..., str group_name).
     norm_ops: RMSNorm ops, 'ns::name', taking (Tensor input, Tensor weight, float eps).
     hidden_multiple: the fused kernel needs hidden % hidden_multiple == 0 (FlashInfer: 8).
+    token_range: (lo, hi) inclusive, hi None = unbounded: the graph is compiled only for
+        num_tokens in this range (set by `arfuse.compile` per compile range); the pass fuses a
+        chain only if the whole range lies at or below its fusion threshold.
+    fused_max_tokens: override the thresholds table's fusion limit (in tokens) for
+        `token_range` decisions; None = the table for the chain's GPU, world size, dtype and
+        hidden (no table, e.g. on CPU: fuse in every range).
     """
 
     allreduce: frozenset[str] = field(default=frozenset(AXES["allreduce"]))
@@ -42,12 +48,23 @@ class FusionConfig:
     allreduce_ops: tuple[str, ...] = ()
     norm_ops: tuple[str, ...] = ()
     hidden_multiple: int = 8
+    token_range: tuple[int, int | None] | None = None
+    fused_max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         for axis in AXES:
             object.__setattr__(self, axis, _frozen(getattr(self, axis), axis))
         object.__setattr__(self, "allreduce_ops", _qualified(self.allreduce_ops, "allreduce_ops"))
         object.__setattr__(self, "norm_ops", _qualified(self.norm_ops, "norm_ops"))
+        if self.token_range is not None:
+            lo, hi = self.token_range
+            if lo < 1 or (hi is not None and hi < lo):
+                raise ValueError(f"FusionConfig.token_range {self.token_range} must be (lo, hi) "
+                                 "with 1 <= lo <= hi, or (lo, None) for no upper bound")
+            object.__setattr__(self, "token_range", (int(lo), None if hi is None else int(hi)))
+        if self.fused_max_tokens is not None and self.fused_max_tokens < 0:
+            raise ValueError(f"FusionConfig.fused_max_tokens must be >= 0, got "
+                             f"{self.fused_max_tokens}")
         if self.hidden_multiple < 1:
             raise ValueError(f"FusionConfig.hidden_multiple must be >= 1, got "
                              f"{self.hidden_multiple}")
@@ -59,5 +76,6 @@ class FusionConfig:
         """A stable text of every field, for the pass's cache key."""
         parts = [f"{axis}={sorted(getattr(self, axis))}" for axis in AXES]
         parts += [f"allreduce_ops={list(self.allreduce_ops)}", f"norm_ops={list(self.norm_ops)}",
-                  f"hidden_multiple={self.hidden_multiple}"]
+                  f"hidden_multiple={self.hidden_multiple}", f"token_range={self.token_range}",
+                  f"fused_max_tokens={self.fused_max_tokens}"]
         return ";".join(parts)

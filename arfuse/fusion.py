@@ -125,7 +125,7 @@ class AllReduceFusionPass(CustomGraphPass):
             if why is not None:
                 disabled = why
             else:
-                why = self._chain_unsupported(found)
+                why = self._chain_unsupported(found) or self._outside_fused_range(found)
             if why is not None:
                 skipped.append((why, found.norm_out.name))
                 continue
@@ -142,6 +142,24 @@ class AllReduceFusionPass(CustomGraphPass):
         return {"matches": len(matches), "specs": [m.spec.name for m in matches],
                 "disabled": disabled,
                 "skipped": [{"reason": r, "node": n} for r, n in skipped]}
+
+    def _outside_fused_range(self, m: ChainMatch) -> str | None:
+        """With a token range: why this range must not fuse, or None. A range that straddles
+        the chain's fusion threshold is a build error: the split points missed it."""
+        if self.config.token_range is None:
+            return None
+        lo, hi = self.config.token_range
+        limit = _fused_max_tokens(m, self.config)
+        if limit is None or (hi is not None and hi <= limit):
+            return None
+        if lo > limit:
+            return (f"num_tokens range [{lo}, {hi if hi is not None else 'inf'}] lies above the "
+                    f"fusion threshold ({limit} tokens): the unfused path is faster there")
+        raise ValueError(
+            f"arfuse: compile range [{lo}, {hi if hi is not None else 'inf'}] straddles the "
+            f"fusion threshold at {limit} tokens (hidden {_val(m.norm_out).shape[-1]}, "
+            f"{_val(m.allreduce_input).dtype}); add {limit} to the split points (or use "
+            "ranges='auto') so fusion is decided per range, not dropped for the whole range")
 
     def _chain_unsupported(self, m: ChainMatch) -> str | None:
         act, out, weight = _val(m.allreduce_input), _val(m.norm_out), _val(m.weight)
@@ -165,6 +183,22 @@ class AllReduceFusionPass(CustomGraphPass):
         if residual is not None and not _same_shape(residual, _val(m.residual_out)):
             return "residual and allreduce output shapes differ (broadcasting add)"
         return None
+
+
+def _fused_max_tokens(m: ChainMatch, config: FusionConfig) -> int | None:
+    """The chain's fusion limit in tokens: the config's override, else the thresholds table for
+    its GPU; None where no table applies (CPU)."""
+    if config.fused_max_tokens is not None:
+        return config.fused_max_tokens
+    act = _val(m.allreduce_input)
+    if act.device.type != "cuda":
+        return None
+    from arfuse import thresholds
+
+    limits = thresholds.lookup(torch.cuda.get_device_capability(act.device),
+                               kernels.resolve_group(m.group_name).size(), act.dtype,
+                               _val(m.norm_out).shape[-1])
+    return None if limits is None else limits.fused_max_tokens
 
 
 def _group_unusable(group_name: str) -> str | None:

@@ -390,3 +390,25 @@ def check_inductor_and_cache(cache_dir: str) -> dict:
                            "outputs": {t: o for t, (_, o) in outs.items()},
                            "uuid": fusion.uuid().hex()}
     return steps
+
+
+def check_compile_ranges(splits, fused_max_tokens, tokens, dtype_name="fp32") -> dict:
+    """arfuse.compile on the example decoder: captures, per-range compiles, numerics."""
+    from torch._inductor import config as inductor_config
+
+    from arfuse.examples import build_tp_decoder
+
+    inductor_config.force_disable_caches = True  # pass counters must see every compile
+    model, make_inputs = build_tp_decoder(num_layers=1, dtype=DTYPES[dtype_name])
+    compiled = arfuse.compile(model, ranges=splits,
+                              fusion=arfuse.FusionConfig(fused_max_tokens=fused_max_tokens))
+    errors, dispatched = {}, {}
+    try:
+        with torch.no_grad():
+            for t in tokens:
+                (x,) = make_inputs(t)
+                errors[t] = rel_l2(compiled(x).float(), model(x).float())
+    except Exception as e:  # noqa: BLE001 - the test asserts on the message
+        return {"error": f"{type(e).__name__}: {e}"}
+    return {"captures": compiled.backend.captures, "compiles": compiled.backend.compiles,
+            "ranges": [str(r) for r in compiled.ranges], "errors": errors}

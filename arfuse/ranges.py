@@ -1,0 +1,248 @@
+"""Compile ranges: one Dynamo capture, one Inductor compile per num_tokens range.
+
+`arfuse.compile(model, ranges=...)` captures the model once with the token dim dynamic (marked
+unbacked, so no 0/1 specialization and no guard on its value), then compiles the captured graph
+once per range of num_tokens with the fusion pass configured for that range: fused where the
+thresholds say fusion wins, left to Inductor's own add+RMSNorm fusion where it does not. At run
+time a bisect over the split points (O(log ranges), outside any traced code) picks the compiled
+artifact, so the threshold never becomes a guard, a pinned constant or a recompile.
+
+    compiled = arfuse.compile(model, ranges="auto")        # split points from the thresholds
+    compiled = arfuse.compile(model, ranges=[128, 2048])   # [1,128] [129,2048] [2049,inf)
+
+Within a range the token symbol's value range is narrowed to the range's bounds while Inductor
+compiles (`bound_symbols=True`), so Inductor may drop checks that the bounds make moot.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from arfuse.config import FusionConfig
+from arfuse.fusion import AllReduceFusionPass
+
+
+@dataclass(frozen=True)
+class TokenRange:
+    lo: int
+    hi: int | None  # inclusive; None = unbounded
+
+    def __str__(self) -> str:
+        return f"[{self.lo}, {self.hi if self.hi is not None else 'inf'}]"
+
+
+def ranges_from_splits(splits: Iterable[int]) -> list[TokenRange]:
+    """Split point s ends a range at s: [1, s1], [s1+1, s2], ..., [sN+1, inf)."""
+    points = sorted(set(int(s) for s in splits))
+    if points and points[0] < 1:
+        raise ValueError(f"split points must be >= 1 token, got {points[0]}")
+    out, lo = [], 1
+    for p in points:
+        out.append(TokenRange(lo, p))
+        lo = p + 1
+    out.append(TokenRange(lo, None))
+    return out
+
+
+def auto_splits(hidden: int, dtype: torch.dtype, world_size: int,
+                device: torch.device | None = None) -> list[int]:
+    """Where the thresholds in force change strategy (one-shot max, fusion max) in tokens."""
+    from arfuse import thresholds
+
+    if device is None or device.type != "cuda":
+        return []
+    limits = thresholds.lookup(torch.cuda.get_device_capability(device), world_size, dtype,
+                               hidden)
+    if limits is None:
+        return []
+    return sorted({t for t in (limits.oneshot_max_tokens, limits.fused_max_tokens) if t >= 1})
+
+
+class RangedBackend:
+    """A Dynamo backend compiling the captured graph once per TokenRange (see module doc)."""
+
+    def __init__(self, ranges: Sequence[int] | str, fusion: FusionConfig | None,
+                 options: dict[str, Any] | None, lazy: bool, bound_symbols: bool) -> None:
+        if isinstance(ranges, str) and ranges != "auto":
+            raise ValueError(f"ranges={ranges!r}: give 'auto' or a list of split points "
+                             "(token counts)")
+        self.requested = ranges
+        self.fusion = fusion or FusionConfig()
+        self.options = dict(options or {})
+        self.lazy = lazy
+        self.bound_symbols = bound_symbols
+        self.captures = 0          # Dynamo graphs received (1 when nothing recompiles)
+        self.compiles: list[dict[str, Any]] = []   # one entry per range compiled
+        self.dispatch = None
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+        self.captures += 1
+        self.dispatch = _Dispatch(self, gm, example_inputs)
+        return self.dispatch
+
+
+class _Dispatch:
+    def __init__(self, backend: RangedBackend, gm, example_inputs) -> None:
+        self.backend = backend
+        self.gm = gm
+        self.example_inputs = example_inputs
+        self.context = torch._guards.TracingContext.try_get()
+        self.symbol, self.locate = _token_symbol(gm)
+        splits = backend.requested
+        if splits == "auto":
+            splits = _auto_from_graph(gm, example_inputs)
+        self.splits = sorted(set(int(s) for s in splits))
+        self.ranges = ranges_from_splits(self.splits)
+        self.compiled: list[Callable | None] = [None] * len(self.ranges)
+        if not backend.lazy:
+            for i in range(len(self.ranges)):
+                self._compile(i)
+
+    def _compile(self, i: int) -> Callable:
+        from torch._inductor.compile_fx import compile_fx
+
+        r = self.ranges[i]
+        config = dataclasses.replace(self.backend.fusion, token_range=(r.lo, r.hi))
+        fusion = AllReduceFusionPass(config)
+        options = {**self.backend.options, "post_grad_custom_post_pass": fusion}
+        start = time.perf_counter()
+        with torch._guards.tracing(self.context), self._bounded(r):
+            compiled = compile_fx(copy.deepcopy(self.gm), self.example_inputs,
+                                  config_patches=options)
+        self.backend.compiles.append({"range": str(r), "fused": fusion.num_matches,
+                                      "skipped": [reason for reason, _ in fusion.skipped],
+                                      "seconds": time.perf_counter() - start})
+        self.compiled[i] = compiled
+        return compiled
+
+    def _bounded(self, r: TokenRange):
+        import contextlib
+
+        if not self.backend.bound_symbols or self.symbol is None:
+            return contextlib.nullcontext()
+        return _narrowed(self.example_inputs, self.symbol, r)
+
+    def __call__(self, *args: Any) -> Any:
+        tokens = self.locate(args)
+        i = bisect.bisect_left(self.splits, tokens)
+        fn = self.compiled[i]
+        if fn is None:
+            fn = self._compile(i)
+        return fn(*args)  # what compile_fx returns to a backend takes Dynamo's *args
+
+
+class _narrowed:
+    """Temporarily narrow the token symbol's value range in the shape env."""
+
+    def __init__(self, example_inputs, symbol, r: TokenRange) -> None:
+        from torch.utils._sympy.value_ranges import ValueRanges
+        from torch.utils._sympy.numbers import int_oo
+
+        mode = torch._guards.detect_fake_mode(example_inputs)
+        self.env = mode.shape_env if mode is not None else None
+        self.symbol = symbol
+        self.range = ValueRanges(r.lo, r.hi if r.hi is not None else int_oo)
+
+    def __enter__(self):
+        if self.env is not None:
+            self.saved = self.env.var_to_range.get(self.symbol)
+            self.env.var_to_range[self.symbol] = self.range
+        return self
+
+    def __exit__(self, *exc):
+        if self.env is not None:
+            if self.saved is None:
+                self.env.var_to_range.pop(self.symbol, None)
+            else:
+                self.env.var_to_range[self.symbol] = self.saved
+
+
+def _token_symbol(gm: torch.fx.GraphModule):
+    """The token symbol and a function reading its value from the runtime args in O(1).
+
+    Dynamo hands backends real example tensors; the symbolic shapes live on the placeholders'
+    `example_value`. The token symbol is dim 0 of the first tensor input whose dim 0 is
+    symbolic; a lifted SymInt input carrying it is read directly."""
+    values = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
+    for i, x in enumerate(values):
+        if isinstance(x, torch.Tensor) and x.dim() > 0 and isinstance(x.shape[0], torch.SymInt):
+            symbol = x.shape[0].node.expr
+            for j, y in enumerate(values):
+                if isinstance(y, torch.SymInt) and y.node.expr == symbol:
+                    return symbol, lambda args, j=j: int(args[j])
+            return symbol, lambda args, i=i: args[i].shape[0]
+    raise ValueError("arfuse.compile: no input has a dynamic token dim; pass tensors whose "
+                     "dim 0 is num_tokens, or name the dim with token_dims={arg_index: dim}")
+
+
+def _auto_from_graph(gm, example_inputs) -> list[int]:
+    """Split points for ranges='auto': the thresholds at the first allreduced activation."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return []
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and "all_reduce" in str(node.target):
+            val = node.meta.get("example_value")
+            if isinstance(val, torch.Tensor):
+                return auto_splits(val.shape[-1], val.dtype, dist.get_world_size(), val.device)
+    return []
+
+
+class RangedModule:
+    """What `arfuse.compile` returns: call it like the model."""
+
+    def __init__(self, model, backend: RangedBackend, token_dims, compiled) -> None:
+        self.model = model
+        self.backend = backend
+        self.token_dims = token_dims
+        self._compiled = compiled
+
+    @property
+    def ranges(self) -> list[TokenRange]:
+        return self.backend.dispatch.ranges if self.backend.dispatch else []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for i, x in enumerate(args):
+            if isinstance(x, torch.Tensor) and x.dim() > 0:
+                dim = self.token_dims.get(i, 0) if self.token_dims is not None else 0
+                if dim is not None:
+                    torch._dynamo.maybe_mark_dynamic(x, dim)
+        # size-oblivious backed symbols: no 0/1 specialization, so 1 token shares the capture
+        with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+            return self._compiled(*args, **kwargs)
+
+
+def compile(model: Callable, ranges: Sequence[int] | str = "auto", *,
+            fusion: FusionConfig | None = None, token_dims: dict[int, int | None] | None = None,
+            lazy: bool = True, bound_symbols: bool = True, **torch_compile_kwargs: Any
+            ) -> RangedModule:
+    """torch.compile with the fusion pass and one Inductor compile per num_tokens range.
+
+    ranges: 'auto' (split points where the thresholds in force switch strategy for the
+        model's hidden size, dtype and world size) or a list of split points in tokens.
+    fusion: the FusionConfig for every range (its token_range is set per range).
+    token_dims: positional arg index -> token dim (None: not a token arg); default dim 0 of
+        every tensor arg.
+    lazy: compile a range on its first use (default) or all at capture.
+    Other keyword arguments (e.g. options={...}, fullgraph=True) pass through to torch.compile.
+    """
+    if "backend" in torch_compile_kwargs:
+        raise ValueError("arfuse.compile sets the backend itself; drop backend=")
+    options = torch_compile_kwargs.pop("options", None)
+    if options and "post_grad_custom_post_pass" in options:
+        raise ValueError("arfuse.compile installs the fusion pass itself; configure it with "
+                         "fusion=FusionConfig(...) instead of post_grad_custom_post_pass")
+    if not isinstance(ranges, str):
+        ranges = list(ranges)
+        ranges_from_splits(ranges)  # validates
+    backend = RangedBackend(ranges, fusion, options, lazy, bound_symbols)
+    compiled = torch.compile(model, backend=backend, **torch_compile_kwargs)
+    return RangedModule(model, backend, token_dims, compiled)

@@ -1,0 +1,54 @@
+"""Compile ranges: one capture, one Inductor compile per num_tokens range, fusion per range."""
+
+import pytest
+
+from arfuse.ranges import TokenRange, ranges_from_splits
+from tests import dist_checks as dc
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def test_ranges_from_splits():
+    assert ranges_from_splits([2048, 128, 128]) == [
+        TokenRange(1, 128), TokenRange(129, 2048), TokenRange(2049, None)]
+    assert ranges_from_splits([]) == [TokenRange(1, None)]
+    assert str(TokenRange(2049, None)) == "[2049, inf]"
+    with pytest.raises(ValueError, match="split points must be >= 1"):
+        ranges_from_splits([0, 5])
+
+
+def test_every_boundary_dispatches_to_its_range_and_fuses_only_below_the_threshold(group2):
+    tokens = (7, 8, 9, 63, 64, 65, 2)
+    r = group2.run(dc.check_compile_ranges, [8, 64], 8, tokens)[0]
+    assert "error" not in r, r.get("error")
+    assert r["captures"] == 1
+    assert r["ranges"] == ["[1, 8]", "[9, 64]", "[65, inf]"]
+    by_range = {c["range"]: c for c in r["compiles"]}
+    assert len(r["compiles"]) == 3  # lazily, each range exactly once
+    assert by_range["[1, 8]"]["fused"] == 2 and by_range["[1, 8]"]["skipped"] == []
+    for above in ("[9, 64]", "[65, inf]"):
+        assert by_range[above]["fused"] == 0
+        assert len(by_range[above]["skipped"]) == 2
+        assert all("lies above the fusion threshold (8 tokens)" in s
+                   for s in by_range[above]["skipped"])
+    assert set(r["errors"]) == set(tokens)
+    assert all(e <= 1e-5 for e in r["errors"].values()), r["errors"]
+
+
+def test_a_range_straddling_the_threshold_is_a_build_error(group2):
+    r = group2.run(dc.check_compile_ranges, [16], 8, (4,))[0]
+    assert "straddles the fusion threshold at 8 tokens" in r["error"]
+    assert "add 8 to the split points" in r["error"]
+
+
+def test_bad_arguments():
+    import torch
+
+    import arfuse
+
+    with pytest.raises(ValueError, match="give 'auto' or a list of split points"):
+        arfuse.compile(torch.nn.Linear(2, 2), ranges="some")
+    with pytest.raises(ValueError, match="sets the backend itself"):
+        arfuse.compile(torch.nn.Linear(2, 2), ranges=[4], backend="eager")
+    with pytest.raises(ValueError, match="installs the fusion pass itself"):
+        arfuse.compile(torch.nn.Linear(2, 2), options={"post_grad_custom_post_pass": None})
