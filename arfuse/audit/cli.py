@@ -47,6 +47,9 @@ def _tlparse(log: Path, out_dir: Path) -> str | None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report here instead of stdout.")
+@click.option("--also", "also", multiple=True, metavar="FORMAT=PATH",
+              help="Also write another rendering of the same run, e.g. --also sarif=out.sarif "
+                   "--also markdown=summary.md (CI: code scanning + PR comment).")
 @click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
               help="Accepted findings (JSON); only findings not in it fail (exit 1).")
 @click.option("--write-baseline", type=click.Path(dir_okay=False, path_type=Path),
@@ -70,7 +73,7 @@ def _tlparse(log: Path, out_dir: Path) -> str | None:
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
 def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
-          baseline: Path | None, write_baseline: Path | None, select: tuple[str, ...],
+          also: tuple[str, ...], baseline: Path | None, write_baseline: Path | None, select: tuple[str, ...],
           ignore: tuple[str, ...], html: Path | None, strict: bool, dtrace: bool,
           backend: str | None, trace_file: Path | None, keep: Path | None, timeout: float,
           progress: bool | None) -> None:
@@ -88,6 +91,13 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
     from arfuse.audit.trace import parse_file
 
     try:
+        extra = []
+        for item in also:
+            kind, sep, path = item.partition("=")
+            if not sep or kind not in FORMATS or not path:
+                raise ValueError(f"--also takes FORMAT=PATH with FORMAT one of "
+                                 f"{', '.join(FORMATS)}; got {item!r}")
+            extra.append((kind, Path(path)))
         size_list = parse_sizes(sizes) if sizes else None
         sel, ign = _split(select), _split(ignore)
         from arfuse.audit.rules import select_rules
@@ -128,6 +138,9 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
                                                        Path.cwd(), report.summary["target"]))
         click.echo(f"wrote {len(report.findings)} finding(s) to {write_baseline}", err=True)
         raise click.exceptions.Exit(0)
+    for kind, path in extra:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(report.render(kind))
     text = report.render(fmt)
     if output is not None:
         output.write_text(text)

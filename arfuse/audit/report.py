@@ -49,14 +49,13 @@ class Report:
 def rel(path: str, root: Path) -> str:
     if not path or path.startswith("<"):
         return path
-    try:
-        return Path(path).resolve().relative_to(root.resolve()).as_posix()
-    except (ValueError, OSError):
-        pass
     for marker in ("/site-packages/", "/dist-packages/"):
         if marker in path:  # torch/_inductor/codegen/cpp.py: the same on every machine
             return path.split(marker, 1)[1]
-    return path
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except (ValueError, OSError):
+        return path
 
 
 def _json_finding(f: Finding, root: Path, baselined: bool) -> dict[str, Any]:

@@ -158,19 +158,21 @@ def fusion_reports(ctx: AuditContext) -> list[tuple[Artifact, dict]]:
       """
       ## What it does
       Reports every compiled graph for which `arfuse.AllReduceFusionPass` logged that it was
-      disabled, with the reason it gave (no process group, unsupported world size, config).
+      disabled, with the reason it gave (no process group, a group it cannot use, world size 1).
 
       ## Why is this bad?
       The model compiles and runs, just without fusion: the regression is silent.
 
       ## Example
       ```python
-      fusion = arfuse.AllReduceFusionPass(arfuse.FusionConfig(enabled=False))
+      dist.init_process_group("gloo", rank=0, world_size=1, ...)
+      torch.compile(tp_model, options={"post_grad_custom_post_pass": arfuse.AllReduceFusionPass()})
+      # ARF202: world size 1 of group '0': nothing to fuse
       ```
 
       ## Fix
-      Act on the reason in the message (initialize the process group before compiling, use a
-      supported world size, enable the pattern in `FusionConfig`).
+      Act on the reason in the message (initialize the process group before compiling, pass
+      the tensor-parallel group, compile at the real world size).
       """,
       fix="act on the reason in the message")
 def check_disabled(ctx: AuditContext) -> Iterable[Finding]:
@@ -204,11 +206,14 @@ def check_disabled(ctx: AuditContext) -> Iterable[Finding]:
 
       ## Example
       ```python
-      norm = MyRMSNorm(hidden=100)   # hidden not a multiple of 8: skipped
+      config = arfuse.FusionConfig(norm=frozenset({"hf"}))   # model uses F.rms_norm
+      # ARF203: pattern ... is disabled in FusionConfig
+      # also: hidden size not a multiple of 8, dtypes that differ, a broadcasting residual
       ```
 
       ## Fix
-      Act on the reason in the message.
+      Act on the reason in the message: enable the form in `FusionConfig`, or change the
+      model (dtype, hidden size, contiguous residual).
       """,
       fix="act on the reason in the message")
 def check_skipped(ctx: AuditContext) -> Iterable[Finding]:

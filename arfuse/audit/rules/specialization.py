@@ -109,11 +109,19 @@ def _grouped(ctx: AuditContext, wanted: GuardClass) -> dict[tuple[str, int], _Gr
     return groups
 
 
+COMPILER_FIX = ("nothing in the model decided this: torch added the guard itself. Accept it in "
+                "the baseline (--write-baseline) or report it upstream if it recompiles in "
+                "production")
+
+
 def _finding(code: str, name: str, message: str, group: _Group, fix: str) -> Finding:
     a = group.attribution
     details = [f"guard `{x}`" for x in group.exprs]
     if a.by == "compiler":
-        details.append("added by the compiler itself (no model line decided it)")
+        details.append(f"added by the compiler itself in {a.decision.name or 'torch'} "
+                       f"(no model line decided it)")
+        message = f"[compiler] {message}"
+        fix = COMPILER_FIX
     return Finding(
         code=code, name=name, message=message, location=Location.of(a.decision),
         expr="; ".join(group.exprs), symbol=group.symbols[0] if group.symbols else "",
@@ -234,7 +242,9 @@ def check_divisibility(ctx: AuditContext) -> Iterable[Finding]:
 
 
 # -- ARF104: recompiles --------------------------------------------------------------------
-_LOC = re.compile(r"(\S+?\.py):(\d+) in ([\w<>.]+)(?: \(([^()]*)\))?")
+_LOC = re.compile(r"([^\s(]+?\.py):(\d+) in ([\w<>.]+)(?: \(([^()]*)\))?")
+# where Dynamo evaluates a guard on behalf of the traced line: never the decision
+_EVAL_PLUMBING = re.compile(r"_dynamo/variables/|fx/experimental/|_dynamo/symbolic_convert")
 _MISMATCH = re.compile(r"tensor '([^']+)' size mismatch at index (\d+)\. expected (\d+), actual (\d+)")
 _TORCH_REL = re.compile(r"^(_dynamo|_inductor|fx|_subclasses|_library|_functorch|_prims|_refs|"
                         r"_decomp|nn|distributed|_higher_order_ops)/")
@@ -263,7 +273,7 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
     Each part reads `<guard>  # <code>  # <path>:<line> in <fn> [(<inner frame or note>)]`,
     parts joined by ` and `; the note on torch's own 0/1 bound starts "(user code shown".
     """
-    out = []
+    out, compiler = [], []
     for m in _LOC.finditer(text):
         path, line, name, paren = m.groups()
         if text[m.end(3):].lstrip().startswith("(user code shown"):
@@ -273,7 +283,10 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
         frame = frame or _user_frame(ctx, path, line, name)
         if frame and frame not in out:
             out.append(frame)
-    return out
+        elif frame is None and not _EVAL_PLUMBING.search(path):
+            # the compiler's own guard (an Inductor frame): its full path from the string table
+            compiler.append(Frame(ctx.resolve_path(path), int(line), name))
+    return out or compiler[:1]
 
 
 @rule("ARF104", "num-tokens-recompile",

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The audit gate: arfuse's own targets must stay dynamic in num_tokens and fully fused.
+# Fails (exit 1) on any finding not in audit/baseline.json, exit 2 on a broken target.
+# .ci/run calls this after the test suite; run it locally the same way: ci/gate.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python}"
+command -v "$PY" >/dev/null || PY=.venv/bin/python
+BASELINE=audit/baseline.json
+OUT="${ARFUSE_GATE_OUT:-out/audit}"
+mkdir -p "$OUT"
+
+status=0
+run() {  # run NAME [TARGET]: text report to the log; markdown + sarif + trace next to it
+  local name=$1; shift
+  echo "== arfuse audit $* (baseline $BASELINE)"
+  local rc=0
+  "$PY" -m arfuse audit "$@" --baseline "$BASELINE" --no-progress --keep "$OUT/$name" \
+      --also "markdown=$OUT/$name.md" --also "sarif=$OUT/$name.sarif" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "!! $name: arfuse audit exited $rc" >&2
+    status=1
+  fi
+}
+
+# 1. the built-in tensor-parallel example (what `arfuse audit` with no target audits)
+run tp_decoder
+# 2. the same decoder written with arfuse's custom ops
+run tp_decoder_custom_ops audit/targets.py:tp_decoder_custom_ops
+
+exit "$status"
