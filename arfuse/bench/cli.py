@@ -51,7 +51,7 @@ def run_bench_worker(cases, tokens, strategies, command, n_inner, reps):
 @click.option("--name", default=None, help="file stem (default: <card>_tp<N>_<date>)")
 @click.option("--backend", type=click.Choice(["auto", "nccl", "gloo"]), default="auto",
               show_default=True, help="auto: nccl with GPUs, else gloo (CPU smoke run)")
-@click.option("--reps", type=int, default=30, show_default=True, help="timed graph replays")
+@click.option("--reps", type=int, default=20, show_default=True, help="timed graph replays")
 @click.option("--n-inner", type=int, default=16, show_default=True,
               help="calls captured per CUDA graph")
 @click.option("--timeout", type=float, default=3600, show_default=True,
@@ -91,7 +91,7 @@ def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_d
     args = (cases, token_counts, chosen, command, n_inner, reps)
     if decoder:
         decode_tokens = token_counts if "--tokens" in sys.argv else (1, 2, 4, 8, 16, 32, 64,
-                                                                      128, 256)
+                                                                      128, 256, 8192)
         return _decoder_bench(world_size, backend, decode_tokens, layers, out_dir, name,
                               command, timeout)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun
@@ -158,11 +158,15 @@ def _decoder_bench(world_size, backend, tokens, layers, out_dir, name, command, 
              + ", slowest rank",
              f"- chains fused by arfuse over all compiled graphs: {rows[0].get('fused_ops')}",
              "",
-             "| tokens | torch.compile | torch.compile + arfuse | speedup | rel L2 vs compile |",
-             "|---|---|---|---|---|"]
+             f"- arfuse.compile ranges: {rows[0].get('ranges')}", "",
+             "| tokens | torch.compile | + arfuse pass | speedup | rel L2 | arfuse.compile "
+             "(ranges) | speedup | rel L2 |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['tokens']} | {r['compile_us']:.1f} | {r['compile+arfuse_us']:.1f} | "
-                     f"{r['speedup']:.2f}x | {r['rel_l2_vs_compile']:.1e} |")
+        lines.append(
+            f"| {r['tokens']} | {r['compile_us']:.1f} | {r['compile+arfuse_us']:.1f} | "
+            f"{r['compile+arfuse_speedup']:.2f}x | {r['compile+arfuse_rel_l2']:.1e} | "
+            f"{r['arfuse.compile_us']:.1f} | {r['arfuse.compile_speedup']:.2f}x | "
+            f"{r['arfuse.compile_rel_l2']:.1e} |")
     text = "\n".join(lines) + "\n"
     click.echo(text)
     stem = name or f"decoder_tp{world}_{e['date'][:10]}"

@@ -66,12 +66,12 @@ def environment(device: torch.device, world_size: int, command: str) -> dict[str
         env["card"] = torch.cuda.get_device_name(device)
         env["capability"] = "%d.%d" % torch.cuda.get_device_capability(device)
         env["cuda"] = torch.version.cuda
-        try:
-            import flashinfer
+        from importlib import metadata
 
-            env["flashinfer"] = flashinfer.__version__
-        except Exception as e:  # noqa: BLE001
-            env["flashinfer"] = f"unavailable ({type(e).__name__})"
+        try:
+            env["flashinfer"] = metadata.version("flashinfer-python")
+        except metadata.PackageNotFoundError:
+            env["flashinfer"] = "not installed"
     else:
         env["card"] = f"CPU ({platform.processor() or platform.machine()}), gloo"
     return env

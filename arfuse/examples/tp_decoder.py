@@ -159,7 +159,7 @@ def init_weights(model: nn.Module, seed: int = 0, std: float = 0.05) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             g = gen if name.endswith("layernorm.weight") or name == "norm.weight" else shard_gen
-            noise = torch.randn(p.shape, generator=g) * (0.1 if g is gen else std)
+            noise = (torch.randn(p.shape, generator=g) * (0.1 if g is gen else std)).to(p.device)
             p.copy_((p.float() + noise).to(p.dtype) if g is gen else noise.to(p.dtype))
 
 
