@@ -4,8 +4,11 @@
 # .ci/run calls this after the test suite; run it locally the same way: ci/gate.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python}"
-command -v "$PY" >/dev/null || PY=.venv/bin/python
+# the active venv's python (.ci/run activates one), else the checkout's .venv
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
+elif [ -n "${VIRTUAL_ENV:-}" ]; then PY=python
+elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
+else PY=python; fi
 BASELINE=audit/baseline.json
 OUT="${ARFUSE_GATE_OUT:-out/audit}"
 mkdir -p "$OUT"
@@ -18,8 +21,8 @@ run() {  # run NAME [TARGET]: text report to the log; markdown + sarif + trace n
   "$PY" -m arfuse audit "$@" --baseline "$BASELINE" --no-progress --keep "$OUT/$name" \
       --also "markdown=$OUT/$name.md" --also "sarif=$OUT/$name.sarif" || rc=$?
   if [ "$rc" -ne 0 ]; then
-    echo "!! $name: arfuse audit exited $rc" >&2
-    status=1
+    echo "!! $name: arfuse audit exited $rc (1: new findings, 2: target error)" >&2
+    [ "$rc" -gt "$status" ] && status=$rc
   fi
 }
 

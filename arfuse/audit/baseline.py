@@ -2,7 +2,8 @@
 kept out of the source).
 
     {"version": 1, "findings": [{"code": "ARF102", "path": "audit/targets.py",
-                                 "source": "if n <= 2048:", "line": 12}]}
+                                 "source": "if n <= 2048:", "line": 12,
+                                 "reason": "why this is accepted (optional, kept)"}]}
 
 A finding is baselined when code, path and the stripped source line match an entry (the line
 number may move); entries without a source line match on the line number.
@@ -79,6 +80,6 @@ def merge_dump(path: Path, findings: Iterable[Finding], root: Path, target: str)
     existing = load(path) if path.exists() else []
     fresh = json.loads(dump(findings, root, target))["findings"]
     keyed = {(e["code"], e["path"], e.get("source", ""), e.get("line")): e
-             for e in [*existing, *fresh]}
+             for e in [*fresh, *existing]}  # existing entries keep their "reason"
     entries = sorted(keyed.values(), key=lambda e: (e["path"], e.get("line") or 0, e["code"]))
     return json.dumps({"version": VERSION, "findings": entries}, indent=2) + "\n"

@@ -88,7 +88,12 @@ def to_text(report: Report, root: Path) -> str:
              f"({s.get('calls', 0)} calls, {s.get('compiles', 0)} compiles, "
              f"{s.get('recompiles', 0)} recompiles, {s.get('seconds', 0)} s, "
              f"backend {s.get('backend', '?')}, ranks audited {s.get('ranks', [0])} "
-             f"of world size {s.get('world_size', 1)})", ""]
+             f"of world size {s.get('world_size', 1)})"]
+    fusion = s.get("fusion") or {}
+    if fusion.get("graphs"):
+        lines.append(f"  fusion pass: {fusion['matches']} allreduce chain(s) fused in "
+                     f"{fusion['graphs']} graph(s)")
+    lines.append("")
     by_file: dict[str, list[tuple[int, Finding]]] = {}
     for i, f in enumerate(report.findings):
         by_file.setdefault(rel(f.path, root), []).append((i, f))
@@ -104,7 +109,7 @@ def to_text(report: Report, root: Path) -> str:
             if len(f.details) > 6:
                 lines.append(f"          - ... {len(f.details) - 6} more")
             if f.num_tokens:
-                lines.append(f"          num_tokens: {', '.join(map(str, f.num_tokens))}")
+                lines.append(f"          seen at num_tokens: {', '.join(map(str, f.num_tokens))}")
             others = [x for x in f.frames[1:]]
             if others:
                 lines.append("          via: " + ", ".join(f"{rel(x.path, root)}:{x.line}"
@@ -129,7 +134,10 @@ def to_markdown(report: Report, root: Path) -> str:
     out = [f"### {icon} arfuse audit: `{s.get('target', '?')}`", "",
            f"Swept num_tokens = {', '.join(map(str, s.get('sizes', [])))}: "
            f"{s.get('compiles', 0)} compiles, {s.get('recompiles', 0)} recompiles; "
-           f"{len(report.findings)} finding(s), {len(report.new)} new.", ""]
+           f"{len(report.findings)} finding(s), {len(report.new)} new."
+           + (f" Fusion pass: {s['fusion']['matches']} chain(s) fused in "
+              f"{s['fusion']['graphs']} graph(s)." if (s.get("fusion") or {}).get("graphs")
+              else ""), ""]
     if report.findings:
         out += ["| | code | rule | where | finding |", "|---|---|---|---|---|"]
         for i, f in enumerate(report.findings):
