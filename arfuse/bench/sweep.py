@@ -77,12 +77,13 @@ def environment(device: torch.device, world_size: int, command: str) -> dict[str
     return env
 
 
-def big_table(device: torch.device, world_size: int) -> dict:
-    """A thresholds override that sizes workspaces for the largest forced-kernel runs."""
+def big_table(device: torch.device, world_size: int, mb: float) -> dict:
+    """A thresholds override whose workspace just fits this case's largest forced-kernel run
+    (a workspace far beyond the sizes used is wasted memory and untested kernel territory)."""
     from arfuse import thresholds
 
     arch = thresholds.arch_of(torch.cuda.get_device_capability(device))
-    return {arch: {world_size: {"oneshot_max_mb": 4096, "fused_max_mb": 4096,
+    return {arch: {world_size: {"oneshot_max_mb": mb, "fused_max_mb": mb,
                                 "source": "arfuse bench: forced kernel runs"}}}
 
 
@@ -95,7 +96,6 @@ def run_sweep(cases: list[Case], tokens: tuple[int, ...], strategies: tuple[str,
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
         and dist.get_backend() == "nccl" else torch.device("cpu")
     on_gpu = device.type == "cuda"
-    big = big_table(device, world) if on_gpu else None
     plan = [(case, token_counts(case, tokens, world, device)) for case in cases]
     total = sum(len(counts) for _, counts in plan) * len(strategies)
     progress = _progress(total) if rank == 0 else None
@@ -105,6 +105,7 @@ def run_sweep(cases: list[Case], tokens: tuple[int, ...], strategies: tuple[str,
             dtype = DTYPES[case.dtype]
             elem = torch.empty((), dtype=dtype).element_size()
             case_rows = [Row(case, t, t * case.hidden * elem / 2**20) for t in counts]
+            big = big_table(device, world, case_rows[-1].mb * 1.001) if on_gpu else None
             # strategy-major: a forced-kernel workspace is created once per case, not per size
             for name in strategies:
                 with st.strategy_context(name, big):
@@ -162,6 +163,8 @@ class _progress:
 
     def advance(self, what: str) -> None:
         self._p.update(self._task, advance=1, description=what)
+        if not self._p.console.is_terminal:  # a log file: one line per finished cell
+            print(f"bench: done {what}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self._p.stop()
