@@ -11,6 +11,7 @@ Multi-rank targets run the sweep on every rank of a `SpawnedGroup` (gloo).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -24,21 +25,23 @@ from arfuse.audit.context import CALL_ARTIFACT, CallResult, RunInfo
 EXIT_TARGET_ERROR = 3
 
 
-def _configure_torch() -> None:
+def _audit_config() -> contextlib.ExitStack:
     """Caches that replay guards (FX graph, AOTAutograd, PGO profiles) off; the C++ kernel
-    cache stays on - it holds no guards and saves most of a cold Inductor compile."""
-    import torch
+    cache stays on - it holds no guards and saves most of a cold Inductor compile. Patched,
+    not set: `assert_dynamic` runs in the user's process and must leave its config alone."""
     import torch._dynamo.config as dynamo_config
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 
-    inductor_config.fx_graph_cache = False
-    inductor_config.fx_graph_remote_cache = False
-    inductor_config.compile_threads = 1
-    functorch_config.enable_autograd_cache = False
-    for name in ("automatic_dynamic_local_pgo", "automatic_dynamic_remote_pgo"):
-        if hasattr(dynamo_config, name):
-            setattr(dynamo_config, name, False)
+    stack = contextlib.ExitStack()
+    stack.enter_context(inductor_config.patch(fx_graph_cache=False, fx_graph_remote_cache=False,
+                                              compile_threads=1))
+    stack.enter_context(functorch_config.patch(enable_autograd_cache=False))
+    pgo = {n: False for n in ("automatic_dynamic_local_pgo", "automatic_dynamic_remote_pgo")
+           if hasattr(dynamo_config, n)}
+    if pgo:
+        stack.enter_context(dynamo_config.patch(**pgo))
+    return stack
 
 
 def _log_call(index: int, num_tokens: int) -> None:
@@ -69,12 +72,15 @@ def sweep(config: dict[str, Any], rank: int = 0) -> dict[str, Any]:
 
 def sweep_target(target: Any, config: dict[str, Any], rank: int = 0) -> dict[str, Any]:
     """Compile the target and feed it every size in `config["sizes"]`."""
+    with _audit_config():
+        return _sweep(target.materialize(), config, rank)
+
+
+def _sweep(target: Any, config: dict[str, Any], rank: int) -> dict[str, Any]:
     import torch
 
     from arfuse.audit import target as targets
 
-    _configure_torch()
-    target = target.materialize()
     strict = config.get("strict") or target.strict
     audited = rank == 0 or target.audit_ranks == "all"
     compile_here = audited or target.compile_ranks == "all"
