@@ -113,10 +113,11 @@ class _Dispatch:
         fusion = AllReduceFusionPass(config)
         options = {**self.backend.options, "post_grad_custom_post_pass": fusion}
         start = time.perf_counter()
-        with torch._guards.tracing(self.context), self._bounded(r):
+        with torch._guards.tracing(self.context), self._bounded(r) as bounded:
             compiled = compile_fx(copy.deepcopy(self.gm), self.example_inputs,
                                   config_patches=options)
         self.backend.compiles.append({"range": str(r), "fused": fusion.num_matches,
+                                      "bounds_applied": bool(getattr(bounded, "applied", False)),
                                       "skipped": [reason for reason, _ in fusion.skipped],
                                       "seconds": time.perf_counter() - start})
         self.compiled[i] = compiled
@@ -151,13 +152,16 @@ class _narrowed:
         self.range = ValueRanges(r.lo, r.hi if r.hi is not None else int_oo)
 
     def __enter__(self):
-        if self.env is not None:
+        hint = self.env.var_to_val.get(self.symbol) if self.env is not None else None
+        # the capture's example size must stay inside the range, or the shape env rejects it
+        self.applied = self.env is not None and (hint is None or hint in self.range)
+        if self.applied:
             self.saved = self.env.var_to_range.get(self.symbol)
             self.env.var_to_range[self.symbol] = self.range
         return self
 
     def __exit__(self, *exc):
-        if self.env is not None:
+        if self.applied:
             if self.saved is None:
                 self.env.var_to_range.pop(self.symbol, None)
             else:

@@ -26,6 +26,8 @@ def test_every_boundary_dispatches_to_its_range_and_fuses_only_below_the_thresho
     by_range = {c["range"]: c for c in r["compiles"]}
     assert len(r["compiles"]) == 3  # lazily, each range exactly once
     assert by_range["[1, 8]"]["fused"] == 2 and by_range["[1, 8]"]["skipped"] == []
+    # the symbol's bounds are narrowed only where the capture's example size (7) lies inside
+    assert [c["bounds_applied"] for c in r["compiles"]] == [True, False, False]
     for above in ("[9, 64]", "[65, inf]"):
         assert by_range[above]["fused"] == 0
         assert len(by_range[above]["skipped"]) == 2
