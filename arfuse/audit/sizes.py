@@ -1,9 +1,10 @@
 """Which token counts the sweep feeds: defaults (or the target's), plus every threshold +-1.
 
-Thresholds come from the target (`AuditTarget.thresholds`) and from providers registered in
-`THRESHOLD_PROVIDERS` - the hook arfuse's own threshold table plugs into: a provider takes the
-target and returns token counts at which some code is expected to switch behaviour. If a module
-`arfuse.thresholds` exposes `audit_token_counts(target)`, it is used automatically.
+Thresholds come from the target (`AuditTarget.thresholds`) and from providers in
+`THRESHOLD_PROVIDERS`: a provider takes the target and returns token counts at which some code
+is expected to switch behaviour. The built-in provider reads arfuse's thresholds table
+(`arfuse.thresholds.lookup`) for a target that declares `hidden` (and `dtype`): the one-shot and
+fusion limits of every GPU generation in the table at the target's world size.
 """
 
 from __future__ import annotations
@@ -16,18 +17,29 @@ from arfuse.audit.target import DEFAULT_SIZES, AuditTarget
 THRESHOLD_PROVIDERS: list[Callable[[AuditTarget], Iterable[int]]] = []
 
 
-def _table_provider(target: AuditTarget) -> Iterable[int]:
+def table_provider(target: AuditTarget) -> Iterable[int]:
+    """Switch points of arfuse's thresholds table for the target's hidden size and dtype."""
+    if target.hidden is None:
+        return ()
     try:
-        mod = importlib.import_module("arfuse.thresholds")
+        thresholds = importlib.import_module("arfuse.thresholds")
+        import torch
     except ImportError:
         return ()
-    fn = getattr(mod, "audit_token_counts", None)
-    return fn(target) if callable(fn) else ()
+    dtype = target.dtype if target.dtype is not None else torch.bfloat16
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    out: set[int] = set()
+    for arch in thresholds.table():
+        limits = thresholds.lookup(arch, target.world_size or 1, dtype, target.hidden)
+        if limits is not None:
+            out.update((limits.oneshot_max_tokens, limits.fused_max_tokens))
+    return sorted(t for t in out if t <= target.max_tokens)
 
 
 def thresholds(target: AuditTarget) -> list[int]:
     found = set(target.thresholds)
-    for provider in [*THRESHOLD_PROVIDERS, _table_provider]:
+    for provider in [*THRESHOLD_PROVIDERS, table_provider]:
         found.update(int(t) for t in provider(target))
     return sorted(t for t in found if t >= 1)
 

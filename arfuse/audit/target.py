@@ -31,6 +31,9 @@ class AuditTarget:
     token_dims: Mapping[int, int | Sequence[int] | None] | None = None
     sizes: Sequence[int] | None = None       # replaces DEFAULT_SIZES for this target
     thresholds: Sequence[int] = ()           # each t is swept as t-1, t, t+1
+    hidden: int | None = None                # set: also sweep arfuse's thresholds table limits
+    dtype: Any = None                        # ... for this activation dtype (default bfloat16)
+    max_tokens: int = 65536                  # table limits above this are not swept
     world_size: int | None = None            # None: no process group; n: n spawned gloo ranks
     build: Callable[[], Any] | None = None   # multi-rank: called on every rank, in the group
     audit_ranks: str = "first"               # "first": rank 0's trace; "all": every rank's
@@ -66,7 +69,8 @@ class AuditTarget:
         merged = {**inner.compile_kwargs, **self.compile_kwargs}
         return AuditTarget(model=inner.model, make_inputs=inner.make_inputs,
                            compile_kwargs=merged, token_dims=self.token_dims or inner.token_dims,
-                           sizes=self.sizes, thresholds=self.thresholds,
+                           sizes=self.sizes, thresholds=self.thresholds, hidden=self.hidden,
+                           dtype=self.dtype, max_tokens=self.max_tokens,
                            world_size=self.world_size, audit_ranks=self.audit_ranks,
                            compile_ranks=self.compile_ranks, strict=self.strict, name=self.name)
 

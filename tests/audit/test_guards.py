@@ -63,3 +63,21 @@ def test_attribute_dynamo_traced_line_from_user_stack():
 def test_attribute_compiler_added_guard_points_into_inductor():
     a = attribute(None, (_f("/m/run.py", 5), _f(TORCH, 1), _f(IND, 2273), _f(SIZEVARS, 7)))
     assert (a.decision.filename, a.decision.line, a.by) == (IND, 2273, "compiler")
+
+
+def test_sweep_order_thresholds_and_table_hook():
+    import torch
+
+    from arfuse import thresholds
+    from arfuse.audit import AuditTarget
+    from arfuse.audit.sizes import sweep, table_provider
+
+    t = AuditTarget(model=torch.nn.Identity(), make_inputs=lambda n: torch.randn(n, 8),
+                    sizes=[1, 16, 2048], thresholds=[100])
+    assert sweep(t) == [16, 99, 100, 101, 2048, 1]  # first call >= 2, ascending, 0/1 last
+    assert table_provider(t) == ()                    # no hidden: the table is not consulted
+    t.hidden, t.world_size, t.dtype = 4096, 4, torch.bfloat16
+    limits = thresholds.lookup("sm90", 4, torch.bfloat16, 4096)
+    got = set(table_provider(t))
+    assert {limits.oneshot_max_tokens, limits.fused_max_tokens} <= got
+    assert {limits.fused_max_tokens - 1, limits.fused_max_tokens + 1} <= set(sweep(t))
