@@ -64,8 +64,9 @@ def _tlparse(log: Path, out_dir: Path) -> str | None:
               "slower).")
 @click.option("--backend", help="Override the torch.compile backend (e.g. aot_eager: faster, "
               "but no Inductor guards and no fusion coverage).")
-@click.option("--trace", "trace_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Audit an existing TORCH_TRACE .log instead of running a target.")
+@click.option("--trace", "trace_file", type=click.Path(exists=True, path_type=Path),
+              help="Audit an existing TORCH_TRACE .log (or a --keep directory) instead of "
+                   "running a target.")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
               help="Keep the trace, run.json and worker log in this directory.")
 @click.option("--timeout", type=float, default=600.0, show_default=True,
@@ -109,10 +110,21 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
         if trace_file is not None:
             if target:
                 raise ValueError("pass either TARGET or --trace, not both")
-            traces = {0: parse_file(trace_file)}
-            report = api.analyze(traces, RunInfo(target=str(trace_file)), select=sel,
-                                 ignore=ign, baseline=baseline)
-            log = trace_file
+            if trace_file.is_dir():  # a --keep directory: run.json + trace/*.log
+                from arfuse.audit.run import _rank_of
+                from arfuse.audit.trace import trace_files
+
+                if not (trace_file / "run.json").exists():
+                    raise ValueError(f"{trace_file} is a directory without run.json; pass a "
+                                     f"--keep directory of `arfuse audit` or a .log file")
+                run = RunInfo.load(trace_file / "run.json")
+                files = {_rank_of(p): p for p in trace_files(trace_file / "trace")}
+                traces = {r: parse_file(p) for r, p in files.items() if r in run.ranks}
+                log = files[min(files)]
+            else:
+                run, log = RunInfo(target=str(trace_file)), trace_file
+                traces = {0: parse_file(trace_file)}
+            report = api.analyze(traces, run, select=sel, ignore=ign, baseline=baseline)
         else:
             from arfuse.audit.default_target import SPEC
 

@@ -124,3 +124,10 @@ def test_multi_rank_target_audits_every_rank(tmp_path):
     assert by_code["ARF104"]["num_tokens"] == [513]
     assert sorted(p.name.split("_rank_")[1][0]
                   for p in (tmp_path / "keep" / "trace").glob("*.log")) == ["0", "1"]
+
+    # the kept directory re-audits without running anything, with the run's token sources
+    again = CliRunner().invoke(main, ["audit", "--trace", str(tmp_path / "keep"), "--format",
+                                      "json"])
+    assert again.exit_code == 1
+    assert [(f["code"], f["line"]) for f in json.loads(again.stdout)["findings"]] == \
+        [(f["code"], f["line"]) for f in report["findings"]]
