@@ -16,7 +16,7 @@ from arfuse.audit.context import AuditContext, RunInfo
 from arfuse.audit.findings import Finding
 from arfuse.audit.report import Report
 from arfuse.audit.rules import Rule, select_rules
-from arfuse.audit.trace import Artifact, CompilationMetrics, Trace, parse_file
+from arfuse.audit.trace import CompilationMetrics, Trace, parse_file
 
 
 def run_rules(ctx: AuditContext, rules: Sequence[Rule]) -> list[Finding]:

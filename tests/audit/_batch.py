@@ -4,7 +4,6 @@ each report as json + text into OUT_DIR. Used by conftest.py:
     python tests/audit/_batch.py OUT_DIR branch equality ...
 """
 
-import json
 import sys
 import time
 from pathlib import Path

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arfuse.audit.trace import (
-    Artifact, ChromiumEvent, CompilationMetrics, CompileId, CreateSymbol, GuardAddedFast,
+    ChromiumEvent, CompilationMetrics, CompileId, CreateSymbol, GuardAddedFast,
     MalformedLine, SymbolicShapeSpecialization, UnknownEvent, parse_bytes, parse_file,
 )
 

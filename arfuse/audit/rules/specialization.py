@@ -9,7 +9,6 @@ of compiles that failed with `ConstraintViolationError`. Only guards on token sy
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 

@@ -1,0 +1,54 @@
+"""ARF201's chain finder on printed post-grad graphs (every allreduce and norm form)."""
+
+from arfuse.audit.graph import parse_graph
+from arfuse.audit.rules.fusion import unfused_chains
+
+HEADER = 'class <lambda>(torch.nn.Module):\n    def forward(self, arg0_1: "f32[s0, 64]", arg1_1: "f32[64]", arg2_1: "f32[s0, 64]"):\n'
+
+
+def _graph(body: str):
+    return parse_graph(HEADER + "\n".join("        " + line for line in body.strip().splitlines()))
+
+
+def test_custom_op_allreduce_add_custom_norm():
+    g = _graph('''
+# File: /m/model.py:10 in forward, code: y = arfuse_ops.all_reduce(x, group)
+all_reduce: "f32[s0, 64]" = torch.ops.arfuse.all_reduce.default(arg0_1, '0')
+# File: /m/model.py:11 in forward, code: h = y + residual
+add: "f32[s0, 64]" = torch.ops.aten.add.Tensor(all_reduce, arg2_1)
+# File: /m/model.py:12 in forward, code: out = rms_norm(h, w, eps)
+rms_norm: "f32[s0, 64]" = torch.ops.arfuse.rms_norm.default(add, arg1_1, 1e-05)
+return (rms_norm, add)''')
+    ((ar, add, norm),) = unfused_chains(g)
+    assert ar.name == "all_reduce" and add.name == "add" and [n.name for n in norm] == ["rms_norm"]
+    assert add.source.line == 11
+
+
+def test_functional_allreduce_through_wait_view_and_cast_to_hf_norm_without_residual():
+    g = _graph('''
+all_reduce: "f32[s0, 64]" = torch.ops._c10d_functional.all_reduce.default(arg0_1, 'sum', '0')
+wait_tensor: "f32[s0, 64]" = torch.ops._c10d_functional.wait_tensor.default(all_reduce)
+view: "f32[s0, 64]" = torch.ops.aten.view.default(wait_tensor, [-1, 64])
+convert: "f32[s0, 64]" = torch.ops.prims.convert_element_type.default(view, torch.float32)
+pow_1: "f32[s0, 64]" = torch.ops.aten.pow.Tensor_Scalar(convert, 2)
+mean: "f32[s0, 1]" = torch.ops.aten.mean.dim(pow_1, [-1], True)
+add_1: "f32[s0, 1]" = torch.ops.aten.add.Tensor(mean, 1e-06)
+rsqrt: "f32[s0, 1]" = torch.ops.aten.rsqrt.default(add_1)
+mul: "f32[s0, 64]" = torch.ops.aten.mul.Tensor(convert, rsqrt)
+return (mul,)''')
+    ((ar, add, norm),) = unfused_chains(g)
+    assert add is None and {n.op for n in norm} == {"aten.mean", "aten.rsqrt"}
+
+
+def test_fused_graph_and_lonely_allreduce_are_clean():
+    fused = _graph('''
+fused = torch.ops.arfuse.fused_allreduce_rmsnorm.default(arg0_1, arg2_1, arg1_1, 1e-05, '0')
+getitem: "f32[s0, 64]" = fused[0]
+return (getitem,)''')
+    assert list(unfused_chains(fused)) == []
+    lonely = _graph('''
+all_reduce: "f32[s0, 64]" = torch.ops._c10d_functional.all_reduce_.default(arg0_1, 'sum', '0')
+wait_tensor: "f32[s0, 64]" = torch.ops._c10d_functional.wait_tensor.default(all_reduce)
+mm: "f32[s0, 64]" = torch.ops.aten.mm.default(wait_tensor, arg0_1)
+return (mm,)''')
+    assert list(unfused_chains(lonely)) == []
