@@ -76,7 +76,8 @@ def test_usage_errors_exit_2_with_a_fix():
 def test_target_errors_exit_2(tmp_path):
     for name, needle in [("not_a_target", "returned int"),
                          ("make_inputs_fails", "make_inputs(2) raised RuntimeError: no tokenizer"),
-                         ("no_such_fn", "has no attribute 'no_such_fn'")]:
+                         ("no_such_fn", "has no attribute 'no_such_fn'"),
+                         ("hard_crash", "exited with code 7")]:
         res = arfuse("audit", f"broken.py:{name}", "--sizes", "2,16")
         assert res.returncode == 2, res.stderr
         assert needle in res.stderr, res.stderr
