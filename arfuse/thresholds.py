@@ -50,11 +50,19 @@ _SEED = "seed (vLLM's table), not measured by arfuse"
 
 @dataclass(frozen=True)
 class Thresholds:
-    """One table entry: activation sizes in MB (MiB) for one arch and world size."""
+    """One table entry: activation sizes in MB (MiB) for one arch and world size.
+
+    `hidden` holds entries for particular hidden sizes that take precedence over this one
+    (measured crossovers differ by hidden size: at TP2 on H200 fusion stops paying past 32 MB at
+    hidden 4096 but still wins at 256 MB at hidden 8192)."""
 
     oneshot_max_mb: float
     fused_max_mb: float
     source: str = ""
+    hidden: tuple[tuple[int, "Thresholds"], ...] = ()
+
+    def for_hidden(self, hidden: int) -> "Thresholds":
+        return dict(self.hidden).get(int(hidden), self)
 
     def __post_init__(self) -> None:
         for name in ("oneshot_max_mb", "fused_max_mb"):
@@ -87,8 +95,14 @@ class Limits:
 
 DEFAULT_TABLE: dict[str, dict[int, Thresholds]] = {
     "sm90": {
-        2: Thresholds(oneshot_max_mb=32, fused_max_mb=32, source=_MEASURED_TP2),
-        4: Thresholds(oneshot_max_mb=2, fused_max_mb=8, source=_MEASURED_TP4),
+        2: Thresholds(oneshot_max_mb=32, fused_max_mb=32, source=_MEASURED_TP2, hidden=(
+            (8192, Thresholds(256, 256, "arfuse bench, 2x H200, bf16, hidden 8192: one-shot "
+                                        "beat every other path up to 256 MB")),)),
+        4: Thresholds(oneshot_max_mb=2, fused_max_mb=8, source=_MEASURED_TP4, hidden=(
+            (4096, Thresholds(3, 8, "arfuse bench, 4x H200, bf16, hidden 4096: one-shot best "
+                                    "at 2 MB, two-shot at 4-8 MB, unfused from 16 MB")),
+            (8192, Thresholds(2, 16, "arfuse bench, 4x H200, bf16, hidden 8192: one-shot best "
+                                     "at 2 MB, two-shot won up to 16 MB, tie at 32 MB")),)),
         8: Thresholds(oneshot_max_mb=0.5, fused_max_mb=0.5, source=_SEED),
     },
     "sm100": {
@@ -161,19 +175,37 @@ def parse_table(data: Any, where: str = "thresholds") -> dict[str, dict[int, Thr
             if isinstance(entry, Thresholds):
                 value = entry
             elif isinstance(entry, Mapping):
-                unknown = set(entry) - {"oneshot_max_mb", "fused_max_mb", "source"}
-                missing = {"oneshot_max_mb", "fused_max_mb"} - set(entry)
-                if unknown or missing:
-                    raise ValueError(f"{where}: entry {arch_key}/{ws_key} has unknown keys "
-                                     f"{sorted(unknown)} / lacks {sorted(missing)}; write "
-                                     '{"oneshot_max_mb": MB, "fused_max_mb": MB}')
-                value = Thresholds(entry["oneshot_max_mb"], entry["fused_max_mb"],
-                                   str(entry.get("source", where)))
+                value = _parse_entry(entry, f"{where}: entry {arch_key}/{ws_key}", where)
             else:
                 raise ValueError(f"{where}: entry {arch_key}/{ws_key} must be an object, got "
                                  f"{type(entry).__name__}")
             table.setdefault(arch, {})[ws] = value
     return table
+
+
+def _parse_entry(entry: Mapping, what: str, where: str, nested: bool = False) -> Thresholds:
+    allowed = {"oneshot_max_mb", "fused_max_mb", "source"} | (set() if nested else {"hidden"})
+    unknown = set(entry) - allowed
+    missing = {"oneshot_max_mb", "fused_max_mb"} - set(entry)
+    if unknown or missing:
+        raise ValueError(f"{what} has unknown keys {sorted(unknown)} / lacks {sorted(missing)}; "
+                         'write {"oneshot_max_mb": MB, "fused_max_mb": MB} (optionally with '
+                         '"hidden": {"8192": {...}} for per-hidden-size entries)')
+    per_hidden = entry.get("hidden") or {}
+    if not isinstance(per_hidden, Mapping):
+        raise ValueError(f'{what}: "hidden" must map hidden sizes to entries')
+    parsed = []
+    for h_key, sub in per_hidden.items():
+        try:
+            h = int(h_key)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: hidden size {h_key!r} is not an integer") from None
+        if not isinstance(sub, Mapping) or h < 1:
+            raise ValueError(f"{what}: hidden {h_key!r} must be >= 1 and map to an entry")
+        parsed.append((h, _parse_entry(sub, f"{what}/hidden {h}", where, nested=True)))
+    source = str(entry.get("source", where))
+    return Thresholds(entry["oneshot_max_mb"], entry["fused_max_mb"], source,
+                      tuple(sorted(parsed)))
 
 
 def _file_table() -> dict[str, dict[int, Thresholds]]:
@@ -245,6 +277,7 @@ def lookup(capability: Any, world_size: int, dtype: torch.dtype, hidden: int) ->
     found = entry(capability, world_size)
     if found is None:
         return None
+    found = found.for_hidden(hidden)
     row_bytes = hidden * torch.empty((), dtype=dtype).element_size()
     fused = int(found.fused_max_mb * MIB // row_bytes)
     oneshot = min(int(found.oneshot_max_mb * MIB // row_bytes), fused)
@@ -261,7 +294,13 @@ def threshold_token_counts(capability: Any, world_size: int, dtype: torch.dtype,
 def to_json(tbl: Mapping[str, Mapping[int, Thresholds]] | None = None) -> dict:
     """The table as the JSON object the override file takes."""
     tbl = table() if tbl is None else tbl
-    return {arch: {str(ws): {"oneshot_max_mb": e.oneshot_max_mb, "fused_max_mb": e.fused_max_mb,
-                             "source": e.source}
-                   for ws, e in sorted(per_world.items())}
+    return {arch: {str(ws): _entry_json(e) for ws, e in sorted(per_world.items())}
             for arch, per_world in sorted(tbl.items())}
+
+
+def _entry_json(e: Thresholds) -> dict:
+    out: dict[str, Any] = {"oneshot_max_mb": e.oneshot_max_mb, "fused_max_mb": e.fused_max_mb,
+                           "source": e.source}
+    if e.hidden:
+        out["hidden"] = {str(h): _entry_json(sub) for h, sub in e.hidden}
+    return out

@@ -86,3 +86,6 @@ def thresholds(capability: str | None, world_size: int | None, hidden: int | Non
                          f"tokens, {two}, unfused > {lim.fused_max_tokens}")
             click.echo(line)
             click.echo(f"    source: {e.source}")
+            for h, sub in e.hidden:
+                click.echo(f"    hidden {h}: one-shot <= {_fmt_mb(sub.oneshot_max_mb)}, "
+                           f"fused <= {_fmt_mb(sub.fused_max_mb)}  ({sub.source})")

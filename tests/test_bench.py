@@ -48,9 +48,11 @@ def test_tune_file_and_cli_diff(tmp_path):
     out = tmp_path / "thr.json"
     r = CliRunner().invoke(main, ["tune", str(bench_json), "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert "sm90 TP4: one-shot max / fused max" in r.output and "->  2 / 8 MB" in r.output
+    assert "sm90 TP4 all hidden: one-shot max / fused max" in r.output and "->  2 / 8 MB" in r.output
+    assert "sm90 TP4 hidden 4096: one-shot max / fused max" in r.output
     table = json.loads(out.read_text())
     assert table["sm90"]["4"]["fused_max_mb"] == pytest.approx(8.0)
+    assert table["sm90"]["4"]["hidden"]["4096"]["fused_max_mb"] == pytest.approx(8.0)
     from arfuse import thresholds
 
     parsed = thresholds.parse_table(table)

@@ -50,13 +50,16 @@ def test_default_sm90_measured_entries():
 
 
 def test_lookup_converts_mb_to_tokens():
-    lim = th.lookup((9, 0), 4, torch.bfloat16, 4096)
-    assert lim.oneshot_max_tokens == 2 * 2**20 // (4096 * 2) == 256
+    lim = th.lookup((9, 0), 4, torch.bfloat16, 2048)  # the general TP4 entry: 2 / 8 MB
+    assert lim.oneshot_max_tokens == 2 * 2**20 // (2048 * 2) == 512
+    assert lim.fused_max_tokens == 8 * 2**20 // (2048 * 2) == 2048
+    lim = th.lookup((9, 0), 4, torch.bfloat16, 4096)  # its hidden-4096 entry: 3 / 8 MB
+    assert lim.oneshot_max_tokens == 3 * 2**20 // (4096 * 2) == 384
     assert lim.fused_max_tokens == 8 * 2**20 // (4096 * 2) == 1024
     lim32 = th.lookup("sm90", 4, torch.float32, 4096)
-    assert (lim32.oneshot_max_tokens, lim32.fused_max_tokens) == (128, 512)
-    assert lim.token_counts() == [255, 256, 257, 1023, 1024, 1025]
-    assert th.threshold_token_counts((9, 0), 2, torch.float16, 8192) == [2047, 2048, 2049]
+    assert (lim32.oneshot_max_tokens, lim32.fused_max_tokens) == (192, 512)
+    assert lim.token_counts() == [383, 384, 385, 1023, 1024, 1025]
+    assert th.threshold_token_counts((9, 0), 2, torch.float16, 8192) == [16383, 16384, 16385]
 
 
 def test_lookup_without_entry_is_none():
@@ -139,7 +142,7 @@ def test_cli_tokens_for_hidden():
     result = CliRunner().invoke(main, ["thresholds", "--capability", "9.0", "--world-size", "4",
                                        "--hidden", "4096"])
     assert result.exit_code == 0, result.output
-    assert "one-shot <= 256 tokens, two-shot 257..1024, unfused > 1024" in result.output
+    assert "one-shot <= 384 tokens, two-shot 385..1024, unfused > 1024" in result.output
     assert "sm90 TP2" not in result.output
 
 
@@ -214,3 +217,33 @@ def test_force_strategy_validates():
     with fb.forced_strategy("oneshot"):
         assert fb._forced == "oneshot"
     assert fb._forced == "auto"
+
+
+def test_per_hidden_entries_take_precedence_and_round_trip():
+    import torch
+
+    from arfuse import thresholds as th
+
+    table = {"sm90": {"2": {"oneshot_max_mb": 32, "fused_max_mb": 32,
+                            "hidden": {"8192": {"oneshot_max_mb": 256, "fused_max_mb": 256}}}}}
+    with th.override(table):
+        at_4096 = th.lookup((9, 0), 2, torch.bfloat16, 4096)
+        at_8192 = th.lookup((9, 0), 2, torch.bfloat16, 8192)
+        assert at_4096.fused_max_tokens == 32 * 2**20 // (4096 * 2) == 4096
+        assert at_8192.fused_max_tokens == 256 * 2**20 // (8192 * 2) == 16384
+        dumped = th.to_json()["sm90"]["2"]
+        assert dumped["hidden"]["8192"]["fused_max_mb"] == 256
+        assert th.parse_table({"sm90": {"2": dumped}})["sm90"][2] == th.table()["sm90"][2]
+
+
+def test_per_hidden_entry_errors_say_what_to_write():
+    import pytest
+
+    from arfuse import thresholds as th
+
+    with pytest.raises(ValueError, match="hidden size 'x' is not an integer"):
+        th.parse_table({"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1,
+                                       "hidden": {"x": {}}}}})
+    with pytest.raises(ValueError, match=r"hidden 8192 has unknown keys \['hidden'\]"):
+        th.parse_table({"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1, "hidden": {
+            "8192": {"oneshot_max_mb": 1, "fused_max_mb": 1, "hidden": {}}}}}})

@@ -35,8 +35,9 @@ def run_bench_worker(cases, tokens, strategies, command, n_inner, reps):
 @click.option("--world-size", type=int, default=None,
               help="ranks to spawn (default: every visible GPU; 2 on CPU). Ignored under "
                    "torchrun, which sets it")
-@click.option("--tokens", default=",".join(str(2**i) for i in range(15)), show_default=True,
-              help="token counts; every threshold +-1 is added on GPU")
+@click.option("--tokens", default=None,
+              help="token counts (default: 1..16384, powers of two and the 1.5x points "
+                   "between); every threshold +-1 is added on GPU")
 @click.option("--hidden", default="4096,8192", show_default=True, help="hidden sizes")
 @click.option("--dtype", "dtypes", default="bf16", show_default=True,
               help="comma-separated: bf16, fp16, fp32")
@@ -72,7 +73,9 @@ def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_d
     from arfuse.bench import report
     from arfuse.bench.sweep import DTYPES, Case
 
-    token_counts = _ints(tokens, "--tokens")
+    from arfuse.bench.sweep import DEFAULT_TOKENS
+
+    token_counts = _ints(tokens, "--tokens") if tokens else DEFAULT_TOKENS
     hiddens = _ints(hidden, "--hidden")
     dtype_names = [d.strip() for d in dtypes.split(",") if d.strip()]
     bad = [d for d in dtype_names if d not in DTYPES]
@@ -90,8 +93,7 @@ def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_d
     command = "arfuse bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     args = (cases, token_counts, chosen, command, n_inner, reps)
     if decoder:
-        decode_tokens = token_counts if "--tokens" in sys.argv else (1, 2, 4, 8, 16, 32, 64,
-                                                                      128, 256, 8192)
+        decode_tokens = token_counts if tokens else (1, 2, 4, 8, 16, 32, 64, 128, 256, 8192)
         return _decoder_bench(world_size, backend, decode_tokens, layers, out_dir, name,
                               command, timeout)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun
@@ -239,10 +241,13 @@ def tune(results, out_file, tolerance):
     current = thresholds.to_json()
     for c in choices:
         old = current.get(c.arch, {}).get(str(c.world_size))
+        if old and c.hidden is not None:
+            old = old.get("hidden", {}).get(str(c.hidden), old)
         was = (f"{old['oneshot_max_mb']:g} / {old['fused_max_mb']:g} MB" if old else "no entry")
         flag = "" if c.within_tolerance else f"  (!) no thresholds keep every size within " \
                                               f"{tolerance:.0%}"
-        click.echo(f"{c.arch} TP{c.world_size}: one-shot max / fused max  {was}  ->  "
+        scope = "all hidden" if c.hidden is None else f"hidden {c.hidden}"
+        click.echo(f"{c.arch} TP{c.world_size} {scope}: one-shot max / fused max  {was}  ->  "
                    f"{c.oneshot_max_mb:g} / {c.fused_max_mb:g} MB   worst {c.worst_ratio:.3f}x "
                    f"of best at {c.worst_at} over {c.sizes} sizes{flag}")
     if out_file:

@@ -14,7 +14,8 @@ import torch.distributed as dist
 from arfuse.bench import strategies as st
 from arfuse.bench.timing import slowest, time_cuda_graph, time_eager
 
-DEFAULT_TOKENS = tuple(2**i for i in range(15))  # 1 .. 16384
+# 1 .. 16384: powers of two and the 1.5x points between them, to locate crossovers
+DEFAULT_TOKENS = tuple(sorted({2**i for i in range(15)} | {3 * 2**i for i in range(13)}))
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -105,14 +106,20 @@ def run_sweep(cases: list[Case], tokens: tuple[int, ...], strategies: tuple[str,
             dtype = DTYPES[case.dtype]
             elem = torch.empty((), dtype=dtype).element_size()
             case_rows = [Row(case, t, t * case.hidden * elem / 2**20) for t in counts]
-            big = big_table(device, world, case_rows[-1].mb * 1.001) if on_gpu else None
-            # strategy-major: a forced-kernel workspace is created once per case, not per size
             for name in strategies:
-                with st.strategy_context(name, big):
-                    for row in case_rows:
+                for row in case_rows:
+                    # a forced kernel gets a workspace sized to this run, as the thresholds
+                    # would size it if they allowed the kernel here (one sized for the largest
+                    # run slowed small one-shot calls 2x at TP4, hidden 8192 on H200)
+                    big = big_table(device, world, row.mb * 1.001) if on_gpu else None
+                    with st.strategy_context(name, big):
                         _measure(row, name, case, dtype, device, group, on_gpu, n_inner, reps)
-                        if progress:
-                            progress.advance(f"{case.label}: {name} @ {row.tokens} tokens")
+                    if on_gpu and name in st.FUSED:
+                        from arfuse.kernels import flashinfer
+
+                        flashinfer.release_workspaces(group)
+                    if progress:
+                        progress.advance(f"{case.label}: {name} @ {row.tokens} tokens")
             rows.extend(case_rows)
     if progress:
         progress.close()

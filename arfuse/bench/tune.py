@@ -23,6 +23,7 @@ SLACK = 1 + 1e-9  # MB limits sit a hair above a measured size so MB -> tokens k
 class Choice:
     arch: str
     world_size: int
+    hidden: int | None        # None: the entry for every hidden size without its own
     oneshot_max_mb: float
     fused_max_mb: float
     worst_ratio: float        # policy time / best measured time, worst over measured sizes
@@ -48,7 +49,8 @@ def _best(row: dict) -> float:
     return min(vals) if vals else math.inf
 
 
-def choose(rows: list[dict], arch: str, world: int, tolerance: float = 0.02) -> Choice:
+def choose(rows: list[dict], arch: str, world: int, tolerance: float = 0.02,
+           hidden: int | None = None) -> Choice:
     """Search every (oneshot_max, fused_max) pair over the measured sizes."""
     rows = [r for r in rows if _best(r) < math.inf]
     if not rows:
@@ -61,10 +63,13 @@ def choose(rows: list[dict], arch: str, world: int, tolerance: float = 0.02) -> 
         worst, at = max(ratios, key=lambda x: x[0])
         if math.isinf(worst):
             continue
-        key = (worst > 1 + tolerance, sum(x for x, _ in ratios), worst, -fused)
+        # feasible pairs: closest to the per-size best overall; otherwise: the least bad worst case
+        violates = worst > 1 + tolerance
+        total = sum(x for x, _ in ratios)
+        key = (violates, worst if violates else total, total, -fused)
         if best_key is None or key < best_key:
             best_key = key
-            best = Choice(arch, world, round(one * SLACK, 9) if one else 0.0,
+            best = Choice(arch, world, hidden, round(one * SLACK, 9) if one else 0.0,
                           round(fused * SLACK, 9) if fused else 0.0, worst,
                           f"{at['tokens']} tokens, hidden {at['hidden']}, {at['dtype']}",
                           worst <= 1 + tolerance, len(rows))
@@ -75,7 +80,8 @@ def choose(rows: list[dict], arch: str, world: int, tolerance: float = 0.02) -> 
 
 
 def tune(results: list[dict], tolerance: float = 0.02) -> list[Choice]:
-    """One Choice per (arch, world size) found in the bench results."""
+    """Per (arch, world size): one Choice over every measured hidden size together (the
+    entry for unmeasured sizes) and one per measured hidden size."""
     from arfuse import thresholds
 
     groups: dict[tuple[str, int], list[dict]] = {}
@@ -87,14 +93,25 @@ def tune(results: list[dict], tolerance: float = 0.02) -> list[Choice]:
         major, minor = (int(x) for x in env["capability"].split("."))
         key = (thresholds.arch_of((major, minor)), int(env["world_size"]))
         groups.setdefault(key, []).extend(result["rows"])
-    return [choose(rows, arch, world, tolerance) for (arch, world), rows in sorted(groups.items())]
+    choices = []
+    for (arch, world), rows in sorted(groups.items()):
+        choices.append(choose(rows, arch, world, tolerance))
+        for hidden in sorted({r["hidden"] for r in rows}):
+            choices.append(choose([r for r in rows if r["hidden"] == hidden], arch, world,
+                                  tolerance, hidden))
+    return choices
 
 
 def to_table(choices: list[Choice], source: str) -> dict:
     """The override-file JSON (`ARFUSE_THRESHOLDS`) for the choices."""
     table: dict = {}
     for c in choices:
-        table.setdefault(c.arch, {})[str(c.world_size)] = {
-            "oneshot_max_mb": c.oneshot_max_mb, "fused_max_mb": c.fused_max_mb,
-            "source": f"{source}; worst {c.worst_ratio:.3f}x of best at {c.worst_at}"}
+        entry = {"oneshot_max_mb": c.oneshot_max_mb, "fused_max_mb": c.fused_max_mb,
+                 "source": f"{source}; worst {c.worst_ratio:.3f}x of best at {c.worst_at}"}
+        per_world = table.setdefault(c.arch, {})
+        if c.hidden is None:
+            per_world[str(c.world_size)] = {**entry, **per_world.get(str(c.world_size), {})}
+        else:
+            slot = per_world.setdefault(str(c.world_size), {})
+            slot.setdefault("hidden", {})[str(c.hidden)] = entry
     return table
