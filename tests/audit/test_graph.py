@@ -52,3 +52,39 @@ wait_tensor: "f32[s0, 64]" = torch.ops._c10d_functional.wait_tensor.default(all_
 mm: "f32[s0, 64]" = torch.ops.aten.mm.default(wait_tensor, arg0_1)
 return (mm,)''')
     assert list(unfused_chains(lonely)) == []
+
+
+def _artifact(name: str, payload: str, fcid: int = 0) -> str:
+    meta = {"artifact": {"name": name, "encoding": "json"}, "frame_id": 0,
+            "frame_compile_id": fcid, "attempt": 0, "has_payload": "x"}
+    import json
+
+    return (f"V1127 14:36:18.743000 1 torch/x.py:1] {json.dumps(meta)}\n"
+            + "".join(f"\t{line}\n" for line in payload.splitlines()))
+
+
+def test_fusion_artifact_rules_skipped_and_disabled():
+    import json
+
+    from arfuse.audit.api import analyze
+    from arfuse.audit.trace import parse_bytes
+
+    graph = HEADER + (
+        "        # File: /m/model.py:12 in forward, code: out = self.norm(h)\n"
+        '        rms_norm: "f32[s0, 64]" = torch.ops.aten.rms_norm.default(arg0_1, [64], arg1_1)\n')
+    text = (_artifact("inductor_post_grad_graph", graph)
+            + _artifact("arfuse_fusion", json.dumps({
+                "matches": 1, "specs": ["c10d_hf_residual"], "disabled": None,
+                "skipped": [{"reason": "hidden size 100 is not a multiple of 8", "node": "rms_norm"},
+                            {"reason": "hidden size 100 is not a multiple of 8",
+                             "node": "rms_norm"}]}))
+            + _artifact("arfuse_fusion", json.dumps({
+                "matches": 0, "specs": [], "disabled": "world size 1 of group '0'",
+                "skipped": [{"reason": "world size 1 of group '0'", "node": "x"}]}), fcid=1))
+    report = analyze({0: parse_bytes(text.encode())})
+    by_code = {f.code: f for f in report.findings}
+    assert set(by_code) == {"ARF202", "ARF203"}  # the disabled reason is not repeated as 203
+    assert (by_code["ARF203"].path, by_code["ARF203"].line) == ("/m/model.py", 12)
+    assert "not a multiple of 8" in by_code["ARF203"].message
+    assert len(by_code["ARF203"].details) == 2  # one finding per (line, reason), both listed
+    assert report.summary["fusion"] == {"graphs": 2, "matches": 1, "post_grad_graphs": 1}
