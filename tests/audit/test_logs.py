@@ -1,6 +1,9 @@
 """The rules on real trace logs captured from torch 2.11 (GPU machine) and 2.13 (here): the
 same model must give the same findings on both versions (lines of capture_trace_fixtures.py)."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,17 @@ def test_select_and_ignore():
     assert "ARF104" not in {f.code for f in analyze_trace(path, ignore=["ARF104"]).findings}
     with pytest.raises(ValueError, match="matches no rule"):
         analyze_trace(path, select=["ARF9"])
+
+
+def test_recompile_limit_is_called_out(tmp_path):
+    """Pin num_tokens and sweep 12 sizes: Dynamo gives up after 8 recompiles (the default
+    recompile_limit) and runs the frame eagerly - the ARF104 finding must say so."""
+    fixture = Path(__file__).resolve().parent / "fixtures" / "host_value.py"
+    sizes = ",".join(str(16 * i) for i in range(1, 13))
+    res = subprocess.run([sys.executable, "-m", "arfuse", "audit", f"{fixture}:build",
+                          "--sizes", sizes, "--select", "ARF104", "--format", "json"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr
+    (f,) = json.loads(res.stdout)["findings"]
+    assert "recompile limit was hit at num_tokens=144" in f["message"]
+    assert f["num_tokens"] == [16 * i for i in range(2, 10)]  # 8 recompiles, then eager

@@ -347,12 +347,19 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
                     g[1].append((cid, guard))
                 if n is not None and n not in g[2]:
                     g[2].append(n)
+    limit_hits = sorted(n for m in ctx.trace.of(CompilationMetrics)
+                        if "recompile limit" in (m.fail_reason or "").lower()
+                        for n in [ctx.compile_sizes.get(m.metrics_compile_id or m.compile_id)]
+                        if n is not None)
+    limit = (f"; torch._dynamo's recompile limit was hit at num_tokens={limit_hits[0]}: from "
+             f"there on new sizes run EAGERLY (not compiled)") if limit_hits else ""
     for frame, events, sizes in groups.values():
         cids = list(dict.fromkeys(c for c, _ in events))
         at = f" at num_tokens={', '.join(map(str, sorted(sizes)))}" if sizes else ""
         yield Finding(
             code="ARF104", name="num-tokens-recompile",
-            message=f"recompiled {len(cids)} time(s){at} because a guard from this line failed",
+            message=f"recompiled {len(cids)} time(s){at} because a guard from this line "
+                    f"failed{limit}",
             location=Location.of(frame),
             expr="; ".join(dict.fromkeys(g for _, g in events)),
             compile_id=str(cids[0]) if cids else "", frames=[Location.of(frame)],
