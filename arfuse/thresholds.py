@@ -11,9 +11,11 @@ allreduce:
 
 Where the values come from (``Thresholds.source`` says it for every entry):
 
-- sm90 TP2 / TP4: measured on 2x / 4x H200 (``../shared/gpu/reference/``, bf16, hidden 4096):
-  at TP2 one-shot always beat two-shot and fusion won up to 32 MB (lost at 64 MB); at TP4
-  one-shot won at 2 MB, two-shot from 4 MB, and fusion won up to 8 MB (lost at 16 MB).
+- sm90 TP2 / TP4: `arfuse tune` over `arfuse bench` on H200 at TP2 and TP4 (bf16, hidden 4096
+  and 8192; bench/results/h200_tp*_bench.md), with per-hidden entries: at TP2 one-shot wins up
+  to 32 MB at hidden 4096 and at every measured size (256 MB) at hidden 8192; at TP4 one-shot
+  wins to 2-3 MB, two-shot to 8 MB (hidden 4096) / 16 MB (hidden 8192). The limits assume the
+  unfused side is plain Inductor (NCCL + compiled add+RMSNorm), as under `arfuse.compile`.
 - everything else: the seed values (vLLM's table), not yet measured by us.
 
 Overrides, highest first: `set_override()` / `override()` (in-process, for tuning and tests), the
@@ -41,10 +43,8 @@ import torch
 ENV_VAR = "ARFUSE_THRESHOLDS"
 MIB = 2**20
 
-_MEASURED_TP2 = ("measured: 2x H200, bf16, hidden 4096/8192 - one-shot beat two-shot at every "
-                 "size; fused won up to 32 MB, lost at 64 MB (hidden 4096)")
-_MEASURED_TP4 = ("measured: 4x H200, bf16, hidden 4096 - one-shot best at 2 MB, two-shot from "
-                 "4 MB; fused won up to 8 MB, lost from 16 MB")
+_TUNED_TP2 = "tuned by arfuse tune on H200 TP2 (bench/results/h200_tp2_bench.md)"
+_TUNED_TP4 = "tuned by arfuse tune on H200 TP4 (bench/results/h200_tp4_bench.md)"
 _SEED = "seed (vLLM's table), not measured by arfuse"
 
 
@@ -94,15 +94,20 @@ class Limits:
 
 
 DEFAULT_TABLE: dict[str, dict[int, Thresholds]] = {
+    # SM90 TP2/TP4: `arfuse tune bench/results/h200_tp2_bench.json bench/results/h200_tp4_bench.json`
+    # (H200, bf16, residual on, 2026-11-27). The general entry serves hidden sizes not measured.
     "sm90": {
-        2: Thresholds(oneshot_max_mb=32, fused_max_mb=32, source=_MEASURED_TP2, hidden=(
-            (8192, Thresholds(256, 256, "arfuse bench, 2x H200, bf16, hidden 8192: one-shot "
-                                        "beat every other path up to 256 MB")),)),
-        4: Thresholds(oneshot_max_mb=2, fused_max_mb=8, source=_MEASURED_TP4, hidden=(
-            (4096, Thresholds(3, 8, "arfuse bench, 4x H200, bf16, hidden 4096: one-shot best "
-                                    "at 2 MB, two-shot at 4-8 MB, unfused from 16 MB")),
-            (8192, Thresholds(2, 16, "arfuse bench, 4x H200, bf16, hidden 8192: one-shot best "
-                                     "at 2 MB, two-shot won up to 16 MB, tie at 32 MB")),)),
+        2: Thresholds(256, 256, _TUNED_TP2 + "; worst 1.081x of best at 16384 tokens, hidden 4096",
+                      hidden=((4096, Thresholds(32.0078125, 32.0078125, _TUNED_TP2 + ", hidden "
+                                                "4096: one-shot best to 32 MB, unfused from 48 MB")),
+                              (8192, Thresholds(256, 256, _TUNED_TP2 + ", hidden 8192: one-shot "
+                                                "best at every size measured (to 256 MB)")))),
+        4: Thresholds(2.015625, 15.984375, _TUNED_TP4 + "; worst 1.054x of best at 1025 tokens, "
+                      "hidden 8192",
+                      hidden=((4096, Thresholds(2, 8.0078125, _TUNED_TP4 + ", hidden 4096: "
+                                                "one-shot to 2 MB, two-shot to 8 MB")),
+                              (8192, Thresholds(3, 16.015625, _TUNED_TP4 + ", hidden 8192: "
+                                                "one-shot to 3 MB, two-shot to 16 MB")))),
         8: Thresholds(oneshot_max_mb=0.5, fused_max_mb=0.5, source=_SEED),
     },
     "sm100": {

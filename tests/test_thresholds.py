@@ -43,22 +43,24 @@ def test_arch_of_rejects_garbage(cap):
 def test_default_sm90_measured_entries():
     tp2 = th.entry((9, 0), 2)
     tp4 = th.entry((9, 0), 4)
-    assert (tp2.oneshot_max_mb, tp2.fused_max_mb) == (32, 32)
-    assert (tp4.oneshot_max_mb, tp4.fused_max_mb) == (2, 8)
-    assert tp2.source.startswith("measured") and tp4.source.startswith("measured")
+    assert (tp2.oneshot_max_mb, tp2.fused_max_mb) == (256, 256)
+    assert (tp4.oneshot_max_mb, tp4.fused_max_mb) == (2.015625, 15.984375)
+    assert tp2.for_hidden(4096).fused_max_mb == 32.0078125
+    assert (tp4.for_hidden(8192).oneshot_max_mb, tp4.for_hidden(8192).fused_max_mb) == (3, 16.015625)
+    assert tp2.source.startswith("tuned") and tp4.source.startswith("tuned")
     assert th.entry((9, 0), 8).source.startswith("seed")
 
 
 def test_lookup_converts_mb_to_tokens():
-    lim = th.lookup((9, 0), 4, torch.bfloat16, 2048)  # the general TP4 entry: 2 / 8 MB
-    assert lim.oneshot_max_tokens == 2 * 2**20 // (2048 * 2) == 512
-    assert lim.fused_max_tokens == 8 * 2**20 // (2048 * 2) == 2048
-    lim = th.lookup((9, 0), 4, torch.bfloat16, 4096)  # its hidden-4096 entry: 3 / 8 MB
-    assert lim.oneshot_max_tokens == 3 * 2**20 // (4096 * 2) == 384
-    assert lim.fused_max_tokens == 8 * 2**20 // (4096 * 2) == 1024
+    lim = th.lookup((9, 0), 4, torch.bfloat16, 2048)  # the general TP4 entry
+    assert lim.oneshot_max_tokens == int(2.015625 * 2**20) // (2048 * 2) == 516
+    assert lim.fused_max_tokens == int(15.984375 * 2**20) // (2048 * 2) == 4092
+    lim = th.lookup((9, 0), 4, torch.bfloat16, 4096)  # its hidden-4096 entry: 2 / 8.008 MB
+    assert lim.oneshot_max_tokens == 2 * 2**20 // (4096 * 2) == 256
+    assert lim.fused_max_tokens == int(8.0078125 * 2**20) // (4096 * 2) == 1025
     lim32 = th.lookup("sm90", 4, torch.float32, 4096)
-    assert (lim32.oneshot_max_tokens, lim32.fused_max_tokens) == (192, 512)
-    assert lim.token_counts() == [383, 384, 385, 1023, 1024, 1025]
+    assert (lim32.oneshot_max_tokens, lim32.fused_max_tokens) == (128, 512)
+    assert lim.token_counts() == [255, 256, 257, 1024, 1025, 1026]
     assert th.threshold_token_counts((9, 0), 2, torch.float16, 8192) == [16383, 16384, 16385]
 
 
@@ -80,8 +82,8 @@ def test_override_replaces_only_named_entries_and_bumps_generation():
     with th.override({"sm90": {"4": {"oneshot_max_mb": 3, "fused_max_mb": 6}}}):
         assert th.generation() != gen
         assert th.entry((9, 0), 4) == th.Thresholds(3, 6, "override")
-        assert th.entry((9, 0), 2).fused_max_mb == 32  # untouched
-    assert th.entry((9, 0), 4).fused_max_mb == 8
+        assert th.entry((9, 0), 2).fused_max_mb == 256  # untouched
+    assert th.entry((9, 0), 4).fused_max_mb == 15.984375
 
 
 def test_env_file_override(tmp_path, monkeypatch):
@@ -133,7 +135,8 @@ def test_cli_lists_every_entry_without_gpu(monkeypatch):
     result = CliRunner().invoke(main, ["thresholds"])
     assert result.exit_code == 0, result.output
     assert "no CUDA GPU here" in result.output
-    assert "sm90 TP4: one-shot <= 2 MB, fused <= 8 MB" in result.output
+    assert "sm90 TP4: one-shot <= 2.01562 MB, fused <= 15.9844 MB" in result.output
+    assert "hidden 8192: one-shot <= 3 MB, fused <= 16.0156 MB" in result.output
     assert "sm100 TP2" in result.output
     assert result.output.index("sm90 TP2") < result.output.index("sm100 TP2")
 
@@ -142,7 +145,7 @@ def test_cli_tokens_for_hidden():
     result = CliRunner().invoke(main, ["thresholds", "--capability", "9.0", "--world-size", "4",
                                        "--hidden", "4096"])
     assert result.exit_code == 0, result.output
-    assert "one-shot <= 384 tokens, two-shot 385..1024, unfused > 1024" in result.output
+    assert "one-shot <= 256 tokens, two-shot 257..1025, unfused > 1025" in result.output
     assert "sm90 TP2" not in result.output
 
 
@@ -155,7 +158,8 @@ def test_cli_json_is_a_valid_override_file(tmp_path, monkeypatch):
     path.write_text(result.output)
     monkeypatch.setenv(th.ENV_VAR, str(path))
     th.reload()
-    assert th.entry((9, 0), 4).fused_max_mb == 8
+    assert th.entry((9, 0), 4).fused_max_mb == 15.984375
+    assert th.entry((9, 0), 4).for_hidden(8192).fused_max_mb == 16.015625
     shown = CliRunner().invoke(main, ["thresholds", "--capability", "9.0"])
     assert str(path) in shown.output
 

@@ -22,6 +22,8 @@ def run_decoder_sweep(tokens: tuple[int, ...], num_layers: int = 4, hidden: int 
     import arfuse
     from arfuse.examples import build_tp_decoder
 
+    # compile afresh: a graph served from the FX cache skips the pass and its counters
+    torch._inductor.config.fx_graph_cache = False
     on_gpu = dist.get_backend() == "nccl"
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     model, make_inputs = build_tp_decoder(num_layers, hidden, intermediate, heads,
