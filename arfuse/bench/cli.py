@@ -203,8 +203,11 @@ def _threshold_marks(result: dict) -> dict:
 
     major, minor = (int(x) for x in env["capability"].split("."))
     found = thresholds.entry((major, minor), env["world_size"])
-    return {"one-shot max": found.oneshot_max_mb, "fused max": found.fused_max_mb} if found \
-        else {}
+    if found is None:
+        return {}
+    return {h: {"one-shot max": found.for_hidden(h).oneshot_max_mb,
+                "fused max": found.for_hidden(h).fused_max_mb}
+            for h in {r["hidden"] for r in result["rows"]}}
 
 
 @click.command()

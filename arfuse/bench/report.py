@@ -108,7 +108,8 @@ def print_table(result: dict) -> None:
 
 
 def plot(result: dict, path: Path, thresholds_mb: dict | None = None) -> Path | None:
-    """Time vs message size per strategy, log-log, one panel per case; thresholds marked."""
+    """Time vs message size per strategy, log-log, one panel per case; the thresholds in force
+    for each panel's hidden size (`thresholds_mb`: hidden -> {label: MB}) marked."""
     try:
         import matplotlib
 
@@ -124,7 +125,7 @@ def plot(result: dict, path: Path, thresholds_mb: dict | None = None) -> Path | 
                    if r["times_us"].get(name) is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", markersize=3, label=name)
-        for label, mb in (thresholds_mb or {}).items():
+        for label, mb in (thresholds_mb or {}).get(hidden, {}).items():
             if mb and mb > 0:
                 ax.axvline(mb, linestyle="--", color="grey", linewidth=1)
                 ax.text(mb, ax.get_ylim()[1] if ax.lines else 1, f" {label}", rotation=90,
