@@ -24,6 +24,7 @@ _LIBRARY = re.compile(
 _STDLIB = re.compile(r"[/\\]lib[/\\]python3\.\d+[/\\](?!site-packages|dist-packages)")
 _ARFUSE_PKG = Path(__file__).resolve().parent.parent  # .../arfuse
 _ARFUSE_INSTALLED = re.compile(r"[/\\](site|dist)-packages[/\\]arfuse[/\\](?!examples[/\\])")
+_TORCH = re.compile(r"(^|[/\\])torch[/\\]")
 _INDUCTOR = re.compile(r"[/\\]torch[/\\]_inductor[/\\]")
 # Inductor helpers that evaluate a guard on behalf of the real decision one frame out.
 _INDUCTOR_PLUMBING = re.compile(r"_inductor[/\\](sizevars|virtualized|utils|pattern_matcher)\.py$")
@@ -65,8 +66,9 @@ def attribute(user_stack: tuple[Frame, ...] | None,
     decision: Frame | None = None
     by = "user"
     # 1. Code that really ran inside the compiler (fake kernels, pattern replacements): a
-    #    non-framework frame inner to the first framework frame of `stack`.
-    first_fw = next((i for i, f in enumerate(stack) if is_framework(f.filename)), None)
+    #    non-framework frame inner to the first torch frame of `stack` (frames before it are
+    #    the caller's: a script, a test function under pytest, the audit driver).
+    first_fw = next((i for i, f in enumerate(stack) if _TORCH.search(f.filename)), None)
     if first_fw is not None:
         inner = [f for f in stack[first_fw:] if not is_framework(f.filename)]
         if inner:

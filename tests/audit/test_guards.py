@@ -81,3 +81,12 @@ def test_sweep_order_thresholds_and_table_hook():
     got = set(table_provider(t))
     assert {limits.oneshot_max_tokens, limits.fused_max_tokens} <= got
     assert {limits.fused_max_tokens - 1, limits.fused_max_tokens + 1} <= set(sweep(t))
+
+
+def test_attribute_ignores_callers_under_a_test_runner():
+    # pytest frames are library frames before the caller: the test function that called the
+    # audit is still the caller, not a decision inside the compiler
+    stack = (_f("/v/site-packages/_pytest/python.py", 1), _f("/m/test_x.py", 33),
+             _f("/v/site-packages/arfuse/audit/worker.py", 5), _f(TORCH, 1), _f(TORCH, 2))
+    a = attribute((_f("/m/model.py", 20),), stack)
+    assert (a.decision.filename, a.decision.line) == ("/m/model.py", 20)
