@@ -125,7 +125,11 @@ def plot(result: dict, path: Path, thresholds_mb: dict | None = None) -> Path | 
                    if r["times_us"].get(name) is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", markersize=3, label=name)
+        at: dict[float, list[str]] = {}
         for label, mb in (thresholds_mb or {}).get(hidden, {}).items():
+            at.setdefault(mb, []).append(label)
+        for mb, labels in at.items():
+            label = " = ".join(labels)
             if mb and mb > 0:
                 ax.axvline(mb, linestyle="--", color="grey", linewidth=1)
                 ax.text(mb, ax.get_ylim()[1] if ax.lines else 1, f" {label}", rotation=90,
