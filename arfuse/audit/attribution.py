@@ -25,6 +25,7 @@ _STDLIB = re.compile(r"[/\\]lib[/\\]python3\.\d+[/\\](?!site-packages|dist-packa
 _ARFUSE_PKG = Path(__file__).resolve().parent.parent  # .../arfuse
 _ARFUSE_INSTALLED = re.compile(r"[/\\](site|dist)-packages[/\\]arfuse[/\\](?!examples[/\\])")
 _TORCH = re.compile(r"(^|[/\\])torch[/\\]")
+_COMPILE_ENTRY = re.compile(r"torch[/\\]_dynamo[/\\]convert_frame\.py$")
 _INDUCTOR = re.compile(r"[/\\]torch[/\\]_inductor[/\\]")
 # Inductor helpers that evaluate a guard on behalf of the real decision one frame out.
 _INDUCTOR_PLUMBING = re.compile(r"_inductor[/\\](sizevars|virtualized|utils|pattern_matcher)\.py$")
@@ -68,7 +69,11 @@ def attribute(user_stack: tuple[Frame, ...] | None,
     # 1. Code that really ran inside the compiler (fake kernels, pattern replacements): a
     #    non-framework frame inner to the first torch frame of `stack` (frames before it are
     #    the caller's: a script, a test function under pytest, the audit driver).
-    first_fw = next((i for i, f in enumerate(stack) if _TORCH.search(f.filename)), None)
+    #    Inside means after the innermost Dynamo compile entry: after a graph break, the
+    #    model's own frame (at the break) is a real caller of the resumed frame being compiled.
+    entries = [i for i, f in enumerate(stack) if _COMPILE_ENTRY.search(f.filename)]
+    first_fw = entries[-1] if entries else next(
+        (i for i, f in enumerate(stack) if _TORCH.search(f.filename)), None)
     if first_fw is not None:
         inner = [f for f in stack[first_fw:] if not is_framework(f.filename)]
         if inner:
