@@ -1,6 +1,7 @@
 """arfuse's own audit targets: the CI gate (ci/gate.sh) audits each of them against
-audit/baseline.json. Every target is the built-in tensor-parallel decoder on 2 gloo ranks,
-compiled by Inductor with AllReduceFusionPass; they differ in how the model is written.
+audit/baseline.json. Every target is a tensor-parallel model on 2 gloo ranks compiled by
+Inductor with AllReduceFusionPass; they differ in how the model is written (plain collectives,
+arfuse custom ops, DTensor-sharded HF layers).
 
     arfuse audit audit/targets.py:tp_decoder_custom_ops --baseline audit/baseline.json
 """
@@ -24,3 +25,31 @@ def tp_decoder_custom_ops() -> AuditTarget:
     return AuditTarget(build=_build_custom_ops, world_size=2, sizes=SIZES,
                        compile_ranks="audited",
                        name="TP decoder with arfuse custom ops (world size 2, gloo)")
+
+
+def _build_hf_llama_dtensor():
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    import arfuse
+    from arfuse.examples.hf_llama import LlamaStack, parallelize
+
+    torch.manual_seed(0)  # same weights on every rank before sharding
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    model = parallelize(LlamaStack(num_layers=2), mesh).eval()
+
+    def make_inputs(num_tokens: int):
+        gen = torch.Generator().manual_seed(num_tokens)
+        return (torch.randn(1, num_tokens, 64, generator=gen),)  # [batch, seq, hidden]
+
+    return model, make_inputs, {"options": {"post_grad_custom_post_pass":
+                                            arfuse.AllReduceFusionPass()}}
+
+
+def hf_llama_dtensor() -> AuditTarget:
+    """HF-style Llama layers sharded by DTensor's ColwiseParallel/RowwiseParallel plan; the
+    input is [batch, seq, hidden] and seq carries the tokens (token_dims={0: 1})."""
+    return AuditTarget(build=_build_hf_llama_dtensor, world_size=2, token_dims={0: 1},
+                       sizes=(2, 16, 255, 256, 2047, 2048, 2049), compile_ranks="all",
+                       name="HF Llama layers, DTensor TP (world size 2, gloo, [1, seq, 64])")

@@ -30,5 +30,7 @@ run() {  # run NAME [TARGET]: text report to the log; markdown + sarif + trace n
 run tp_decoder
 # 2. the same decoder written with arfuse's custom ops
 run tp_decoder_custom_ops audit/targets.py:tp_decoder_custom_ops
+# 3. HF-style Llama layers sharded by DTensor ([batch, seq, hidden]; seq is the token dim)
+run hf_llama_dtensor audit/targets.py:hf_llama_dtensor
 
 exit "$status"
