@@ -149,3 +149,13 @@ def test_fuzz_arbitrary_bytes_never_raise(noise, cut):
     trace = parse_bytes(data)
     assert trace.events and isinstance(trace.events[0], GuardAddedFast)
     assert all(isinstance(m, MalformedLine) for m in trace.malformed)
+
+
+def test_rank_prefixed_lines_and_first_line_envelope():
+    # stderr-style logs prefix each line with "[rankN]:"; the very first line is an event too
+    line = _env("guard_added_fast", {"expr": "s0 >= 3"}, rank=1).decode()
+    data = ("[rank1]:" + line + line).encode()
+    trace = parse_bytes(data)
+    assert [g.expr for g in trace.of(GuardAddedFast)] == ["s0 >= 3", "s0 >= 3"]
+    assert [g.line_no for g in trace.of(GuardAddedFast)] == [1, 2]
+    assert trace.ranks == {1} and trace.malformed == []
