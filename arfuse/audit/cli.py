@@ -129,6 +129,9 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
             from arfuse.audit.default_target import SPEC
 
             spec = target or SPEC
+            if not target and baseline is None:
+                # the built-in example ships with its accepted (compiler-internal) findings
+                baseline = Path(__file__).with_name("default_baseline.json")
             show = sys.stderr.isatty() if progress is None else progress
             result = run_target(spec, sizes=size_list, out_dir=keep, strict=strict,
                                 dtrace=dtrace, backend=backend, timeout=timeout, progress=show,
