@@ -71,7 +71,9 @@ class AllReduceFusionPass(CustomGraphPass):
     """Replace allreduce + (residual add) + RMSNorm (+ static FP8 quant) with one arfuse op.
 
     Counters accumulate over every graph the pass sees: `num_matches` (chains replaced),
-    `matched` (a Counter of spec names), `skipped` (reason, node) pairs for chains left alone.
+    `matched` (a Counter of spec names), `skipped` (reason, node) pairs for chains left alone,
+    `by_range` (reason, node) pairs left to Inductor because the config's token range lies
+    above the fusion threshold (intended, not warned).
     """
 
     def __init__(self, config: FusionConfig | None = None) -> None:
@@ -79,6 +81,7 @@ class AllReduceFusionPass(CustomGraphPass):
         self.num_matches = 0
         self.matched: Counter[str] = Counter()
         self.skipped: list[tuple[str, str]] = []
+        self.by_range: list[tuple[str, str]] = []
 
     # -- CustomGraphPass ---------------------------------------------------------------------
 
@@ -105,6 +108,7 @@ class AllReduceFusionPass(CustomGraphPass):
         custom_ops = custom_allreduce_ops(self.config)
         matches: list[ChainMatch] = []
         skipped: list[tuple[str, str]] = []
+        by_range: list[tuple[str, str]] = []
         disabled = None
         erased: set[Node] = set()
         # rewrite as we go: a later chain's residual is often an earlier chain's residual_out
@@ -125,9 +129,13 @@ class AllReduceFusionPass(CustomGraphPass):
             if why is not None:
                 disabled = why
             else:
-                why = self._chain_unsupported(found) or self._outside_fused_range(found)
+                why = self._chain_unsupported(found)
             if why is not None:
                 skipped.append((why, found.norm_out.name))
+                continue
+            why = self._outside_fused_range(found)
+            if why is not None:  # intended: this range is left to Inductor's own fusion
+                by_range.append((why, found.norm_out.name))
                 continue
             erased.update(_rewrite(graph, found))
             matches.append(found)
@@ -137,11 +145,14 @@ class AllReduceFusionPass(CustomGraphPass):
             graph.lint()
         self.num_matches += len(matches)
         self.skipped.extend(skipped)
+        self.by_range.extend(by_range)
         for reason, _ in skipped:
             _warn_once(reason)
         return {"matches": len(matches), "specs": [m.spec.name for m in matches],
                 "disabled": disabled,
-                "skipped": [{"reason": r, "node": n} for r, n in skipped]}
+                "skipped": [{"reason": r, "node": n} for r, n in skipped],
+                "token_range": self.config.token_range,
+                "by_range": [{"reason": r, "node": n} for r, n in by_range]}
 
     def _outside_fused_range(self, m: ChainMatch) -> str | None:
         """With a token range: why this range must not fuse, or None. A range that straddles

@@ -20,6 +20,7 @@ import bisect
 import copy
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -82,6 +83,9 @@ class RangedBackend:
         self.compiles: list[dict[str, Any]] = []   # one entry per range compiled
         self.dispatch = None
 
+    def __repr__(self) -> str:
+        return f"arfuse.ranges.backend({self.requested!r})"
+
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
         self.captures += 1
         self.dispatch = _Dispatch(self, gm, example_inputs)
@@ -101,14 +105,18 @@ class _Dispatch:
         self.splits = sorted(set(int(s) for s in splits))
         self.ranges = ranges_from_splits(self.splits)
         self.compiled: list[Callable | None] = [None] * len(self.ranges)
+        self.captured = False
         if not backend.lazy:
             for i in range(len(self.ranges)):
                 self._compile(i)
+        self.captured = True
 
     def _compile(self, i: int) -> Callable:
         from torch._inductor.compile_fx import compile_fx
 
         r = self.ranges[i]
+        env = getattr(torch._guards.detect_fake_mode(self.example_inputs), "shape_env", None)
+        guards_before = len(env.guards) if env is not None else 0
         config = dataclasses.replace(self.backend.fusion, token_range=(r.lo, r.hi))
         fusion = AllReduceFusionPass(config)
         options = {**self.backend.options, "post_grad_custom_post_pass": fusion}
@@ -119,8 +127,17 @@ class _Dispatch:
         self.backend.compiles.append({"range": str(r), "fused": fusion.num_matches,
                                       "bounds_applied": bool(getattr(bounded, "applied", False)),
                                       "skipped": [reason for reason, _ in fusion.skipped],
+                                      "left_to_inductor": [why for why, _ in fusion.by_range],
                                       "seconds": time.perf_counter() - start})
         self.compiled[i] = compiled
+        new_guards = env.guards[guards_before:] if env is not None else []
+        if new_guards and self.captured:
+            # Dynamo installed this frame's guards at capture: a later guard is not enforced
+            warnings.warn(
+                f"arfuse.compile: compiling range {r} on first use added guard(s) "
+                f"{[str(g.expr) for g in new_guards]} that cannot be enforced any more; "
+                "use arfuse.compile(..., lazy=False) to compile every range at capture, where "
+                "Dynamo installs them", stacklevel=2)
         return compiled
 
     def _bounded(self, r: TokenRange):
@@ -157,7 +174,9 @@ class _narrowed:
         self.applied = self.env is not None and (hint is None or hint in self.range)
         if self.applied:
             self.saved = self.env.var_to_range.get(self.symbol)
-            self.env.var_to_range[self.symbol] = self.range
+            # narrow, never widen: keep what the shape env already knows (e.g. size >= 2)
+            self.env.var_to_range[self.symbol] = (self.saved & self.range if self.saved
+                                                  is not None else self.range)
         return self
 
     def __exit__(self, *exc):
@@ -200,6 +219,17 @@ def _auto_from_graph(gm, example_inputs) -> list[int]:
     return []
 
 
+def backend(ranges: Sequence[int] | str = "auto", *, fusion: FusionConfig | None = None,
+            options: dict[str, Any] | None = None, lazy: bool = False,
+            bound_symbols: bool = True) -> RangedBackend:
+    """The compile-ranges backend alone, for `torch.compile(model, backend=...)` where the
+    caller marks the token dims itself (e.g. an `arfuse audit` target's compile kwargs)."""
+    if not isinstance(ranges, str):
+        ranges = list(ranges)
+        ranges_from_splits(ranges)
+    return RangedBackend(ranges, fusion, options, lazy, bound_symbols)
+
+
 class RangedModule:
     """What `arfuse.compile` returns: call it like the model."""
 
@@ -226,7 +256,7 @@ class RangedModule:
 
 def compile(model: Callable, ranges: Sequence[int] | str = "auto", *,
             fusion: FusionConfig | None = None, token_dims: dict[int, int | None] | None = None,
-            lazy: bool = True, bound_symbols: bool = True, **torch_compile_kwargs: Any
+            lazy: bool = False, bound_symbols: bool = True, **torch_compile_kwargs: Any
             ) -> RangedModule:
     """torch.compile with the fusion pass and one Inductor compile per num_tokens range.
 
@@ -235,7 +265,9 @@ def compile(model: Callable, ranges: Sequence[int] | str = "auto", *,
     fusion: the FusionConfig for every range (its token_range is set per range).
     token_dims: positional arg index -> token dim (None: not a token arg); default dim 0 of
         every tensor arg.
-    lazy: compile a range on its first use (default) or all at capture.
+    lazy: False (default): compile every range at capture, inside Dynamo, so any guard a range's
+        compile adds is installed; True: compile a range on its first use (faster start; a
+        guard added then cannot be enforced and is warned about).
     Other keyword arguments (e.g. options={...}, fullgraph=True) pass through to torch.compile.
     """
     if "backend" in torch_compile_kwargs:
@@ -244,9 +276,7 @@ def compile(model: Callable, ranges: Sequence[int] | str = "auto", *,
     if options and "post_grad_custom_post_pass" in options:
         raise ValueError("arfuse.compile installs the fusion pass itself; configure it with "
                          "fusion=FusionConfig(...) instead of post_grad_custom_post_pass")
-    if not isinstance(ranges, str):
-        ranges = list(ranges)
-        ranges_from_splits(ranges)  # validates
-    backend = RangedBackend(ranges, fusion, options, lazy, bound_symbols)
-    compiled = torch.compile(model, backend=backend, **torch_compile_kwargs)
-    return RangedModule(model, backend, token_dims, compiled)
+    ranged = backend(ranges, fusion=fusion, options=options, lazy=lazy,
+                     bound_symbols=bound_symbols)
+    compiled = torch.compile(model, backend=ranged, **torch_compile_kwargs)
+    return RangedModule(model, ranged, token_dims, compiled)

@@ -53,3 +53,22 @@ def hf_llama_dtensor() -> AuditTarget:
     return AuditTarget(build=_build_hf_llama_dtensor, world_size=2, token_dims={0: 1},
                        sizes=(2, 16, 255, 256, 2047, 2048, 2049), compile_ranks="all",
                        name="HF Llama layers, DTensor TP (world size 2, gloo, [1, seq, 64])")
+
+
+def _build_ranges():
+    import arfuse
+    from arfuse.examples import build_tp_decoder
+
+    model, make_inputs = build_tp_decoder(num_layers=2, hidden=64, intermediate=128)
+    # fusion pays up to 64 tokens here (a stand-in threshold: CPU has no thresholds table)
+    fusion = arfuse.FusionConfig(fused_max_tokens=64)
+    return model, make_inputs, {"backend": arfuse.ranges.backend([64, 1024], fusion=fusion)}
+
+
+def tp_decoder_ranges() -> AuditTarget:
+    """The decoder under compile ranges [1, 64] [65, 1024] [1025, inf): fused only in the
+    first; the sweep crosses every split point +-1."""
+    return AuditTarget(build=_build_ranges, world_size=2, thresholds=(64, 1024),
+                       sizes=(2, 16, 63, 64, 65, 255, 1023, 1024, 1025, 2048),
+                       compile_ranks="audited",
+                       name="TP decoder under arfuse compile ranges (world size 2, gloo)")

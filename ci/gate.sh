@@ -32,5 +32,7 @@ run tp_decoder
 run tp_decoder_custom_ops audit/targets.py:tp_decoder_custom_ops
 # 3. HF-style Llama layers sharded by DTensor ([batch, seq, hidden]; seq is the token dim)
 run hf_llama_dtensor audit/targets.py:hf_llama_dtensor
+# 4. the decoder under arfuse.compile ranges: one capture, fused only below the threshold
+run tp_decoder_ranges audit/targets.py:tp_decoder_ranges
 
 exit "$status"

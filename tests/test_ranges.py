@@ -29,10 +29,10 @@ def test_every_boundary_dispatches_to_its_range_and_fuses_only_below_the_thresho
     # the symbol's bounds are narrowed only where the capture's example size (7) lies inside
     assert [c["bounds_applied"] for c in r["compiles"]] == [True, False, False]
     for above in ("[9, 64]", "[65, inf]"):
-        assert by_range[above]["fused"] == 0
-        assert len(by_range[above]["skipped"]) == 2
+        assert by_range[above]["fused"] == 0 and by_range[above]["skipped"] == []
+        assert len(by_range[above]["left_to_inductor"]) == 2
         assert all("lies above the fusion threshold (8 tokens)" in s
-                   for s in by_range[above]["skipped"])
+                   for s in by_range[above]["left_to_inductor"])
     assert set(r["errors"]) == set(tokens)
     assert all(e <= 1e-5 for e in r["errors"].values()), r["errors"]
 
@@ -54,3 +54,22 @@ def test_bad_arguments():
         arfuse.compile(torch.nn.Linear(2, 2), ranges=[4], backend="eager")
     with pytest.raises(ValueError, match="installs the fusion pass itself"):
         arfuse.compile(torch.nn.Linear(2, 2), options={"post_grad_custom_post_pass": None})
+
+
+def test_audit_of_compile_ranges_sees_one_capture_no_guard_and_fusion_per_range():
+    """audit/targets.py:tp_decoder_ranges: splits 64 and 1024, fusion threshold 64, swept
+    across every split point +-1, audited by the real auditor in a fresh process."""
+    from pathlib import Path
+
+    from arfuse.audit import audit
+
+    target = Path(__file__).parents[1] / "audit" / "targets.py"
+    report = audit(f"{target}:tp_decoder_ranges", timeout=300)
+    s = report.summary
+    assert (s["compiles"], s["recompiles"], s["failed_calls"]) == (1, 0, 0)
+    assert {63, 64, 65, 1023, 1024, 1025} <= set(s["sizes"])
+    assert [f.code for f in report.findings] == []
+    assert s["fusion"]["ranges"] == [
+        {"range": [1, 64], "fused": 4, "left_to_inductor": 0},
+        {"range": [65, 1024], "fused": 0, "left_to_inductor": 4},
+        {"range": [1025, None], "fused": 0, "left_to_inductor": 4}]

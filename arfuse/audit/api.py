@@ -68,7 +68,10 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
         "seconds": run.seconds,
         "fusion": {"graphs": len(fusion), "matches": sum(int(p.get("matches") or 0)
                                                          for p in fusion),
-                   "post_grad_graphs": post_grad},
+                   "post_grad_graphs": post_grad,
+                   "ranges": [{"range": p["token_range"], "fused": int(p.get("matches") or 0),
+                               "left_to_inductor": len(p.get("by_range") or [])}
+                              for p in fusion if p.get("token_range")]},
         "findings": len(findings), "by_code": dict(sorted(
             {f.code: sum(1 for g in findings if g.code == f.code) for f in findings}.items())),
         "notes": notes,

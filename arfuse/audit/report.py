@@ -93,6 +93,11 @@ def to_text(report: Report, root: Path) -> str:
     if fusion.get("graphs"):
         lines.append(f"  fusion pass: {fusion['matches']} allreduce chain(s) fused in "
                      f"{fusion['graphs']} graph(s)")
+        for r in fusion.get("ranges") or []:
+            lo, hi = r["range"]
+            lines.append(f"    num_tokens [{lo}, {hi if hi is not None else 'inf'}]: "
+                         f"{r['fused']} fused, {r['left_to_inductor']} left to Inductor "
+                         "(above the fusion threshold)")
     lines.append("")
     by_file: dict[str, list[tuple[int, Finding]]] = {}
     for i, f in enumerate(report.findings):

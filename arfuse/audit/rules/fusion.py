@@ -3,7 +3,10 @@
 ARF201 reads the Inductor post-grad graph (after every post-grad pass, ours included), so it
 works whether or not `arfuse.AllReduceFusionPass` ran. ARF202/ARF203 read the `arfuse_fusion`
 artifact the pass writes for every graph it processes:
-`{"matches": int, "specs": [...], "disabled": null | "reason", "skipped": [{"reason", "node"}]}`.
+`{"matches": int, "specs": [...], "disabled": null | "reason", "skipped": [{"reason", "node"}],
+"token_range": null | [lo, hi], "by_range": [{"reason", "node"}]}`. Under `arfuse.compile`
+(compile ranges) a range above the fusion threshold is left to Inductor on purpose: its chains
+are listed under `by_range`, and neither ARF201 nor ARF203 reports them.
 """
 
 from __future__ import annotations
@@ -32,6 +35,18 @@ _RSQRT = {"aten.rsqrt", "aten.reciprocal"}
 def post_grad_graphs(ctx: AuditContext) -> list[tuple[CompileId | None, Graph]]:
     return [(a.compile_id, parse_graph(a.payload or ""))
             for a in ctx.trace.artifacts("inductor_post_grad_graph")]
+
+
+def left_by_range(ctx: AuditContext) -> set[int]:
+    """Line numbers of post-grad graphs that `arfuse.compile` left to Inductor on purpose: the
+    pass report written just before the graph (same compile) lists chains under `by_range`."""
+    reports = sorted(fusion_reports(ctx), key=lambda ap: ap[0].line_no)
+    out = set()
+    for g in ctx.trace.artifacts("inductor_post_grad_graph"):
+        before = [p for a, p in reports if a.line_no < g.line_no and a.compile_id == g.compile_id]
+        if before and before[-1].get("by_range") and not before[-1].get("skipped"):
+            out.add(g.line_no)
+    return out
 
 
 def _forward(graph: Graph, node: Node) -> list[Node]:
@@ -114,7 +129,11 @@ def _where(nodes: list[Node]) -> tuple[Frame | None, list[Frame]]:
       fix="compile with arfuse.AllReduceFusionPass(), or see ARF202/ARF203 for why it skipped")
 def check_unfused(ctx: AuditContext) -> Iterable[Finding]:
     found: dict[tuple[str, int], Finding] = {}
-    for cid, graph in post_grad_graphs(ctx):
+    intended = left_by_range(ctx)
+    for art in ctx.trace.artifacts("inductor_post_grad_graph"):
+        if art.line_no in intended:
+            continue  # a compile range above the fusion threshold: unfused by design
+        cid, graph = art.compile_id, parse_graph(art.payload or "")
         for ar, add, norm in unfused_chains(graph):
             parts = [ar.target.rsplit(".", 1)[0]] + (["add"] if add else []) + \
                 (["RMSNorm"] if norm else [])
