@@ -57,6 +57,10 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
         notes.append("num_tokens=1 compiles its own graph (torch's 0/1 specialization); not a "
                      "finding - use torch._dynamo.mark_unbacked to avoid it")
     failed = [c for c in run.calls if not c.ok]
+    # under arfuse.compile: what each num_tokens range fused and left to Inductor
+    ranges = [{"range": p["token_range"], "fused": int(p.get("matches") or 0),
+               "left_to_inductor": len(p.get("by_range") or [])}
+              for p in fusion if p.get("token_range")]
     malformed = sum(len(t.malformed) for t in traces.values())
     if malformed:
         notes.append(f"{malformed} trace line(s) were not events (truncated or garbage); skipped")
@@ -69,9 +73,7 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
         "fusion": {"graphs": len(fusion), "matches": sum(int(p.get("matches") or 0)
                                                          for p in fusion),
                    "post_grad_graphs": post_grad,
-                   "ranges": [{"range": p["token_range"], "fused": int(p.get("matches") or 0),
-                               "left_to_inductor": len(p.get("by_range") or [])}
-                              for p in fusion if p.get("token_range")]},
+                   **({"ranges": ranges} if ranges else {})},
         "findings": len(findings), "by_code": dict(sorted(
             {f.code: sum(1 for g in findings if g.code == f.code) for f in findings}.items())),
         "notes": notes,
