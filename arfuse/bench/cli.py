@@ -124,8 +124,11 @@ def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_d
         env.get("card", "cpu").split("(")[0].strip().replace(" ", "-").lower(),
         env["world_size"], env["date"][:10])
     marks = _threshold_marks(result)
-    for path in report.write(result, out_dir, stem, marks):
+    paths = report.write(result, out_dir, stem, marks)
+    for path in paths:
         click.echo(f"wrote {path}")
+    if not any(p.suffix == ".png" for p in paths):
+        click.echo("no plot: matplotlib is not installed (pip install 'arfuse[plot]')", err=True)
 
 
 def run_decoder_worker(tokens, layers):
