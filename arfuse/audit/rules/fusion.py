@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import Iterable
+from typing import Callable, Iterable
 
 from arfuse.audit.attribution import is_framework
 from arfuse.audit.context import FUSION_ARTIFACT, AuditContext
@@ -142,17 +142,20 @@ def check_unfused(ctx: AuditContext) -> Iterable[Finding]:
             where, frames = _where(([add] if add else []) + norm + [ar])
             if where is None:
                 continue
-            key = (where.filename, where.line)
-            if key in found:
-                found[key].details.append(f"{cid}: {chain} (node {ar.name})")
-                continue
-            found[key] = Finding(
-                code="ARF201", name="allreduce-norm-unfused",
-                message=f"{chain} left unfused in compiled graph {cid}",
-                location=Location.of(where), expr=chain, compile_id=str(cid or ""),
-                frames=[Location.of(f) for f in frames],
-                details=[f"{cid}: {chain} (node {ar.name})"])
+            _grouped(found, (where.filename, where.line), f"{cid}: {chain} (node {ar.name})",
+                     lambda: Finding(
+                         code="ARF201", name="allreduce-norm-unfused",
+                         message=f"{chain} left unfused in compiled graph {cid}",
+                         location=Location.of(where), expr=chain, compile_id=str(cid or ""),
+                         frames=[Location.of(f) for f in frames]))
     return found.values()
+
+
+def _grouped(found: dict, key: tuple, detail: str, make: Callable[[], Finding]) -> None:
+    """One finding per key (a source line, say); every further hit adds a detail line."""
+    if key not in found:
+        found[key] = make()
+    found[key].details.append(detail)
 
 
 def _frame_of(ctx: AuditContext, cid: CompileId | None) -> Frame:
@@ -248,13 +251,11 @@ def check_skipped(ctx: AuditContext) -> Iterable[Finding]:
             g = graphs.get(art.compile_id)
             src = g.nodes[node].source if g and node in g.nodes else None
             frame = src or _frame_of(ctx, art.compile_id)
-            key = (frame.filename, frame.line, reason)
-            if key in found:
-                found[key].details.append(f"graph {art.compile_id}: node {node}")
-                continue
-            found[key] = Finding(
-                code="ARF203", name="fusion-candidate-skipped",
-                message=f"fusion pass skipped node {node}: {reason}",
-                location=Location.of(frame), expr=reason, compile_id=str(art.compile_id or ""),
-                frames=[Location.of(frame)], details=[f"graph {art.compile_id}: node {node}"])
+            _grouped(found, (frame.filename, frame.line, reason),
+                     f"graph {art.compile_id}: node {node}",
+                     lambda: Finding(
+                         code="ARF203", name="fusion-candidate-skipped",
+                         message=f"fusion pass skipped node {node}: {reason}",
+                         location=Location.of(frame), expr=reason,
+                         compile_id=str(art.compile_id or ""), frames=[Location.of(frame)]))
     return found.values()
