@@ -169,7 +169,10 @@ class _narrowed:
         self.range = ValueRanges(r.lo, r.hi if r.hi is not None else int_oo)
 
     def __enter__(self):
-        hint = self.env.var_to_val.get(self.symbol) if self.env is not None else None
+        hint = None
+        if self.env is not None:  # torch 2.13 renamed var_to_val; 2.11 has only the old name
+            vals = getattr(self.env, "backed_var_to_val", None)
+            hint = (vals if vals is not None else self.env.var_to_val).get(self.symbol)
         # the capture's example size must stay inside the range, or the shape env rejects it
         self.applied = self.env is not None and (hint is None or hint in self.range)
         if self.applied:
