@@ -316,3 +316,39 @@ def check_model(T: int = 64, T2: int = 300) -> dict:
 
 def teardown() -> int:
     return fb.release_workspaces(_group())
+
+
+def check_ranges() -> dict:
+    """arfuse.compile(ranges="auto") on the example decoder: one capture, the fused kernel in
+    the ranges below the fusion threshold, plain Inductor above, outputs as eager."""
+    from arfuse import thresholds as th
+    from arfuse.examples.tp_decoder import build_tp_decoder
+
+    torch._dynamo.reset()
+    fb.force_strategy(None)
+    hidden = 4096
+    model, make_cpu_inputs = build_tp_decoder(num_layers=1, hidden=hidden, intermediate=2048,
+                                              num_heads=32, dtype=torch.bfloat16, device="cpu")
+    model = model.to("cuda")
+    lim = th.lookup(torch.cuda.get_device_capability(), dist.get_world_size(), torch.bfloat16,
+                    hidden)
+    out: dict = {"oneshot_max_tokens": lim.oneshot_max_tokens,
+                 "fused_max_tokens": lim.fused_max_tokens, "calls": {}}
+    sizes = sorted({2, *(t for s in (lim.oneshot_max_tokens, lim.fused_max_tokens)
+                         for t in (s, s + 1))})
+    with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True):
+        compiled = arfuse.compile(model, ranges="auto")
+        for n in sizes:
+            (x,) = (t.to("cuda") for t in make_cpu_inputs(n))
+            before = fb.stats.copy()
+            got = compiled(x)
+            torch.cuda.synchronize()
+            out["calls"][n] = {"rel_l2_vs_eager": _rel_l2(got.float(), model(x).float()),
+                               "ran": dict(fb.stats - before),
+                               "xrank_identical": _same_on_all_ranks(got)}
+    out["captures"] = compiled.backend.captures
+    out["ranges"] = [str(r) for r in compiled.ranges]
+    out["compiles"] = [{k: c[k] for k in ("range", "fused", "left_to_inductor",
+                                          "bounds_applied")} for c in compiled.backend.compiles]
+    fb.release_workspaces(_group())
+    return out
