@@ -206,10 +206,15 @@ def _fused_max_tokens(m: ChainMatch, config: FusionConfig) -> int | None:
         return None
     from arfuse import thresholds
 
+    from arfuse.kernels import flashinfer
+
     limits = thresholds.lookup(torch.cuda.get_device_capability(act.device),
                                kernels.resolve_group(m.group_name).size(), act.dtype,
                                _val(m.norm_out).shape[-1])
-    return None if limits is None else limits.fused_max_tokens
+    if limits is None:
+        return None
+    # with two-shot off its window runs the unfused path: leave it to Inductor instead
+    return limits.fused_max_tokens if flashinfer.TWOSHOT_ENABLED else limits.oneshot_max_tokens
 
 
 def _group_unusable(group_name: str) -> str | None:

@@ -191,14 +191,25 @@ def test_flashinfer_module_imports_on_cpu_without_flashinfer():
 def test_choose_strategy_auto(tokens, expected):
     from arfuse.kernels.flashinfer import choose_strategy
 
-    assert choose_strategy(tokens, 4, 256, 1024, 1024)[0] == expected
+    assert choose_strategy(tokens, 4, 256, 1024, 1024, twoshot=True)[0] == expected
+
+
+def test_two_shot_window_runs_unfused_while_two_shot_is_off():
+    from arfuse.kernels.flashinfer import TWOSHOT_ENABLED, choose_strategy
+
+    assert not TWOSHOT_ENABLED  # the default until the TP4 compiled-graph result is explained
+    strategy, (key, message) = choose_strategy(257, 4, 256, 1024, 1024)
+    assert (strategy, key) == ("unfused", "twoshot-off") and "ARFUSE_ENABLE_TWOSHOT=1" in message
+    assert choose_strategy(256, 4, 256, 1024, 1024)[0] == "oneshot"
+    assert choose_strategy(3, 4, 0, 1024, 1024)[0] == "oneshot"  # tokens <= ranks: one-shot
+    assert choose_strategy(257, 4, 256, 1024, 1024, forced="twoshot")[0] == "twoshot"
 
 
 def test_choose_strategy_twoshot_needs_more_tokens_than_ranks():
     from arfuse.kernels.flashinfer import choose_strategy
 
-    assert choose_strategy(4, 4, 0, 1024, 1024)[0] == "oneshot"
-    assert choose_strategy(5, 4, 0, 1024, 1024)[0] == "twoshot"
+    assert choose_strategy(4, 4, 0, 1024, 1024, twoshot=True)[0] == "oneshot"
+    assert choose_strategy(5, 4, 0, 1024, 1024, twoshot=True)[0] == "twoshot"
     assert choose_strategy(3, 4, 0, 1024, 1024, forced="twoshot")[0] == "oneshot"
 
 

@@ -70,6 +70,14 @@ def _check_strategy(name: str | None) -> str:
 
 _forced = _check_strategy(os.environ.get(STRATEGY_ENV))
 
+TWOSHOT_ENV = "ARFUSE_ENABLE_TWOSHOT"
+#: Two-shot is off by default: on 4x H200 (TP4) a compiled decoder whose fused ops ran
+#: two-shot back to back produced a wrong output (relative L2 1.38 vs eager at 257 tokens,
+#: `pytest -m gpu tests/gpu -k ranges`), while every direct two-shot call (one op, then a
+#: synchronize) matched the fp32 reference. Until that is understood, the two-shot window of
+#: the thresholds runs the exact unfused path instead. ARFUSE_ENABLE_TWOSHOT=1 turns it on.
+TWOSHOT_ENABLED = os.environ.get(TWOSHOT_ENV, "0") == "1"
+
 
 def force_strategy(name: str | None) -> None:
     """Force 'oneshot', 'twoshot' or 'unfused' (None/'auto': the thresholds decide).
@@ -268,8 +276,11 @@ _sites: dict[tuple, _Site] = {}
 
 def choose_strategy(tokens: int, world_size: int, oneshot_max_tokens: int,
                     fused_max_tokens: int, workspace_tokens: int,
-                    forced: str = "auto") -> tuple[str, tuple[str, str] | None]:
-    """Pure decision: ('oneshot'|'twoshot'|'unfused', None or (reason key, message))."""
+                    forced: str = "auto", twoshot: bool | None = None
+                    ) -> tuple[str, tuple[str, str] | None]:
+    """Pure decision: ('oneshot'|'twoshot'|'unfused', None or (reason key, message)).
+    `twoshot`: whether the thresholds' two-shot window may run two-shot (default:
+    TWOSHOT_ENABLED); a forced 'twoshot' always may."""
     if tokens < 1:
         return "unfused", ("empty", "empty input")
     if forced == "unfused":
@@ -283,7 +294,13 @@ def choose_strategy(tokens: int, world_size: int, oneshot_max_tokens: int,
                            f"({workspace_tokens} tokens, sized from the thresholds)")
     if forced == "oneshot" or (forced == "auto" and tokens <= oneshot_max_tokens):
         return "oneshot", None
-    return ("twoshot" if tokens > world_size else "oneshot"), None
+    if tokens <= world_size:
+        return "oneshot", None
+    if forced == "auto" and not (TWOSHOT_ENABLED if twoshot is None else twoshot):
+        return "unfused", ("twoshot-off", f"{tokens} tokens fall in the two-shot window, and "
+                           f"two-shot is off until a wrong result seen inside compiled graphs "
+                           f"at TP4 is understood; set {TWOSHOT_ENV}=1 to run it")
+    return "twoshot", None
 
 
 def _site_reason(input: torch.Tensor, group: dist.ProcessGroup) -> tuple[str, str] | None:

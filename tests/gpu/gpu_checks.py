@@ -333,7 +333,10 @@ def check_ranges() -> dict:
     lim = th.lookup(torch.cuda.get_device_capability(), dist.get_world_size(), torch.bfloat16,
                     hidden)
     out: dict = {"oneshot_max_tokens": lim.oneshot_max_tokens,
-                 "fused_max_tokens": lim.fused_max_tokens, "calls": {}}
+                 "fused_max_tokens": lim.fused_max_tokens, "calls": {},
+                 # with two-shot off (the default) only the one-shot range fuses
+                 "effective_max_tokens": lim.fused_max_tokens if fb.TWOSHOT_ENABLED
+                 else lim.oneshot_max_tokens}
     sizes = sorted({2, *(t for s in (lim.oneshot_max_tokens, lim.fused_max_tokens)
                          for t in (s, s + 1))})
     with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True):
