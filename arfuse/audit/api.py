@@ -86,8 +86,19 @@ def analyze(traces: dict[int, Trace], run: RunInfo | None = None, *,
     """Run the selected rules over each rank's trace and build the report."""
     run = run or RunInfo()
     rules = select_rules(select, ignore)
-    findings = _merge_ranks([f for rank, t in sorted(traces.items())
-                             for f in run_rules(AuditContext(t, run, rank), rules)])
+    per_rank = [r for r in rules if r.scope == "rank"]
+    contexts = {rank: AuditContext(t, run, rank) for rank, t in sorted(traces.items())}
+    found = [f for ctx in contexts.values() for f in run_rules(ctx, per_rank)]
+    if len(contexts) > 1:
+        from arfuse.audit.rules.ranks import RanksContext
+
+        ranks_ctx = RanksContext(contexts)
+        for r in rules:
+            if r.scope == "ranks":
+                for f in r.check(ranks_ctx):
+                    f.fix = f.fix or r.fix
+                    found.append(f)
+    findings = _merge_ranks(found)
     errors = [f"num_tokens={c.num_tokens} (rank {c.rank}): {c.error_type}: "
               f"{c.error.splitlines()[0] if c.error else ''}"
               for c in run.calls if not c.ok and "ConstraintViolation" not in c.error_type]

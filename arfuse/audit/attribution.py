@@ -11,6 +11,7 @@ the compiler adds on its own have neither: the deciding line is an Inductor fram
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ _GUARD_PLUMBING = re.compile(
     r"__init__\.py$|_guards\.py$|utils[/\\]_stats\.py$|_subclasses[/\\]fake_tensor\.py$)")
 
 
+@functools.lru_cache(maxsize=65536)
 def is_framework(path: str) -> bool:
     """True for frames of torch, arfuse's own machinery, the stdlib and generated code."""
     if not path or path.startswith("<"):

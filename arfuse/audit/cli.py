@@ -6,6 +6,7 @@ Exit codes: 0 clean, 1 findings not in the baseline, 2 usage or target error.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,113 @@ def _tlparse(log: Path, out_dir: Path) -> str | None:
     return None
 
 
+def _split_sources(values: tuple[str, ...]) -> list[str]:
+    # sources contain commas only inside brackets ("L['x'].size()[0]" has none): split on ", "
+    # free commas so --token-source "A,B" works too
+    out = []
+    for v in values:
+        out += [p.strip() for p in re.split(r",(?![^\[]*\])", v) if p.strip()]
+    return out
+
+
+def _plain_log(source: str, tmp: Path) -> Path:
+    """tlparse reads an uncompressed .log file: decompress / extract tarball members first."""
+    from arfuse.audit.trace import open_trace
+
+    if ":" in source and not Path(source).exists():  # a tarball member "x.tar.gz:inner.log"
+        import tarfile
+
+        tar_path, member = source.split(":", 1)
+        with tarfile.open(tar_path, "r:*") as tar:
+            fh = tar.extractfile(member)
+            data = fh.read() if fh else b""
+        if member.endswith(".gz"):
+            import gzip
+
+            data = gzip.decompress(data)
+        out = tmp / Path(member).name.removesuffix(".gz")
+        out.write_bytes(data)
+        return out
+    p = Path(source)
+    with p.open("rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return p
+    out = tmp / p.name.removesuffix(".gz")
+    with open_trace(p) as fh, out.open("wb") as dst:
+        shutil.copyfileobj(fh, dst)
+    return out
+
+
+def _compile_dir(cid: str) -> str:
+    """tlparse's directory of one compile id: `0/1` -> `-_0_1_0`, `!2/0/1_1` -> `2_0_1_1`."""
+    from arfuse.audit.trace import CompileId
+
+    c = CompileId.parse(cid)
+    if c is None:
+        return ""
+    ca = "-" if c.compiled_autograd_id is None else str(c.compiled_autograd_id)
+    return f"{ca}_{c.frame_id}_{c.frame_compile_id}_{c.attempt}"
+
+
+def _findings_page(report, html: Path, rank_dirs: dict[int, str]) -> Path:
+    """findings.html: every finding with a link to its compile id's tlparse page per rank."""
+    import html as h
+
+    rows = []
+    for f in report.findings:
+        links = []
+        for r in f.ranks or sorted(rank_dirs):
+            if r not in rank_dirs:
+                continue
+            cids = [f.compile_id] + [d.split(":")[0].removeprefix("graph ").strip()
+                                     for d in f.details if d.startswith("graph ")]
+            for cid in dict.fromkeys(c for c in cids if c):
+                d = _compile_dir(cid)
+                where = html / rank_dirs[r] / d
+                if d and where.is_dir():
+                    pages = sorted(where.glob("compilation_metrics*.html"))
+                    target = f"{rank_dirs[r]}/{d}/" + (pages[0].name if pages else "")
+                    links.append(f'<a href="{target}">rank {r} graph {cid}</a>')
+        rows.append(f"<tr><td>{f.code}</td><td>{h.escape(f.path)}:{f.line}</td>"
+                    f"<td>{h.escape(f.message)}</td><td>{'<br>'.join(links)}</td></tr>")
+    page = html / "findings.html"
+    page.write_text("<html><body><h1>arfuse audit findings</h1><table border=1>"
+                    "<tr><th>code</th><th>where</th><th>finding</th><th>tlparse</th></tr>"
+                    + "".join(rows) + "</table></body></html>\n")
+    return page
+
+
+def _render_html(logs: dict[int, str], html: Path, report) -> None:
+    """tlparse per rank: DIR/ for one rank, DIR/rank_N/ (+ DIR/index.html) for several; and
+    DIR/findings.html linking every finding to its compile id's pages."""
+    import tempfile
+
+    html.mkdir(parents=True, exist_ok=True)
+    rank_dirs: dict[int, str] = {}
+    with tempfile.TemporaryDirectory(prefix="arfuse-html-") as tmp:
+        for rank, source in sorted(logs.items()):
+            sub = "." if len(logs) == 1 else f"rank_{rank}"
+            try:
+                warning = _tlparse(_plain_log(source, Path(tmp)), html / sub)
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                warning = f"tlparse on {source} failed: {exc}"
+            if warning:
+                click.echo(f"warning: rank {rank}: {warning}", err=True)
+            else:
+                rank_dirs[rank] = sub
+    if not rank_dirs:
+        return
+    page = _findings_page(report, html, rank_dirs)
+    if len(logs) > 1:
+        items = "".join(f'<li><a href="{d}/index.html">rank {r}</a></li>'
+                        for r, d in rank_dirs.items())
+        (html / "index.html").write_text(
+            f"<html><body><h1>arfuse audit: tlparse per rank</h1><ul>{items}</ul>"
+            f'<p><a href="findings.html">findings, linked to their compiled graphs</a></p>'
+            f"</body></html>\n")
+    click.echo(f"tlparse report: {html}/index.html; findings: {page}", err=True)
+
+
 @click.command("audit")
 @click.argument("target", required=False)
 @click.option("--sizes", help="Comma-separated num_tokens to sweep (default: 1,2,16,255,256,"
@@ -57,7 +165,8 @@ def _tlparse(log: Path, out_dir: Path) -> str | None:
 @click.option("--select", multiple=True, help="Rule codes or prefixes to run (ARF1, ARF102).")
 @click.option("--ignore", multiple=True, help="Rule codes or prefixes to skip (ARF104).")
 @click.option("--html", type=click.Path(file_okay=False, path_type=Path),
-              help="Also render tlparse's HTML report of the rank-0 trace into this directory.")
+              help="Also render tlparse's HTML report of each audited rank's trace into this "
+                   "directory (DIR/rank_N/ when several ranks).")
 @click.option("--strict", is_flag=True, help="mark_dynamic instead of maybe_mark_dynamic: a "
               "specialization raises ConstraintViolationError (reported as ARF105).")
 @click.option("--dtrace", is_flag=True, help="Capture TORCH_DTRACE (adds symbol-to-source maps; "
@@ -65,8 +174,12 @@ def _tlparse(log: Path, out_dir: Path) -> str | None:
 @click.option("--backend", help="Override the torch.compile backend (e.g. aot_eager: faster, "
               "but no Inductor guards and no fusion coverage).")
 @click.option("--trace", "trace_file", type=click.Path(exists=True, path_type=Path),
-              help="Audit an existing TORCH_TRACE .log (or a --keep directory) instead of "
-                   "running a target.")
+              help="Audit recorded logs instead of running a target: a TORCH_TRACE directory "
+                   "(one log per rank), one .log[.gz], a tarball of them, or a --keep directory.")
+@click.option("--token-source", "token_source", multiple=True, metavar="SOURCE",
+              help="With --trace: the input size that is num_tokens, as torch names it "
+                   "(e.g. \"L['input_ids'].size()[0]\"); repeatable. Default: the recorded "
+                   "create_symbol sources, when each compiled graph has one dynamic size.")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
               help="Keep the trace, run.json and worker log in this directory.")
 @click.option("--timeout", type=float, default=600.0, show_default=True,
@@ -76,8 +189,8 @@ def _tlparse(log: Path, out_dir: Path) -> str | None:
 def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
           also: tuple[str, ...], baseline: Path | None, write_baseline: Path | None, select: tuple[str, ...],
           ignore: tuple[str, ...], html: Path | None, strict: bool, dtrace: bool,
-          backend: str | None, trace_file: Path | None, keep: Path | None, timeout: float,
-          progress: bool | None) -> None:
+          backend: str | None, trace_file: Path | None, token_source: tuple[str, ...],
+          keep: Path | None, timeout: float, progress: bool | None) -> None:
     """Prove a compiled model stays dynamic in num_tokens.
 
     TARGET is FILE.py:NAME or pkg.module:NAME; NAME() returns an arfuse.audit.AuditTarget or
@@ -107,23 +220,18 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
         if baseline is not None and not baseline.exists():
             raise ValueError(f"--baseline {baseline} does not exist; create it with "
                              f"--write-baseline {baseline}")
+        show = sys.stderr.isatty() if progress is None else progress
+        if token_source and trace_file is None:
+            raise ValueError("--token-source names num_tokens in a recorded trace; use it with "
+                             "--trace (a live audit knows its token dims from the target)")
         if trace_file is not None:
             if target:
                 raise ValueError("pass either TARGET or --trace, not both")
-            if trace_file.is_dir():  # a --keep directory: run.json + trace/*.log
-                from arfuse.audit.run import _rank_of
-                from arfuse.audit.trace import trace_files
+            from arfuse.audit.offline import load_traces
 
-                if not (trace_file / "run.json").exists():
-                    raise ValueError(f"{trace_file} is a directory without run.json; pass a "
-                                     f"--keep directory of `arfuse audit` or a .log file")
-                run = RunInfo.load(trace_file / "run.json")
-                files = {_rank_of(p): p for p in trace_files(trace_file / "trace")}
-                traces = {r: parse_file(p) for r, p in files.items() if r in run.ranks}
-                log = files[min(files)]
-            else:
-                run, log = RunInfo(target=str(trace_file)), trace_file
-                traces = {0: parse_file(trace_file)}
+            traces, run = load_traces(trace_file, token_sources=_split_sources(token_source),
+                                      progress=show)
+            logs = {r: t.source for r, t in traces.items()}
             report = api.analyze(traces, run, select=sel, ignore=ign, baseline=baseline)
         else:
             from arfuse.audit.default_target import SPEC
@@ -132,7 +240,6 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
             if not target and baseline is None:
                 # the built-in example ships with its accepted (compiler-internal) findings
                 baseline = Path(__file__).with_name("default_baseline.json")
-            show = sys.stderr.isatty() if progress is None else progress
             result = run_target(spec, sizes=size_list, out_dir=keep, strict=strict,
                                 dtrace=dtrace, backend=backend, timeout=timeout, progress=show,
                                 display=None if target else "built-in TP decoder example "
@@ -140,13 +247,11 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
             traces = {r: parse_file(p) for r, p in result.trace_files.items()
                       if r in result.run.ranks}
             report = api.analyze(traces, result.run, select=sel, ignore=ign, baseline=baseline)
-            log = result.trace_files[min(result.trace_files)]
+            logs = {r: str(p) for r, p in result.trace_files.items() if r in traces}
     except (TargetError, ValueError) as exc:
         raise _fail(str(exc)) from None
     if html is not None:
-        warning = _tlparse(log, html)
-        click.echo(f"warning: {warning}" if warning else f"tlparse report: {html}/index.html",
-                   err=True)
+        _render_html(logs, html, report)
     if write_baseline is not None:
         write_baseline.parent.mkdir(parents=True, exist_ok=True)
         write_baseline.write_text(baselines.merge_dump(write_baseline, report.findings,

@@ -115,6 +115,8 @@ def to_text(report: Report, root: Path) -> str:
                 lines.append(f"          - ... {len(f.details) - 6} more")
             if f.num_tokens:
                 lines.append(f"          seen at num_tokens: {', '.join(map(str, f.num_tokens))}")
+            if len(s.get("ranks") or []) > 1 and f.ranks:
+                lines.append(f"          on rank(s): {', '.join(map(str, f.ranks))}")
             others = [x for x in f.frames[1:]]
             if others:
                 lines.append("          via: " + ", ".join(f"{rel(x.path, root)}:{x.line}"

@@ -25,6 +25,7 @@ import gc
 import gzip
 import json
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -91,7 +92,10 @@ class Event:
         """The payload text (tabs stripped), decoded on first use."""
         if self.raw_payload is None:
             return None
-        return _decode_payload(self.raw_payload)
+        raw = self.raw_payload
+        if raw[:1] == b"x":  # kept zlib-compressed by a streaming parse (payloads start with a tab)
+            raw = zlib.decompress(raw)
+        return _decode_payload(raw)
 
     def payload_json(self) -> Any:
         """The payload parsed as JSON; the raw text when it is not valid JSON."""
@@ -261,6 +265,8 @@ class Trace:
     strings: dict[int, str] = field(default_factory=dict)
     malformed: list[MalformedLine] = field(default_factory=list)
     source: str = "<memory>"
+    truncated_line: int | None = None  # the last line was cut short (a crashed job)
+    bytes_read: int = 0
 
     def of(self, cls: type) -> Iterator[Any]:
         """Events of one class, in log order."""
@@ -324,6 +330,8 @@ class _Resolver:
         self._cache: dict[tuple, Frame] = {}
 
     def frames(self, raw: Any) -> tuple[Frame, ...] | None:
+        if isinstance(raw, tuple):  # already resolved (a streaming parse resolves eagerly)
+            return raw
         if not isinstance(raw, list):
             return None
         out = []
@@ -407,14 +415,17 @@ def parse_bytes(data: bytes, source: str = "<memory>") -> Trace:
             gc.enable()
 
 
-def _parse(data: bytes, source: str) -> Trace:
-    trace = Trace(source=source)
-    resolver = _Resolver(trace.strings)
+def _parse(data: bytes, source: str, trace: Trace | None = None,
+           resolver: "_Resolver | None" = None, line_base: int = 0) -> Trace:
+    """Parse `data` (whole lines) into `trace` (a new one by default); `line_base` is the number
+    of lines before `data` when it is one chunk of a streamed file."""
+    trace = trace if trace is not None else Trace(source=source)
+    resolver = resolver or _Resolver(trace.strings)
     # A leading newline lets one literal-prefixed regex find every envelope, the first one
     # included (5x faster than a multi-line `^` anchor tried at every byte).
     data = b"\n" + data
     matches = list(_ENVELOPE.finditer(data))
-    counted_to, lines = 0, 0  # newlines in data[:counted_to]
+    counted_to, lines = 0, line_base  # line_base + newlines in data[:counted_to]
 
     def line_at(pos: int) -> int:  # 1-based line number of the line starting at `pos`
         nonlocal counted_to, lines
@@ -519,6 +530,134 @@ def read_bytes(path: str | Path) -> bytes:
 def parse_file(path: str | Path) -> Trace:
     """Parse one TORCH_TRACE `.log` file (gzip accepted)."""
     return parse_bytes(read_bytes(path), source=str(path))
+
+
+# What a streamed trace keeps: the rules read these artifacts' payloads and nothing else.
+KEEP_PAYLOADS = frozenset({"inductor_post_grad_graph", "arfuse_fusion", "recompile_reasons",
+                           "arfuse_audit_call"})
+_COMPRESS_OVER = 4096
+# A post-grad graph without a collective or fused op cannot hold an ARF2xx/ARF3xx finding: its
+# text is dropped (the artifact stays, empty, so ranks still see the same set of graphs).
+def _has_collective(payload: bytes) -> bool:
+    # `torch.ops._c10d_functional.*` / `c10d.*` / `torch.ops.arfuse.*`: two memchr-speed scans
+    return b"c10d" in payload or b"arfuse." in payload
+_METRIC_STR_MAX = 500  # config dumps are longer; fail_reason is kept whole
+
+
+def _slim_metrics(m: CompilationMetrics) -> None:
+    """Keep compilation_metrics' scalar fields (config dumps and big lists dropped)."""
+    full = m.metrics
+    m._metrics = {k: v for k, v in full.items()
+                  if v is None or isinstance(v, (bool, int, float))
+                  or (isinstance(v, str) and len(v) <= _METRIC_STR_MAX)
+                  or k in ("restart_reasons", "fail_reason", "fail_user_frame_filename")}
+    m.raw_meta = b""
+
+
+def _slim(trace: Trace, start: int, resolver: _Resolver, stacks: dict) -> None:
+    """Drop what no rule reads from the events appended since `start`: chromium events, graph
+    and code payloads, config dumps; resolve stacks to shared `Frame` tuples; compress kept
+    payloads. Memory then grows with what the rules need (guards, post-grad graphs), not with
+    the log's bytes."""
+    kept = []
+    for e in trace.events[start:]:
+        if isinstance(e, ChromiumEvent):
+            continue
+        if isinstance(e, Artifact):
+            if e.name not in KEEP_PAYLOADS:
+                e.raw_payload = None
+            elif (e.name == "inductor_post_grad_graph" and e.raw_payload is not None
+                  and not _has_collective(e.raw_payload)):
+                e.raw_payload = b""
+            elif e.raw_payload is not None and len(e.raw_payload) > _COMPRESS_OVER:
+                e.raw_payload = zlib.compress(e.raw_payload, 1)
+        elif isinstance(e, CompilationMetrics):
+            _slim_metrics(e)
+            e.raw_payload = None
+        elif isinstance(e, DynamoStart):
+            e.raw_user_stack = e.raw_stack = e.raw_payload = None
+        elif isinstance(e, StackEvent):
+            for name in ("raw_user_stack", "raw_stack"):
+                frames = resolver.frames(getattr(e, name))
+                if frames is not None:
+                    frames = stacks.setdefault(frames, frames)
+                setattr(e, name, frames)
+            e.raw_payload = None
+        else:
+            e.raw_payload = None
+            if isinstance(e, UnknownEvent) and not e.name.startswith("describe_"):
+                e.raw_meta, e._metadata = b"", None
+        kept.append(e)
+    del trace.events[start:]
+    trace.events.extend(kept)
+
+
+def _cut(buf: bytes | bytearray) -> int:
+    """Length of the longest prefix of `buf` made of whole events (an envelope and all its
+    tab-indented payload lines); 0 when there is none yet."""
+    end = len(buf) - 1
+    while True:
+        i = buf.rfind(b"\n", 0, end)
+        if i < 0:
+            return 0
+        if buf[i + 1:i + 2] not in (b"\t", b""):
+            return i + 1
+        end = i
+
+
+def parse_stream(fh: Any, source: str = "<stream>", *, slim: bool = True,
+                 chunk_size: int = 16 << 20, progress: Any = None) -> Trace:
+    """Parse a trace from a binary file object chunk by chunk (constant working memory: one
+    chunk plus what `slim` keeps). `progress(bytes_read)` is called after every chunk. A last
+    line without its newline (a job killed while writing) sets `trace.truncated_line`."""
+    trace = Trace(source=source)
+    resolver = _Resolver(trace.strings)
+    stacks: dict = {}
+    buf = b""
+    line_base = 0
+    done = 0
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        while True:
+            block = fh.read(chunk_size)
+            done += len(block)
+            if block:
+                buf += block
+                cut = _cut(buf)
+                if cut == 0:
+                    continue  # one event bigger than a chunk: read on
+            else:
+                cut = len(buf)
+            if cut:
+                chunk, buf = buf[:cut], buf[cut:]
+                if not block and not chunk.endswith(b"\n"):
+                    trace.truncated_line = line_base + chunk.count(b"\n") + 1
+                start = len(trace.events)
+                _parse(chunk, source, trace, resolver, line_base)
+                line_base += chunk.count(b"\n")
+                if slim:
+                    _slim(trace, start, resolver, stacks)
+                del chunk
+            if progress is not None:
+                progress(done)
+            if not block:
+                break
+    finally:
+        if gc_was_on:
+            gc.enable()
+    trace.bytes_read = done
+    return trace
+
+
+def open_trace(path: str | Path) -> Any:
+    """A binary file object over a `.log` (gzip-compressed or not)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file; pass the .log file that TORCH_TRACE wrote")
+    with path.open("rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gz else path.open("rb")
 
 
 def trace_files(directory: str | Path) -> list[Path]:

@@ -5,6 +5,9 @@ Families (one module each):
     ARF1xx  specialization.py  num_tokens specialization: pins, range and divisibility guards,
                                recompiles, ConstraintViolationError
     ARF2xx  fusion.py          fusion coverage: allreduce + add/RMSNorm left unfused, pass disabled
+    ARF3xx  ranks.py           cross-rank consistency: compiles, token guards, fused ops and
+                               collectives that differ between ranks (scope "ranks": the check
+                               gets a `RanksContext` of every rank's trace, runs once)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Rule:
     docs: str
     check: Callable[["AuditContext"], Iterable["Finding"]]
     fix: str = ""
+    scope: str = "rank"  # "rank": once per rank's trace; "ranks": once over all ranks
 
     @property
     def family(self) -> str:
@@ -35,21 +39,23 @@ class Rule:
 _REGISTRY: dict[str, Rule] = {}
 
 
-def rule(code: str, name: str, summary: str, docs: str, fix: str = "") -> Callable:
-    """Register `check` as rule `code`; `docs` is markdown (dedented)."""
+def rule(code: str, name: str, summary: str, docs: str, fix: str = "",
+         scope: str = "rank") -> Callable:
+    """Register `check` as rule `code`; `docs` is markdown (dedented). `scope="ranks"`: the
+    check compares ranks and gets a `RanksContext` instead of one rank's `AuditContext`."""
 
     def register(check: Callable[["AuditContext"], Iterable["Finding"]]) -> Callable:
         if code in _REGISTRY:
             raise AssertionError(f"rule {code} registered twice")
         _REGISTRY[code] = Rule(code, name, summary, textwrap.dedent(docs).strip(), check,
-                               textwrap.dedent(fix).strip())
+                               textwrap.dedent(fix).strip(), scope)
         return check
 
     return register
 
 
 def all_rules() -> list[Rule]:
-    from arfuse.audit.rules import fusion, specialization  # noqa: F401 - registers rules
+    from arfuse.audit.rules import fusion, ranks, specialization  # noqa: F401 - registers rules
 
     return [_REGISTRY[c] for c in sorted(_REGISTRY)]
 

@@ -32,12 +32,15 @@ class _Group:
     sources: list[str] = field(default_factory=list)
     compile_ids: list[CompileId] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
+    seen: set = field(default_factory=set)  # (list index, item): `in` on the lists is O(n)
 
     def add(self, expr: str, symbol: str, source: str, cid: CompileId | None,
             size: int | None) -> None:
-        for seq, item in ((self.exprs, expr), (self.symbols, symbol), (self.sources, source),
-                          (self.compile_ids, cid), (self.sizes, size)):
-            if item is not None and item != "" and item not in seq:
+        for i, (seq, item) in enumerate(((self.exprs, expr), (self.symbols, symbol),
+                                         (self.sources, source), (self.compile_ids, cid),
+                                         (self.sizes, size))):
+            if item is not None and item != "" and (i, item) not in self.seen:
+                self.seen.add((i, item))
                 seq.append(item)
 
 

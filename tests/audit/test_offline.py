@@ -1,0 +1,180 @@
+"""Offline audit (`arfuse audit --trace PATH`) of recorded multi-rank logs, and the ARF3xx
+cross-rank rules. The logs under data/ranks-* were recorded by
+tests/audit/tools/capture_rank_fixtures.py from tests/audit/fixtures/tp_ranks.py (the project's
+TP decoder example on 2 gloo ranks); `live.json` in each is the live audit of the same run."""
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from arfuse.audit import analyze
+from arfuse.audit.cli import audit as audit_cmd
+from arfuse.audit.offline import AmbiguousTokenSource, load_traces
+from arfuse.audit.trace import parse_bytes, parse_stream, read_bytes
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+RANKS = sorted(DATA.glob("ranks-*-torch-*"))
+TP_RANKS = (HERE / "fixtures" / "tp_ranks.py").read_text().splitlines()
+DECODER = (HERE.parents[1] / "arfuse" / "examples" / "tp_decoder.py").read_text().splitlines()
+
+
+def _line(lines, text):
+    return next(i for i, line in enumerate(lines, 1) if text in line)
+
+
+def _key(findings):
+    return sorted((f["code"], Path(f["path"]).name, f["line"], tuple(f["ranks"]))
+                  for f in findings)
+
+
+def _offline(path, *args):
+    res = CliRunner().invoke(audit_cmd, ["--trace", str(path), "--format", "json",
+                                         "--no-progress", *args])
+    return res.exit_code, (json.loads(res.stdout) if res.exit_code in (0, 1) else res.output)
+
+
+def _case(name):
+    (d,) = [p for p in RANKS if p.name.startswith(f"ranks-{name}-torch-2.13")]
+    return d
+
+
+@pytest.mark.parametrize("case", RANKS, ids=lambda p: p.name)
+def test_offline_matches_live_audit_of_the_same_run(case):
+    live = json.loads((case / "live.json").read_text())
+    code, report = _offline(case)
+    assert code == (1 if live["findings"] else 0)
+    assert report["summary"]["ranks"] == [0, 1]
+    arf1 = [f for f in live["findings"] if f["code"].startswith("ARF1")]
+    assert arf1, "the fixtures must exercise ARF1xx"
+    assert _key(f for f in report["findings"] if f["code"].startswith("ARF1")) == _key(arf1)
+    assert _key(report["findings"]) == _key(live["findings"])  # ARF2xx/ARF3xx as well
+
+
+def test_consistent_ranks_have_no_arf3xx():
+    code, report = _offline(_case("consistent"))
+    assert not [f for f in report["findings"] if f["code"].startswith("ARF3")]
+    # Inductor's own CPU guard at 4096, on both ranks, reported once
+    assert _key(report["findings"]) == [("ARF102", "cpp.py", 2273, (0, 1)),
+                                       ("ARF104", "cpp.py", 2273, (0, 1))]
+
+
+def test_divergent_ranks_exact_findings():
+    code, report = _offline(_case("divergent"))
+    assert code == 1
+    branch = _line(TP_RANKS, "if self.rank == 1 and x.shape[0] <= THRESHOLD")
+    norm = _line(DECODER, "return self.weight * xf.to(x.dtype)")
+    add1, add2 = _line(DECODER, "hidden = hidden + residual"), _line(DECODER,
+                                                                     "return hidden + residual")
+    assert _key(report["findings"]) == sorted([
+        ("ARF102", "cpp.py", 2273, (0, 1)),          # compiler guard, both ranks
+        ("ARF102", "tp_ranks.py", branch, (1,)),     # the rank-dependent branch: rank 1 only
+        ("ARF104", "tp_ranks.py", branch, (1,)),
+        ("ARF201", "tp_decoder.py", add1, (1,)),     # rank 1 compiled without the pass
+        ("ARF201", "tp_decoder.py", add2, (1,)),
+        ("ARF301", "tp_ranks.py", branch - 1, (0, 1)),  # forward: 1 compile vs 2
+        ("ARF302", "tp_ranks.py", branch, (0, 1)),
+        ("ARF303", "tp_decoder.py", norm, (0, 1)),
+        ("ARF304", "tp_decoder.py", norm, (0, 1)),
+    ])
+    by = {f["code"]: f for f in report["findings"] if f["code"].startswith("ARF3")}
+    assert "rank 0: 1 compile(s) (0/0); rank 1: 2 compile(s) (0/0, 0/1)" in by["ARF301"]["message"]
+    assert by["ARF301"]["compile_id"] == "0/1"
+    assert "`x.size()[0] <= 1024` on rank(s) 1 but not on rank(s) 0" in by["ARF302"]["message"]
+    assert "rank 0: 2 fused op(s); rank 1: 0 fused op(s)" in by["ARF303"]["message"]
+    assert ("collective #1 is rank 0: arfuse.fused_allreduce_rmsnorm; rank 1: "
+            "_c10d_functional.all_reduce_") in by["ARF304"]["message"]
+    assert all(by[c]["compile_id"] == "0/0" for c in ("ARF302", "ARF303", "ARF304"))
+
+
+def test_tarball_of_a_trace_dir(tmp_path):
+    src = _case("divergent")
+    tarball = tmp_path / "job.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for p in src.glob("*.log.gz"):  # as a user would pack them: plain .log files
+            data = gzip.decompress(p.read_bytes())
+            info = tarfile.TarInfo(f"torch_trace/{p.name.removesuffix('.gz')}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    code, report = _offline(tarball)
+    assert code == 1
+    assert _key(report["findings"]) == _key(_offline(src)[1]["findings"])
+
+
+def test_truncated_last_line_is_a_note(tmp_path):
+    data = read_bytes(DATA / "torch-2.13.0-branch.log.gz")
+    whole = _key(_offline(DATA / "torch-2.13.0-branch.log.gz")[1]["findings"])
+    cut = data.rstrip(b"\n")
+    cut = cut[:cut.rfind(b"\n") + 40]  # the job died 40 bytes into its last line
+    log = tmp_path / "dedicated_log_torch_trace_crashed.log"
+    log.write_bytes(cut)
+    code, report = _offline(log)
+    assert code == 1 and _key(report["findings"]) == whole
+    lines = cut.count(b"\n") + 1
+    assert any(f"ends in a line cut short (line {lines}" in n for n in report["summary"]["notes"])
+
+
+def test_streaming_parse_equals_whole_parse():
+    for path in [DATA / "torch-2.13.0-branch.log.gz", *_case("divergent").glob("*.gz")]:
+        data = read_bytes(path)
+        whole = parse_bytes(data)
+        for chunk in (997, 1 << 16):
+            streamed = parse_stream(io.BytesIO(data), chunk_size=chunk, slim=False)
+            assert [(e.line_no, e.kind) for e in streamed.events] == \
+                [(e.line_no, e.kind) for e in whole.events]
+        slim = parse_stream(io.BytesIO(data), chunk_size=4096)
+        assert slim.truncated_line is None
+        assert [f.to_json() for f in analyze({0: slim}).findings] == \
+            [f.to_json() for f in analyze({0: whole}).findings]
+
+
+_AMBIGUOUS = "\n".join(
+    'V1127 14:36:18.743000 1 torch/fx/experimental/symbolic_shapes.py:1] ' + json.dumps(
+        {"create_symbol": {"symbol": sym, "val": val, "vr": "[2, int_oo]", "source": src},
+         "frame_id": 0, "frame_compile_id": 0, "attempt": 0})
+    for sym, val, src in [("s0", "4", "L['input_ids'].size()[0]"),
+                          ("s1", "128", "L['input_ids'].size()[1]")]) + "\n"
+
+
+def test_ambiguous_token_symbol_is_a_usage_error(tmp_path):
+    log = tmp_path / "job.log"
+    log.write_text(_AMBIGUOUS)
+    code, out = _offline(log)
+    assert code == 2
+    assert "cannot tell which dynamic size is num_tokens" in out
+    assert "--token-source \"L['input_ids'].size()[1]\"   (recorded values: 128)" in out
+    with pytest.raises(AmbiguousTokenSource):
+        load_traces(log)
+    code, report = _offline(log, "--token-source", "L['input_ids'].size()[1]")
+    assert code == 0 and report["summary"]["token_sources"] == ["L['input_ids'].size()[1]"]
+
+
+def test_token_source_overrides_the_heuristic():
+    code, report = _offline(DATA / "torch-2.13.0-branch.log.gz",
+                            "--token-source", "L['other'].size()[0]")
+    assert code == 0 and report["findings"] == []
+
+
+def test_token_source_needs_trace():
+    res = CliRunner().invoke(audit_cmd, ["--token-source", "L['x'].size()[0]"])
+    assert res.exit_code == 2 and "use it with --trace" in res.output
+
+
+def test_html_per_rank(tmp_path):
+    res = CliRunner().invoke(audit_cmd, ["--trace", str(_case("divergent")), "--html",
+                                         str(tmp_path / "html"), "--no-progress"])
+    assert res.exit_code == 1, res.output
+    if "tlparse not found" in res.output:
+        pytest.skip("tlparse is not installed")
+    assert (tmp_path / "html" / "rank_0" / "index.html").is_file()
+    assert (tmp_path / "html" / "rank_1" / "index.html").is_file()
+    assert 'href="rank_1/index.html"' in (tmp_path / "html" / "index.html").read_text()
+    # every finding links to its compile id's tlparse page on the ranks it concerns
+    page = (tmp_path / "html" / "findings.html").read_text()
+    assert '<a href="rank_1/-_0_1_0/compilation_metrics' in page  # ARF301/ARF104: graph 0/1
+    assert "rank 0 graph 0/0" in page
