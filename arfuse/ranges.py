@@ -247,6 +247,8 @@ class RangedModule:
         return self.backend.dispatch.ranges if self.backend.dispatch else []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.backend.dispatch is not None:  # captured: Dynamo's guards take any size now
+            return self._compiled(*args, **kwargs)
         for i, x in enumerate(args):
             if isinstance(x, torch.Tensor) and x.dim() > 0:
                 dim = self.token_dims.get(i, 0) if self.token_dims is not None else 0
