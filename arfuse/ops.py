@@ -73,9 +73,7 @@ def _check_activation(op: str, input: torch.Tensor, residual: torch.Tensor | Non
     if weight.dtype != input.dtype:
         raise ValueError(f"arfuse::{op}: weight dtype {weight.dtype} differs from input dtype "
                          f"{input.dtype}; cast the weight to {input.dtype}")
-    if not input.is_contiguous():
-        raise ValueError(f"arfuse::{op}: input (strides {input.stride()}) is not contiguous; "
-                         "call .contiguous() first")
+    _check_contiguous(op, "input", input)
     if residual is not None:
         if residual.shape != input.shape:
             raise ValueError(f"arfuse::{op}: residual shape {tuple(residual.shape)} differs "
@@ -83,9 +81,13 @@ def _check_activation(op: str, input: torch.Tensor, residual: torch.Tensor | Non
         if residual.dtype != input.dtype:
             raise ValueError(f"arfuse::{op}: residual dtype {residual.dtype} differs from input "
                              f"dtype {input.dtype}")
-        if not residual.is_contiguous():
-            raise ValueError(f"arfuse::{op}: residual (strides {residual.stride()}) is not "
-                             "contiguous; call .contiguous() first")
+        _check_contiguous(op, "residual", residual)
+
+
+def _check_contiguous(op: str, name: str, t: torch.Tensor) -> None:
+    if not t.is_contiguous():
+        raise ValueError(f"arfuse::{op}: {name} (strides {t.stride()}) is not contiguous; "
+                         "call .contiguous() first")
 
 
 def _check_scale(scale: torch.Tensor) -> None:

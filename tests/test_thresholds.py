@@ -1,5 +1,6 @@
 """The threshold table: lookup, overrides (in-process and ARFUSE_THRESHOLDS file), the
-`arfuse thresholds` CLI, and the FlashInfer backend's pure strategy choice. CPU only."""
+`arfuse thresholds` CLI, and the FlashInfer backend's pure strategy choice. CPU only: where
+torch.cuda appears it is monkeypatched, so no GPU is touched and no skipif is needed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Checks that run inside each rank of a spawned NCCL group (see test_flashinfer_gpu.py).
+"""Imported only by tests/gpu/test_flashinfer_gpu.py, whose module is pytest.mark.gpu and
+skips without CUDA, 2+ GPUs and FlashInfer.
+
+Checks that run inside each rank of a spawned NCCL group (see test_flashinfer_gpu.py).
 
 Module-level functions (the ranks import them by name) returning plain data. Every rank calls
 the same functions in the same order, so the collectives inside line up.
