@@ -484,6 +484,12 @@ def backend(input, residual, weight, scale, eps, weight_bias, group):
     if strategy == "unfused":
         _fallback(*why)
         return unfused(input, residual, weight, scale, eps, weight_bias, group)
+    misaligned = [name for name, t in (("input", input), ("residual", residual),
+                                       ("weight", weight)) if t is not None and t.data_ptr() % 16]
+    if misaligned:  # the kernel moves 16-byte vectors; a view at an odd offset would corrupt
+        _fallback("alignment", f"{', '.join(misaligned)} not 16-byte aligned (a view at an "
+                  "offset?): the fused kernel needs aligned tensors")
+        return unfused(input, residual, weight, scale, eps, weight_bias, group)
     stats[strategy] += 1
     norm_out = torch.empty_like(input)
     residual_out = torch.empty_like(input)
