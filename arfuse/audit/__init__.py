@@ -7,11 +7,11 @@
 CLI: `arfuse audit` / `arfuse rules` (arfuse/audit/cli.py); pytest: `arfuse.testing.assert_dynamic`.
 """
 
-from arfuse.audit.api import analyze, analyze_trace, audit
+from arfuse.audit.api import analyze, analyze_trace, audit, audit_logs
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.report import Report
 from arfuse.audit.rules import Rule, all_rules
 from arfuse.audit.target import AuditTarget
 
 __all__ = ["AuditTarget", "Finding", "Location", "Report", "Rule", "all_rules", "analyze",
-           "analyze_trace", "audit"]
+           "analyze_trace", "audit", "audit_logs"]

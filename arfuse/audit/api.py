@@ -74,6 +74,9 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
                                                          for p in fusion),
                    "post_grad_graphs": post_grad,
                    **({"ranges": ranges} if ranges else {})},
+        "compiles_by_rank": {str(r): len({m.metrics_compile_id or m.compile_id
+                                          for m in t.of(CompilationMetrics)})
+                             for r, t in sorted(traces.items())},
         "findings": len(findings), "by_code": dict(sorted(
             {f.code: sum(1 for g in findings if g.code == f.code) for f in findings}.items())),
         "notes": notes,
@@ -115,6 +118,19 @@ def analyze_trace(path: str | Path, run: RunInfo | None = None, **kwargs: Any) -
     """Audit a TORCH_TRACE .log you already have (any `L[...].size()[0]` is a token dim unless
     `run.token_sources` says otherwise)."""
     return analyze({0: parse_file(path)}, run, **kwargs)
+
+
+def audit_logs(path: str | Path, *, token_sources: Sequence[str] = (), progress: bool = False,
+               **kwargs: Any) -> Report:
+    """Audit recorded logs without running anything (`arfuse audit --trace PATH`): a TORCH_TRACE
+    directory (one log per rank), one `.log[.gz]`, a tarball of them, or a `--keep` directory.
+    num_tokens is read from the recorded create_symbol sources unless `token_sources` names it
+    (`["L['input_ids'].size()[0]"]`); raises `ValueError` listing the candidates when that is
+    ambiguous. Several ranks: findings carry their ranks, and the ARF3xx rules compare them."""
+    from arfuse.audit.offline import load_traces
+
+    traces, run = load_traces(path, token_sources=token_sources, progress=progress)
+    return analyze(traces, run, **kwargs)
 
 
 def audit(target: Any, sizes: Sequence[int] | None = None, *, strict: bool = False,

@@ -117,20 +117,48 @@ def _findings_page(report, html: Path, rank_dirs: dict[int, str]) -> Path:
     return page
 
 
+def _all_ranks(plain: dict[int, Path], html: Path, tmp: Path) -> bool:
+    """tlparse's unified multi-rank report (`--all-ranks-html`: html/index.html, html/rank_N/,
+    collective schedules); False when this tlparse cannot."""
+    exe = shutil.which("tlparse") or str(Path(sys.executable).with_name("tlparse"))
+    if not Path(exe).exists() and not shutil.which(exe):
+        return False
+    ranks_dir = tmp / "all_ranks"
+    ranks_dir.mkdir()
+    for rank, log in plain.items():  # tlparse reads the rank from torch's file name
+        (ranks_dir / f"dedicated_log_torch_trace_rank_{rank}_arfuse.log").symlink_to(log.resolve())
+    proc = subprocess.run([exe, str(ranks_dir), "--all-ranks-html", "-o", str(html),
+                           "--overwrite", "--no-browser"], capture_output=True, text=True,
+                          timeout=600)
+    return proc.returncode == 0 and all((html / f"rank_{r}" / "index.html").is_file()
+                                        for r in plain)
+
+
 def _render_html(logs: dict[int, str], html: Path, report) -> None:
-    """tlparse per rank: DIR/ for one rank, DIR/rank_N/ (+ DIR/index.html) for several; and
-    DIR/findings.html linking every finding to its compile id's pages."""
+    """tlparse: DIR/ for one rank; for several, tlparse's multi-rank report (DIR/index.html,
+    DIR/rank_N/), or one tlparse run per rank when this tlparse has no --all-ranks-html. Then
+    DIR/findings.html links every finding to its compile id's page on each of its ranks."""
     import tempfile
 
     html.mkdir(parents=True, exist_ok=True)
     rank_dirs: dict[int, str] = {}
     with tempfile.TemporaryDirectory(prefix="arfuse-html-") as tmp:
+        plain: dict[int, Path] = {}
         for rank, source in sorted(logs.items()):
+            try:
+                plain[rank] = _plain_log(source, Path(tmp))
+            except (OSError, ValueError) as exc:
+                click.echo(f"warning: rank {rank}: cannot read {source} for tlparse: {exc}",
+                           err=True)
+        unified = len(plain) > 1 and _all_ranks(plain, html, Path(tmp))
+        if unified:
+            rank_dirs = {r: f"rank_{r}" for r in plain}
+        for rank, log in ([] if unified else plain.items()):
             sub = "." if len(logs) == 1 else f"rank_{rank}"
             try:
-                warning = _tlparse(_plain_log(source, Path(tmp)), html / sub)
-            except (OSError, ValueError, subprocess.SubprocessError) as exc:
-                warning = f"tlparse on {source} failed: {exc}"
+                warning = _tlparse(log, html / sub)
+            except (OSError, subprocess.SubprocessError) as exc:
+                warning = f"tlparse on {log} failed: {exc}"
             if warning:
                 click.echo(f"warning: rank {rank}: {warning}", err=True)
             else:
@@ -138,7 +166,7 @@ def _render_html(logs: dict[int, str], html: Path, report) -> None:
     if not rank_dirs:
         return
     page = _findings_page(report, html, rank_dirs)
-    if len(logs) > 1:
+    if len(logs) > 1 and not unified:
         items = "".join(f'<li><a href="{d}/index.html">rank {r}</a></li>'
                         for r, d in rank_dirs.items())
         (html / "index.html").write_text(
@@ -166,7 +194,8 @@ def _render_html(logs: dict[int, str], html: Path, report) -> None:
 @click.option("--ignore", multiple=True, help="Rule codes or prefixes to skip (ARF104).")
 @click.option("--html", type=click.Path(file_okay=False, path_type=Path),
               help="Also render tlparse's HTML report of each audited rank's trace into this "
-                   "directory (DIR/rank_N/ when several ranks).")
+                   "directory (DIR/rank_N/ when several ranks) and DIR/findings.html linking "
+                   "each finding to its compiled graph's page.")
 @click.option("--strict", is_flag=True, help="mark_dynamic instead of maybe_mark_dynamic: a "
               "specialization raises ConstraintViolationError (reported as ARF105).")
 @click.option("--dtrace", is_flag=True, help="Capture TORCH_DTRACE (adds symbol-to-source maps; "

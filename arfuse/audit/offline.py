@@ -115,11 +115,19 @@ def discover(path: str | Path) -> tuple[list[TraceSource], dict | None]:
 
 def pick_per_rank(sources: list[TraceSource]) -> tuple[dict[int, TraceSource], list[str]]:
     """One log per rank (the newest when a directory holds several runs), with a note for
-    every log left out. A log without a rank in its name is rank 0 (a single-process job)."""
+    every log left out. A log without a rank in its name is rank 0 (a single-process job);
+    next to rank-named logs it is another process of the job (vLLM's API server, a launcher)
+    and is left out."""
     by_rank: dict[int, list[TraceSource]] = defaultdict(list)
+    notes = []
+    if any(s.rank is not None for s in sources):
+        for s in sources:
+            if s.rank is None:
+                notes.append(f"{s.name} left out: no rank in its name, next to per-rank logs")
+        sources = [s for s in sources if s.rank is not None]
     for s in sources:
         by_rank[s.rank if s.rank is not None else 0].append(s)
-    chosen, notes = {}, []
+    chosen = {}
     for rank, items in sorted(by_rank.items()):
         items.sort(key=lambda s: (s.mtime, s.name))
         chosen[rank] = items[-1]
@@ -222,9 +230,13 @@ def _summary_sizes(traces: dict[int, Trace], run: RunInfo) -> list[int]:
 def load_traces(path: str | Path, *, token_sources: Iterable[str] = (),
                 progress: bool = False) -> tuple[dict[int, Trace], RunInfo]:
     """Parse every rank's log under `path` and describe the run for the rules."""
+    import time
+
+    t0 = time.perf_counter()
     sources, run_json = discover(path)
     chosen, notes = pick_per_rank(sources)
     traces = parse_sources(chosen, progress)
+    seconds = round(time.perf_counter() - t0, 2)
     overrides = [s for s in token_sources if s]
     if run_json is not None:
         run = RunInfo.from_json(run_json)
@@ -232,7 +244,7 @@ def load_traces(path: str | Path, *, token_sources: Iterable[str] = (),
         if overrides:
             run.token_sources, run.token_dims = overrides, {}
     else:
-        run = RunInfo(target=str(path))
+        run = RunInfo(target=str(path), seconds=seconds)
         run.token_sources = overrides or infer_token_sources(traces)
         if not run.token_sources:
             notes.append("no dynamic size was recorded (no create_symbol event): every "

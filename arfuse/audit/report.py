@@ -83,9 +83,15 @@ def _counts(report: Report) -> str:
 
 def to_text(report: Report, root: Path) -> str:
     s = report.summary
+    swept = (f"swept num_tokens = {', '.join(map(str, s.get('sizes', [])))} "
+             f"({s.get('calls', 0)} calls, " if s.get("calls") else
+             f"recorded compiles at num_tokens = {', '.join(map(str, s.get('sizes', [])))} (")
+    per_rank = s.get("compiles_by_rank") or {}
+    compiles = (s.get("compiles", 0) if len(set(per_rank.values())) < 2 else
+                "/".join(str(n) for n in per_rank.values()) + " (ranks " +
+                "/".join(per_rank) + ")")
     lines = [f"arfuse audit: {s.get('target', '?')}",
-             f"  swept num_tokens = {', '.join(map(str, s.get('sizes', [])))} "
-             f"({s.get('calls', 0)} calls, {s.get('compiles', 0)} compiles, "
+             f"  {swept}{compiles} compiles, "
              f"{s.get('recompiles', 0)} recompiles, {s.get('seconds', 0)} s, "
              f"backend {s.get('backend', '?')}, ranks audited {s.get('ranks', [0])} "
              f"of world size {s.get('world_size', 1)})"]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from arfuse.audit import analyze
+from arfuse.audit import analyze, audit_logs
 from arfuse.audit.cli import audit as audit_cmd
-from arfuse.audit.offline import AmbiguousTokenSource, load_traces
+from arfuse.audit.offline import AmbiguousTokenSource, load_traces, pick_per_rank, TraceSource
 from arfuse.audit.trace import parse_bytes, parse_stream, read_bytes
 
 HERE = Path(__file__).resolve().parent
@@ -173,8 +173,25 @@ def test_html_per_rank(tmp_path):
         pytest.skip("tlparse is not installed")
     assert (tmp_path / "html" / "rank_0" / "index.html").is_file()
     assert (tmp_path / "html" / "rank_1" / "index.html").is_file()
-    assert 'href="rank_1/index.html"' in (tmp_path / "html" / "index.html").read_text()
+    # tlparse's unified multi-rank report (or, without --all-ranks-html, our index)
+    assert "rank_1/index.html" in (tmp_path / "html" / "index.html").read_text()
     # every finding links to its compile id's tlparse page on the ranks it concerns
     page = (tmp_path / "html" / "findings.html").read_text()
     assert '<a href="rank_1/-_0_1_0/compilation_metrics' in page  # ARF301/ARF104: graph 0/1
     assert "rank 0 graph 0/0" in page
+
+
+def test_python_api_and_log_choice(tmp_path):
+    report = audit_logs(_case("divergent"), select=["ARF3"])
+    assert sorted(f.code for f in report.findings) == ["ARF301", "ARF302", "ARF303", "ARF304"]
+    assert report.summary["compiles_by_rank"] == {"0": 1, "1": 2}
+    assert report.exit_code == 1
+
+    def src(name, mtime):
+        return TraceSource(name, None if "rank" not in name else int(name[-5]), 1, mtime, None)
+
+    chosen, notes = pick_per_rank([src("dedicated_log_torch_trace_ab.log", 9),  # API server
+                                   src("old_rank_0.log", 1), src("new_rank_0.log", 2),
+                                   src("x_rank_1.log", 1)])
+    assert {r: s.name for r, s in chosen.items()} == {0: "new_rank_0.log", 1: "x_rank_1.log"}
+    assert len(notes) == 2 and "no rank in its name" in notes[0] and "old_rank_0" in notes[1]

@@ -134,11 +134,15 @@ def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
         extra = sorted({str(c) for cids in per_rank.values() for c in cids}
                        - set.intersection(*[{str(c) for c in cids}
                                             for cids in per_rank.values()]))
+        details = [f"rank {r}: {', '.join(map(str, c)) or 'not compiled'}"
+                   for r, c in per_rank.items()]
+        details += [f"rank {r}'s log is cut short (line {ctx.trace.truncated_line}): a compile "
+                    f"in progress when the job died is not counted"
+                    for r, ctx in rc.contexts.items() if ctx.trace.truncated_line is not None]
         yield _finding("ARF301", "rank-compile-count-mismatch",
                        f"frame {frame_id}{fn} compiled a different number of times per rank: "
-                       f"{text}", where, rc.ranks, extra or [str(first)],
-                       [f"rank {r}: {', '.join(map(str, c)) or 'not compiled'}"
-                        for r, c in per_rank.items()], expr=f"frame {frame_id}")
+                       f"{text}", where, rc.ranks, extra or [str(first)], details,
+                       expr=f"frame {frame_id}")
 
 
 def _token_guards(ctx: AuditContext) -> dict[CompileId | None, dict[str, Frame]]:
