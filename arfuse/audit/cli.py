@@ -228,7 +228,6 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
     """
     from arfuse.audit import api
     from arfuse.audit import baseline as baselines
-    from arfuse.audit.context import RunInfo
     from arfuse.audit.run import TargetError, run_target
     from arfuse.audit.sizes import parse_sizes
     from arfuse.audit.trace import parse_file

@@ -535,6 +535,7 @@ def parse_file(path: str | Path) -> Trace:
 # What a streamed trace keeps: the rules read these artifacts' payloads and nothing else.
 KEEP_PAYLOADS = frozenset({"inductor_post_grad_graph", "arfuse_fusion", "recompile_reasons",
                            "arfuse_audit_call"})
+AOT_GRAPHS = frozenset({"aot_inference_graph", "aot_forward_graph"})
 _COMPRESS_OVER = 4096
 # A post-grad graph without a collective or fused op cannot hold an ARF2xx/ARF3xx finding: its
 # text is dropped (the artifact stays, empty, so ranks still see the same set of graphs).
@@ -571,6 +572,14 @@ def _slim(trace: Trace, start: int, resolver: _Resolver, stacks: dict) -> None:
                 e.raw_payload = b""
             elif e.raw_payload is not None and len(e.raw_payload) > _COMPRESS_OVER:
                 e.raw_payload = zlib.compress(e.raw_payload, 1)
+        elif isinstance(e, GraphDump):
+            # AOT graphs: the collective sequence (ARF304) where no post-grad graph is logged
+            if (e.graph_kind in AOT_GRAPHS and e.raw_payload is not None
+                    and _has_collective(e.raw_payload)):
+                if len(e.raw_payload) > _COMPRESS_OVER:
+                    e.raw_payload = zlib.compress(e.raw_payload, 1)
+            else:
+                e.raw_payload = None
         elif isinstance(e, CompilationMetrics):
             _slim_metrics(e)
             e.raw_payload = None

@@ -195,3 +195,40 @@ def test_python_api_and_log_choice(tmp_path):
                                    src("x_rank_1.log", 1)])
     assert {r: s.name for r, s in chosen.items()} == {0: "new_rank_0.log", 1: "x_rank_1.log"}
     assert len(notes) == 2 and "no rank in its name" in notes[0] and "old_rank_0" in notes[1]
+
+
+def _aot_log(ops):
+    head = ('V1127 14:36:18.743000 1 torch/_functorch/x.py:1] {"aot_inference_graph": {}, '
+            '"frame_id": 0, "frame_compile_id": 0, "attempt": 0, "has_payload": "0"}\n')
+    body = "".join(f"\t        # File: /m/model.py:{10 + i} in forward, code: y{i} = comm(x)\n"
+                   f'\t        c{i}: "f32[s0, 4]" = torch.ops._c10d_functional.{op}.default(arg0_1)\n'
+                   for i, op in enumerate(ops))
+    tail = ('V1127 14:36:18.800000 1 torch/_dynamo/utils.py:1] {"compilation_metrics": '
+            '{"compile_id": "0/0", "co_name": "forward", "co_filename": "/m/model.py", '
+            '"co_firstlineno": 9}, "frame_id": 0, "frame_compile_id": 0, "attempt": 0}\n')
+    return (head + body + tail).encode()
+
+
+def test_collective_mismatch_from_aot_graphs_without_inductor():
+    """aot_eager logs no post-grad graph: ARF304 compares AOTAutograd's graphs."""
+    for slim in (False, True):
+        traces = {r: parse_stream(io.BytesIO(_aot_log(ops)), slim=slim) for r, ops in
+                  {0: ["all_reduce", "all_gather_into_tensor"],
+                   1: ["all_reduce", "reduce_scatter_tensor"]}.items()}
+        (f,) = analyze(traces, select=["ARF3"]).findings
+        assert (f.code, f.path, f.line, f.ranks) == ("ARF304", "/m/model.py", 11, [0, 1])
+        assert ("collective #2 is rank 0: _c10d_functional.all_gather_into_tensor; rank 1: "
+                "_c10d_functional.reduce_scatter_tensor") in f.message
+
+
+def test_a_crashed_rank_is_audited_up_to_its_last_line(tmp_path):
+    for p in _case("divergent").glob("*.log.gz"):
+        data = gzip.decompress(p.read_bytes())
+        if "_rank_1_" in p.name:
+            data = data[:len(data) // 2]
+            data = data[:data.rfind(b"\n") + 25]  # killed mid-line, half-way through the job
+        (tmp_path / p.name.removesuffix(".gz")).write_bytes(data)
+    code, report = _offline(tmp_path)
+    assert code == 1
+    assert any(n.startswith("rank 1: ") and "cut short" in n for n in report["summary"]["notes"])
+    assert report["summary"]["ranks"] == [0, 1]

@@ -17,11 +17,11 @@ from typing import Iterable
 from arfuse.audit.attribution import is_framework
 from arfuse.audit.context import AuditContext
 from arfuse.audit.findings import Finding, Location
-from arfuse.audit.graph import Graph, Node
+from arfuse.audit.graph import Graph, Node, parse_graph
 from arfuse.audit.rules import rule
 from arfuse.audit.rules.fusion import _frame_of, fusion_reports, post_grad_graphs
 from arfuse.audit.rules.specialization import _pretty, token_decisions
-from arfuse.audit.trace import CompilationMetrics, CompileId, Frame
+from arfuse.audit.trace import AOT_GRAPHS, CompilationMetrics, CompileId, Frame, GraphDump
 
 COLLECTIVE = re.compile(
     r"^(?:_c10d_functional|c10d_functional|c10d|_dtensor)\.(?:all_reduce|all_gather|"
@@ -51,8 +51,15 @@ class RanksContext:
         return list(seen)
 
     def graphs(self, rank: int) -> dict[CompileId | None, Graph]:
+        """compile id -> Inductor's post-grad graph; AOTAutograd's graph under backends that
+        log no post-grad graph (aot_eager): same collectives, no fusion."""
         if rank not in self._graphs:
-            self._graphs[rank] = dict(post_grad_graphs(self.contexts[rank]))
+            ctx = self.contexts[rank]
+            graphs = dict(post_grad_graphs(ctx))
+            if not graphs:
+                graphs = {e.compile_id: parse_graph(e.payload or "")
+                          for e in ctx.trace.of(GraphDump) if e.graph_kind in AOT_GRAPHS}
+            self._graphs[rank] = graphs
         return self._graphs[rank]
 
     def frame(self, cid: CompileId | None) -> Frame:
@@ -289,8 +296,9 @@ def _collectives(graph: Graph) -> list[Node]:
       ## What it does
       Lists the collectives (all_reduce, all_gather, reduce_scatter, all_to_all, broadcast,
       `arfuse.all_reduce`, the fused allreduce ops) of every compiled graph in each rank's
-      Inductor post-grad graph, in graph order, and reports graphs whose sequences differ
-      between ranks - at the first collective where they part, naming the ranks.
+      Inductor post-grad graph (AOTAutograd's graph under `aot_eager`), in graph order, and
+      reports graphs whose sequences differ between ranks - at the first collective where they
+      part, naming the ranks.
 
       ## Why is this bad?
       Collectives match across ranks by order. When rank 0's third collective is an
