@@ -132,3 +132,11 @@ def test_multi_rank_target_audits_every_rank(tmp_path):
     assert again.exit_code == 1
     assert [(f["code"], f["line"]) for f in json.loads(again.stdout)["findings"]] == \
         [(f["code"], f["line"]) for f in report["findings"]]
+
+    # the bare TORCH_TRACE directory (what another engine leaves: no run.json) gives the live
+    # audit's findings too, ranks included - num_tokens found from the recorded create_symbol
+    bare = CliRunner().invoke(main, ["audit", "--trace", str(tmp_path / "keep" / "trace"),
+                                     "--format", "json", "--no-progress"])
+    assert bare.exit_code == 1, bare.output
+    assert [(f["code"], f["line"], f["ranks"]) for f in json.loads(bare.stdout)["findings"]] == \
+        [(f["code"], f["line"], f["ranks"]) for f in report["findings"]]
