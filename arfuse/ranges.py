@@ -214,11 +214,20 @@ def _auto_from_graph(gm, example_inputs) -> list[int]:
 
     if not dist.is_initialized():
         return []
+    from arfuse import kernels
+
     for node in gm.graph.nodes:
         if node.op == "call_function" and "all_reduce" in str(node.target):
             val = node.meta.get("example_value")
             if isinstance(val, torch.Tensor):
-                return auto_splits(val.shape[-1], val.dtype, dist.get_world_size(), val.device)
+                # the collective's own group when its name is an argument, else WORLD
+                names = [a for a in node.args if isinstance(a, str) and a != "sum"]
+                try:
+                    world = kernels.resolve_group(names[-1]).size() if names else None
+                except ValueError:
+                    world = None
+                return auto_splits(val.shape[-1], val.dtype, world or dist.get_world_size(),
+                                   val.device)
     return []
 
 
