@@ -28,7 +28,8 @@ from typing import NamedTuple
 import torch
 
 from arfuse import kernels
-from arfuse.kernels.exact import FP8_MAX, rms_norm_f32
+from arfuse.kernels.exact import quant_fp8_static  # noqa: F401 - public here too
+from arfuse.kernels.exact import rms_norm_f32
 
 LIB = torch.library.Library("arfuse", "DEF")
 
@@ -178,8 +179,3 @@ def fused_allreduce_rmsnorm_fp8(input: torch.Tensor, residual: torch.Tensor | No
                                 group_name: str, *, weight_bias: float = 0.0) -> FusedFP8Outputs:
     return FusedFP8Outputs(*torch.ops.arfuse.fused_allreduce_rmsnorm_fp8(
         input, residual, weight, scale, eps, weight_bias, group_name))
-
-
-def quant_fp8_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Static per-tensor FP8 e4m3 quantization in the form the pass matches."""
-    return (x.to(torch.float32) / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)

@@ -11,7 +11,6 @@ the dispatch costs nothing: it runs once, at capture.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch

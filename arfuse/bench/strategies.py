@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from arfuse.kernels.exact import FP8_MAX
+from arfuse.kernels.exact import quant_fp8_static
 
 UNFUSED = ("unfused_eager", "unfused_compiled")
 FUSED = ("fused_oneshot", "fused_twoshot")
@@ -70,7 +70,7 @@ def _epilogue(x, residual, weight, scale):
     h = x if residual is None else x + residual
     out = F.rms_norm(h, (h.shape[-1],), weight, EPS)
     if scale is not None:
-        out = (out.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        out = quant_fp8_static(out, scale)
     return out, h
 
 

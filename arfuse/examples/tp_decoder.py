@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import arfuse.ops as arfuse_ops
-from arfuse.kernels.exact import FP8_MAX
+from arfuse.kernels.exact import quant_fp8_static
 
 NORM_FORMS = ("hf", "rms_norm", "gemma", "custom_op")
 ALLREDUCE_FORMS = ("c10d", "arfuse")
@@ -146,8 +146,7 @@ class TPDecoder(nn.Module):
             hidden_states = layer(hidden_states)
         out = self.norm(hidden_states)
         if self.fp8_scale is not None:
-            out = (out.to(torch.float32) / self.fp8_scale).clamp(-FP8_MAX, FP8_MAX)
-            out = out.to(torch.float8_e4m3fn)
+            out = quant_fp8_static(out, self.fp8_scale)
         return out
 
 

@@ -25,17 +25,27 @@ def all_reduce(input: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     return out
 
 
+def quant_fp8_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Static per-tensor FP8 e4m3 quantization, written in the form the pass matches."""
+    return (x.to(torch.float32) / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+
+def epilogue(reduced: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+             scale: torch.Tensor | None, eps: float, weight_bias: float
+             ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """What follows the allreduce: (quant_out or None, norm_out, residual_out)."""
+    if residual is None:
+        residual_out = reduced
+    else:
+        residual_out = (reduced.to(torch.float32) + residual.to(torch.float32)).to(reduced.dtype)
+    norm_out = rms_norm_f32(residual_out, weight, eps, weight_bias).to(reduced.dtype)
+    if scale is None:
+        return None, norm_out, residual_out
+    return quant_fp8_static(norm_out, scale), norm_out, residual_out
+
+
 def fused(input: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
           scale: torch.Tensor | None, eps: float, weight_bias: float,
           group: dist.ProcessGroup) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Returns (quant_out or None, norm_out, residual_out)."""
-    reduced = all_reduce(input, group)
-    if residual is None:
-        residual_out = reduced
-    else:
-        residual_out = (reduced.to(torch.float32) + residual.to(torch.float32)).to(input.dtype)
-    norm_out = rms_norm_f32(residual_out, weight, eps, weight_bias).to(input.dtype)
-    if scale is None:
-        return None, norm_out, residual_out
-    quant = (norm_out.to(torch.float32) / scale).clamp(-FP8_MAX, FP8_MAX)
-    return quant.to(torch.float8_e4m3fn), norm_out, residual_out
+    return epilogue(all_reduce(input, group), residual, weight, scale, eps, weight_bias)

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 from arfuse import thresholds as th
-from arfuse.kernels.exact import FP8_MAX
+from arfuse.kernels import exact
 
 log = logging.getLogger(__name__)
 
@@ -375,20 +375,6 @@ def prepare(group: dist.ProcessGroup, hidden: int, dtype: torch.dtype = torch.bf
 
 # ---- the unfused path on GPU: NCCL + one compiled epilogue ----------------------------------
 
-def _epilogue_impl(reduced, residual, weight, scale, eps: float, weight_bias: float):
-    if residual is None:
-        residual_out = reduced
-    else:
-        residual_out = (reduced.float() + residual.float()).to(reduced.dtype)
-    x = residual_out.float()
-    norm = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    norm = (norm * (weight.float() + weight_bias)).to(reduced.dtype)
-    if scale is None:
-        return None, norm, residual_out
-    quant = (norm.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return quant, norm, residual_out
-
-
 _epilogues: dict[tuple, Any] = {}
 _eager_epilogue = False
 
@@ -401,8 +387,8 @@ def _epilogue(has_residual: bool, has_scale: bool, dtype: torch.dtype):
     if fn is None:
         tag = f"_epilogue_{'r' if has_residual else 'n'}{'q' if has_scale else ''}_" \
               f"{str(dtype).split('.')[-1]}"
-        code = _epilogue_impl.__code__.replace(co_name=tag)
-        fn = torch.compile(types.FunctionType(code, _epilogue_impl.__globals__, tag),
+        code = exact.epilogue.__code__.replace(co_name=tag)
+        fn = torch.compile(types.FunctionType(code, exact.epilogue.__globals__, tag),
                            dynamic=True, fullgraph=True)
         _epilogues[key] = fn
     return fn
@@ -412,8 +398,7 @@ def unfused(input, residual, weight, scale, eps, weight_bias, group):
     """NCCL allreduce + the compiled add+RMSNorm(+FP8) epilogue: the fastest unfused path."""
     global _eager_epilogue
     stats["unfused"] += 1
-    reduced = input.clone(memory_format=torch.contiguous_format)
-    dist.all_reduce(reduced, group=group)
+    reduced = exact.all_reduce(input, group)
     if not _eager_epilogue:
         try:
             return _epilogue(residual is not None, scale is not None, input.dtype)(
@@ -423,7 +408,7 @@ def unfused(input, residual, weight, scale, eps, weight_bias, group):
             _fallback("epilogue-compile", f"compiling the add+RMSNorm epilogue failed "
                       f"({type(e).__name__}: {str(e)[:200]}); running it eagerly",
                       logging.WARNING)
-    return _epilogue_impl(reduced, residual, weight, scale, eps, weight_bias)
+    return exact.epilogue(reduced, residual, weight, scale, eps, weight_bias)
 
 
 # ---- the fused kernel ----------------------------------------------------------------------
