@@ -180,6 +180,7 @@ class _narrowed:
             # narrow, never widen: keep what the shape env already knows (e.g. size >= 2)
             self.env.var_to_range[self.symbol] = (self.saved & self.range if self.saved
                                                   is not None else self.range)
+            _drop_cached_evaluations(self.env)
         return self
 
     def __exit__(self, *exc):
@@ -188,6 +189,15 @@ class _narrowed:
                 self.env.var_to_range.pop(self.symbol, None)
             else:
                 self.env.var_to_range[self.symbol] = self.saved
+            _drop_cached_evaluations(self.env)
+
+
+def _drop_cached_evaluations(env) -> None:
+    """ShapeEnv caches static evaluations (`s0 <= 256` -> True) until its version changes, and
+    var_to_range is not part of its version: without a bump, facts proven under one range's
+    bounds leak into the next range's compile (on 4x H200 that made Inductor emit wrong code
+    for [257, 1025] after compiling [1, 256]), and facts cached before narrowing hide it."""
+    env._version_counter += 1
 
 
 def _token_symbol(gm: torch.fx.GraphModule):

@@ -73,3 +73,36 @@ def test_audit_of_compile_ranges_sees_one_capture_no_guard_and_fusion_per_range(
         {"range": [1, 64], "fused": 4, "left_to_inductor": 0},
         {"range": [65, 1024], "fused": 0, "left_to_inductor": 4},
         {"range": [1025, None], "fused": 0, "left_to_inductor": 4}]
+
+
+def _symbolic_tokens():
+    """A fake [num_tokens, 8] input whose num_tokens is a fresh symbol (hint 2)."""
+    import torch
+    from torch._dynamo.source import ConstantSource
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import (DimDynamic, ShapeEnv,
+                                                       StatelessSymbolicContext)
+
+    env = ShapeEnv()
+    context = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
+    x = FakeTensorMode(shape_env=env).from_tensor(torch.empty(2, 8), symbolic_context=context,
+                                                  source=ConstantSource("x"))
+    return env, x, x.shape[0].node.expr
+
+
+def test_narrowed_bounds_neither_leak_into_the_next_range_nor_hide_behind_cached_answers():
+    """The ShapeEnv caches static evaluations; a range's bounds must reach its compile and
+    must not outlive it (a stale `s0 <= 256` made Inductor emit wrong code for [257, 1025]
+    on 4x H200)."""
+    import sympy
+
+    from arfuse.ranges import _narrowed
+
+    env, x, s0 = _symbolic_tokens()
+    at_most_256 = sympy.Le(s0, 256)
+    assert env._maybe_evaluate_static(at_most_256) is None      # cached: unknown
+    with _narrowed([x], s0, TokenRange(1, 256)) as n:
+        assert n.applied
+        assert env._maybe_evaluate_static(at_most_256) == sympy.true
+    assert env._maybe_evaluate_static(at_most_256) is None      # no leak into [257, ...]
+    assert str(env.var_to_range[s0]) == "VR[2, int_oo]"

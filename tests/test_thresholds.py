@@ -195,15 +195,17 @@ def test_choose_strategy_auto(tokens, expected):
     assert choose_strategy(tokens, 4, 256, 1024, 1024, twoshot=True)[0] == expected
 
 
-def test_two_shot_window_runs_unfused_while_two_shot_is_off():
+def test_two_shot_is_on_by_default_and_its_window_runs_unfused_when_turned_off():
     from arfuse.kernels.flashinfer import TWOSHOT_ENABLED, choose_strategy
 
-    assert not TWOSHOT_ENABLED  # the default until the TP4 compiled-graph result is explained
-    strategy, (key, message) = choose_strategy(257, 4, 256, 1024, 1024)
-    assert (strategy, key) == ("unfused", "twoshot-off") and "ARFUSE_ENABLE_TWOSHOT=1" in message
-    assert choose_strategy(256, 4, 256, 1024, 1024)[0] == "oneshot"
-    assert choose_strategy(3, 4, 0, 1024, 1024)[0] == "oneshot"  # tokens <= ranks: one-shot
-    assert choose_strategy(257, 4, 256, 1024, 1024, forced="twoshot")[0] == "twoshot"
+    assert TWOSHOT_ENABLED
+    assert choose_strategy(257, 4, 256, 1024, 1024) == ("twoshot", None)
+    strategy, (key, message) = choose_strategy(257, 4, 256, 1024, 1024, twoshot=False)
+    assert (strategy, key) == ("unfused", "twoshot-off") and "ARFUSE_TWOSHOT=0" in message
+    assert choose_strategy(256, 4, 256, 1024, 1024, twoshot=False)[0] == "oneshot"
+    assert choose_strategy(3, 4, 0, 1024, 1024, twoshot=False)[0] == "oneshot"  # tokens <= ranks
+    assert choose_strategy(257, 4, 256, 1024, 1024, forced="twoshot",
+                           twoshot=False)[0] == "twoshot"
 
 
 def test_choose_strategy_twoshot_needs_more_tokens_than_ranks():

@@ -59,10 +59,14 @@ def run_bench_worker(cases, tokens, strategies, command, n_inner, reps):
               help="seconds before a hung sweep is killed")
 @click.option("--decoder", is_flag=True,
               help="instead: time a decode step of a TP decoder stack (Llama-8B-like shapes), "
-                   "torch.compile with vs without arfuse, at --tokens (default 1..256)")
+                   "torch.compile with vs without arfuse, at --tokens (default powers of 2 up to "
+                   "1024, and 8192)")
 @click.option("--layers", type=int, default=4, show_default=True, help="with --decoder")
+@click.option("--ranges", "split_points", default="auto", show_default=True,
+              help="with --decoder: arfuse.compile's split points, e.g. 32,256,1025 (each "
+                   "fusion threshold must be one of them)")
 def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_dir, name,
-          backend, reps, n_inner, timeout, decoder, layers):
+          backend, reps, n_inner, timeout, decoder, layers, split_points):
     """Time allreduce + add + RMSNorm: unfused (eager / compiled) vs fused one-shot / two-shot
     vs arfuse's dispatch, per token count; write markdown + JSON + PNG.
 
@@ -93,8 +97,10 @@ def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_d
     command = "arfuse bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     args = (cases, token_counts, chosen, command, n_inner, reps)
     if decoder:
-        decode_tokens = token_counts if tokens else (1, 2, 4, 8, 16, 32, 64, 128, 256, 8192)
-        return _decoder_bench(world_size, backend, decode_tokens, layers, out_dir, name,
+        decode_tokens = token_counts if tokens else (1, 2, 4, 8, 16, 32, 64, 128, 256, 512,
+                                                      1024, 8192)
+        splits = "auto" if split_points == "auto" else _ints(split_points, "--ranges")
+        return _decoder_bench(world_size, backend, decode_tokens, layers, splits, out_dir, name,
                               command, timeout)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun
         result = _under_torchrun(backend, args)
@@ -131,13 +137,13 @@ def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_d
         click.echo("no plot: matplotlib is not installed (pip install 'arfuse[plot]')", err=True)
 
 
-def run_decoder_worker(tokens, layers):
+def run_decoder_worker(tokens, layers, splits):
     from arfuse.bench.decoder import run_decoder_sweep
 
-    return run_decoder_sweep(tokens, layers)
+    return run_decoder_sweep(tokens, layers, ranges=splits)
 
 
-def _decoder_bench(world_size, backend, tokens, layers, out_dir, name, command, timeout):
+def _decoder_bench(world_size, backend, tokens, layers, splits, out_dir, name, command, timeout):
     import torch
 
     from arfuse.bench.sweep import environment
@@ -150,7 +156,7 @@ def _decoder_bench(world_size, backend, tokens, layers, out_dir, name, command, 
            "NVSHMEM_DISABLE_NVLS": "1"}
     os.environ.update(env)
     with SpawnedGroup(world, backend=backend, timeout=timeout, env=env) as group:
-        rows = group.run(run_decoder_worker, tokens, layers)[0]
+        rows = group.run(run_decoder_worker, tokens, layers, splits)[0]
     device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
     result = {"env": environment(device, world, command), "rows": rows}
     e = result["env"]
@@ -163,15 +169,20 @@ def _decoder_bench(world_size, backend, tokens, layers, out_dir, name, command, 
              + ", slowest rank",
              f"- chains fused by arfuse over all compiled graphs: {rows[0].get('fused_ops')}",
              "",
-             f"- arfuse.compile ranges: {rows[0].get('ranges')}", "",
+             f"- arfuse.compile ranges ({splits!r}): {rows[0].get('ranges')}",
+             "- generated code (modules, persistent reductions, hash): " + "; ".join(
+                 f"{k}: {v['modules']}, {v['persistent_reductions']}, {v['sha1']}"
+                 for k, v in rows[0].get("codegen", {}).items()), "",
+             "rel L2: vs torch.compile's output. bounds off: `arfuse.compile(..., "
+             "bound_symbols=False)`.", "",
              "| tokens | torch.compile | + arfuse pass | speedup | rel L2 | arfuse.compile "
-             "(ranges) | speedup | rel L2 |", "|---|---|---|---|---|---|---|---|"]
+             "(ranges) | speedup | rel L2 | bounds off | speedup | rel L2 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(
-            f"| {r['tokens']} | {r['compile_us']:.1f} | {r['compile+arfuse_us']:.1f} | "
-            f"{r['compile+arfuse_speedup']:.2f}x | {r['compile+arfuse_rel_l2']:.1e} | "
-            f"{r['arfuse.compile_us']:.1f} | {r['arfuse.compile_speedup']:.2f}x | "
-            f"{r['arfuse.compile_rel_l2']:.1e} |")
+        cells = [f"{r['tokens']}", f"{r['compile_us']:.1f}"]
+        for v in ("compile+arfuse", "arfuse.compile", "arfuse.compile bounds off"):
+            cells += [f"{r[v + '_us']:.1f}", f"{r[v + '_speedup']:.2f}x", f"{r[v + '_rel_l2']:.1e}"]
+        lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     click.echo(text)
     stem = name or f"decoder_tp{world}_{e['date'][:10]}"

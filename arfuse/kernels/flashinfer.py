@@ -70,13 +70,15 @@ def _check_strategy(name: str | None) -> str:
 
 _forced = _check_strategy(os.environ.get(STRATEGY_ENV))
 
-TWOSHOT_ENV = "ARFUSE_ENABLE_TWOSHOT"
-#: Two-shot is off by default: on 4x H200 (TP4) a compiled decoder whose fused ops ran
-#: two-shot back to back produced a wrong output (relative L2 1.38 vs eager at 257 tokens,
-#: `pytest -m gpu tests/gpu -k ranges`), while every direct two-shot call (one op, then a
-#: synchronize) matched the fp32 reference. Until that is understood, the two-shot window of
-#: the thresholds runs the exact unfused path instead. ARFUSE_ENABLE_TWOSHOT=1 turns it on.
-TWOSHOT_ENABLED = os.environ.get(TWOSHOT_ENV, "0") == "1"
+TWOSHOT_ENV = "ARFUSE_TWOSHOT"
+#: Whether the thresholds' two-shot window runs the two-shot kernel (default) or, with
+#: ARFUSE_TWOSHOT=0, the unfused path (and `arfuse.compile` leaves that window to Inductor).
+TWOSHOT_ENABLED = os.environ.get(TWOSHOT_ENV, "1") != "0"
+
+PDL_ENV = "ARFUSE_FLASHINFER_PDL"
+#: Launch the kernel with programmatic dependent launch (it may start while the previous kernel
+#: finishes; it waits for it before reading the input). ARFUSE_FLASHINFER_PDL=0 turns it off.
+LAUNCH_WITH_PDL = os.environ.get(PDL_ENV, "1") != "0"
 
 
 def force_strategy(name: str | None) -> None:
@@ -298,8 +300,7 @@ def choose_strategy(tokens: int, world_size: int, oneshot_max_tokens: int,
         return "oneshot", None
     if forced == "auto" and not (TWOSHOT_ENABLED if twoshot is None else twoshot):
         return "unfused", ("twoshot-off", f"{tokens} tokens fall in the two-shot window, and "
-                           f"two-shot is off until a wrong result seen inside compiled graphs "
-                           f"at TP4 is understood; set {TWOSHOT_ENV}=1 to run it")
+                           f"two-shot is off ({TWOSHOT_ENV}=0)")
     return "twoshot", None
 
 
@@ -433,7 +434,7 @@ def launch(strategy: str, ws: Workspace, input: torch.Tensor, residual: torch.Te
         gamma = gamma.contiguous()
     module.trtllm_allreduce_fusion(
         allreduce_in=input, world_size=ws.world_size, world_rank=ws.rank, token_num=tokens,
-        hidden_dim=hidden, workspace_ptrs=ws.ptrs, launch_with_pdl=True,
+        hidden_dim=hidden, workspace_ptrs=ws.ptrs, launch_with_pdl=LAUNCH_WITH_PDL,
         use_oneshot=strategy == "oneshot", trigger_completion_at_end=True, fp32_acc=True,
         pattern_code=pattern, allreduce_out=None, residual_in=residual,
         residual_out=residual_out, norm_out=norm_out, quant_out=quant_out, scale_out=None,

