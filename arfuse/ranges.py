@@ -99,11 +99,26 @@ class _Dispatch:
         self.example_inputs = example_inputs
         self.context = torch._guards.TracingContext.try_get()
         self.symbol, self.locate = _token_symbol(gm)
-        splits = backend.requested
-        if splits == "auto":
-            splits = _auto_from_graph(gm, example_inputs)
-        self.splits = sorted(set(int(s) for s in splits))
-        self.ranges = ranges_from_splits(self.splits)
+        if self.symbol is None:
+            static = _static_tokens(gm)
+            if backend.captures == 1 or static is None:
+                raise ValueError(
+                    "arfuse.compile: no input has a dynamic token dim; pass tensors whose dim 0 "
+                    "is num_tokens, or name the dim with token_dims={arg_index: dim}")
+            # a guard of an earlier capture failed (e.g. the model's own `num_tokens != 1`):
+            # Dynamo specialised this capture to one size, so it gets one range of that size
+            warnings.warn(
+                f"arfuse.compile: Dynamo captured the model again, specialised to num_tokens="
+                f"{static} (a guard from an earlier capture failed; `arfuse audit` names the "
+                "line); this capture is compiled for exactly that size", stacklevel=2)
+            self.splits, self.ranges = [], [TokenRange(static, static)]
+            self.locate = lambda args: static
+        else:
+            splits = backend.requested
+            if splits == "auto":
+                splits = _auto_from_graph(gm, example_inputs)
+            self.splits = sorted(set(int(s) for s in splits))
+            self.ranges = ranges_from_splits(self.splits)
         self.compiled: list[Callable | None] = [None] * len(self.ranges)
         self.captured = False
         if not backend.lazy:
@@ -126,18 +141,29 @@ class _Dispatch:
                                   config_patches=options)
         self.backend.compiles.append({"range": str(r), "fused": fusion.num_matches,
                                       "bounds_applied": bool(getattr(bounded, "applied", False)),
+                                      # the example size Inductor compiled this range for
+                                      "hint": _hint_used(bounded),
                                       "skipped": [reason for reason, _ in fusion.skipped],
                                       "left_to_inductor": [why for why, _ in fusion.by_range],
                                       "seconds": time.perf_counter() - start})
         self.compiled[i] = compiled
-        new_guards = env.guards[guards_before:] if env is not None else []
+        new_guards = [str(g.expr) for g in (env.guards[guards_before:] if env is not None
+                                            else [])]
+        self.backend.compiles[-1]["guards_added"] = new_guards
         if new_guards and self.captured:
             # Dynamo installed this frame's guards at capture: a later guard is not enforced
             warnings.warn(
                 f"arfuse.compile: compiling range {r} on first use added guard(s) "
-                f"{[str(g.expr) for g in new_guards]} that cannot be enforced any more; "
-                "use arfuse.compile(..., lazy=False) to compile every range at capture, where "
+                f"{new_guards} that cannot be enforced any more; use "
+                "arfuse.compile(..., lazy=False) to compile every range at capture, where "
                 "Dynamo installs them", stacklevel=2)
+        elif new_guards:
+            # installed with the capture, for every range: a size that fails one recompiles
+            warnings.warn(
+                f"arfuse.compile: compiling range {r} added guard(s) {new_guards}; Dynamo "
+                "installs them for every range, so a size that fails one recompiles "
+                "(`arfuse audit` shows where); bound_symbols=False compiles without the "
+                "range's bounds", stacklevel=2)
         return compiled
 
     def _bounded(self, r: TokenRange):
@@ -157,7 +183,12 @@ class _Dispatch:
 
 
 class _narrowed:
-    """Temporarily narrow the token symbol's value range in the shape env."""
+    """Temporarily narrow the token symbol's value range in the shape env.
+
+    Inductor sizes its heuristics (and any benchmark inputs) by the symbol's hint, the
+    capture's example size, and the shape env rejects bounds that exclude the hint. A range
+    that does not hold the hint therefore compiles with the hint moved to the nearest size it
+    does hold; both come back afterwards."""
 
     def __init__(self, example_inputs, symbol, r: TokenRange) -> None:
         from torch.utils._sympy.value_ranges import ValueRanges
@@ -167,29 +198,49 @@ class _narrowed:
         self.env = mode.shape_env if mode is not None else None
         self.symbol = symbol
         self.range = ValueRanges(r.lo, r.hi if r.hi is not None else int_oo)
+        self.applied = False
+        self.hint = self.moved_hint = None
 
     def __enter__(self):
-        hint = None
-        if self.env is not None:  # torch 2.13 renamed var_to_val; 2.11 has only the old name
-            vals = getattr(self.env, "backed_var_to_val", None)
-            hint = (vals if vals is not None else self.env.var_to_val).get(self.symbol)
-        # the capture's example size must stay inside the range, or the shape env rejects it
-        self.applied = self.env is not None and (hint is None or hint in self.range)
-        if self.applied:
-            self.saved = self.env.var_to_range.get(self.symbol)
-            # narrow, never widen: keep what the shape env already knows (e.g. size >= 2)
-            self.env.var_to_range[self.symbol] = (self.saved & self.range if self.saved
-                                                  is not None else self.range)
-            _drop_cached_evaluations(self.env)
+        if self.env is None:
+            return self
+        # torch 2.13 renamed var_to_val to backed_var_to_val; 2.11 has only the old name
+        vals = getattr(self.env, "backed_var_to_val", None)
+        self.vals = vals if vals is not None else self.env.var_to_val
+        self.hint = self.vals.get(self.symbol)
+        self.saved = self.env.var_to_range.get(self.symbol)
+        # narrow, never widen: keep what the shape env already knows (e.g. size >= 2)
+        lo, hi = self.range.lower, self.range.upper
+        if self.saved is not None:
+            lo, hi = max(lo, self.saved.lower), min(hi, self.saved.upper)
+        if lo > hi:  # e.g. the range [1, 1] of a symbol known to be >= 2: nothing to narrow
+            return self
+        if self.hint is not None and not lo <= self.hint <= hi:
+            self.moved_hint = lo if self.hint < lo else hi
+            self.vals[self.symbol] = type(self.hint)(self.moved_hint)
+        from torch.utils._sympy.value_ranges import ValueRanges
+
+        self.env.var_to_range[self.symbol] = ValueRanges(lo, hi)
+        self.applied = True
+        _drop_cached_evaluations(self.env)
         return self
 
     def __exit__(self, *exc):
         if self.applied:
+            if self.moved_hint is not None:
+                self.vals[self.symbol] = self.hint
             if self.saved is None:
                 self.env.var_to_range.pop(self.symbol, None)
             else:
                 self.env.var_to_range[self.symbol] = self.saved
             _drop_cached_evaluations(self.env)
+
+
+def _hint_used(bounded) -> int | None:
+    hint = getattr(bounded, "moved_hint", None)
+    if hint is None:
+        hint = getattr(bounded, "hint", None)
+    return None if hint is None else int(hint)
 
 
 def _drop_cached_evaluations(env) -> None:
@@ -201,7 +252,8 @@ def _drop_cached_evaluations(env) -> None:
 
 
 def _token_symbol(gm: torch.fx.GraphModule):
-    """The token symbol and a function reading its value from the runtime args in O(1).
+    """The token symbol and a function reading its value from the runtime args in O(1)
+    ((None, None) when no input has one).
 
     Dynamo hands backends real example tensors; the symbolic shapes live on the placeholders'
     `example_value`. The token symbol is dim 0 of the first tensor input whose dim 0 is
@@ -214,8 +266,16 @@ def _token_symbol(gm: torch.fx.GraphModule):
                 if isinstance(y, torch.SymInt) and y.node.expr == symbol:
                     return symbol, lambda args, j=j: int(args[j])
             return symbol, lambda args, i=i: args[i].shape[0]
-    raise ValueError("arfuse.compile: no input has a dynamic token dim; pass tensors whose "
-                     "dim 0 is num_tokens, or name the dim with token_dims={arg_index: dim}")
+    return None, None
+
+
+def _static_tokens(gm: torch.fx.GraphModule) -> int | None:
+    """num_tokens of a capture without a token symbol: dim 0 of its first tensor input."""
+    for n in gm.graph.nodes:
+        x = n.meta.get("example_value") if n.op == "placeholder" else None
+        if isinstance(x, torch.Tensor) and x.dim() > 0 and isinstance(x.shape[0], int):
+            return x.shape[0]
+    return None
 
 
 def _auto_from_graph(gm, example_inputs) -> list[int]:

@@ -94,3 +94,10 @@ def test_bench_cpu_smoke_run(tmp_path):
         assert "needs CUDA" in row["notes"]["fused_oneshot"]
         assert math.isclose(row["mb"], row["tokens"] * 64 * 2 / 2**20)
     assert (tmp_path / "smoke.md").exists() and (tmp_path / "smoke.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("value, message", [("abc", "give comma-separated integers"),
+                                            ("0,32", "give integers >= 1")])
+def test_decoder_bench_rejects_bad_split_points(value, message):
+    r = CliRunner().invoke(main, ["bench", "--decoder", "--ranges", value])
+    assert r.exit_code == 2 and message in r.output and "--ranges" in r.output, r.output

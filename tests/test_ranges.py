@@ -1,5 +1,7 @@
 """Compile ranges: one capture, one Inductor compile per num_tokens range, fusion per range."""
 
+import re
+
 import pytest
 
 from arfuse.ranges import TokenRange, ranges_from_splits
@@ -26,14 +28,34 @@ def test_every_boundary_dispatches_to_its_range_and_fuses_only_below_the_thresho
     by_range = {c["range"]: c for c in r["compiles"]}
     assert len(r["compiles"]) == 3  # lazily, each range exactly once
     assert by_range["[1, 8]"]["fused"] == 2 and by_range["[1, 8]"]["skipped"] == []
-    # the symbol's bounds are narrowed only where the capture's example size (7) lies inside
-    assert [c["bounds_applied"] for c in r["compiles"]] == [True, False, False]
+    # every range compiles with its bounds, and for an example size inside them: the
+    # capture's (7) where the range holds it, else the nearest size the range holds
+    assert all(c["bounds_applied"] for c in r["compiles"])
+    assert {c["range"]: c["hint"] for c in r["compiles"]} == {
+        "[1, 8]": 7, "[9, 64]": 9, "[65, inf]": 65}
+    # Inductor's view lowering asks `num_tokens > 1` where the range holds 1 (a guard that 1
+    # token fails: its call is captured again, see the next test); elsewhere the bounds decide
+    added = {c["range"]: c["guards_added"] for c in r["compiles"]}
+    assert added["[9, 64]"] == added["[65, inf]"] == []
+    assert all(re.fullmatch(r"s\d+ (>= 2|> 1)", g) for g in added["[1, 8]"]), added
     for above in ("[9, 64]", "[65, inf]"):
         assert by_range[above]["fused"] == 0 and by_range[above]["skipped"] == []
         assert len(by_range[above]["left_to_inductor"]) == 2
         assert all("lies above the fusion threshold (8 tokens)" in s
                    for s in by_range[above]["left_to_inductor"])
     assert set(r["errors"]) == set(tokens)
+    assert all(e <= 1e-5 for e in r["errors"].values()), r["errors"]
+
+
+def test_one_token_after_a_larger_capture_gets_its_own_static_capture(group2):
+    """The example's attention (and Inductor's view lowering) guard `num_tokens != 1`: a
+    1-token call after a capture at 7 makes Dynamo capture again, specialised to 1 token; that
+    capture is compiled as the single range [1, 1] (with a warning), not rejected."""
+    r = group2.run(dc.check_compile_ranges, [8, 64], 8, (7, 1, 2, 1, 9))[0]
+    assert "error" not in r, r.get("error")
+    assert r["captures"] == 2
+    assert [c["range"] for c in r["compiles"]] == ["[1, 8]", "[9, 64]", "[65, inf]", "[1, 1]"]
+    assert r["compiles"][-1]["fused"] == 2           # 1 token is below the threshold: fused
     assert all(e <= 1e-5 for e in r["errors"].values()), r["errors"]
 
 
@@ -106,3 +128,22 @@ def test_narrowed_bounds_neither_leak_into_the_next_range_nor_hide_behind_cached
         assert env._maybe_evaluate_static(at_most_256) == sympy.true
     assert env._maybe_evaluate_static(at_most_256) is None      # no leak into [257, ...]
     assert str(env.var_to_range[s0]) == "VR[2, int_oo]"
+
+
+def test_a_range_without_the_capture_size_compiles_for_its_nearest_size():
+    import sympy
+
+    from arfuse.ranges import _narrowed
+
+    env, x, s0 = _symbolic_tokens()                               # hint 2
+    hints = env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val
+    with _narrowed([x], s0, TokenRange(257, 1025)) as n:
+        assert n.applied and n.moved_hint == 257 and hints[s0] == 257
+        assert str(env.var_to_range[s0]) == "VR[257, 1025]"
+        assert env._maybe_evaluate_static(sympy.Gt(s0, 256)) == sympy.true
+        assert x.shape[0] > 256                                    # no guard needed
+    assert hints[s0] == 2 and str(env.var_to_range[s0]) == "VR[2, int_oo]"
+    assert env._maybe_evaluate_static(sympy.Gt(s0, 256)) is None
+    with _narrowed([x], s0, TokenRange(1, 1)) as n:                # below what env knows
+        assert not n.applied and hints[s0] == 2
+    assert env.guards == []
