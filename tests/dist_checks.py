@@ -7,7 +7,6 @@ data for the test in the parent process to assert on.
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 
 import torch
 import torch.distributed as dist
@@ -402,7 +401,7 @@ def check_compile_ranges(splits, fused_max_tokens, tokens, dtype_name="fp32") ->
     model, make_inputs = build_tp_decoder(num_layers=1, dtype=DTYPES[dtype_name])
     compiled = arfuse.compile(model, ranges=splits,
                               fusion=arfuse.FusionConfig(fused_max_tokens=fused_max_tokens))
-    errors, dispatched = {}, {}
+    errors = {}
     try:
         with torch.no_grad():
             for t in tokens:

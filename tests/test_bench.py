@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from arfuse.bench import report
-from arfuse.bench.tune import choose, to_table, tune
+from arfuse.bench.tune import choose
 from arfuse.cli import main
 
 
