@@ -141,8 +141,7 @@ class _Dispatch:
                                   config_patches=options)
         self.backend.compiles.append({"range": str(r), "fused": fusion.num_matches,
                                       "bounds_applied": bool(getattr(bounded, "applied", False)),
-                                      # the example size Inductor compiled this range for
-                                      "hint": _hint_used(bounded),
+                                      "hint": getattr(bounded, "hint_used", None),
                                       "skipped": [reason for reason, _ in fusion.skipped],
                                       "left_to_inductor": [why for why, _ in fusion.by_range],
                                       "seconds": time.perf_counter() - start})
@@ -191,17 +190,24 @@ class _narrowed:
     does hold; both come back afterwards."""
 
     def __init__(self, example_inputs, symbol, r: TokenRange) -> None:
-        from torch.utils._sympy.value_ranges import ValueRanges
         from torch.utils._sympy.numbers import int_oo
 
         mode = torch._guards.detect_fake_mode(example_inputs)
         self.env = mode.shape_env if mode is not None else None
         self.symbol = symbol
-        self.range = ValueRanges(r.lo, r.hi if r.hi is not None else int_oo)
+        self.lo, self.hi = r.lo, (r.hi if r.hi is not None else int_oo)
         self.applied = False
         self.hint = self.moved_hint = None
 
+    @property
+    def hint_used(self) -> int | None:
+        """The example size Inductor compiled this range for."""
+        hint = self.hint if self.moved_hint is None else self.moved_hint
+        return None if hint is None else int(hint)
+
     def __enter__(self):
+        from torch.utils._sympy.value_ranges import ValueRanges
+
         if self.env is None:
             return self
         # torch 2.13 renamed var_to_val to backed_var_to_val; 2.11 has only the old name
@@ -210,7 +216,7 @@ class _narrowed:
         self.hint = self.vals.get(self.symbol)
         self.saved = self.env.var_to_range.get(self.symbol)
         # narrow, never widen: keep what the shape env already knows (e.g. size >= 2)
-        lo, hi = self.range.lower, self.range.upper
+        lo, hi = self.lo, self.hi
         if self.saved is not None:
             lo, hi = max(lo, self.saved.lower), min(hi, self.saved.upper)
         if lo > hi:  # e.g. the range [1, 1] of a symbol known to be >= 2: nothing to narrow
@@ -218,8 +224,6 @@ class _narrowed:
         if self.hint is not None and not lo <= self.hint <= hi:
             self.moved_hint = lo if self.hint < lo else hi
             self.vals[self.symbol] = type(self.hint)(self.moved_hint)
-        from torch.utils._sympy.value_ranges import ValueRanges
-
         self.env.var_to_range[self.symbol] = ValueRanges(lo, hi)
         self.applied = True
         _drop_cached_evaluations(self.env)
@@ -234,13 +238,6 @@ class _narrowed:
             else:
                 self.env.var_to_range[self.symbol] = self.saved
             _drop_cached_evaluations(self.env)
-
-
-def _hint_used(bounded) -> int | None:
-    hint = getattr(bounded, "moved_hint", None)
-    if hint is None:
-        hint = getattr(bounded, "hint", None)
-    return None if hint is None else int(hint)
 
 
 def _drop_cached_evaluations(env) -> None:

@@ -166,6 +166,10 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--out")
     args = ap.parse_args()
+    if not torch.cuda.is_available() or torch.cuda.device_count() < args.world:
+        sys.exit(f"needs {args.world} CUDA GPUs (this machine has "
+                 f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}) and "
+                 "FlashInfer: run it on the GPU machine after `source .device/setup.sh`")
     tokens = [int(t) for t in args.tokens.split(",")]
     env = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
            "NVSHMEM_DISABLE_NVLS": "1"}

@@ -49,24 +49,22 @@ def _reference(x, residual, weight, eps, weight_bias):
     return n, r
 
 
-def _same_on_all_ranks(*tensors) -> bool:
-    ok = torch.ones(1, device="cuda")
+def _xrank(*tensors) -> tuple[bool, float]:
+    """(every rank's tensors bit-identical to rank 0's, the largest relative L2 distance of any
+    rank's tensor from rank 0's)."""
+    worst = torch.zeros(2, device="cuda")  # [any bitwise mismatch, largest rel L2]
     for t in tensors:
         t0 = t.clone()
         dist.broadcast(t0, src=0, group=_group())
         if not torch.equal(t0.view(torch.uint8), t.contiguous().view(torch.uint8)):
-            ok.zero_()
-    dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=_group())
-    return bool(ok.item() == 1)
+            worst[0] = 1
+        worst[1] = max(float(worst[1]), _rel_l2(t.float(), t0.float()))
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=_group())
+    return bool(worst[0].item() == 0), float(worst[1].item())
 
 
-def _xrank_rel_l2(t: torch.Tensor) -> float:
-    """The largest relative L2 distance of any rank's `t` from rank 0's."""
-    t0 = t.clone()
-    dist.broadcast(t0, src=0, group=_group())
-    d = torch.tensor([_rel_l2(t.float(), t0.float())], device="cuda")
-    dist.all_reduce(d, op=dist.ReduceOp.MAX, group=_group())
-    return float(d.item())
+def _same_on_all_ranks(*tensors) -> bool:
+    return _xrank(*tensors)[0]
 
 
 def _ran(before) -> str:
@@ -358,10 +356,10 @@ def check_ranges() -> dict:
             before = fb.stats.copy()
             got = compiled(x)
             torch.cuda.synchronize()
+            identical, spread = _xrank(got)
             out["calls"][n] = {"rel_l2_vs_eager": _rel_l2(got.float(), model(x).float()),
                                "ran": dict(fb.stats - before),
-                               "xrank_identical": _same_on_all_ranks(got),
-                               "xrank_rel_l2": _xrank_rel_l2(got)}
+                               "xrank_identical": identical, "xrank_rel_l2": spread}
     out["captures"] = compiled.backend.captures
     out["ranges"] = [str(r) for r in compiled.ranges]
     out["compiles"] = [{k: c[k] for k in ("range", "fused", "left_to_inductor",
