@@ -1,7 +1,8 @@
 """The `arfuse` command line: a click group whose subcommands live beside the code they drive.
 
-Subcommands are imported lazily so `arfuse --help` stays fast and one broken optional part
-(say, plotting) does not take the others down.
+Subcommands are imported only when run, and `arfuse --help` lists them from the summaries
+below, so help costs no torch import and one broken optional part (say, plotting) does not take
+the others down. tests/test_lazy_imports.py checks each summary against its command's docstring.
 """
 
 from __future__ import annotations
@@ -10,14 +11,25 @@ import importlib
 
 import click
 
-# name -> "module:attribute" of a click command
+# name -> ("module:attribute" of a click command, the first sentence of its docstring)
 _COMMANDS = {
-    "audit": "arfuse.audit.cli:audit",
-    "bench": "arfuse.bench.cli:bench",
-    "tune": "arfuse.bench.cli:tune",
-    "rules": "arfuse.audit.cli:rules",
-    "patterns": "arfuse.patterns.cli:patterns",
-    "thresholds": "arfuse.thresholds_cli:thresholds",
+    "audit": ("arfuse.audit.cli:audit",
+              "Prove a compiled model stays dynamic in num_tokens."),
+    "bench": ("arfuse.bench.cli:bench",
+              ("Time allreduce + add + RMSNorm: unfused (eager / compiled) vs fused one-shot / "
+               "two-shot vs arfuse's dispatch, per token count; write markdown + JSON + PNG.")),
+    "tune": ("arfuse.bench.cli:tune",
+             ("Choose thresholds from `arfuse bench` JSON files; print the diff against the "
+              "table in force; write the thresholds JSON the pass loads.")),
+    "rules": ("arfuse.audit.cli:rules",
+              ("Every audit rule with its code, name and docs (or one rule: `arfuse rules "
+               "ARF102`).")),
+    "patterns": ("arfuse.patterns.cli:patterns",
+                 "List every registered pattern variant: allreduce x norm x residual x quant."),
+    "thresholds": ("arfuse.thresholds_cli:thresholds",
+                   ("Print the threshold table in force: when the fused kernel runs one-shot, "
+                    "two-shot, or leaves the work to the unfused path (NCCL allreduce + "
+                    "compiled add+RMSNorm).")),
 }
 
 
@@ -26,11 +38,17 @@ class _LazyGroup(click.Group):
         return sorted(_COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        target = _COMMANDS.get(name)
-        if target is None:
+        if name not in _COMMANDS:
             return None
-        module, attr = target.split(":")
+        module, attr = _COMMANDS[name][0].split(":")
         return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        limit = formatter.width - 6 - max(map(len, _COMMANDS))
+        rows = [(name, click.utils.make_default_short_help(summary, limit))
+                for name, (_, summary) in sorted(_COMMANDS.items())]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(cls=_LazyGroup)

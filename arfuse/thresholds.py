@@ -36,9 +36,10 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-import torch
+if TYPE_CHECKING:  # the table itself needs no torch: `arfuse thresholds` stays fast
+    import torch
 
 ENV_VAR = "ARFUSE_THRESHOLDS"
 MIB = 2**20
@@ -283,7 +284,7 @@ def lookup(capability: Any, world_size: int, dtype: torch.dtype, hidden: int) ->
     if found is None:
         return None
     found = found.for_hidden(hidden)
-    row_bytes = hidden * torch.empty((), dtype=dtype).element_size()
+    row_bytes = hidden * dtype.itemsize
     fused = int(found.fused_max_mb * MIB // row_bytes)
     oneshot = min(int(found.oneshot_max_mb * MIB // row_bytes), fused)
     return Limits(arch_of(capability), int(world_size), hidden, dtype, oneshot, fused, found)

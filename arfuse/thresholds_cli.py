@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import click
 
@@ -11,12 +12,24 @@ _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def _this_gpu() -> tuple[str, tuple[int, int]] | None:
-    import torch
-
-    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+    """The GPU torch would use (the first of CUDA_VISIBLE_DEVICES), asked of nvidia-smi: the
+    table needs no torch, and importing it would take seconds."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    first = visible.split(",")[0].strip() if visible is not None else "0"
+    if not first or first.startswith("-"):
         return None
-    idx = torch.cuda.current_device()
-    return torch.cuda.get_device_name(idx), torch.cuda.get_device_capability(idx)
+    try:
+        out = subprocess.run(["nvidia-smi", "-i", first, "--query-gpu=name,compute_cap",
+                              "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.strip().splitlines() if out.returncode == 0 else []
+    name, _, cap = lines[0].rpartition(",") if lines else ("", "", "")
+    major, _, minor = cap.strip().partition(".")
+    if not name.strip() or not (major.isdigit() and minor.isdigit()):
+        return None
+    return name.strip(), (int(major), int(minor))
 
 
 def _fmt_mb(mb: float) -> str:
@@ -40,8 +53,6 @@ def thresholds(capability: str | None, world_size: int | None, hidden: int | Non
 
     Sizes are MB (MiB) of the per-rank activation [tokens, hidden]. Overrides: a JSON file named
     by ARFUSE_THRESHOLDS (same format as --json prints), or arfuse.thresholds.set_override()."""
-    import torch
-
     from arfuse import thresholds as th
 
     try:
@@ -66,14 +77,19 @@ def thresholds(capability: str | None, world_size: int | None, hidden: int | Non
     if gpu is not None:
         click.echo(f"this GPU: {gpu[0]} (compute capability {gpu[1][0]}.{gpu[1][1]} -> {arch})")
     elif arch is None:
-        click.echo("no CUDA GPU here: showing every entry (pass --capability to pick one)")
+        click.echo("no CUDA GPU here (per nvidia-smi): showing every entry (pass --capability "
+                   "to pick one)")
     click.echo(f"{th.ENV_VAR}: {path if path else 'not set (built-in defaults)'}")
     if not shown:
         click.echo(f"no entry for {arch}"
                    + (f" at world size {world_size}" if world_size else "")
                    + ": the fused kernel does not run; the unfused path does")
         return
-    torch_dtype = getattr(torch, _DTYPES[dtype])
+    torch_dtype = None
+    if hidden is not None:  # token counts need the dtype's size: only here is torch imported
+        import torch
+
+        torch_dtype = getattr(torch, _DTYPES[dtype])
     for a, per_world in sorted(shown.items(), key=lambda kv: int(kv[0][2:])):
         for ws, e in sorted(per_world.items()):
             line = (f"{a} TP{ws}: one-shot <= {_fmt_mb(e.oneshot_max_mb)}, "

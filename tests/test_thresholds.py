@@ -132,7 +132,7 @@ def test_json_round_trip():
 # ---- CLI -----------------------------------------------------------------------------------
 
 def test_cli_lists_every_entry_without_gpu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible, as torch would see it
     result = CliRunner().invoke(main, ["thresholds"])
     assert result.exit_code == 0, result.output
     assert "no CUDA GPU here" in result.output
