@@ -1,0 +1,190 @@
+"""What a streamed trace keeps: only the events, stacks and payloads the selected rules read.
+
+Each rule declares what it reads (`Rule.reads`, a set of names; its family's default when it
+declares nothing). The names:
+
+    "guard_added_fast"            keep these events (their scalar fields)
+    "guard_added_fast.stack"      ... and their user_stack / stack frames
+    "artifact:recompile_reasons"  keep this artifact's payload (artifact events are always kept)
+    "graph:aot_inference_graph"   keep this graph dump's payload
+    "collectives:inductor_post_grad_graph"
+                                  keep the payload only when it may hold a collective or a fused
+                                  op (`arfuse.optable.text_has_collective`); otherwise it is
+                                  emptied, so ranks still see the same set of graphs
+
+`CONTEXT` is what every audit reads whatever the rules (compile sizes, token symbols, the torch
+version). `Policy` turns a set of names into what the reader tests per event; `slim` applies it
+to the events one chunk added. Memory then grows with what the rules need, not with the log.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from arfuse import optable
+from arfuse.audit.events import (
+    Artifact,
+    CompilationMetrics,
+    Event,
+    GraphDump,
+    StackEvent,
+    UnknownEvent,
+)
+
+if TYPE_CHECKING:
+    from arfuse.audit.rules import Rule
+
+CONTEXT = frozenset(
+    {
+        "create_symbol",
+        "dynamo_start",
+        "compilation_metrics",
+        "describe_tensor",
+        "describe_source",
+        "artifact:arfuse_audit_call",
+        "artifact:torch_version",
+    }
+)
+
+_ARF1 = frozenset(
+    {
+        "guard_added_fast.stack",
+        "guard_added.stack",
+        "symbolic_shape_specialization.stack",
+        "create_unbacked_symbol",
+        "artifact:recompile_reasons",
+    }
+)
+_GRAPHS = frozenset({"collectives:inductor_post_grad_graph", "artifact:arfuse_fusion"})
+#: What a rule of each family reads when it declares nothing itself.
+FAMILY_READS = {
+    "ARF1": _ARF1,
+    "ARF2": _GRAPHS,
+    "ARF3": _ARF1 | _GRAPHS | {"collectives:aot_inference_graph", "collectives:aot_forward_graph"},
+}
+
+_COMPRESS_OVER = 4096
+_METRIC_STR_MAX = 500  # config dumps are longer; fail_reason is kept whole
+_METRIC_KEEP = frozenset({"restart_reasons", "fail_reason", "fail_user_frame_filename"})
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What to keep, in the form the reader tests per event."""
+
+    kinds: frozenset[str]  # event kinds built at all (artifacts always are)
+    stacks: frozenset[str]  # kinds whose stacks are kept
+    payloads: frozenset[str]  # artifact names / graph kinds whose payload is kept
+    collectives: frozenset[str]  # ... kept only when it may hold a collective or fused op
+    extra_ops: tuple[str, ...] = ()  # custom allreduce ops (qualified names) that count too
+
+    @classmethod
+    def of(cls, reads: Iterable[str], extra_ops: Iterable[str] = ()) -> Policy:
+        kinds, stacks, payloads, collectives = set(), set(), set(), set()
+        for name in {*reads, *CONTEXT}:
+            what, sep, arg = name.partition(":")
+            if sep and what == "artifact":
+                payloads.add(arg)
+            elif sep and what == "graph":
+                payloads.add(arg)
+                kinds.add(arg)
+            elif sep and what == "collectives":
+                collectives.add(arg)
+                kinds.add(arg)
+            elif name.endswith(".stack"):
+                stacks.add(name[: -len(".stack")])
+                kinds.add(name[: -len(".stack")])
+            else:
+                kinds.add(name)
+        return cls(
+            frozenset(kinds),
+            frozenset(stacks),
+            frozenset(payloads),
+            frozenset(collectives),
+            tuple(extra_ops),
+        )
+
+    def builds(self, kind: str) -> bool:
+        return kind == "artifact" or kind == "str" or kind in self.kinds
+
+
+def reads_of(rules: Iterable[Rule]) -> frozenset[str]:
+    out: set[str] = set()
+    for r in rules:
+        out |= r.reads
+    return frozenset(out)
+
+
+def policy_for(rules: Iterable[Rule] | None = None, extra_ops: Iterable[str] = ()) -> Policy:
+    """The policy of the given rules (every rule when None)."""
+    if rules is None:
+        from arfuse.audit.rules import all_rules
+
+        rules = all_rules()
+    return Policy.of(reads_of(rules), extra_ops)
+
+
+def _compress(raw: bytes | None) -> bytes | None:
+    if raw is not None and len(raw) > _COMPRESS_OVER:
+        return zlib.compress(raw, 1)
+    return raw
+
+
+def _slim_metrics(m: CompilationMetrics) -> None:
+    """Keep compilation_metrics' scalar fields (config dumps and big lists dropped)."""
+    full = m.metrics
+    m._metrics = {
+        k: v
+        for k, v in full.items()
+        if v is None
+        or isinstance(v, (bool, int, float))
+        or (isinstance(v, str) and len(v) <= _METRIC_STR_MAX)
+        or k in _METRIC_KEEP
+    }
+    m.raw_meta = b""
+
+
+def _payload(policy: Policy, name: str, raw: bytes | None) -> bytes | None:
+    if raw is None:
+        return None
+    if name in policy.payloads:
+        return _compress(raw)
+    if name in policy.collectives:
+        return _compress(raw) if optable.text_has_collective(raw, policy.extra_ops) else b""
+    return None
+
+
+def slim(events: list[Event], policy: Policy, resolver: Any) -> list[Event]:
+    """The events of one chunk reduced to what `policy` keeps: payloads dropped or compressed,
+    kept stacks resolved to `Frame` tuples (the resolver shares equal ones), the rest of each
+    event's raw data dropped."""
+    kept = []
+    for e in events:
+        if isinstance(e, Artifact):
+            e.raw_payload = _payload(policy, e.name, e.raw_payload)
+        elif isinstance(e, GraphDump):
+            if e.graph_kind not in policy.kinds:
+                continue
+            payload = _payload(policy, e.graph_kind, e.raw_payload)
+            e.raw_payload = payload or None
+        elif isinstance(e, CompilationMetrics):
+            _slim_metrics(e)
+            e.raw_payload = None
+        elif isinstance(e, StackEvent):
+            if e.kind in policy.stacks:
+                e.raw_user_stack = resolver.frames(e.raw_user_stack)
+                e.raw_stack = resolver.frames(e.raw_stack)
+            else:
+                e.raw_user_stack = e.raw_stack = None
+            e.raw_payload = None
+        elif isinstance(e, UnknownEvent):
+            if e.name not in policy.kinds:
+                continue
+            e.raw_payload = None
+        else:
+            continue  # chromium events and other kinds no rule reads
+        kept.append(e)
+    return kept
