@@ -61,7 +61,7 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
     ranges = [{"range": p["token_range"], "fused": int(p.get("matches") or 0),
                "left_to_inductor": len(p.get("by_range") or [])}
               for p in fusion if p.get("token_range")]
-    malformed = sum(len(t.malformed) for t in traces.values())
+    malformed = sum(t.malformed_count for t in traces.values())
     if malformed:
         notes.append(f"{malformed} trace line(s) were not events (truncated or garbage); skipped")
     return {
@@ -128,8 +128,10 @@ def audit_logs(path: str | Path, *, token_sources: Sequence[str] = (), progress:
     (`["L['input_ids'].size()[0]"]`); raises `ValueError` listing the candidates when that is
     ambiguous. Several ranks: findings carry their ranks, and the ARF3xx rules compare them."""
     from arfuse.audit.offline import load_traces
+    from arfuse.audit.slim import policy_for
 
-    traces, run = load_traces(path, token_sources=token_sources, progress=progress)
+    policy = policy_for(select_rules(kwargs.get("select", ()), kwargs.get("ignore", ())))
+    traces, run = load_traces(path, token_sources=token_sources, progress=progress, policy=policy)
     return analyze(traces, run, **kwargs)
 
 

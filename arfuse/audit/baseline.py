@@ -16,14 +16,13 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from arfuse.audit.files import rel
 from arfuse.audit.findings import Finding
 
 VERSION = 1
 
 
 def _key(f: Finding, root: Path) -> dict[str, Any]:
-    from arfuse.audit.report import rel
-
     return {"code": f.code, "path": rel(f.path, root), "source": f.location.code,
             "line": f.line}
 
@@ -40,7 +39,9 @@ def load(path: str | Path) -> list[dict[str, Any]]:
         raise ValueError(f"baseline {path} does not exist; create it with "
                          f"`arfuse audit TARGET --write-baseline {path}`")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"baseline {path} cannot be read ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise ValueError(f"baseline {path} is not valid JSON ({exc}); regenerate it with "
                          f"--write-baseline") from None
@@ -48,6 +49,17 @@ def load(path: str | Path) -> list[dict[str, Any]]:
             not isinstance(data.get("findings"), list):
         raise ValueError(f"baseline {path} is not an arfuse baseline (version {VERSION}); "
                          f"regenerate it with --write-baseline")
+    for i, e in enumerate(data["findings"]):
+        bad = ("not an object" if not isinstance(e, dict) else
+               "no string \"code\"" if not isinstance(e.get("code"), str) else
+               "no string \"path\"" if not isinstance(e.get("path"), str) else
+               "\"line\" is not a number" if not isinstance(e.get("line", 0), (int, type(None)))
+               else "\"source\" is not a string"
+               if not isinstance(e.get("source", ""), (str, type(None))) else "")
+        if bad:
+            raise ValueError(f"baseline {path}: findings[{i}] ({json.dumps(e)[:80]}) is not a "
+                             f"baseline entry: {bad}; fix it or regenerate the file with "
+                             f"--write-baseline")
     return data["findings"]
 
 

@@ -50,32 +50,25 @@ def _split_sources(values: tuple[str, ...]) -> list[str]:
     return out
 
 
+def _write(path: Path, text: str) -> None:
+    """All or nothing (temp file + os.replace): a full disk leaves the old file whole."""
+    from arfuse.audit.files import atomic_write
+
+    try:
+        atomic_write(path, text)
+    except OSError as exc:
+        raise _fail(f"cannot write {path} ({exc.strerror or exc}); it was left as it was")
+
+
 def _plain_log(source: str, tmp: Path) -> Path:
-    """tlparse reads an uncompressed .log file: decompress / extract tarball members first."""
-    from arfuse.audit.trace import open_trace
+    """tlparse reads an uncompressed .log file: decompress / extract tarball members first
+    (streamed to disk)."""
+    from arfuse.audit.offline import plain_log
 
-    if ":" in source and not Path(source).exists():  # a tarball member "x.tar.gz:inner.log"
-        import tarfile
-
-        tar_path, member = source.split(":", 1)
-        with tarfile.open(tar_path, "r:*") as tar:
-            fh = tar.extractfile(member)
-            data = fh.read() if fh else b""
-        if member.endswith(".gz"):
-            import gzip
-
-            data = gzip.decompress(data)
-        out = tmp / Path(member).name.removesuffix(".gz")
-        out.write_bytes(data)
-        return out
-    p = Path(source)
-    with p.open("rb") as fh:
-        if fh.read(2) != b"\x1f\x8b":
-            return p
-    out = tmp / p.name.removesuffix(".gz")
-    with open_trace(p) as fh, out.open("wb") as dst:
-        shutil.copyfileobj(fh, dst)
-    return out
+    try:
+        return plain_log(source, tmp)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _compile_dir(cid: str) -> str:
@@ -244,7 +237,12 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
         sel, ign = _split(select), _split(ignore)
         from arfuse.audit.rules import select_rules
 
-        select_rules(sel, ign)  # validate before spending a minute compiling
+        chosen = select_rules(sel, ign)  # validate before spending a minute compiling
+        from arfuse.audit.files import check_writable
+
+        for path in [write_baseline, output, *(p for _, p in extra)]:
+            if path is not None:
+                check_writable(path)  # before the audit, not after it
         if baseline is not None and not baseline.exists():
             raise ValueError(f"--baseline {baseline} does not exist; create it with "
                              f"--write-baseline {baseline}")
@@ -257,8 +255,10 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
                 raise ValueError("pass either TARGET or --trace, not both")
             from arfuse.audit.offline import load_traces
 
+            from arfuse.audit.slim import policy_for
+
             traces, run = load_traces(trace_file, token_sources=_split_sources(token_source),
-                                      progress=show)
+                                      progress=show, policy=policy_for(chosen))
             logs = {r: t.source for r, t in traces.items()}
             report = api.analyze(traces, run, select=sel, ignore=ign, baseline=baseline)
         else:
@@ -281,17 +281,19 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
     if html is not None:
         _render_html(logs, html, report)
     if write_baseline is not None:
-        write_baseline.parent.mkdir(parents=True, exist_ok=True)
-        write_baseline.write_text(baselines.merge_dump(write_baseline, report.findings,
-                                                       Path.cwd(), report.summary["target"]))
+        try:
+            text = baselines.merge_dump(write_baseline, report.findings, Path.cwd(),
+                                        report.summary["target"])
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        _write(write_baseline, text)
         click.echo(f"wrote {len(report.findings)} finding(s) to {write_baseline}", err=True)
         raise click.exceptions.Exit(0)
     for kind, path in extra:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(report.render(kind))
+        _write(path, report.render(kind))
     text = report.render(fmt)
     if output is not None:
-        output.write_text(text)
+        _write(output, text)
     else:
         click.echo(text, nl=False)
     raise click.exceptions.Exit(report.exit_code)

@@ -15,20 +15,23 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tarfile
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable
 
 from arfuse.audit.context import AuditContext, RunInfo
-from arfuse.audit.trace import (
-    CompilationMetrics, CreateSymbol, Trace, open_trace, parse_stream,
-)
+from arfuse.audit.events import CompilationMetrics, CreateSymbol, Trace
+from arfuse.audit.reader import open_trace, parse_stream
+from arfuse.audit.slim import Policy, policy_for
 
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _LOG = re.compile(r"\.log(\.gz)?$")
 _RANK = re.compile(r"rank_(\d+)")
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
 
 
 @dataclass
@@ -58,13 +61,36 @@ def _file_source(p: Path) -> TraceSource:
     return TraceSource(str(p), _rank_of(p.name), size, st.st_mtime, lambda p=p: open_trace(p))
 
 
-def _tar_sources(path: Path) -> tuple[list[TraceSource], dict | None]:
+def read_run_json(where: str, text: bytes | str) -> RunInfo:
+    """A `--keep` directory's run.json as a `RunInfo`; ValueError naming the file when it is
+    not valid JSON or not the object `arfuse audit --keep` writes."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc}); it should be the run.json that "
+                         f"`arfuse audit --keep DIR` writes - remove it to audit the logs "
+                         f"alone") from None
+    try:
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        run = RunInfo.from_json(data)
+        for name, kind in (("sizes", list), ("token_sources", list), ("ranks", list),
+                           ("token_dims", dict), ("notes", list)):
+            if not isinstance(getattr(run, name), kind):
+                raise TypeError(f"{name!r} is not a JSON {kind.__name__}")
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        raise ValueError(f"{where}: not the run.json `arfuse audit --keep DIR` writes ({exc}); "
+                         f"remove it to audit the logs alone") from None
+    return run
+
+
+def _tar_sources(path: Path) -> tuple[list[TraceSource], RunInfo | None]:
     import gzip
 
     try:
         tar = tarfile.open(path, "r:*")
         members = tar.getmembers()
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except _TAR_ERRORS as exc:
         raise ValueError(f"{path}: not a readable tarball ({exc})") from None
     run_json = None
     out = []
@@ -73,7 +99,7 @@ def _tar_sources(path: Path) -> tuple[list[TraceSource], dict | None]:
             continue
         if Path(m.name).name == "run.json":
             fh = tar.extractfile(m)
-            run_json = json.loads(fh.read()) if fh else None
+            run_json = read_run_json(f"{path}:{m.name}", fh.read() if fh else b"")
             continue
         if not _LOG.search(m.name):
             continue
@@ -88,14 +114,15 @@ def _tar_sources(path: Path) -> tuple[list[TraceSource], dict | None]:
     return out, run_json
 
 
-def discover(path: str | Path) -> tuple[list[TraceSource], dict | None]:
+def discover(path: str | Path) -> tuple[list[TraceSource], RunInfo | None]:
     """The logs under `path` and the run.json of a `--keep` directory (None if there is none)."""
     path = Path(path)
     if is_tarball(path):
         sources, run_json = _tar_sources(path)
     elif path.is_dir():
-        run_json = json.loads((path / "run.json").read_text()) \
-            if (path / "run.json").is_file() else None
+        run_file = path / "run.json"
+        run_json = read_run_json(str(run_file), run_file.read_bytes()) \
+            if run_file.is_file() else None
         top = path / "trace" if run_json is not None and (path / "trace").is_dir() else path
         files = sorted(p for p in top.glob("*") if p.is_file() and _LOG.search(p.name)
                        and p.name != "worker.log")
@@ -152,15 +179,24 @@ def _progress_bar(show: bool, sources: dict[int, TraceSource]):
     return bar, total
 
 
-def parse_sources(sources: dict[int, TraceSource], progress: bool = False
-                  ) -> dict[int, Trace]:
-    """Stream-parse one log per rank (a progress bar over all of them when `progress`)."""
+def _open(s: TraceSource) -> IO[bytes]:
+    try:
+        return s.open()
+    except _TAR_ERRORS as exc:
+        raise ValueError(f"{s.name}: cannot be opened ({exc})") from None
+
+
+def parse_sources(sources: dict[int, TraceSource], progress: bool = False,
+                  policy: Policy | None = None) -> dict[int, Trace]:
+    """Stream-parse one log per rank (a progress bar over all of them when `progress`),
+    keeping what `policy` says (every rule's needs by default)."""
+    policy = policy or policy_for()
     made = _progress_bar(progress, sources)
     traces: dict[int, Trace] = {}
     if made is None:
         for rank, s in sources.items():
-            with s.open() as fh:
-                traces[rank] = parse_stream(fh, s.name)
+            with _open(s) as fh:
+                traces[rank] = parse_stream(fh, s.name, policy=policy)
         return traces
     bar, total = made
     with bar:
@@ -168,9 +204,10 @@ def parse_sources(sources: dict[int, TraceSource], progress: bool = False
         base = 0
         for rank, s in sources.items():
             bar.update(task, description=f"rank {rank}: {Path(s.name).name}")
-            with s.open() as fh:
+            with _open(s) as fh:
                 traces[rank] = parse_stream(
-                    fh, s.name, progress=lambda n, b=base: bar.update(task, completed=b + n))
+                    fh, s.name, policy=policy,
+                    progress=lambda n, b=base: bar.update(task, completed=b + n))
             base += s.size or traces[rank].bytes_read
             bar.update(task, completed=base)
     return traces
@@ -182,42 +219,70 @@ class AmbiguousTokenSource(ValueError):
     """More than one dynamic size could be num_tokens; the message lists them."""
 
 
+_SIZE = re.compile(r"\.size\(\)\[\d+\]$")
+# Inputs that carry the tokens in HF / vLLM / SGLang models: preferred when a graph has
+# several dynamic sizes (a KV-cache length, a batch dim, attention-mask lengths).
+_TOKEN_NAMES = re.compile(r"\[['\"](input_ids|inputs_embeds|position_ids|positions|"
+                          r"cache_position)['\"]\]")
+
+
+def is_size_source(source: str) -> bool:
+    """A tensor dimension (`L['x'].size()[0]`), not a float or int attribute that dynamic=True
+    also makes a symbol of (`math.pi`, an eps, a dropout p)."""
+    return bool(_SIZE.search(source))
+
+
 def token_candidates(traces: dict[int, Trace]) -> dict[str, list[str]]:
-    """Each dynamic input source recorded by `create_symbol` -> the values it was created with."""
+    """Each dynamic tensor size recorded by `create_symbol` -> the values it was created with."""
     out: dict[str, list[str]] = {}
     for t in traces.values():
         for e in t.of(CreateSymbol):
-            if e.source:
+            if is_size_source(e.source):
                 vals = out.setdefault(e.source, [])
                 if e.val and e.val not in vals:
                     vals.append(e.val)
     return out
 
 
-def infer_token_sources(traces: dict[int, Trace]) -> list[str]:
-    """The sources that stand for num_tokens: every recorded dynamic size when each compile has
-    exactly one (torch gives equal dynamic sizes one symbol, so `input_ids`, `positions` and the
-    hidden states of a vLLM graph are one symbol). Raises `AmbiguousTokenSource` when a
-    compile has several (a batch and a sequence dim, a KV-cache length)."""
-    per_compile: dict[tuple[int, Any], dict[str, tuple[str, str]]] = defaultdict(dict)
+def _per_compile(traces: dict[int, Trace], keep: Callable[[str], bool]
+                 ) -> dict[tuple[int, Any], dict[str, tuple[str, str]]]:
+    out: dict[tuple[int, Any], dict[str, tuple[str, str]]] = defaultdict(dict)
     for rank, t in traces.items():
         for e in t.of(CreateSymbol):
-            if e.source:
-                per_compile[(rank, e.compile_id)].setdefault(e.symbol, (e.source, e.val))
-    sources = sorted({s for syms in per_compile.values() for s, _ in syms.values()})
+            if keep(e.source):
+                out[(rank, e.compile_id)].setdefault(e.symbol, (e.source, e.val))
+    return out
+
+
+def _split(per_compile: dict) -> list[dict]:
     # several symbols of one compile with one value (inputs each marked dynamic: input_ids and
     # positions, x and residual) are one count; different values are different dims
-    split = [syms for syms in per_compile.values() if len({v for _, v in syms.values()}) > 1]
-    if split:
-        cands = token_candidates(traces)
-        listing = "\n".join(f"  --token-source \"{s}\"   (recorded values: "
-                            f"{', '.join(cands.get(s, [])[:6]) or '?'})" for s in sources)
-        raise AmbiguousTokenSource(
-            f"cannot tell which dynamic size is num_tokens: a compiled graph has "
-            f"{max(len(v) for v in split)} dynamic sizes of different values. Name it "
-            f"with --token-source (repeat it for each input that carries the tokens), one "
-            f"of:\n{listing}")
-    return sources
+    return [syms for syms in per_compile.values() if len({v for _, v in syms.values()}) > 1]
+
+
+def infer_token_sources(traces: dict[int, Trace]) -> list[str]:
+    """The sources that stand for num_tokens: the recorded dynamic tensor sizes when each
+    compile has one value among them (torch gives equal dynamic sizes one symbol, so
+    `input_ids`, `positions` and the hidden states of a vLLM graph are one symbol). Where a
+    compile has sizes of different values, the token inputs (`input_ids`, `inputs_embeds`,
+    position ids) decide if they agree. Raises `AmbiguousTokenSource` otherwise (a batch and a
+    sequence dim, a KV-cache length)."""
+    per_compile = _per_compile(traces, is_size_source)
+    sources = sorted({s for syms in per_compile.values() for s, _ in syms.values()})
+    if not _split(per_compile):
+        return sources
+    named = _per_compile(traces, lambda s: is_size_source(s) and bool(_TOKEN_NAMES.search(s)))
+    if named and not _split(named):
+        return sorted({s for syms in named.values() for s, _ in syms.values()})
+    cands = token_candidates(traces)
+    ordered = sorted(sources, key=lambda s: (not _TOKEN_NAMES.search(s), s))
+    listing = "\n".join(f"  --token-source \"{s}\"   (recorded values: "
+                        f"{', '.join(cands.get(s, [])[:6]) or '?'})" for s in ordered)
+    raise AmbiguousTokenSource(
+        f"cannot tell which dynamic size is num_tokens: a compiled graph has "
+        f"{max(len(v) for v in _split(per_compile))} dynamic sizes of different values. Name "
+        f"it with --token-source (repeat it for each input that carries the tokens), one "
+        f"of:\n{listing}")
 
 
 def _summary_sizes(traces: dict[int, Trace], run: RunInfo) -> list[int]:
@@ -227,19 +292,35 @@ def _summary_sizes(traces: dict[int, Trace], run: RunInfo) -> list[int]:
     return sorted(sizes)
 
 
+def _version_note(traces: dict[int, Trace]) -> str | None:
+    versions: dict[str, list[int]] = defaultdict(list)
+    for rank, t in sorted(traces.items()):
+        if t.torch_version:
+            versions[t.torch_version].append(rank)
+    if len(versions) < 2:
+        return None
+    which = "; ".join(f"torch {v} on rank(s) {', '.join(map(str, r))}"
+                      for v, r in sorted(versions.items()))
+    return (f"the rank logs come from different torch versions ({which}): guards and graphs "
+            f"differ between versions, so cross-rank (ARF3xx) differences may be the versions'")
+
+
 def load_traces(path: str | Path, *, token_sources: Iterable[str] = (),
-                progress: bool = False) -> tuple[dict[int, Trace], RunInfo]:
-    """Parse every rank's log under `path` and describe the run for the rules."""
+                progress: bool = False, policy: Policy | None = None
+                ) -> tuple[dict[int, Trace], RunInfo]:
+    """Parse every rank's log under `path` and describe the run for the rules. `policy`
+    (`arfuse.audit.slim.policy_for(rules)`) keeps what those rules read; every rule's needs by
+    default."""
     import time
 
     t0 = time.perf_counter()
     sources, run_json = discover(path)
     chosen, notes = pick_per_rank(sources)
-    traces = parse_sources(chosen, progress)
+    traces = parse_sources(chosen, progress, policy)
     seconds = round(time.perf_counter() - t0, 2)
     overrides = [s for s in token_sources if s]
     if run_json is not None:
-        run = RunInfo.from_json(run_json)
+        run = run_json
         traces = {r: t for r, t in traces.items() if r in run.ranks} or traces
         if overrides:
             run.token_sources, run.token_dims = overrides, {}
@@ -247,8 +328,9 @@ def load_traces(path: str | Path, *, token_sources: Iterable[str] = (),
         run = RunInfo(target=str(path), seconds=seconds)
         run.token_sources = overrides or infer_token_sources(traces)
         if not run.token_sources:
-            notes.append("no dynamic size was recorded (no create_symbol event): every "
-                         "compile is static, so no guard on num_tokens can be attributed")
+            notes.append("no dynamic tensor size was recorded (no create_symbol event of a "
+                         "`.size()`): every compile is static, so no guard on num_tokens can "
+                         "be attributed")
         run.ranks = sorted(traces)
         run.world_size = max(traces) + 1
         run.backend = "inductor" if any(
@@ -266,5 +348,43 @@ def load_traces(path: str | Path, *, token_sources: Iterable[str] = (),
                          f"everything before it was audited")
         if not any(True for _ in t.of(CompilationMetrics)) and not t.events:
             notes.append(f"rank {rank}: {Path(t.source).name} holds no trace events")
+    version = _version_note(traces)
+    if version:
+        notes.append(version)
     run.notes.extend(notes)
     return traces, run
+
+
+# -- a plain .log for tlparse -------------------------------------------------------------------
+
+def plain_log(source: str, tmp: Path) -> Path:
+    """`source` as an uncompressed .log file tlparse can read: the file itself when it is one;
+    a `.gz` or a tarball member (`x.tar.gz:inner.log[.gz]`) streamed to `tmp` (never whole in
+    memory)."""
+    import gzip
+
+    if ":" in source and not Path(source).exists():  # a tarball member
+        tar_path, member = source.split(":", 1)
+        out = tmp / Path(member).name.removesuffix(".gz")
+        try:
+            with tarfile.open(tar_path, "r:*") as tar:
+                fh = tar.extractfile(member)
+                if fh is None:
+                    raise ValueError(f"{source}: not a file in the tarball")
+                src: IO[bytes] = gzip.GzipFile(fileobj=fh) if member.endswith(".gz") else fh
+                with out.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        except (*_TAR_ERRORS, KeyError) as exc:
+            raise ValueError(f"{source}: cannot be extracted ({exc})") from None
+        return out
+    p = Path(source)
+    with p.open("rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return p
+    out = tmp / p.name.removesuffix(".gz")
+    try:
+        with open_trace(p) as fh, out.open("wb") as dst:
+            shutil.copyfileobj(fh, dst, 1 << 20)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"{source}: cannot be decompressed ({exc})") from None
+    return out

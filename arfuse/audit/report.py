@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arfuse.audit.baseline import fingerprint
+from arfuse.audit.files import rel, sarif_location
 from arfuse.audit.findings import Finding
 
 FORMATS = ("text", "json", "markdown", "sarif")
@@ -44,18 +46,6 @@ class Report:
             raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
         return {"text": to_text, "json": to_json, "markdown": to_markdown,
                 "sarif": to_sarif}[fmt](self, Path(root) if root else Path.cwd())
-
-
-def rel(path: str, root: Path) -> str:
-    if not path or path.startswith("<"):
-        return path
-    for marker in ("/site-packages/", "/dist-packages/"):
-        if marker in path:  # torch/_inductor/codegen/cpp.py: the same on every machine
-            return path.split(marker, 1)[1]
-    try:
-        return Path(path).resolve().relative_to(root.resolve()).as_posix()
-    except (ValueError, OSError):
-        return path
 
 
 def _json_finding(f: Finding, root: Path, baselined: bool) -> dict[str, Any]:
@@ -180,7 +170,7 @@ def to_sarif(report: Report, root: Path) -> str:
     index = {r.code: i for i, r in enumerate(rules)}
     results = []
     for i, f in enumerate(report.findings):
-        loc = {"physicalLocation": {"artifactLocation": {"uri": rel(f.path, root)},
+        loc = {"physicalLocation": {"artifactLocation": sarif_location(f.path, root),
                                     "region": {"startLine": max(f.line, 1)}}}
         if f.location.code:
             loc["physicalLocation"]["region"]["snippet"] = {"text": f.location.code}
@@ -188,10 +178,10 @@ def to_sarif(report: Report, root: Path) -> str:
             "ruleId": f.code, "ruleIndex": index.get(f.code, 0), "level": "error",
             "message": {"text": f.message}, "locations": [loc],
             "relatedLocations": [
-                {"id": k, "physicalLocation": {"artifactLocation": {"uri": rel(x.path, root)},
+                {"id": k, "physicalLocation": {"artifactLocation": sarif_location(x.path, root),
                                                "region": {"startLine": max(x.line, 1)}}}
                 for k, x in enumerate(f.frames[1:], start=1)],
-            "partialFingerprints": {"arfuse/v1": _fingerprint(f, root)},
+            "partialFingerprints": {"arfuse/v1": fingerprint(f, root)},
         }
         if i in report.baselined:
             result["baselineState"] = "unchanged"
@@ -202,6 +192,7 @@ def to_sarif(report: Report, root: Path) -> str:
         "runs": [{
             "tool": {"driver": {
                 "name": "arfuse-audit", "informationUri": "https://github.com/arfuse/arfuse",
+                "version": _version(),
                 "rules": [{"id": r.code, "name": r.name,
                            "shortDescription": {"text": r.summary},
                            "fullDescription": {"text": r.summary},
@@ -214,7 +205,10 @@ def to_sarif(report: Report, root: Path) -> str:
     return json.dumps(sarif, indent=2)
 
 
-def _fingerprint(f: Finding, root: Path) -> str:
-    from arfuse.audit.baseline import fingerprint
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    return fingerprint(f, root)
+    try:
+        return version("arfuse")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "0+unknown"

@@ -1,7 +1,7 @@
 """What a streamed trace keeps: only the events, stacks and payloads the selected rules read.
 
-Each rule declares what it reads (`Rule.reads`, a set of names; its family's default when it
-declares nothing). The names:
+Each rule declares what it reads (`Rule.needs`, a set of names; its family's default,
+`FAMILY_READS`, when it declares nothing). The names:
 
     "guard_added_fast"            keep these events (their scalar fields)
     "guard_added_fast.stack"      ... and their user_stack / stack frames
@@ -56,6 +56,7 @@ _ARF1 = frozenset(
         "symbolic_shape_specialization.stack",
         "create_unbacked_symbol",
         "artifact:recompile_reasons",
+        "artifact:dynamo_graph_break_reason",
     }
 )
 _GRAPHS = frozenset({"collectives:inductor_post_grad_graph", "artifact:arfuse_fusion"})
@@ -65,6 +66,8 @@ FAMILY_READS = {
     "ARF2": _GRAPHS,
     "ARF3": _ARF1 | _GRAPHS | {"collectives:aot_inference_graph", "collectives:aot_forward_graph"},
 }
+#: A rule of an unknown family reads all of the above.
+_EVERYTHING_KNOWN = frozenset().union(*FAMILY_READS.values())
 
 _COMPRESS_OVER = 4096
 _METRIC_STR_MAX = 500  # config dumps are longer; fail_reason is kept whole
@@ -112,9 +115,10 @@ class Policy:
 
 
 def reads_of(rules: Iterable[Rule]) -> frozenset[str]:
+    """What the rules read together (a rule without `reads` reads its family's default)."""
     out: set[str] = set()
     for r in rules:
-        out |= r.reads
+        out |= getattr(r, "needs", None) or FAMILY_READS.get(r.code[:4], _EVERYTHING_KNOWN)
     return frozenset(out)
 
 

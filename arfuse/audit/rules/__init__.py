@@ -30,6 +30,8 @@ class Rule:
     check: Callable[["AuditContext"], Iterable["Finding"]]
     fix: str = ""
     scope: str = "rank"  # "rank": once per rank's trace; "ranks": once over all ranks
+    # what it reads from a trace, in `arfuse.audit.slim`'s names; empty: its family's default
+    needs: frozenset[str] = frozenset()
 
     @property
     def family(self) -> str:
@@ -40,7 +42,7 @@ _REGISTRY: dict[str, Rule] = {}
 
 
 def rule(code: str, name: str, summary: str, docs: str, fix: str = "",
-         scope: str = "rank") -> Callable:
+         scope: str = "rank", needs: Iterable[str] = ()) -> Callable:
     """Register `check` as rule `code`; `docs` is markdown (dedented). `scope="ranks"`: the
     check compares ranks and gets a `RanksContext` instead of one rank's `AuditContext`."""
 
@@ -48,7 +50,7 @@ def rule(code: str, name: str, summary: str, docs: str, fix: str = "",
         if code in _REGISTRY:
             raise AssertionError(f"rule {code} registered twice")
         _REGISTRY[code] = Rule(code, name, summary, textwrap.dedent(docs).strip(), check,
-                               textwrap.dedent(fix).strip(), scope)
+                               textwrap.dedent(fix).strip(), scope, frozenset(needs))
         return check
 
     return register

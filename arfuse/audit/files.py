@@ -1,0 +1,88 @@
+"""Where a finding's path points and how the audit writes its outputs.
+
+- `rel(path, root)`: the path shown in reports and baselines - relative to `root` (the working
+  directory, usually the repository) when under it, `torch/...` for installed packages (the
+  same on every machine), else as recorded.
+- `sarif_location(path, root)`: the same path as a SARIF artifactLocation, an RFC 3986 URI
+  (percent-encoded: `#`, `?`, spaces, non-ASCII), relative to `%SRCROOT%` (the repository
+  root, which code-scanning services resolve themselves) when it is under the root.
+- `atomic_write(path, text)`: a temporary file in the same directory, then `os.replace`, so a
+  full disk or a kill never leaves a half-written baseline or report.
+- `check_writable(path)`: fail before a long audit, not after it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote
+
+SRCROOT = "%SRCROOT%"
+_LIBRARY_MARKERS = ("/site-packages/", "/dist-packages/")
+
+
+def rel(path: str, root: Path) -> str:
+    if not path or path.startswith("<"):
+        return path
+    for marker in _LIBRARY_MARKERS:
+        if marker in path:  # torch/_inductor/codegen/cpp.py: the same on every machine
+            return path.split(marker, 1)[1]
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except (ValueError, OSError):
+        return path
+
+
+def sarif_location(path: str, root: Path) -> dict[str, str]:
+    """`{"uri": ..., "uriBaseId": "%SRCROOT%"}` for a path under `root`; an absolute `file:`
+    URI otherwise; a relative URI for installed-library paths (`torch/...`) and pseudo-files
+    (`<compiled graph>`), which have no place on disk that a viewer could open."""
+    shown = rel(path, root)
+    if shown and not shown.startswith("<") and not PurePosixPath(shown).is_absolute():
+        under_root = not any(m in path for m in _LIBRARY_MARKERS)
+        out = {"uri": quote(shown, safe="/")}
+        if under_root:
+            out["uriBaseId"] = SRCROOT
+        return out
+    if shown.startswith("/"):
+        return {"uri": "file://" + quote(shown, safe="/")}
+    return {"uri": quote(shown or "<unknown>", safe="/")}
+
+
+def check_writable(path: Path) -> None:
+    """ValueError unless `path` can be written (its directory exists or can be made, and is
+    writable): checked before an audit that takes a minute, not after it."""
+    parent = path.parent if str(path.parent) else Path(".")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; name a file to write")
+    if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{path} cannot be written (no write permission in {probe}); choose "
+                         f"another path")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` all at once: readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
