@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from arfuse.audit.files import rel
 from arfuse.audit.findings import Finding
@@ -23,8 +24,7 @@ VERSION = 1
 
 
 def _key(f: Finding, root: Path) -> dict[str, Any]:
-    return {"code": f.code, "path": rel(f.path, root), "source": f.location.code,
-            "line": f.line}
+    return {"code": f.code, "path": rel(f.path, root), "source": f.location.code, "line": f.line}
 
 
 def fingerprint(f: Finding, root: Path) -> str:
@@ -36,30 +36,47 @@ def fingerprint(f: Finding, root: Path) -> str:
 def load(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"baseline {path} does not exist; create it with "
-                         f"`arfuse audit TARGET --write-baseline {path}`")
+        raise ValueError(
+            f"baseline {path} does not exist; create it with "
+            f"`arfuse audit TARGET --write-baseline {path}`"
+        )
     try:
         data = json.loads(path.read_bytes())
     except OSError as exc:
         raise ValueError(f"baseline {path} cannot be read ({exc.strerror or exc})") from None
     except ValueError as exc:
-        raise ValueError(f"baseline {path} is not valid JSON ({exc}); regenerate it with "
-                         f"--write-baseline") from None
-    if not isinstance(data, dict) or data.get("version") != VERSION or \
-            not isinstance(data.get("findings"), list):
-        raise ValueError(f"baseline {path} is not an arfuse baseline (version {VERSION}); "
-                         f"regenerate it with --write-baseline")
+        raise ValueError(
+            f"baseline {path} is not valid JSON ({exc}); regenerate it with --write-baseline"
+        ) from None
+    if (
+        not isinstance(data, dict)
+        or data.get("version") != VERSION
+        or not isinstance(data.get("findings"), list)
+    ):
+        raise ValueError(
+            f"baseline {path} is not an arfuse baseline (version {VERSION}); "
+            f"regenerate it with --write-baseline"
+        )
     for i, e in enumerate(data["findings"]):
-        bad = ("not an object" if not isinstance(e, dict) else
-               "no string \"code\"" if not isinstance(e.get("code"), str) else
-               "no string \"path\"" if not isinstance(e.get("path"), str) else
-               "\"line\" is not a number" if not isinstance(e.get("line", 0), (int, type(None)))
-               else "\"source\" is not a string"
-               if not isinstance(e.get("source", ""), (str, type(None))) else "")
+        bad = (
+            "not an object"
+            if not isinstance(e, dict)
+            else 'no string "code"'
+            if not isinstance(e.get("code"), str)
+            else 'no string "path"'
+            if not isinstance(e.get("path"), str)
+            else '"line" is not a number'
+            if not isinstance(e.get("line", 0), (int, type(None)))
+            else '"source" is not a string'
+            if not isinstance(e.get("source", ""), (str, type(None)))
+            else ""
+        )
         if bad:
-            raise ValueError(f"baseline {path}: findings[{i}] ({json.dumps(e)[:80]}) is not a "
-                             f"baseline entry: {bad}; fix it or regenerate the file with "
-                             f"--write-baseline")
+            raise ValueError(
+                f"baseline {path}: findings[{i}] ({json.dumps(e)[:80]}) is not a "
+                f"baseline entry: {bad}; fix it or regenerate the file with "
+                f"--write-baseline"
+            )
     return data["findings"]
 
 
@@ -76,13 +93,13 @@ def _matches(entry: dict[str, Any], key: dict[str, Any]) -> bool:
 
 def match(findings: Iterable[Finding], entries: list[dict[str, Any]], root: Path) -> set[int]:
     """Indexes of findings covered by the baseline."""
-    return {i for i, f in enumerate(findings)
-            if any(_matches(e, _key(f, root)) for e in entries)}
+    return {i for i, f in enumerate(findings) if any(_matches(e, _key(f, root)) for e in entries)}
 
 
 def dump(findings: Iterable[Finding], root: Path, target: str = "") -> str:
-    entries = sorted((_key(f, root) for f in findings),
-                     key=lambda k: (k["path"], k["line"], k["code"]))
+    entries = sorted(
+        (_key(f, root) for f in findings), key=lambda k: (k["path"], k["line"], k["code"])
+    )
     unique = [dict(t) for t in dict.fromkeys(tuple(e.items()) for e in entries)]
     return json.dumps({"version": VERSION, "target": target, "findings": unique}, indent=2) + "\n"
 
@@ -91,7 +108,8 @@ def merge_dump(path: Path, findings: Iterable[Finding], root: Path, target: str)
     """Baseline text with this target's findings added to what the file already holds."""
     existing = load(path) if path.exists() else []
     fresh = json.loads(dump(findings, root, target))["findings"]
-    keyed = {(e["code"], e["path"], e.get("source", ""), e.get("line")): e
-             for e in [*fresh, *existing]}  # existing entries keep their "reason"
+    keyed = {
+        (e["code"], e["path"], e.get("source", ""), e.get("line")): e for e in [*fresh, *existing]
+    }  # existing entries keep their "reason"
     entries = sorted(keyed.values(), key=lambda e: (e["path"], e.get("line") or 0, e["code"]))
     return json.dumps({"version": VERSION, "findings": entries}, indent=2) + "\n"

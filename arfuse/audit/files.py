@@ -60,8 +60,9 @@ def check_writable(path: Path) -> None:
     if path.is_dir():
         raise ValueError(f"{path} is a directory; name a file to write")
     if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ValueError(f"{path} cannot be written (no write permission in {probe}); choose "
-                         f"another path")
+        raise ValueError(
+            f"{path} cannot be written (no write permission in {probe}); choose another path"
+        )
 
 
 def atomic_write(path: Path, text: str) -> None:

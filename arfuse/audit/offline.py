@@ -19,9 +19,10 @@ import shutil
 import tarfile
 import zlib
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any
 
 from arfuse.audit.context import AuditContext, RunInfo
 from arfuse.audit.events import CompilationMetrics, CreateSymbol, Trace
@@ -67,20 +68,29 @@ def read_run_json(where: str, text: bytes | str) -> RunInfo:
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise ValueError(f"{where}: not valid JSON ({exc}); it should be the run.json that "
-                         f"`arfuse audit --keep DIR` writes - remove it to audit the logs "
-                         f"alone") from None
+        raise ValueError(
+            f"{where}: not valid JSON ({exc}); it should be the run.json that "
+            f"`arfuse audit --keep DIR` writes - remove it to audit the logs "
+            f"alone"
+        ) from None
     try:
         if not isinstance(data, dict):
             raise TypeError(f"a JSON {type(data).__name__}, not an object")
         run = RunInfo.from_json(data)
-        for name, kind in (("sizes", list), ("token_sources", list), ("ranks", list),
-                           ("token_dims", dict), ("notes", list)):
+        for name, kind in (
+            ("sizes", list),
+            ("token_sources", list),
+            ("ranks", list),
+            ("token_dims", dict),
+            ("notes", list),
+        ):
             if not isinstance(getattr(run, name), kind):
                 raise TypeError(f"{name!r} is not a JSON {kind.__name__}")
     except (TypeError, AttributeError, KeyError, ValueError) as exc:
-        raise ValueError(f"{where}: not the run.json `arfuse audit --keep DIR` writes ({exc}); "
-                         f"remove it to audit the logs alone") from None
+        raise ValueError(
+            f"{where}: not the run.json `arfuse audit --keep DIR` writes ({exc}); "
+            f"remove it to audit the logs alone"
+        ) from None
     return run
 
 
@@ -88,7 +98,7 @@ def _tar_sources(path: Path) -> tuple[list[TraceSource], RunInfo | None]:
     import gzip
 
     try:
-        tar = tarfile.open(path, "r:*")
+        tar = tarfile.open(path, "r:*")  # noqa: SIM115 - open while its members are read
         members = tar.getmembers()
     except _TAR_ERRORS as exc:
         raise ValueError(f"{path}: not a readable tarball ({exc})") from None
@@ -109,8 +119,9 @@ def _tar_sources(path: Path) -> tuple[list[TraceSource], RunInfo | None]:
             assert fh is not None  # isfile() above
             return gzip.GzipFile(fileobj=fh) if m.name.endswith(".gz") else fh
 
-        out.append(TraceSource(f"{path}:{m.name}", _rank_of(m.name), m.size, float(m.mtime),
-                               opener))
+        out.append(
+            TraceSource(f"{path}:{m.name}", _rank_of(m.name), m.size, float(m.mtime), opener)
+        )
     return out, run_json
 
 
@@ -121,11 +132,15 @@ def discover(path: str | Path) -> tuple[list[TraceSource], RunInfo | None]:
         sources, run_json = _tar_sources(path)
     elif path.is_dir():
         run_file = path / "run.json"
-        run_json = read_run_json(str(run_file), run_file.read_bytes()) \
-            if run_file.is_file() else None
+        run_json = (
+            read_run_json(str(run_file), run_file.read_bytes()) if run_file.is_file() else None
+        )
         top = path / "trace" if run_json is not None and (path / "trace").is_dir() else path
-        files = sorted(p for p in top.glob("*") if p.is_file() and _LOG.search(p.name)
-                       and p.name != "worker.log")
+        files = sorted(
+            p
+            for p in top.glob("*")
+            if p.is_file() and _LOG.search(p.name) and p.name != "worker.log"
+        )
         if not files:  # a --keep directory (trace/) or a tree of per-job directories
             files = sorted(p for p in path.rglob("*") if p.is_file() and _LOG.search(p.name))
         sources = [_file_source(p) for p in files]
@@ -134,9 +149,11 @@ def discover(path: str | Path) -> tuple[list[TraceSource], RunInfo | None]:
     else:
         raise ValueError(f"{path}: no such file or directory")
     if not sources:
-        raise ValueError(f"{path}: no TORCH_TRACE .log files found (expected "
-                         f"dedicated_log_torch_trace_rank_N_*.log, a .log file or a tarball of "
-                         f"them)")
+        raise ValueError(
+            f"{path}: no TORCH_TRACE .log files found (expected "
+            f"dedicated_log_torch_trace_rank_N_*.log, a .log file or a tarball of "
+            f"them)"
+        )
     return sources, run_json
 
 
@@ -159,8 +176,10 @@ def pick_per_rank(sources: list[TraceSource]) -> tuple[dict[int, TraceSource], l
         items.sort(key=lambda s: (s.mtime, s.name))
         chosen[rank] = items[-1]
         for s in items[:-1]:
-            notes.append(f"rank {rank}: {s.name} left out (several logs for one rank; the "
-                         f"newest, {Path(chosen[rank].name).name}, is audited)")
+            notes.append(
+                f"rank {rank}: {s.name} left out (several logs for one rank; the "
+                f"newest, {Path(chosen[rank].name).name}, is audited)"
+            )
     return chosen, notes
 
 
@@ -168,14 +187,26 @@ def _progress_bar(show: bool, sources: dict[int, TraceSource]):
     if not show:
         return None
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     sizes = [s.size for s in sources.values()]
     total = None if None in sizes else sum(sizes)
-    bar = Progress(TextColumn("[bold]parse[/] {task.description}"), BarColumn(),
-                   DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), transient=True)
+    bar = Progress(
+        TextColumn("[bold]parse[/] {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
     return bar, total
 
 
@@ -186,8 +217,9 @@ def _open(s: TraceSource) -> IO[bytes]:
         raise ValueError(f"{s.name}: cannot be opened ({exc})") from None
 
 
-def parse_sources(sources: dict[int, TraceSource], progress: bool = False,
-                  policy: Policy | None = None) -> dict[int, Trace]:
+def parse_sources(
+    sources: dict[int, TraceSource], progress: bool = False, policy: Policy | None = None
+) -> dict[int, Trace]:
     """Stream-parse one log per rank (a progress bar over all of them when `progress`),
     keeping what `policy` says (every rule's needs by default)."""
     policy = policy or policy_for()
@@ -206,14 +238,18 @@ def parse_sources(sources: dict[int, TraceSource], progress: bool = False,
             bar.update(task, description=f"rank {rank}: {Path(s.name).name}")
             with _open(s) as fh:
                 traces[rank] = parse_stream(
-                    fh, s.name, policy=policy,
-                    progress=lambda n, b=base: bar.update(task, completed=b + n))
+                    fh,
+                    s.name,
+                    policy=policy,
+                    progress=lambda n, b=base: bar.update(task, completed=b + n),
+                )
             base += s.size or traces[rank].bytes_read
             bar.update(task, completed=base)
     return traces
 
 
 # -- the token symbol ---------------------------------------------------------------------------
+
 
 class AmbiguousTokenSource(ValueError):
     """More than one dynamic size could be num_tokens; the message lists them."""
@@ -222,8 +258,10 @@ class AmbiguousTokenSource(ValueError):
 _SIZE = re.compile(r"\.size\(\)\[\d+\]$")
 # Inputs that carry the tokens in HF / vLLM / SGLang models: preferred when a graph has
 # several dynamic sizes (a KV-cache length, a batch dim, attention-mask lengths).
-_TOKEN_NAMES = re.compile(r"\[['\"](input_ids|inputs_embeds|position_ids|positions|"
-                          r"cache_position)['\"]\]")
+_TOKEN_NAMES = re.compile(
+    r"\[['\"](input_ids|inputs_embeds|position_ids|positions|"
+    r"cache_position)['\"]\]"
+)
 
 
 def is_size_source(source: str) -> bool:
@@ -244,8 +282,9 @@ def token_candidates(traces: dict[int, Trace]) -> dict[str, list[str]]:
     return out
 
 
-def _per_compile(traces: dict[int, Trace], keep: Callable[[str], bool]
-                 ) -> dict[tuple[int, Any], dict[str, tuple[str, str]]]:
+def _per_compile(
+    traces: dict[int, Trace], keep: Callable[[str], bool]
+) -> dict[tuple[int, Any], dict[str, tuple[str, str]]]:
     out: dict[tuple[int, Any], dict[str, tuple[str, str]]] = defaultdict(dict)
     for rank, t in traces.items():
         for e in t.of(CreateSymbol):
@@ -276,13 +315,16 @@ def infer_token_sources(traces: dict[int, Trace]) -> list[str]:
         return sorted({s for syms in named.values() for s, _ in syms.values()})
     cands = token_candidates(traces)
     ordered = sorted(sources, key=lambda s: (not _TOKEN_NAMES.search(s), s))
-    listing = "\n".join(f"  --token-source \"{s}\"   (recorded values: "
-                        f"{', '.join(cands.get(s, [])[:6]) or '?'})" for s in ordered)
+    listing = "\n".join(
+        f'  --token-source "{s}"   (recorded values: {", ".join(cands.get(s, [])[:6]) or "?"})'
+        for s in ordered
+    )
     raise AmbiguousTokenSource(
         f"cannot tell which dynamic size is num_tokens: a compiled graph has "
         f"{max(len(v) for v in _split(per_compile))} dynamic sizes of different values. Name "
         f"it with --token-source (repeat it for each input that carries the tokens), one "
-        f"of:\n{listing}")
+        f"of:\n{listing}"
+    )
 
 
 def _summary_sizes(traces: dict[int, Trace], run: RunInfo) -> list[int]:
@@ -299,15 +341,22 @@ def _version_note(traces: dict[int, Trace]) -> str | None:
             versions[t.torch_version].append(rank)
     if len(versions) < 2:
         return None
-    which = "; ".join(f"torch {v} on rank(s) {', '.join(map(str, r))}"
-                      for v, r in sorted(versions.items()))
-    return (f"the rank logs come from different torch versions ({which}): guards and graphs "
-            f"differ between versions, so cross-rank (ARF3xx) differences may be the versions'")
+    which = "; ".join(
+        f"torch {v} on rank(s) {', '.join(map(str, r))}" for v, r in sorted(versions.items())
+    )
+    return (
+        f"the rank logs come from different torch versions ({which}): guards and graphs "
+        f"differ between versions, so cross-rank (ARF3xx) differences may be the versions'"
+    )
 
 
-def load_traces(path: str | Path, *, token_sources: Iterable[str] = (),
-                progress: bool = False, policy: Policy | None = None
-                ) -> tuple[dict[int, Trace], RunInfo]:
+def load_traces(
+    path: str | Path,
+    *,
+    token_sources: Iterable[str] = (),
+    progress: bool = False,
+    policy: Policy | None = None,
+) -> tuple[dict[int, Trace], RunInfo]:
     """Parse every rank's log under `path` and describe the run for the rules. `policy`
     (`arfuse.audit.slim.policy_for(rules)`) keeps what those rules read; every rule's needs by
     default."""
@@ -328,24 +377,31 @@ def load_traces(path: str | Path, *, token_sources: Iterable[str] = (),
         run = RunInfo(target=str(path), seconds=seconds)
         run.token_sources = overrides or infer_token_sources(traces)
         if not run.token_sources:
-            notes.append("no dynamic tensor size was recorded (no create_symbol event of a "
-                         "`.size()`): every compile is static, so no guard on num_tokens can "
-                         "be attributed")
+            notes.append(
+                "no dynamic tensor size was recorded (no create_symbol event of a "
+                "`.size()`): every compile is static, so no guard on num_tokens can "
+                "be attributed"
+            )
         run.ranks = sorted(traces)
         run.world_size = max(traces) + 1
-        run.backend = "inductor" if any(
-            True for t in traces.values() for _ in t.artifacts("inductor_post_grad_graph")) \
+        run.backend = (
+            "inductor"
+            if any(True for t in traces.values() for _ in t.artifacts("inductor_post_grad_graph"))
             else "?"
+        )
         run.sizes = _summary_sizes(traces, run)
-        run.notes.append(f"offline audit of {len(traces)} rank log(s); num_tokens is "
-                         f"{', '.join(run.token_sources) or '?'}"
-                         + (" (--token-source)" if overrides else
-                            " (from the recorded create_symbol sources)"))
+        run.notes.append(
+            f"offline audit of {len(traces)} rank log(s); num_tokens is "
+            f"{', '.join(run.token_sources) or '?'}"
+            + (" (--token-source)" if overrides else " (from the recorded create_symbol sources)")
+        )
     for rank, t in sorted(traces.items()):
         if t.truncated_line is not None:
-            notes.append(f"rank {rank}: {Path(t.source).name} ends in a line cut short (line "
-                         f"{t.truncated_line}; the job was likely killed while writing): "
-                         f"everything before it was audited")
+            notes.append(
+                f"rank {rank}: {Path(t.source).name} ends in a line cut short (line "
+                f"{t.truncated_line}; the job was likely killed while writing): "
+                f"everything before it was audited"
+            )
         if not any(True for _ in t.of(CompilationMetrics)) and not t.events:
             notes.append(f"rank {rank}: {Path(t.source).name} holds no trace events")
     version = _version_note(traces)
@@ -356,6 +412,7 @@ def load_traces(path: str | Path, *, token_sources: Iterable[str] = (),
 
 
 # -- a plain .log for tlparse -------------------------------------------------------------------
+
 
 def plain_log(source: str, tmp: Path) -> Path:
     """`source` as an uncompressed .log file tlparse can read: the file itself when it is one;

@@ -106,6 +106,23 @@ _STACK_KINDS = frozenset(
     }
 )
 _STACK_KEYS = (b', "user_stack": ', b', "stack": ')
+# One stack frame as torch logs it, and a whole stack list: frames are matched as bytes, so
+# a frame seen before costs a dict lookup, not a JSON parse (no capturing groups: findall).
+_JSTR = rb'"[^"\\\n]*(?:\\.[^"\\\n]*)*"'  # a JSON string, as an unrolled loop (fast in re)
+_FRAME = re.compile(
+    rb'\{"line": -?\d+, "name": '
+    + _JSTR
+    + rb', "filename": \d+(?:, "loc": (?:null|'
+    + _JSTR
+    + rb"))?\}"
+)
+_STACK_LIST = re.compile(
+    rb'"(?:user_stack|stack)": (null|\[\]|\['
+    + _FRAME.pattern
+    + rb"(?:, "
+    + _FRAME.pattern
+    + rb")*\])"
+)
 _EXAMPLE = (
     "V1127 14:36:18.743000 2893 torch/_dynamo/convert_frame.py:1] "
     '{"dynamo_start": {...}, "frame_id": 0, ...}'
@@ -134,64 +151,71 @@ def _text(raw: bytes) -> str:
 
 
 class Resolver:
-    """Turns raw stack lists into `Frame` tuples through the (growing) string table. Equal
-    stacks resolve to one shared tuple (a trace repeats the same deep stack many times)."""
+    """Turns raw stacks into `Frame` tuples through the (growing) string table. A raw stack is
+    a parsed JSON list of frame dicts, or the list's bytes as logged (the fast path: a frame
+    or a whole stack seen before is one dict lookup). Equal stacks resolve to one shared
+    tuple (a trace repeats the same deep stack many times)."""
 
     __slots__ = ("_frames", "_stacks", "strings")
 
     def __init__(self, strings: dict[int, str]) -> None:
         self.strings = strings
-        self._frames: dict[tuple, Frame] = {}
-        self._stacks: dict[tuple, tuple[Frame, ...]] = {}
+        self._frames: dict[Any, Frame] = {}
+        self._stacks: dict[Any, tuple[Frame, ...]] = {}
+
+    def _frame(self, f: Any) -> tuple[Frame | None, bool]:
+        """A frame dict -> (Frame, whether its file name is known); None for a non-dict."""
+        if not isinstance(f, dict):
+            return None, True
+        fid = f.get("filename")
+        known = isinstance(fid, int) and fid in self.strings
+        if known:
+            filename = self.strings[fid]
+        else:
+            filename = f"<unknown file #{fid}>" if isinstance(fid, int) else str(fid)
+        line, loc = f.get("line"), f.get("loc")
+        frame = Frame(
+            filename,
+            line if isinstance(line, int) else 0,
+            str(f.get("name", "")),
+            loc if isinstance(loc, str) else None,
+        )
+        return frame, known or not isinstance(fid, int)
 
     def frames(self, raw: Any) -> tuple[Frame, ...] | None:
         if raw is None or isinstance(raw, tuple):  # absent, or already resolved
             return raw
+        if isinstance(raw, bytes):
+            return self._from_bytes(raw)
         if not isinstance(raw, list):
             return None
-        try:
-            key: tuple | None = tuple([tuple(f.values()) for f in raw])
-            hit = self._stacks.get(key)
-        except (
-            AttributeError,
-            TypeError,
-        ):  # not a list of flat dicts: resolve one by one
-            key, hit = None, None
-        if hit is not None:
-            return hit
         out, complete = [], True
         for f in raw:
-            if not isinstance(f, dict):
-                continue
-            try:
-                fkey: tuple | None = tuple(f.values())
-                frame = self._frames.get(fkey)
-            except TypeError:
-                fkey, frame = None, None
+            frame, known = self._frame(f)
+            complete &= known
+            if frame is not None:
+                out.append(frame)
+        return tuple(out)
+
+    def _from_bytes(self, raw: bytes) -> tuple[Frame, ...] | None:
+        hit = self._stacks.get(raw)
+        if hit is not None:
+            return hit
+        if raw == b"null":
+            return None
+        out, complete = [], True
+        frames = self._frames
+        for fb in _FRAME.findall(raw):
+            frame = frames.get(fb)
             if frame is None:
-                fid = f.get("filename")
-                known = isinstance(fid, int) and fid in self.strings
-                complete &= known or not isinstance(fid, int)
-                filename = (
-                    self.strings[fid]
-                    if known
-                    else f"<unknown file #{fid}>"
-                    if isinstance(fid, int)
-                    else str(fid)
-                )
-                line, loc = f.get("line"), f.get("loc")
-                frame = Frame(
-                    filename,
-                    line if isinstance(line, int) else 0,
-                    str(f.get("name", "")),
-                    loc if isinstance(loc, str) else None,
-                )
-                if fkey is not None and known:
-                    self._frames[fkey] = frame
+                frame, known = self._frame(_loads(fb))
+                complete &= known
+                if known:
+                    frames[fb] = frame
             out.append(frame)
         result = tuple(out)
-        if key is not None and complete:
-            self._stacks[key] = result
+        if complete:
+            self._stacks[raw] = result
         return result
 
 
@@ -202,6 +226,26 @@ def _tail_meta(raw: bytes) -> dict[str, Any]:
     if b'"has_payload"' in tail:
         out["has_payload"] = True
     return out
+
+
+def _stack_meta(raw: bytes) -> dict | None:
+    """`_head_meta` plus the event's stacks as the bytes of their JSON lists (resolved by
+    `Resolver` without a JSON parse). None when the line is not of the shape torch writes."""
+    meta = _head_meta(raw)
+    if meta is None:
+        return None
+    body = next(iter(v for k, v in meta.items() if k not in _ENVELOPE_KEYS), None)
+    if not isinstance(body, dict):
+        return None
+    for key, name in ((b'"user_stack": ', "user_stack"), (b', "stack": ', "stack")):
+        at = raw.find(key)
+        if at < 0:
+            continue
+        m = _STACK_LIST.match(raw, at + (2 if name == "stack" else 0))
+        if m is None:
+            return None
+        body[name] = m.group(1)
+    return meta
 
 
 def _head_meta(raw: bytes) -> dict | None:
@@ -305,11 +349,11 @@ class _Reader:
         self.generation: dict[int | None, int] = {}  # rank -> dynamo resets seen
         self.started: dict[int | None, set[tuple]] = {}  # rank -> compiles started since
         # kinds whose stacks the policy drops: parse only the JSON before the stacks
-        self.head_only = (
-            frozenset()
-            if policy is None
-            else frozenset(k.encode() for k in _STACK_KINDS - policy.stacks)
-        )
+        self.head_only: frozenset[bytes] = frozenset()
+        self.stack_kinds: frozenset[bytes] = frozenset()  # stacks kept: matched as bytes
+        if policy is not None:
+            self.head_only = frozenset(k.encode() for k in _STACK_KINDS - policy.stacks)
+            self.stack_kinds = frozenset(k.encode() for k in _STACK_KINDS & policy.stacks)
 
     # -- bad lines -------------------------------------------------------------------------
     def _bad(self, line_no: int, raw: bytes, error: str, count: int = 1) -> None:
@@ -358,7 +402,7 @@ class _Reader:
         events: list[Event] = []
         matches = list(_ENVELOPE.finditer(data, 0, stop))
         counted_to, lines = 0, self.lines
-        head_only = self.head_only
+        head_only, stack_kinds = self.head_only, self.stack_kinds
         covered_to = 1  # bytes up to here are envelopes or their payloads
         for i, m in enumerate(matches):
             start, end = m.start() + 1, m.end()
@@ -417,7 +461,13 @@ class _Reader:
                 else:
                     events.append(UnknownEvent(**common, name=name, raw_meta=raw))
                 continue
-            meta = _head_meta(raw) if kind in head_only else None
+            meta = (
+                _head_meta(raw)
+                if kind in head_only
+                else _stack_meta(raw)
+                if kind in stack_kinds
+                else None
+            )
             if meta is None:
                 try:
                     meta = _loads(raw)
@@ -453,8 +503,9 @@ class _Reader:
             events.append(_build(name, meta[name], common, self.resolver))
         if covered_to < stop:
             lines += data.count(b"\n", counted_to, covered_to)
+            counted_to = covered_to
             self._garbage(data, covered_to, stop, lines)
-        self.lines += data.count(b"\n", 0, stop)
+        self.lines = lines + data.count(b"\n", counted_to, stop)
         if policy is not None:
             events = slim(events, policy, self.resolver)
         trace.events.extend(events)
