@@ -45,10 +45,12 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from arfuse import kernels
 from arfuse.config import FusionConfig
 from arfuse.patterns.match import ChainMatch, Miss, custom_allreduce_ops, match_chain
+from arfuse.policy import FusionPolicy
 
 _WARNED: set[str] = set()
 _SOURCES = tuple(str(Path(__file__).parent / rel) for rel in (
-    "fusion.py", "config.py", "ops.py", "patterns/spec.py", "patterns/match.py"))
+    "fusion.py", "config.py", "policy.py", "optable.py", "ops.py", "patterns/spec.py",
+    "patterns/match.py"))
 
 
 def _warn_once(reason: str) -> None:
@@ -70,14 +72,19 @@ def _same_shape(a: torch.Tensor, b: torch.Tensor) -> bool:
 class AllReduceFusionPass(CustomGraphPass):
     """Replace allreduce + (residual add) + RMSNorm (+ static FP8 quant) with one arfuse op.
 
+    config: what to match (FusionConfig). policy: the thresholds and two-shot switch that
+    decide a token range's fusion (FusionPolicy; default: the one in force now).
+
     Counters accumulate over every graph the pass sees: `num_matches` (chains replaced),
     `matched` (a Counter of spec names), `skipped` (reason, node) pairs for chains left alone,
     `by_range` (reason, node) pairs left to Inductor because the config's token range lies
     above the fusion threshold (intended, not warned).
     """
 
-    def __init__(self, config: FusionConfig | None = None) -> None:
+    def __init__(self, config: FusionConfig | None = None,
+                 policy: FusionPolicy | None = None) -> None:
         self.config = config or FusionConfig()
+        self.policy = policy or FusionPolicy.current()
         self.num_matches = 0
         self.matched: Counter[str] = Counter()
         self.skipped: list[tuple[str, str]] = []
@@ -94,9 +101,11 @@ class AllReduceFusionPass(CustomGraphPass):
         )
 
     def uuid(self) -> bytes:
-        """Changes with arfuse's matching/replacement code and with the config, so the FX graph
-        cache never serves a graph compiled by another version or config of the pass."""
+        """Changes with arfuse's matching/replacement code, the config and the policy, so the
+        FX graph cache never serves a graph compiled by another version, config or thresholds
+        table of the pass."""
         digest = hashlib.sha256(self.config.key().encode())
+        digest.update(self.policy.key().encode())
         for path in _SOURCES:
             digest.update(Path(path).read_bytes())
         return digest.digest()
@@ -152,7 +161,9 @@ class AllReduceFusionPass(CustomGraphPass):
                 "disabled": disabled,
                 "skipped": [{"reason": r, "node": n} for r, n in skipped],
                 "token_range": self.config.token_range,
-                "by_range": [{"reason": r, "node": n} for r, n in by_range]}
+                "by_range": [{"reason": r, "node": n} for r, n in by_range],
+                "allreduce_ops": list(self.config.allreduce_ops),
+                "norm_ops": list(self.config.norm_ops)}
 
     def _outside_fused_range(self, m: ChainMatch) -> str | None:
         """With a token range: why this range must not fuse, or None. A range that straddles
@@ -160,7 +171,7 @@ class AllReduceFusionPass(CustomGraphPass):
         if self.config.token_range is None:
             return None
         lo, hi = self.config.token_range
-        limit = _fused_max_tokens(m, self.config)
+        limit = _fused_max_tokens(m, self.config, self.policy)
         if limit is None or (hi is not None and hi <= limit):
             return None
         if lo > limit:
@@ -176,17 +187,19 @@ class AllReduceFusionPass(CustomGraphPass):
         act, out, weight = _val(m.allreduce_input), _val(m.norm_out), _val(m.weight)
         if act is None or out is None or weight is None:
             return "graph nodes lack shape metadata (meta['val'])"
-        dtype, hidden = act.dtype, out.shape[-1]
+        dtype = act.dtype
         if out.dtype != dtype or weight.dtype != dtype:
             return (f"dtypes differ: activation {dtype}, weight {weight.dtype}, norm output "
                     f"{out.dtype}; the fused kernel needs one dtype")
-        if not isinstance(hidden, int):
-            return "hidden size is dynamic; the fused kernel needs a static hidden size"
+        if weight.dim() != 1 or not statically_known_true(weight.shape[0] == out.shape[-1]):
+            return f"weight shape {tuple(weight.shape)} is not (hidden,)"
+        hidden = _static_hidden(out, weight)
+        if hidden is None:
+            return ("hidden size is dynamic with no example value; the fused kernel needs a "
+                    "known hidden size")
         if hidden % self.config.hidden_multiple:
             return (f"hidden size {hidden} is not a multiple of {self.config.hidden_multiple}, "
                     "as the fused kernel needs")
-        if tuple(weight.shape) != (hidden,):
-            return f"weight shape {tuple(weight.shape)} is not ({hidden},)"
         residual = _val(m.residual)
         if not is_contiguous_or_false(act) or (
                 residual is not None and not is_contiguous_or_false(residual)):
@@ -196,25 +209,30 @@ class AllReduceFusionPass(CustomGraphPass):
         return None
 
 
-def _fused_max_tokens(m: ChainMatch, config: FusionConfig) -> int | None:
-    """The chain's fusion limit in tokens: the config's override, else the thresholds table for
-    its GPU; None where no table applies (CPU)."""
+def _static_hidden(out: torch.Tensor, weight: torch.Tensor) -> int | None:
+    """The hidden size without adding a guard: the weight's static shape (parameters are
+    static even under dynamic=True), else the example value of a dynamic hidden dim. The
+    fused op reads the real size at run time, where an unsupported one runs unfused."""
+    for size in (weight.shape[0], out.shape[-1]):
+        if isinstance(size, int):
+            return size
+    hint = getattr(weight.shape[0].node, "hint", None)
+    return int(hint) if hint is not None else None
+
+
+def _fused_max_tokens(m: ChainMatch, config: FusionConfig, policy: FusionPolicy) -> int | None:
+    """The chain's fusion limit in tokens: the config's override, else the policy's thresholds
+    for its GPU; None where no table applies (CPU)."""
     if config.fused_max_tokens is not None:
         return config.fused_max_tokens
     act = _val(m.allreduce_input)
     if act.device.type != "cuda":
         return None
-    from arfuse import thresholds
-
-    from arfuse.kernels import flashinfer
-
-    limits = thresholds.lookup(torch.cuda.get_device_capability(act.device),
-                               kernels.resolve_group(m.group_name).size(), act.dtype,
-                               _val(m.norm_out).shape[-1])
-    if limits is None:
-        return None
+    limits = policy.limits(torch.cuda.get_device_capability(act.device),
+                           kernels.resolve_group(m.group_name).size(), act.dtype,
+                           _static_hidden(_val(m.norm_out), _val(m.weight)))
     # with two-shot off its window runs the unfused path: leave it to Inductor instead
-    return limits.fused_max_tokens if flashinfer.TWOSHOT_ENABLED else limits.oneshot_max_tokens
+    return None if limits is None else policy.fused_max_tokens(limits)
 
 
 def _group_unusable(group_name: str) -> str | None:
@@ -252,14 +270,16 @@ def _rewrite(graph: Graph, m: ChainMatch) -> list[Node]:
         for view in m.views:
             x = graph.call_function(view.target, (x, *view.args[1:]), dict(view.kwargs))
             _fake_call(x)
+        # eps as a graph input (dynamic=True lifts float attributes): the eps_tensor overload
+        overload = "eps_tensor" if isinstance(m.eps, Node) else "default"
         if m.scale is None:
             fused = graph.call_function(
-                torch.ops.arfuse.fused_allreduce_rmsnorm.default,
+                getattr(torch.ops.arfuse.fused_allreduce_rmsnorm, overload),
                 (x, m.residual, m.weight, m.eps, m.weight_bias, m.group_name))
             names = ("norm_out", "residual_out")
         else:
             fused = graph.call_function(
-                torch.ops.arfuse.fused_allreduce_rmsnorm_fp8.default,
+                getattr(torch.ops.arfuse.fused_allreduce_rmsnorm_fp8, overload),
                 (x, m.residual, m.weight, m.scale, m.eps, m.weight_bias, m.group_name))
             names = ("quant_out", "norm_out", "residual_out")
         _fake_call(fused)

@@ -13,12 +13,16 @@
         new tensors out, nothing mutated. `residual_out` is the sum fed to the norm (the
         allreduce result itself when `residual` is None); `weight_bias` is 1.0 for the Gemma
         `(1 + weight)` form, else 0.0.
+    arfuse::fused_allreduce_rmsnorm[_fp8].eps_tensor(... Tensor eps ...)
+        The same with eps as a 0-d tensor: under `torch.compile(dynamic=True)` Dynamo turns a
+        model's float eps into a graph input, so the pass has no number to pass.
 
 Python callers get named results through `fused_allreduce_rmsnorm(...)` and
-`fused_allreduce_rmsnorm_fp8(...)` below instead of tuple indices. Every op validates its
-inputs in the fake kernel too, so a bad call fails at compile time with a message saying what to
-fix, never with a wrong result. The real kernels call `arfuse.kernels.run_fused`, the single
-dispatch point where a GPU kernel plugs in; everything else runs the exact path.
+`fused_allreduce_rmsnorm_fp8(...)` below instead of tuple indices. `rms_norm` and the fused ops
+validate their inputs in the fake kernel too, so a bad call fails at compile time with a message
+saying what to fix, never with a wrong result (`all_reduce` takes any tensor). The real kernels
+call `arfuse.kernels.run_fused`, the single dispatch point where a GPU kernel plugs in;
+everything else runs the exact path.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-from arfuse import kernels
+from arfuse import kernels, optable
 from arfuse.kernels.exact import quant_fp8_static  # noqa: F401 - public here too
 from arfuse.kernels.exact import rms_norm_f32
 
@@ -43,8 +47,16 @@ LIB.define(
     "float eps, float weight_bias, str group_name) "
     "-> (Tensor quant_out, Tensor norm_out, Tensor residual_out)")
 
-SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-FP8_DTYPE = torch.float8_e4m3fn
+_FUSED = ("Tensor input, Tensor? residual, Tensor weight, {scale}{eps} eps, float weight_bias, "
+          "str group_name")
+_OUT = "(Tensor norm_out, Tensor residual_out)"
+_OUT_FP8 = "(Tensor quant_out, Tensor norm_out, Tensor residual_out)"
+LIB.define(f"fused_allreduce_rmsnorm.eps_tensor({_FUSED.format(scale='', eps='Tensor')}) -> {_OUT}")
+LIB.define(f"fused_allreduce_rmsnorm_fp8.eps_tensor("
+           f"{_FUSED.format(scale='Tensor scale, ', eps='Tensor')}) -> {_OUT_FP8}")
+
+SUPPORTED_DTYPES = tuple(getattr(torch, name) for name in optable.SUPPORTED_DTYPES)
+FP8_DTYPE = getattr(torch, optable.FP8_DTYPE)
 
 
 class FusedOutputs(NamedTuple):
@@ -128,6 +140,24 @@ def _fused_fp8_fake(input, residual, weight, scale, eps, weight_bias, group_name
             torch.empty_like(input))
 
 
+def _check_eps(eps: torch.Tensor) -> None:
+    if eps.dim() != 0 or not eps.dtype.is_floating_point:
+        raise ValueError(f"arfuse: eps must be a float or a 0-d float tensor, got shape "
+                         f"{tuple(eps.shape)} {eps.dtype}")
+
+
+@torch.library.register_fake("arfuse::fused_allreduce_rmsnorm.eps_tensor", lib=LIB)
+def _fused_eps_tensor_fake(input, residual, weight, eps, weight_bias, group_name):
+    _check_eps(eps)
+    return _fused_fake(input, residual, weight, 0.0, weight_bias, group_name)
+
+
+@torch.library.register_fake("arfuse::fused_allreduce_rmsnorm_fp8.eps_tensor", lib=LIB)
+def _fused_fp8_eps_tensor_fake(input, residual, weight, scale, eps, weight_bias, group_name):
+    _check_eps(eps)
+    return _fused_fp8_fake(input, residual, weight, scale, 0.0, weight_bias, group_name)
+
+
 # ---- real kernels -----------------------------------------------------------------------------
 
 @torch.library.impl(LIB, "all_reduce", "CompositeExplicitAutograd")
@@ -179,3 +209,16 @@ def fused_allreduce_rmsnorm_fp8(input: torch.Tensor, residual: torch.Tensor | No
                                 group_name: str, *, weight_bias: float = 0.0) -> FusedFP8Outputs:
     return FusedFP8Outputs(*torch.ops.arfuse.fused_allreduce_rmsnorm_fp8(
         input, residual, weight, scale, eps, weight_bias, group_name))
+
+
+# eps as a 0-d tensor (a CPU scalar when Dynamo lifted a float: reading it does not sync)
+@torch.library.impl(LIB, "fused_allreduce_rmsnorm.eps_tensor", "CompositeExplicitAutograd")
+def _fused_eps_tensor_impl(input, residual, weight, eps, weight_bias, group_name):
+    _check_eps(eps)
+    return _fused_impl(input, residual, weight, float(eps), weight_bias, group_name)
+
+
+@torch.library.impl(LIB, "fused_allreduce_rmsnorm_fp8.eps_tensor", "CompositeExplicitAutograd")
+def _fused_fp8_eps_tensor_impl(input, residual, weight, scale, eps, weight_bias, group_name):
+    _check_eps(eps)
+    return _fused_fp8_impl(input, residual, weight, scale, float(eps), weight_bias, group_name)

@@ -271,16 +271,19 @@ def table() -> dict[str, dict[int, Thresholds]]:
     return merged
 
 
-def entry(capability: Any, world_size: int) -> Thresholds | None:
-    """The entry for this arch and world size, or None when there is none (no fused kernel)."""
-    return table().get(arch_of(capability), {}).get(int(world_size))
+def entry(capability: Any, world_size: int,
+          tbl: Mapping[str, Mapping[int, Thresholds]] | None = None) -> Thresholds | None:
+    """The entry for this arch and world size, or None when there is none (no fused kernel).
+    `tbl`: a table to read instead of the one in force (a `FusionPolicy`'s snapshot)."""
+    return (table() if tbl is None else tbl).get(arch_of(capability), {}).get(int(world_size))
 
 
-def lookup(capability: Any, world_size: int, dtype: torch.dtype, hidden: int) -> Limits | None:
+def lookup(capability: Any, world_size: int, dtype: torch.dtype, hidden: int,
+           tbl: Mapping[str, Mapping[int, Thresholds]] | None = None) -> Limits | None:
     """Token limits for one (arch, world size, dtype, hidden), or None without an entry."""
     if hidden < 1:
         raise ValueError(f"thresholds.lookup: hidden must be >= 1, got {hidden}")
-    found = entry(capability, world_size)
+    found = entry(capability, world_size, tbl)
     if found is None:
         return None
     found = found.for_hidden(hidden)

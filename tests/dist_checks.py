@@ -39,6 +39,20 @@ def _test_all_reduce_fake(input, group_name):
     return torch.empty_like(input)
 
 
+# A user's own norm op whose eps has a default, named in FusionConfig.norm_ops.
+_LIB.define("rms_norm(Tensor input, Tensor weight, float eps=1e-06) -> Tensor")
+
+
+@torch.library.impl(_LIB, "rms_norm", "CompositeExplicitAutograd")
+def _test_rms_norm(input, weight, eps=1e-6):
+    return arfuse.ops.rms_norm(input, weight, eps)
+
+
+@torch.library.register_fake("arfuse_test::rms_norm", lib=_LIB)
+def _test_rms_norm_fake(input, weight, eps=1e-6):
+    return torch.empty_like(input)
+
+
 CUSTOM_CONFIG = arfuse.FusionConfig(allreduce_ops=("arfuse_test::all_reduce",))
 
 ALLREDUCE_TARGETS = ("_c10d_functional.all_reduce.default", "_c10d_functional.all_reduce_.default",
@@ -411,3 +425,97 @@ def check_compile_ranges(splits, fused_max_tokens, tokens, dtype_name="fp32") ->
         return {"error": f"{type(e).__name__}: {e}"}
     return {"captures": compiled.backend.captures, "compiles": compiled.backend.compiles,
             "ranges": [str(r) for r in compiled.ranges], "errors": errors}
+
+
+def check_dynamic_true(num_layers: int = 2, tokens=(5, 9, 33)) -> dict:
+    """The example decoder under torch.compile(dynamic=True) with the pass, full Inductor.
+
+    dynamic=True turns the model's float eps into a graph input (a 0-d tensor)."""
+    from torch._dynamo.utils import counters
+    from torch._inductor import config as inductor_config
+
+    from arfuse.examples import build_tp_decoder
+
+    inductor_config.force_disable_caches = True
+    model, make_inputs = build_tp_decoder(num_layers=num_layers, hidden=64, intermediate=128)
+    fusion = arfuse.AllReduceFusionPass()
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, dynamic=True,
+                             options={"post_grad_custom_post_pass": fusion})
+    errors = {}
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        for t in tokens:
+            (x,) = make_inputs(t)
+            errors[t] = rel_l2(compiled(x).float(), model(x).float())
+    return {"num_matches": fusion.num_matches, "matched": dict(fusion.matched),
+            "skipped": fusion.skipped, "errors": errors,
+            "frames": counters["stats"]["unique_graphs"],
+            "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)]}
+
+
+def check_custom_norm_default_eps() -> dict:
+    """A norm op named in FusionConfig.norm_ops, called without eps (its schema default)."""
+
+    def fn(x, residual, weight):
+        h = funcol.all_reduce(x, "sum", dist.group.WORLD) + residual
+        return torch.ops.arfuse_test.rms_norm(h, weight), h
+
+    config = arfuse.FusionConfig(norm_ops=("arfuse_test::rms_norm",))
+    compiled, fusion, capture = _compile_capture(fn, config)
+    x, residual, weight = torch.randn(6, 64), torch.randn(6, 64), torch.randn(64)
+    torch._dynamo.maybe_mark_dynamic(x, 0)
+    torch._dynamo.maybe_mark_dynamic(residual, 0)
+    with torch.no_grad():
+        got, want = compiled(x, residual, weight), fn(x, residual, weight)
+    fused = [n for n in capture.graphs[0].graph.nodes if "fused_allreduce" in str(n.target)]
+    return {"num_matches": fusion.num_matches, "matched": dict(fusion.matched),
+            "eps": [n.args[3] for n in fused], "skipped": fusion.skipped,
+            "errors": [rel_l2(g, w) for g, w in zip(got, want)]}
+
+
+def check_unrecognised_norm() -> dict:
+    """allreduce + residual + an RMSNorm written with sum / hidden: not a form the matcher
+    knows, so it must be recorded in `skipped` and warned about, not dropped silently."""
+
+    def fn(x, residual, weight):
+        h = funcol.all_reduce(x, "sum", dist.group.WORLD) + residual
+        return weight * (h * torch.rsqrt(h.pow(2).sum(-1, keepdim=True) / 64 + 1e-6)), h
+
+    compiled, fusion, capture = _compile_capture(fn)
+    x, residual, weight = torch.randn(6, 64), torch.randn(6, 64), torch.randn(64)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        got, want = compiled(x, residual, weight), fn(x, residual, weight)
+    return {"num_matches": fusion.num_matches, "skipped": fusion.skipped,
+            "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)],
+            "errors": [rel_l2(g, w) for g, w in zip(got, want)]}
+
+
+def check_release_workspaces_per_group() -> dict:
+    """release_workspaces(group) forgets that group's workspaces and planning sites only.
+
+    Workspaces are built already released (no FlashInfer on CPU), so only the bookkeeping
+    runs; the groups are real gloo groups."""
+    from arfuse.kernels import flashinfer as fi
+
+    groups = [dist.new_group([0, 1]), dist.new_group([0, 1])]
+    saved_ws, saved_sites = dict(fi._workspaces), dict(fi._sites)
+    try:
+        fi._workspaces.clear()
+        fi._sites.clear()
+        for i, g in enumerate(groups):
+            ws = fi.Workspace(g, g.group_name, dist.get_rank(g), 2, 64, torch.bfloat16, 8, [],
+                              torch.zeros(1), torch.zeros(1), released=True)
+            fi._workspaces[ws.key] = ws
+            fi._sites[(0, g.group_name, 64, torch.bfloat16)] = fi._Site(None, workspace=ws)
+        released = fi.release_workspaces(groups[0])
+        return {"released": released,
+                "workspaces": sorted(k[0] == groups[1].group_name for k in fi._workspaces),
+                "sites": sorted(k[1] == groups[1].group_name for k in fi._sites)}
+    finally:
+        fi._workspaces.clear()
+        fi._workspaces.update(saved_ws)
+        fi._sites.clear()
+        fi._sites.update(saved_sites)

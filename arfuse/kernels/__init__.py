@@ -2,8 +2,10 @@
 
 `run_fused` asks each registered backend (in order) whether it can run this call; the first that
 returns a result wins, otherwise the exact path runs. A backend is a callable with the signature
-of `exact.fused` that returns None when it does not apply (wrong device, size past its
-threshold, library missing), having logged its reason once.
+of `exact.fused` that returns None when the call is not for it (FlashInfer's: any non-CUDA
+input). A backend that takes a call always returns a result: where its kernel does not apply
+(size past the threshold, library missing, unsupported shape) it runs its own unfused path,
+having logged the reason once.
 """
 
 from __future__ import annotations

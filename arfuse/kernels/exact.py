@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
+from arfuse.optable import FP8_DTYPE, FP8_MAX
+
+FP8 = getattr(torch, FP8_DTYPE)
 
 
 def rms_norm_f32(x: torch.Tensor, weight: torch.Tensor, eps: float,
@@ -27,7 +29,7 @@ def all_reduce(input: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
 
 def quant_fp8_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Static per-tensor FP8 e4m3 quantization, written in the form the pass matches."""
-    return (x.to(torch.float32) / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return (x.to(torch.float32) / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
 
 def epilogue(reduced: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,

@@ -35,12 +35,13 @@ import os
 import types
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 
+from arfuse import optable
 from arfuse import thresholds as th
 from arfuse.kernels import exact
 
@@ -48,10 +49,10 @@ log = logging.getLogger(__name__)
 
 STRATEGY_ENV = "ARFUSE_FLASHINFER_STRATEGY"
 STRATEGIES = ("auto", "oneshot", "twoshot", "unfused")
-SUPPORTED_WORLD_SIZES = (2, 4, 8)
+SUPPORTED_WORLD_SIZES = optable.KERNEL_WORLD_SIZES
 SUPPORTED_ARCHS = ("sm90", "sm100")
-FUSED_DTYPES = (torch.bfloat16, torch.float16)
-HIDDEN_MULTIPLE = 8
+FUSED_DTYPES = tuple(getattr(torch, name) for name in optable.KERNEL_DTYPES)
+HIDDEN_MULTIPLE = optable.HIDDEN_MULTIPLE
 _MAX_COMM_SIZE = 2147483647 & ~((1 << 21) - 1)  # FlashInfer's cap on one lamport buffer
 
 #: What ran, per call: "oneshot", "twoshot", "unfused". Tests and benchmarks read it.
@@ -228,7 +229,9 @@ def release_workspaces(group: dist.ProcessGroup | None = None) -> int:
         if group is not None and ws.group_name != group.group_name:
             continue
         del _workspaces[key]
-        _sites.clear()
+        for site_key, site in list(_sites.items()):
+            if site.workspace is ws:  # re-resolved (a new workspace) on its next call
+                del _sites[site_key]
         if ws.released:
             continue
         ws.released = True
@@ -270,7 +273,6 @@ class _Site:
     rank: int = 0
     workspace: Optional[Workspace] = None
     generation: int = -1
-    extra: dict = field(default_factory=dict)
 
 
 _sites: dict[tuple, _Site] = {}
@@ -479,7 +481,7 @@ def backend(input, residual, weight, scale, eps, weight_bias, group):
     stats[strategy] += 1
     norm_out = torch.empty_like(input)
     residual_out = torch.empty_like(input)
-    quant_out = None if scale is None else torch.empty_like(input, dtype=torch.float8_e4m3fn)
+    quant_out = None if scale is None else torch.empty_like(input, dtype=exact.FP8)
     launch(strategy, ws, input, residual, weight, scale, eps, weight_bias, norm_out,
            residual_out, quant_out)
     return quant_out, norm_out, residual_out

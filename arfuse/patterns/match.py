@@ -19,24 +19,27 @@ cannot be fused. The post-grad forms recognised (bf16 shown; fp32 graphs have no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 from torch.fx import Node
 
-from arfuse.config import FusionConfig
-from arfuse.kernels.exact import FP8_MAX
+from arfuse import optable
+from arfuse.optable import FP8_MAX
 from arfuse.patterns.spec import FusionSpec
+
+if TYPE_CHECKING:
+    from arfuse.config import FusionConfig
 
 aten = torch.ops.aten
 prims = torch.ops.prims
-c10d = torch.ops._c10d_functional
 
 VIEW_OPS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 CONVERT = prims.convert_element_type.default
 ADD = (aten.add.Tensor, aten.add.Scalar)
 MUL = (aten.mul.Tensor,)
-SUPPORTED = (torch.bfloat16, torch.float16, torch.float32)
+SUPPORTED = tuple(getattr(torch, name) for name in optable.SUPPORTED_DTYPES)
+FP8 = getattr(torch, optable.FP8_DTYPE)
 
 
 @dataclass
@@ -49,14 +52,16 @@ class ChainMatch:
     views: list[Node]
     residual: Node | None
     weight: Node
-    eps: float
-    weight_bias: float
+    eps: float | Node           # a Node: a 0-d float tensor input (dynamic=True)
+    weight_bias: float          # 1.0 for Gemma's (1 + weight), else 0.0
     scale: Node | None
     residual_out: Node          # the add, or the (viewed) allreduce result when no residual
     norm_out: Node
     quant_out: Node | None
     nodes: list[Node] = field(default_factory=list)
-    weight_nodes: list[Node] = field(default_factory=list)  # erased only if left without users
+    # weight/eps-side nodes (a float32 copy of the weight, Gemma's 1 + w, eps casts): erased
+    # only if left without users
+    weight_nodes: list[Node] = field(default_factory=list)
 
     @property
     def last(self) -> Node:
@@ -104,12 +109,6 @@ def _number(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
-def _strip_convert(node: Any) -> Any:
-    while _is(node, CONVERT):
-        node = node.args[0]
-    return node
-
-
 def _is_convert_to(node: Node, dtype: torch.dtype) -> bool:
     return _is(node, CONVERT) and node.args[1] == dtype
 
@@ -125,6 +124,32 @@ class _AllReduce:
     nodes: list[Node]
 
 
+_OVERLOADS: dict[str, tuple[Any, ...]] = {}
+
+
+def _overloads(qualified: str) -> tuple[Any, ...]:
+    """Every overload of the op `ns::name` (empty while the op is not registered)."""
+    if qualified not in _OVERLOADS:
+        ns, name = qualified.split("::")
+        packet = getattr(getattr(torch.ops, ns), name, None)
+        if packet is None:
+            return ()  # not cached: the op may be registered later
+        _OVERLOADS[qualified] = tuple(getattr(packet, o) for o in packet.overloads())
+    return _OVERLOADS[qualified]
+
+
+def _targets(qualified: Iterable[str]) -> frozenset[Any]:
+    return frozenset(op for q in qualified for op in _overloads(q))
+
+
+def _argument(node: Node, index: int) -> Any:
+    """Argument `index` of an op call, by position, by keyword or the schema's default."""
+    if index < len(node.args):
+        return node.args[index]
+    arg = node.target._schema.arguments[index]
+    return node.kwargs.get(arg.name, arg.default_value)
+
+
 def _group_arg(schema: torch.FunctionSchema) -> int | None:
     for i, arg in enumerate(schema.arguments):
         if str(arg.type) == "str" and arg.name in ("group_name", "group"):
@@ -136,12 +161,7 @@ def custom_allreduce_ops(config: FusionConfig) -> dict[Any, int]:
     """OpOverload -> index of its group-name argument, for the ops named in the config."""
     found: dict[Any, int] = {}
     for qualified in config.allreduce_ops:
-        ns, name = qualified.split("::")
-        packet = getattr(getattr(torch.ops, ns), name, None)
-        if packet is None:
-            continue
-        for overload in packet.overloads():
-            op = getattr(packet, overload)
+        for op in _overloads(qualified):
             idx = _group_arg(op._schema)
             if idx is not None:
                 found[op] = idx
@@ -149,20 +169,18 @@ def custom_allreduce_ops(config: FusionConfig) -> dict[Any, int]:
 
 
 def match_allreduce(node: Node, custom_ops: dict[Any, int]) -> _AllReduce | Miss | None:
-    if _is(node, c10d.all_reduce.default, c10d.all_reduce_.default):
+    if _is(node, *_targets(optable.C10D_ALLREDUCE)):
         inp, reduce_op, group = node.args[:3]
         if str(reduce_op).lower() != "sum":
             return Miss(f"all_reduce with reduce op {reduce_op!r}, only 'sum' fuses", node.name)
         wait = _only_user(node)
-        if not _is(wait, c10d.wait_tensor.default):
+        if not _is(wait, *_overloads(optable.C10D_WAIT)):
             return Miss("all_reduce result is used before (or without) wait_tensor", node.name)
         return _AllReduce("c10d", inp, str(group), wait, [node, wait])
-    if _is(node, torch.ops.arfuse.all_reduce.default):
-        return _AllReduce("arfuse", node.args[0], str(node.args[1]), node, [node])
+    if _is(node, *_overloads(optable.ARFUSE_ALLREDUCE)):
+        return _AllReduce("arfuse", node.args[0], str(_argument(node, 1)), node, [node])
     if node.op == "call_function" and node.target in custom_ops:
-        idx = custom_ops[node.target]
-        name = node.target._schema.arguments[idx].name
-        group = node.kwargs.get(name, node.args[idx] if idx < len(node.args) else None)
+        group = _argument(node, custom_ops[node.target])
         return _AllReduce("custom", node.args[0], str(group), node, [node])
     return None
 
@@ -173,21 +191,15 @@ def match_allreduce(node: Node, custom_ops: dict[Any, int]) -> _AllReduce | Miss
 class _Norm:
     form: str
     weight: Node
-    eps: float
+    eps: float | Node
     weight_bias: float
     out: Node
     nodes: list[Node]
     weight_nodes: list[Node] = field(default_factory=list)
 
 
-def _custom_norm_targets(config: FusionConfig) -> set[Any]:
-    targets = {torch.ops.arfuse.rms_norm.default}
-    for qualified in config.norm_ops:
-        ns, name = qualified.split("::")
-        packet = getattr(getattr(torch.ops, ns), name, None)
-        if packet is not None:
-            targets.update(getattr(packet, o) for o in packet.overloads())
-    return targets
+def _custom_norm_targets(config: FusionConfig) -> frozenset[Any]:
+    return _targets((optable.ARFUSE_RMS_NORM, *config.norm_ops))
 
 
 def _first_user(node: Node, pred: Callable[[Node], bool]) -> Node | None:
@@ -195,8 +207,23 @@ def _first_user(node: Node, pred: Callable[[Node], bool]) -> Node | None:
     return found[0] if found else None
 
 
-def _match_rsqrt_core(xf: Node) -> tuple[Node, float, list[Node]] | None:
-    """n = xf * rsqrt(mean(xf^2, [-1], keepdim) + eps) -> (n, eps, nodes).
+def _eps(x: Any) -> tuple[float | Node, list[Node]] | None:
+    """eps as a number, or as a 0-d float tensor input (what Dynamo makes of a float attribute
+    under dynamic=True) with the casts applied to it: (eps, cast nodes)."""
+    number = _number(x)
+    if number is not None:
+        return number, []
+    v = _val(x)
+    if not isinstance(v, torch.Tensor) or v.dim() != 0 or not v.dtype.is_floating_point:
+        return None
+    if _is(x, CONVERT) and isinstance(x.args[0], Node) and _val(x.args[0]) is not None \
+            and _val(x.args[0]).dim() == 0:
+        return x.args[0], [x]
+    return x, []
+
+
+def _match_rsqrt_core(xf: Node) -> tuple[Node, float | Node, list[Node], list[Node]] | None:
+    """n = xf * rsqrt(mean(xf^2, [-1], keepdim) + eps) -> (n, eps, nodes, eps cast nodes).
 
     Follows the first fitting user at each step, not the only one: a node with extra users
     still matches here and is refused by the caller's escape check, with a reason."""
@@ -206,11 +233,12 @@ def _match_rsqrt_core(xf: Node) -> tuple[Node, float, list[Node]] | None:
         mean = _first_user(sq, lambda u: _is(u, aten.mean.dim) and len(u.args) >= 3
                            and bool(u.args[2]) and list(u.args[1]) in ([-1], [ndim - 1]))
         add = mean and _first_user(mean, lambda u: _is(u, *ADD) and u.args[0] is mean
-                                   and _number(u.args[1]) is not None)
+                                   and _eps(u.args[1]) is not None)
         rsqrt = add and _first_user(add, lambda u: _is(u, aten.rsqrt.default))
         n = rsqrt and _first_user(rsqrt, lambda u: _is(u, *MUL) and _other(u, rsqrt) is xf)
         if n:
-            return n, _number(add.args[1]), [sq, mean, add, rsqrt, n]
+            eps, casts = _eps(add.args[1])
+            return n, eps, [sq, mean, add, rsqrt, n], casts
     return None
 
 
@@ -225,10 +253,13 @@ def _weight_leaf(w: Any, dtype: torch.dtype) -> tuple[Node, list[Node]] | None:
 
 def match_norm(h: Node, config: FusionConfig) -> _Norm | Miss | None:
     dtype = _dtype(h)
+    norm_ops = _custom_norm_targets(config)
     for user in h.users:
-        if user.op == "call_function" and user.target in _custom_norm_targets(config) \
-                and user.args[0] is h and _number(user.args[2]) is not None:
-            return _Norm("custom_op", user.args[1], _number(user.args[2]), 0.0, user, [user])
+        if user.op == "call_function" and user.target in norm_ops and user.args[0] is h:
+            # (input, weight, eps): eps may be a keyword or left to the schema's default
+            weight, eps = _argument(user, 1), _number(_argument(user, 2))
+            if isinstance(weight, Node) and eps is not None:
+                return _Norm("custom_op", weight, eps, 0.0, user, [user])
     wide = dtype in (torch.float32, torch.float64)  # computed in its own dtype, no casts
     if wide:
         xf, up = h, []
@@ -240,7 +271,7 @@ def match_norm(h: Node, config: FusionConfig) -> _Norm | Miss | None:
     core = _match_rsqrt_core(xf)
     if core is None:
         return None
-    n, eps, core_nodes = core
+    n, eps, core_nodes, eps_casts = core
     nodes = up + core_nodes
     nxt = _first_user(n, lambda u: _is(u, CONVERT, *MUL))
     if nxt is None:
@@ -251,7 +282,8 @@ def match_norm(h: Node, config: FusionConfig) -> _Norm | Miss | None:
         if _is(mul, *MUL) and isinstance(_other(mul, nxt), Node):
             leaf = _weight_leaf(_other(mul, nxt), dtype)
             if leaf:
-                return _Norm("hf", leaf[0], eps, 0.0, mul, nodes + [nxt, mul], leaf[1])
+                return _Norm("hf", leaf[0], eps, 0.0, mul, nodes + [nxt, mul],
+                             leaf[1] + eps_casts)
         return None
     if not _is(nxt, *MUL):
         return None
@@ -270,7 +302,8 @@ def match_norm(h: Node, config: FusionConfig) -> _Norm | Miss | None:
         if down is None or not _is_convert_to(down, dtype):
             return None
         out, tail = down, [down]
-    return _Norm(form, leaf[0], eps, bias, out, nodes + [nxt] + tail, extra + leaf[1])
+    return _Norm(form, leaf[0], eps, bias, out, nodes + [nxt] + tail,
+                 extra + leaf[1] + eps_casts)
 
 
 # ---- axis: quant -----------------------------------------------------------------------------
@@ -302,12 +335,29 @@ def match_quant(out: Node) -> tuple[Node, Node, list[Node]] | None:
             if clamped is None:
                 continue
             q = _only_user(clamped[0])
-            if q is not None and _is_convert_to(q, torch.float8_e4m3fn):
+            if q is not None and _is_convert_to(q, FP8):
                 return scale, q, up + [div] + clamped[1] + [q]
     return None
 
 
 # ---- composition -----------------------------------------------------------------------------
+
+_ELEMENTWISE = frozenset({*VIEW_OPS, CONVERT, *ADD, *MUL, aten.pow.Tensor_Scalar, aten.mean.dim,
+                          aten.div.Tensor, aten.sub.Tensor, aten.sum.dim_IntList,
+                          aten.sqrt.default, aten.rsqrt.default, aten.reciprocal.default})
+
+
+def _reaches_rsqrt(start: Node, depth: int = 8) -> bool:
+    """Whether `start` reaches an rsqrt through elementwise ops and reductions alone (a norm
+    right after it, not one behind a matmul in the next layer)."""
+    seen, frontier = {start}, [start]
+    for _ in range(depth):
+        frontier = [u for n in frontier for u in n.users
+                    if u not in seen and u.op == "call_function" and u.target in _ELEMENTWISE]
+        if any(_is(u, aten.rsqrt.default) for u in frontier):
+            return True
+        seen.update(frontier)
+    return False
 
 def _external_users(nodes: Iterable[Node], allowed: set[Node]) -> list[str]:
     inside = set(nodes)
@@ -337,6 +387,9 @@ def match_chain(ar_node: Node, config: FusionConfig,
             if match_norm(h, config) else None
     norm = match_norm(h, config)
     if norm is None:
+        if _reaches_rsqrt(h):  # recognisable, but not in a form the matcher knows: say so
+            return Miss("the allreduce feeds an RMSNorm-like computation in a form the pass "
+                        "does not match (see `arfuse patterns`)", h.name)
         return None
     if isinstance(norm, Miss):
         return norm
@@ -348,9 +401,9 @@ def match_chain(ar_node: Node, config: FusionConfig,
     nodes = ar.nodes + views + ([h] if residual is not None else []) + norm.nodes + quant_nodes
     outputs = {h, norm.out} | ({quant_out} if quant_out is not None else set())
     leaking = _external_users(nodes, outputs)
-    if leaking:
-        return Miss(f"intermediate value(s) {sorted(leaking)} are used outside the allreduce + "
-                    "norm chain; fusing would drop them", ar_node.name)
+    if leaking:  # the reason is warned once per text: the node goes in `node`, not the text
+        return Miss("an intermediate value of the chain is used outside it; fusing would "
+                    "drop it", sorted(leaking)[0])
     return ChainMatch(spec, ar.group_name, ar.input, views, residual, norm.weight, norm.eps,
                       norm.weight_bias, scale, h, norm.out, quant_out, nodes,
                       norm.weight_nodes)

@@ -4,17 +4,19 @@ ARF201 reads the Inductor post-grad graph (after every post-grad pass, ours incl
 works whether or not `arfuse.AllReduceFusionPass` ran. ARF202/ARF203 read the `arfuse_fusion`
 artifact the pass writes for every graph it processes:
 `{"matches": int, "specs": [...], "disabled": null | "reason", "skipped": [{"reason", "node"}],
-"token_range": null | [lo, hi], "by_range": [{"reason", "node"}]}`. Under `arfuse.compile`
-(compile ranges) a range above the fusion threshold is left to Inductor on purpose: its chains
-are listed under `by_range`, and neither ARF201 nor ARF203 reports them.
+"token_range": null | [lo, hi], "by_range": [{"reason", "node"}], "allreduce_ops": [...],
+"norm_ops": [...]}` (the last two: the extra ops the pass's FusionConfig named, which ARF201
+then recognises too). Under `arfuse.compile` (compile ranges) a range above the fusion threshold
+is left to Inductor on purpose: its chains are listed under `by_range`, and neither ARF201 nor
+ARF203 reports them.
 """
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from typing import Callable, Iterable
 
+from arfuse import optable
 from arfuse.audit.attribution import is_framework
 from arfuse.audit.context import FUSION_ARTIFACT, AuditContext
 from arfuse.audit.findings import Finding, Location
@@ -22,13 +24,10 @@ from arfuse.audit.graph import Graph, Node, parse_graph
 from arfuse.audit.rules import rule
 from arfuse.audit.trace import Artifact, CompilationMetrics, CompileId, Frame
 
-ALLREDUCE = re.compile(r"^(_c10d_functional\.all_reduce_?|c10d_functional\.all_reduce|"
-                       r"arfuse\.all_reduce)\.")
 _PASS_THROUGH = {"_c10d_functional.wait_tensor", "c10d_functional.wait_tensor", "aten.view",
                  "aten.reshape", "aten._unsafe_view", "aten.squeeze", "aten.unsqueeze",
                  "prims.convert_element_type", "aten.clone", "aten._to_copy", "aten.alias",
                  "aten.contiguous", "aten.expand"}
-_NORM_OPS = {"aten.rms_norm", "aten._fused_rms_norm", "arfuse.rms_norm"}
 _RSQRT = {"aten.rsqrt", "aten.reciprocal"}
 
 
@@ -60,7 +59,8 @@ def _forward(graph: Graph, node: Node) -> list[Node]:
     return out
 
 
-def _norm_after(graph: Graph, starts: list[Node], depth: int = 8) -> list[Node]:
+def _norm_after(graph: Graph, starts: list[Node], norm_ops: Iterable[str] = (),
+                depth: int = 8) -> list[Node]:
     """The RMSNorm fed by any of `starts`: an rms_norm op, or mean -> ... -> rsqrt."""
     seen: dict[str, int] = {}
     queue = deque((s, 0) for s in starts)
@@ -70,7 +70,7 @@ def _norm_after(graph: Graph, starts: list[Node], depth: int = 8) -> list[Node]:
         if node.name in seen or d > depth:
             continue
         seen[node.name] = d
-        if node.op in _NORM_OPS:
+        if optable.is_norm(node.op, norm_ops):
             return [node]
         if node.op == "aten.mean" or node.op in _RSQRT:
             chain.append(node)
@@ -80,15 +80,18 @@ def _norm_after(graph: Graph, starts: list[Node], depth: int = 8) -> list[Node]:
     return chain if "aten.mean" in ops and ops & _RSQRT else []
 
 
-def unfused_chains(graph: Graph) -> Iterable[tuple[Node, Node | None, list[Node]]]:
-    """(all_reduce, residual add or None, norm nodes) for every unfused chain."""
+def unfused_chains(graph: Graph, allreduce_ops: Iterable[str] = (), norm_ops: Iterable[str] = ()
+                   ) -> Iterable[tuple[Node, Node | None, list[Node]]]:
+    """(all_reduce, residual add or None, norm nodes) for every unfused chain; `allreduce_ops`
+    and `norm_ops` are the extra ops a FusionConfig named (qualified names)."""
+    allreduce_ops, norm_ops = tuple(allreduce_ops), tuple(norm_ops)
     for node in graph.nodes.values():
-        if not ALLREDUCE.match(node.target):
+        if not optable.is_allreduce(node.target, allreduce_ops):
             continue
         reduced = _forward(graph, node)
         adds = [u for n in reduced for u in graph.users(n.name) if u.op == "aten.add"]
         add = adds[0] if adds else None
-        norm = _norm_after(graph, _forward(graph, add) if add else reduced)
+        norm = _norm_after(graph, _forward(graph, add) if add else reduced, norm_ops)
         if add is not None or norm:
             yield node, add, norm
 
@@ -130,11 +133,12 @@ def _where(nodes: list[Node]) -> tuple[Frame | None, list[Frame]]:
 def check_unfused(ctx: AuditContext) -> Iterable[Finding]:
     found: dict[tuple[str, int], Finding] = {}
     intended = left_by_range(ctx)
+    allreduce_ops, norm_ops = configured_ops(ctx)
     for art in ctx.trace.artifacts("inductor_post_grad_graph"):
         if art.line_no in intended:
             continue  # a compile range above the fusion threshold: unfused by design
         cid, graph = art.compile_id, parse_graph(art.payload or "")
-        for ar, add, norm in unfused_chains(graph):
+        for ar, add, norm in unfused_chains(graph, allreduce_ops, norm_ops):
             parts = [ar.target.rsplit(".", 1)[0]] + (["add"] if add else []) + \
                 (["RMSNorm"] if norm else [])
             chain = " -> ".join(parts)
@@ -158,12 +162,25 @@ def _grouped(found: dict, key: tuple, detail: str, make: Callable[[], Finding]) 
     found[key].details.append(detail)
 
 
-def _frame_of(ctx: AuditContext, cid: CompileId | None) -> Frame:
+def frame_of(ctx: AuditContext, cid: CompileId | None) -> Frame:
     for m in ctx.trace.of(CompilationMetrics):
         if (m.metrics_compile_id or m.compile_id) == cid and m.metrics.get("co_filename"):
             return Frame(m.metrics["co_filename"], int(m.metrics.get("co_firstlineno") or 0),
                          str(m.metrics.get("co_name", "")))
     return Frame("<compiled graph>", 0)
+
+
+def configured_ops(ctx: AuditContext) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The extra allreduce and norm ops the pass's FusionConfig named, from its reports."""
+    allreduce: dict[str, None] = {}
+    norm: dict[str, None] = {}
+    for _, p in fusion_reports(ctx):
+        allreduce.update(dict.fromkeys(map(str, p.get("allreduce_ops") or ())))
+        norm.update(dict.fromkeys(map(str, p.get("norm_ops") or ())))
+    return tuple(allreduce), tuple(norm)
+
+
+_frame_of = frame_of  # the committed rules/ranks.py still imports the old name
 
 
 def fusion_reports(ctx: AuditContext) -> list[tuple[Artifact, dict]]:
@@ -206,7 +223,7 @@ def check_disabled(ctx: AuditContext) -> Iterable[Finding]:
         if reason in found:
             found[reason].details.append(f"graph {art.compile_id}")
             continue
-        frame = _frame_of(ctx, art.compile_id)
+        frame = frame_of(ctx, art.compile_id)
         found[reason] = Finding(
             code="ARF202", name="fusion-pass-disabled",
             message=f"fusion pass disabled: {reason}", location=Location.of(frame),
@@ -250,7 +267,7 @@ def check_skipped(ctx: AuditContext) -> Iterable[Finding]:
                 continue  # reported once by ARF202
             g = graphs.get(art.compile_id)
             src = g.nodes[node].source if g and node in g.nodes else None
-            frame = src or _frame_of(ctx, art.compile_id)
+            frame = src or frame_of(ctx, art.compile_id)
             _grouped(found, (frame.filename, frame.line, reason),
                      f"graph {art.compile_id}: node {node}",
                      lambda: Finding(
