@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from arfuse.audit import baseline as baselines
 from arfuse.audit.context import AuditContext, RunInfo
+from arfuse.audit.domain import TokenDomain
 from arfuse.audit.findings import Finding
 from arfuse.audit.report import Report
 from arfuse.audit.rules import Rule, select_rules
@@ -83,15 +85,37 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
     }
 
 
+def _guard_summary(contexts: dict[int, AuditContext], run: RunInfo) -> dict[str, Any]:
+    """The token domain, and the guards judged harmless over it (each with the reason)."""
+    dismissed: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for rank, ctx in contexts.items():
+        for d in ctx.dismissed:
+            entry = dismissed.setdefault((d["expr"], d["path"], d["line"]),
+                                         {**d, "ranks": []})
+            entry["ranks"].append(rank)
+    return {"domain": [run.min_tokens, run.max_tokens],
+            "dismissed_guards": len(dismissed),
+            "dismissed": sorted(dismissed.values(), key=lambda d: (d["path"], d["line"]))}
+
+
 def analyze(traces: dict[int, Trace], run: RunInfo | None = None, *,
             select: Iterable[str] = (), ignore: Iterable[str] = (),
-            baseline: str | Path | None = None, root: str | Path | None = None) -> Report:
-    """Run the selected rules over each rank's trace and build the report."""
+            baseline: str | Path | None = None, root: str | Path | None = None,
+            domain: TokenDomain | None = None) -> Report:
+    """Run the selected rules over each rank's trace and build the report. `domain` (the
+    num_tokens the model serves) overrides the run's; guards are judged over it."""
     run = run or RunInfo()
+    if domain is not None:
+        run.min_tokens, run.max_tokens = domain.lo, domain.hi
     rules = select_rules(select, ignore)
     per_rank = [r for r in rules if r.scope == "rank"]
     contexts = {rank: AuditContext(t, run, rank) for rank, t in sorted(traces.items())}
     found = [f for ctx in contexts.values() for f in run_rules(ctx, per_rank)]
+    if any(r.family == "ARF1" for r in per_rank):
+        from arfuse.audit.verdicts import decisions
+
+        for ctx in contexts.values():
+            decisions(ctx)  # fills ctx.dismissed even when no ARF1 rule found anything
     if len(contexts) > 1:
         from arfuse.audit.rules.ranks import RanksContext
 
@@ -106,6 +130,7 @@ def analyze(traces: dict[int, Trace], run: RunInfo | None = None, *,
               f"{c.error.splitlines()[0] if c.error else ''}"
               for c in run.calls if not c.ok and "ConstraintViolation" not in c.error_type]
     report = Report(findings, _summary(traces, run, findings), errors=errors)
+    report.summary.update(_guard_summary(contexts, run))
     if baseline is not None:
         report.baselined = baselines.match(findings, baselines.load(baseline),
                                            Path(root) if root else Path.cwd())
@@ -148,9 +173,11 @@ def audit(target: Any, sizes: Sequence[int] | None = None, *, strict: bool = Fal
         result = run_target(target, sizes=list(sizes) if sizes else None, out_dir=out_dir,
                             strict=strict, dtrace=dtrace, backend=backend, timeout=timeout,
                             progress=progress)
-        traces = {r: parse_file(p) for r, p in result.trace_files.items()
-                  if r in result.run.ranks}
-        return analyze(traces, result.run, select=select, ignore=ignore, baseline=baseline)
+        try:
+            return analyze(result.traces, result.run, select=select, ignore=ignore,
+                           baseline=baseline)
+        finally:
+            result.close()
     return _audit_in_process(target, sizes, strict=strict, backend=backend, select=select,
                              ignore=ignore, baseline=baseline, out_dir=out_dir)
 
@@ -173,16 +200,22 @@ def _audit_in_process(obj: Any, sizes: Sequence[int] | None, *, strict: bool,
         raise ValueError("a multi-rank AuditTarget (world_size set) must be audited in a fresh "
                          "process: pass its spec string, audit('file.py:NAME')")
     plan = sweeps.sweep(target, sizes)
-    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="arfuse-audit-"))
-    out.mkdir(parents=True, exist_ok=True)
-    torch._dynamo.reset()  # a cached compile of the same code would log no guards
-    t0 = time.perf_counter()
-    with capture_trace(out / "trace.log") as log:
-        result = sweep_target(target, {"sizes": plan, "strict": strict, "backend": backend})
-    torch._dynamo.reset()
+    with contextlib.ExitStack() as stack:
+        if out_dir:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+        else:
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="arfuse-audit-")))
+        torch._dynamo.reset()  # a cached compile of the same code would log no guards
+        t0 = time.perf_counter()
+        with capture_trace(out / "trace.log") as log:
+            result = sweep_target(target, {"sizes": plan, "strict": strict, "backend": backend})
+        torch._dynamo.reset()
+        trace = parse_file(log)
     run = RunInfo(target=target.name or type(target.model).__name__, sizes=plan,
                   token_sources=result["token_sources"], token_dims=result["token_dims"],
                   calls=[CallResult.from_json(c) for c in result["calls"]],
                   backend=result["backend"], strict=result["strict"],
-                  seconds=round(time.perf_counter() - t0, 2))
-    return analyze({0: parse_file(log)}, run, select=select, ignore=ignore, baseline=baseline)
+                  seconds=round(time.perf_counter() - t0, 2),
+                  min_tokens=target.min_tokens, max_tokens=target.max_tokens)
+    return analyze({0: trace}, run, select=select, ignore=ignore, baseline=baseline)

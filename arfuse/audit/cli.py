@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -169,6 +170,15 @@ def _render_html(logs: dict[int, str], html: Path, report) -> None:
     click.echo(f"tlparse report: {html}/index.html; findings: {page}", err=True)
 
 
+def _domain(lo: int | None, hi: int | None, run: Any) -> Any:
+    """--min-tokens/--max-tokens over the run's (the target's) domain; ValueError if bad."""
+    from arfuse.audit.domain import TokenDomain
+
+    if lo is None and hi is None:
+        return None
+    return TokenDomain(run.min_tokens if lo is None else lo, run.max_tokens if hi is None else hi)
+
+
 @click.command("audit")
 @click.argument("target", required=False)
 @click.option("--sizes", help="Comma-separated num_tokens to sweep (default: 1,2,16,255,256,"
@@ -208,11 +218,21 @@ def _render_html(logs: dict[int, str], html: Path, report) -> None:
               help="Seconds before the target's process is killed.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
+@click.option("--min-tokens", type=int, default=None,
+              help="Smallest num_tokens the model serves (default: the target's, else 1).")
+@click.option("--max-tokens", type=int, default=None,
+              help="Largest num_tokens the model serves: every guard is judged over "
+                   "[min, max] and only one that fails inside it is a finding (default: the "
+                   "target's, else 65536).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Text output: also list every guard that holds over the whole token domain, "
+                   "with the reason it is not a finding.")
 def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
           also: tuple[str, ...], baseline: Path | None, write_baseline: Path | None, select: tuple[str, ...],
           ignore: tuple[str, ...], html: Path | None, strict: bool, dtrace: bool,
           backend: str | None, trace_file: Path | None, token_source: tuple[str, ...],
-          keep: Path | None, timeout: float, progress: bool | None) -> None:
+          keep: Path | None, timeout: float, progress: bool | None, min_tokens: int | None,
+          max_tokens: int | None, verbose: bool) -> None:
     """Prove a compiled model stays dynamic in num_tokens.
 
     TARGET is FILE.py:NAME or pkg.module:NAME; NAME() returns an arfuse.audit.AuditTarget or
@@ -223,7 +243,6 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
     from arfuse.audit import baseline as baselines
     from arfuse.audit.run import TargetError, run_target
     from arfuse.audit.sizes import parse_sizes
-    from arfuse.audit.trace import parse_file
 
     try:
         extra = []
@@ -260,21 +279,19 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
             traces, run = load_traces(trace_file, token_sources=_split_sources(token_source),
                                       progress=show, policy=policy_for(chosen))
             logs = {r: t.source for r, t in traces.items()}
-            report = api.analyze(traces, run, select=sel, ignore=ign, baseline=baseline)
+            report = api.analyze(traces, run, select=sel, ignore=ign, baseline=baseline,
+                                 domain=_domain(min_tokens, max_tokens, run))
         else:
             from arfuse.audit.default_target import SPEC
 
             spec = target or SPEC
-            if not target and baseline is None:
-                # the built-in example ships with its accepted (compiler-internal) findings
-                baseline = Path(__file__).with_name("default_baseline.json")
             result = run_target(spec, sizes=size_list, out_dir=keep, strict=strict,
                                 dtrace=dtrace, backend=backend, timeout=timeout, progress=show,
                                 display=None if target else "built-in TP decoder example "
                                 "(arfuse.audit.default_target:tp_decoder)")
-            traces = {r: parse_file(p) for r, p in result.trace_files.items()
-                      if r in result.run.ranks}
-            report = api.analyze(traces, result.run, select=sel, ignore=ign, baseline=baseline)
+            traces = result.traces  # parsed by run_target in its "reading trace" phase
+            report = api.analyze(traces, result.run, select=sel, ignore=ign, baseline=baseline,
+                                 domain=_domain(min_tokens, max_tokens, result.run))
             logs = {r: str(p) for r, p in result.trace_files.items() if r in traces}
     except (TargetError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -291,7 +308,7 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
         raise click.exceptions.Exit(0)
     for kind, path in extra:
         _write(path, report.render(kind))
-    text = report.render(fmt)
+    text = report.render(fmt, verbose=verbose)
     if output is not None:
         _write(output, text)
     else:

@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from arfuse.audit.domain import DEFAULT_MAX_TOKENS, DEFAULT_MIN_TOKENS, TokenDomain
 from arfuse.audit.trace import (
     Artifact, CompileId, CreateSymbol, GuardAdded, SymbolicShapeSpecialization, Trace,
     UnknownEvent,
@@ -23,6 +24,13 @@ from arfuse.audit.trace import (
 CALL_ARTIFACT = "arfuse_audit_call"
 FUSION_ARTIFACT = "arfuse_fusion"
 _SIZE_SOURCE = re.compile(r"\.size\(\)\[(\d+)\]$")
+_INT_ARG_SOURCE = re.compile(r"^L\['[^']+'\]$")
+_INT = re.compile(r"^-?\d+$")
+
+
+def pretty_source(source: str) -> str:
+    """`L['x'].size()[0]` -> `x.size()[0]`: how a user spells the input."""
+    return re.sub(r"L\['([^']+)'\]", r"\1", source)
 
 
 @dataclass
@@ -55,6 +63,12 @@ class RunInfo:
     strict: bool = False
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    min_tokens: int = DEFAULT_MIN_TOKENS   # the token domain the model must serve
+    max_tokens: int = DEFAULT_MAX_TOKENS
+
+    @property
+    def domain(self) -> TokenDomain:
+        return TokenDomain(self.min_tokens, self.max_tokens)
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -80,6 +94,8 @@ class AuditContext:
         self.trace = trace
         self.run = run or RunInfo()
         self.rank = rank
+        self.domain = self.run.domain
+        self.dismissed: list[dict[str, Any]] = []  # guards judged harmless, with the reason
 
     # -- which call triggered which compile ---------------------------------------------
     @cached_property
@@ -131,7 +147,7 @@ class AuditContext:
         for e in self.trace.of(CreateSymbol):
             if self.is_token_source(e.source):
                 out[(e.compile_id, e.symbol)] = e.source
-            elif self._fallback_token(e):
+            elif self._fallback_token(e) or self._int_token(e):
                 out[(e.compile_id, e.symbol)] = e.source
         for e in self.trace.of(GuardAdded):  # TORCH_DTRACE: symbol -> source maps
             for sym, src in e.symbol_to_sources.items():
@@ -152,6 +168,25 @@ class AuditContext:
         n = self.compile_sizes.get(e.compile_id) if e.compile_id else None
         dims = {d for ds in self.run.token_dims.values() for d in ds}
         return bool(m) and int(m.group(1)) in dims and n is not None and e.val == str(n)
+
+    def _int_token(self, e: CreateSymbol) -> bool:
+        """An int argument equal to num_tokens (`x[:num_valid]` with num_valid == n): the same
+        number as the token dim, whatever its name. Needs a size above 2 to tell them apart."""
+        n = self.compile_sizes.get(e.compile_id) if e.compile_id else None
+        return (bool(_INT_ARG_SOURCE.match(e.source)) and n is not None and n > 2
+                and e.val == str(n))
+
+    def symbol_values(self, cid: CompileId | None) -> dict[str, int]:
+        """Every symbol's value in the compile that created it (its example size)."""
+        return self._symbol_values.get(cid, {})
+
+    @cached_property
+    def _symbol_values(self) -> dict[CompileId | None, dict[str, int]]:
+        out: dict[CompileId | None, dict[str, int]] = {}
+        for e in self.trace.of(CreateSymbol):
+            if _INT.match(e.val or ""):
+                out.setdefault(e.compile_id, {})[e.symbol] = int(e.val)
+        return out
 
     def token_source(self, cid: CompileId | None, symbol: str) -> str | None:
         return self.token_symbols.get((cid, symbol))

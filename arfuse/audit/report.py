@@ -41,11 +41,13 @@ class Report:
         """(code, line, file name) of every finding: handy in tests."""
         return [(f.code, f.line, os.path.basename(f.path)) for f in self.findings]
 
-    def render(self, fmt: str, root: str | Path | None = None) -> str:
+    def render(self, fmt: str, root: str | Path | None = None, verbose: bool = False) -> str:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-        return {"text": to_text, "json": to_json, "markdown": to_markdown,
-                "sarif": to_sarif}[fmt](self, Path(root) if root else Path.cwd())
+        where = Path(root) if root else Path.cwd()
+        if fmt == "text":
+            return to_text(self, where, verbose)
+        return {"json": to_json, "markdown": to_markdown, "sarif": to_sarif}[fmt](self, where)
 
 
 def _json_finding(f: Finding, root: Path, baselined: bool) -> dict[str, Any]:
@@ -71,7 +73,7 @@ def _counts(report: Report) -> str:
     return ", ".join(f"{c} x{n}" for c, n in sorted(by.items()))
 
 
-def to_text(report: Report, root: Path) -> str:
+def to_text(report: Report, root: Path, verbose: bool = False) -> str:
     s = report.summary
     swept = (f"swept num_tokens = {', '.join(map(str, s.get('sizes', [])))} "
              f"({s.get('calls', 0)} calls, " if s.get("calls") else
@@ -85,6 +87,16 @@ def to_text(report: Report, root: Path) -> str:
              f"{s.get('recompiles', 0)} recompiles, {s.get('seconds', 0)} s, "
              f"backend {s.get('backend', '?')}, ranks audited {s.get('ranks', [0])} "
              f"of world size {s.get('world_size', 1)})"]
+    if s.get("domain"):
+        lo, hi = s["domain"]
+        n = s.get("dismissed_guards", 0)
+        lines.append(f"  token domain num_tokens in [{lo:,}, {hi:,}]: {n} guard(s) on num_tokens "
+                     f"hold everywhere in it (not findings"
+                     + ("; --verbose lists them)" if n and not verbose else ")"))
+        if verbose:
+            for d in s.get("dismissed", []):
+                lines.append(f"    {rel(d['path'], root)}:{d['line']}: `{d['expr']}` - "
+                             f"{d['reason']}")
     fusion = s.get("fusion") or {}
     if fusion.get("graphs"):
         lines.append(f"  fusion pass: {fusion['matches']} allreduce chain(s) fused in "
@@ -124,8 +136,10 @@ def to_text(report: Report, root: Path) -> str:
         lines.append(f"error: {e}")
     for note in s.get("notes", []):
         lines.append(f"note: {note}")
-    verdict = ("PASS: num_tokens stays dynamic" if not report.new and not report.errors
-               else "FAIL" if report.errors else "FAIL")
+    domain = (f" over num_tokens in [{s['domain'][0]:,}, {s['domain'][1]:,}]"
+              if s.get("domain") else "")
+    verdict = (f"PASS: num_tokens stays dynamic{domain}" if not report.new and not report.errors
+               else "FAIL")
     lines.append(f"{verdict}: {len(report.findings)} finding(s), {len(report.baselined)} "
                  f"baselined, {_counts(report)}. `arfuse rules` explains each code.")
     return "\n".join(lines) + "\n"

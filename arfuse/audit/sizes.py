@@ -55,6 +55,9 @@ def sweep(target: AuditTarget, sizes: Iterable[int] | None = None) -> list[int]:
     chosen = set(base)
     for t in thresholds(target):
         chosen.update(x for x in (t - 1, t, t + 1) if x >= 1)
+    if sizes is None:  # the default sweep stays inside the target's token domain
+        inside = {s for s in chosen if target.min_tokens <= s <= target.max_tokens}
+        chosen = inside if any(s >= 2 for s in inside) else chosen
     big = sorted(s for s in chosen if s >= 2)
     return big + sorted(s for s in chosen if s < 2)
 

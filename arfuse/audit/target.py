@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from arfuse.audit.domain import DEFAULT_MAX_TOKENS, DEFAULT_MIN_TOKENS, TokenDomain
+
 DEFAULT_SIZES = (1, 2, 16, 255, 256, 2047, 2048, 2049, 8192)
 
 
@@ -33,7 +35,8 @@ class AuditTarget:
     thresholds: Sequence[int] = ()           # each t is swept as t-1, t, t+1
     hidden: int | None = None                # set: also sweep arfuse's thresholds table limits
     dtype: Any = None                        # ... for this activation dtype (default bfloat16)
-    max_tokens: int = 65536                  # table limits above this are not swept
+    min_tokens: int = DEFAULT_MIN_TOKENS     # the token domain the model serves: guards are
+    max_tokens: int = DEFAULT_MAX_TOKENS     # judged over [min_tokens, max_tokens]
     world_size: int | None = None            # None: no process group; n: n spawned gloo ranks
     build: Callable[[], Any] | None = None   # multi-rank: called on every rank, in the group
     audit_ranks: str = "first"               # "first": rank 0's trace; "all": every rank's
@@ -56,6 +59,11 @@ class AuditTarget:
         for t in self.thresholds:
             if not isinstance(t, int) or t < 1:
                 raise ValueError(f"AuditTarget.thresholds must be positive ints, got {t!r}")
+        TokenDomain(self.min_tokens, self.max_tokens)  # raises ValueError saying what is wrong
+
+    @property
+    def domain(self) -> TokenDomain:
+        return TokenDomain(self.min_tokens, self.max_tokens)
 
     def materialize(self) -> "AuditTarget":
         """Call `build()` (on a rank) and return a target with model and make_inputs set."""
@@ -70,7 +78,8 @@ class AuditTarget:
         return AuditTarget(model=inner.model, make_inputs=inner.make_inputs,
                            compile_kwargs=merged, token_dims=self.token_dims or inner.token_dims,
                            sizes=self.sizes, thresholds=self.thresholds, hidden=self.hidden,
-                           dtype=self.dtype, max_tokens=self.max_tokens,
+                           dtype=self.dtype, min_tokens=self.min_tokens,
+                           max_tokens=self.max_tokens,
                            world_size=self.world_size, audit_ranks=self.audit_ranks,
                            compile_ranks=self.compile_ranks, strict=self.strict, name=self.name)
 
@@ -94,16 +103,26 @@ def coerce(obj: Any, what: str) -> AuditTarget:
                      f"or a tuple (model, make_inputs[, torch_compile_kwargs])")
 
 
-def resolve(spec: str) -> Callable[[], Any]:
-    """`path/to/model.py:NAME` or `pkg.module:NAME` -> the callable NAME."""
+def split_spec(spec: str) -> tuple[str, str, Path | None]:
+    """`FILE.py:NAME` / `pkg.module:NAME` -> (where, NAME, the file or None). Checks the form
+    and that the file exists without importing anything (the CLI calls it before it starts
+    the worker)."""
     if ":" not in spec:
         raise ValueError(f"target {spec!r} has no ':NAME'; write FILE.py:NAME or pkg.module:NAME "
                          f"where NAME() returns the model and make_inputs")
     where, _, name = spec.rpartition(":")
-    if where.endswith(".py") or "/" in where or "\\" in where:
-        path = Path(where)
-        if not path.is_file():
-            raise ValueError(f"target file {where!r} does not exist (relative to {Path.cwd()})")
+    if not (where.endswith(".py") or "/" in where or "\\" in where):
+        return where, name, None
+    path = Path(where)
+    if not path.is_file():
+        raise ValueError(f"target file {where!r} does not exist (relative to {Path.cwd()})")
+    return where, name, path
+
+
+def resolve(spec: str) -> Callable[[], Any]:
+    """`path/to/model.py:NAME` or `pkg.module:NAME` -> the callable NAME."""
+    where, name, path = split_spec(spec)
+    if path is not None:
         mod_name = f"_arfuse_target_{abs(hash(str(path.resolve())))}"
         mspec = importlib.util.spec_from_file_location(mod_name, path)
         if mspec is None or mspec.loader is None:

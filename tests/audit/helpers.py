@@ -10,7 +10,7 @@ HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures"
 # cheap fixtures (aot_eager) in one process, the Inductor ones in another
 CHEAP = ["branch", "equality", "host_value", "divisibility", "fake_kernel", "opaque_op",
-         "llama_block", "graph_break"]
+         "llama_block", "graph_break", "sliding_window", "pins", "tautologies", "not_compiled"]
 INDUCTOR = ["pattern_replacement", "tp_unfused"]
 ALL = CHEAP + INDUCTOR
 _EXPECT = re.compile(r"#\s*expect:\s*([A-Z0-9, ]+)")

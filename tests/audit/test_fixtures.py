@@ -1,5 +1,7 @@
 """Each fixture model gets exactly the findings its `# expect:` comments name, at those lines."""
 
+import re
+
 import pytest
 
 from tests.audit.helpers import ALL, FIXTURES, expected_marks, load_json
@@ -31,7 +33,8 @@ def test_fake_kernel_guard_points_into_the_fake_kernel_and_lists_the_call_site(f
     assert lines[guard["line"] - 1].strip().startswith("if x.shape[0] > 1024:")
     call_site = [fr["line"] for fr in guard["frames"][1:]]
     assert call_site and lines[call_site[0] - 1].strip() == "return scale(x) + 1"
-    assert guard["expr"] == "s77 <= 1024; s77 > 1024"
+    assert re.fullmatch(r"s\d+ <= 1024; s\d+ > 1024", guard["expr"])
+    assert "recompiles at 1,024 -> 1,025" in guard["message"]
     assert guard["num_tokens"] == [16, 1025]  # compiled at 16, recompiled past the threshold
 
 
@@ -48,8 +51,9 @@ def test_threshold_branch_recompiles_exactly_when_crossing(fixture_reports):
 def test_equality_branch_is_pinned_to_the_constant(fixture_reports):
     (pin,) = [f for f in load_json(fixture_reports, "equality")["findings"]
               if f["code"] == "ARF101"]
-    assert "specialized to 64" in pin["message"]
-    assert pin["expr"] == "Ne(s77, 64); Eq(s77, 64); s77 == 64"
+    # compiled at 16: every count but 64; recompiled at 64: that count only
+    assert "valid for num_tokens=64 only" in pin["message"]
+    assert "valid for every num_tokens except 64" in pin["message"]
     assert pin["num_tokens"] == [16, 64]  # 2047 reuses the graph compiled at 16
 
 
@@ -57,6 +61,7 @@ def test_divisibility_line_gets_one_finding_with_every_consequence(fixture_repor
     (div,) = load_json(fixture_reports, "divisibility")["findings"]
     assert div["code"] == "ARF103"
     assert "Mod(" in div["expr"]
+    assert "valid only for num_tokens % 4 in {0}" in div["message"]
 
 
 def test_pattern_replacement_guard_is_attributed_to_the_replacement(fixture_reports):
@@ -74,3 +79,49 @@ def test_unfused_allreduce_chain_and_disabled_pass(fixture_reports):
     assert "world size 1" in by_code["ARF202"]["message"]
     assert report["summary"]["fusion"]["graphs"] >= 1
     assert report["summary"]["fusion"]["matches"] == 0
+
+
+def test_negated_sliding_window_slice_is_a_threshold_at_the_exact_count(fixture_reports):
+    (f,) = load_json(fixture_reports, "sliding_window")["findings"]
+    assert f["code"] == "ARF102"
+    assert "valid for num_tokens in [2, 4,094]: recompiles at 4,094 -> 4,095" in f["message"]
+
+
+def test_codes_follow_the_truth_not_the_syntax(fixture_reports):
+    by_code = {f["code"]: f for f in load_json(fixture_reports, "pins")["findings"]}
+    assert by_code["ARF101"]["message"].endswith("valid for every num_tokens except 8")
+    assert "Ne(" in by_code["ARF101"]["expr"]
+    assert "recompiles at 64 -> 65" in by_code["ARF102"]["message"]   # Eq(ceil(n/64), 1)
+    assert "CeilToInt" in by_code["ARF102"]["expr"]
+
+
+def test_guards_that_always_hold_are_counted_and_listed_not_reported(fixture_reports):
+    report = load_json(fixture_reports, "tautologies")
+    assert report["findings"] == []
+    summary = report["summary"]
+    assert summary["domain"] == [1, 65536]
+    dismissed = {(d["line"], d["expr"]) for d in summary["dismissed"]
+                 if d["path"].endswith("tautologies.py")}
+    assert summary["dismissed_guards"] == len(summary["dismissed"]) >= 2
+    assert any(line == 14 and re.fullmatch(r"s(\d+) <= 8\*\(\(\(s\1 \+ 7\)//8\)\)", e)
+               for line, e in dismissed), dismissed  # pad to a multiple of 8, slice back
+    assert any(line == 15 and re.search(r"s\d+ <= s\d+", e) for line, e in dismissed)
+    assert all("always holds" in d["reason"] for d in summary["dismissed"])
+    text = (fixture_reports["tautologies"] / "tautologies.text").read_text()
+    assert "PASS: num_tokens stays dynamic over num_tokens in [1, 65,536]" in text
+
+
+def test_a_frame_that_never_compiled_is_never_a_pass(fixture_reports):
+    report = load_json(fixture_reports, "not_compiled")
+    (f,) = report["findings"]
+    assert (f["code"], f["line"]) == ("ARF108", 20)
+    assert "nothing compiled" in f["message"] and "Unsupported" in f["message"]
+    text = (fixture_reports["not_compiled"] / "not_compiled.text").read_text()
+    assert "PASS" not in text
+
+
+def test_graph_break_on_the_token_path_names_the_break_and_the_reason(fixture_reports):
+    (brk,) = [f for f in load_json(fixture_reports, "graph_break")["findings"]
+              if f["code"] == "ARF107"]
+    assert brk["line"] == 18 and "graph break" in brk["message"]
+    assert "User-inserted graph break" in brk["message"]

@@ -2,8 +2,10 @@
 (what it does / why is this bad / example / fix) and a check function over an `AuditContext`.
 
 Families (one module each):
-    ARF1xx  specialization.py  num_tokens specialization: pins, range and divisibility guards,
-                               recompiles, ConstraintViolationError
+    ARF1xx  specialization.py  num_tokens specialization, each guard judged over the token
+                               domain: pins, range and divisibility guards, recompiles,
+                               ConstraintViolationError, the compiler's own switches (ARF101-106)
+            compiled.py        graph breaks and frames that did not compile (ARF107-108)
     ARF2xx  fusion.py          fusion coverage: allreduce + add/RMSNorm left unfused, pass disabled
     ARF3xx  ranks.py           cross-rank consistency: compiles, token guards, fused ops and
                                collectives that differ between ranks (scope "ranks": the check
@@ -57,7 +59,9 @@ def rule(code: str, name: str, summary: str, docs: str, fix: str = "",
 
 
 def all_rules() -> list[Rule]:
-    from arfuse.audit.rules import fusion, ranks, specialization  # noqa: F401 - registers rules
+    from arfuse.audit.rules import (  # noqa: F401 - registers rules
+        compiled, fusion, ranks, specialization,
+    )
 
     return [_REGISTRY[c] for c in sorted(_REGISTRY)]
 

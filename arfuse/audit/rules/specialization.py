@@ -1,9 +1,12 @@
 """ARF1xx: num_tokens specialization - every guard, pin and recompile on the token count.
 
-Evidence comes from the trace: `guard_added_fast` and `symbolic_shape_specialization` events
-(grouped per rule and source line), `recompile_reasons` artifacts, and `compilation_metrics`
-of compiles that failed with `ConstraintViolationError`. Only guards on token symbols count; the
-0/1-specialization bounds torch adds to every dynamic dim are dropped.
+Evidence comes from the trace: `guard_added_fast` and `symbolic_shape_specialization` events,
+`recompile_reasons` artifacts, and `compilation_metrics` of compiles that failed with
+`ConstraintViolationError`. Each guard on a token symbol is judged exactly over the token domain
+(`arfuse.audit.verdicts`): a guard that holds for every num_tokens the model serves is not a
+finding; one that fails somewhere gets the code its truth earns (ARF101 a pin, ARF102 a
+threshold, ARF103 a residue class, ARF106 the compiler's own switch) and names the token counts
+where the compiled graph stops being valid.
 """
 
 from __future__ import annotations
@@ -12,36 +15,34 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from arfuse.audit.attribution import Attribution, attribute, is_framework
-from arfuse.audit.context import AuditContext
+from arfuse.audit.attribution import Attribution, is_framework
+from arfuse.audit.context import AuditContext, pretty_source
 from arfuse.audit.findings import Finding, Location
-from arfuse.audit.guards import GuardClass, classify, symbols
 from arfuse.audit.rules import rule
-from arfuse.audit.trace import (
-    CompilationMetrics, CompileId, Frame, GuardAddedFast, SymbolicShapeSpecialization,
-)
+from arfuse.audit.trace import CompilationMetrics, CompileId, Frame
+from arfuse.audit.verdicts import COMPILER, DIVISIBILITY, PIN, RANGE, Decision, decisions
 
 
 @dataclass
-class _Group:
-    """Evidence for one finding: one rule at one source line."""
+class _Line:
+    """Every decision of one rule at one source line, across compiles."""
 
-    attribution: Attribution
-    exprs: list[str] = field(default_factory=list)
-    symbols: list[str] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-    compile_ids: list[CompileId] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
-    seen: set = field(default_factory=set)  # (list index, item): `in` on the lists is O(n)
+    code: str
+    where: Attribution
+    decisions: list[Decision] = field(default_factory=list)
 
-    def add(self, expr: str, symbol: str, source: str, cid: CompileId | None,
-            size: int | None) -> None:
-        for i, (seq, item) in enumerate(((self.exprs, expr), (self.symbols, symbol),
-                                         (self.sources, source), (self.compile_ids, cid),
-                                         (self.sizes, size))):
-            if item is not None and item != "" and (i, item) not in self.seen:
-                self.seen.add((i, item))
-                seq.append(item)
+    @property
+    def exprs(self) -> list[str]:
+        return list(dict.fromkeys(g.expr for d in self.decisions for g in d.guards))
+
+    @property
+    def flips(self) -> list[int]:
+        return sorted({f for d in self.decisions for f in d.verdict.flips})
+
+    @property
+    def source(self) -> str:
+        src = next((g.source for d in self.decisions for g in d.guards if g.source), "")
+        return pretty_source(src) if src else "num_tokens"
 
 
 def _cve_compiles(ctx: AuditContext) -> set[CompileId]:
@@ -54,110 +55,67 @@ def _cve_compiles(ctx: AuditContext) -> set[CompileId]:
     return out
 
 
-def token_decisions(ctx: AuditContext) -> list[tuple[GuardClass, str, str, str,
-                                                     CompileId | None, Attribution]]:
-    """(class, expr, symbol, source, compile id, attribution) for every token guard/pin.
-
-    A reshape that needs divisibility adds a Mod guard plus floor-division consequences
-    (`Ne((s0//4), 0)`, `Eq((s0//((s0//4))), 4)`); on a line with a Mod guard those count as
-    divisibility too, so the line gets one finding, not three."""
-    cached = ctx.__dict__.get("_token_decisions")
-    if cached is not None:
-        return cached
-    out = []
-    for e in ctx.trace.events:
-        if isinstance(e, GuardAddedFast):
-            tokens = {s for s in symbols(e.expr) if ctx.token_source(e.compile_id, s)}
-            cls = classify(e.expr, tokens) if tokens else None
-            expr = e.expr
-        elif isinstance(e, SymbolicShapeSpecialization):
-            src = ctx.token_source(e.compile_id, e.symbol)
-            if not src and any(ctx.is_token_source(s) for s in e.sources):
-                src = e.sources[0]
-            tokens = {e.symbol} if src else set()
-            cls = GuardClass.PIN if tokens and e.value not in ("0", "1") else None
-            expr = f"{e.symbol} == {e.value}"
-        else:
+def _lines(ctx: AuditContext, code: str) -> list[_Line]:
+    lines: dict[tuple[str, int], _Line] = {}
+    cve = _cve_compiles(ctx) if code == PIN else set()
+    for d in decisions(ctx):
+        if d.code != code or d.compile_id in cve:
             continue
-        if cls is None or cls is GuardClass.RELATION:
-            continue
-        where = attribute(e.user_stack, e.stack)
-        if where is None:
-            continue
-        sym = sorted(tokens)[0]
-        out.append((cls, expr, sym, ctx.token_source(e.compile_id, sym) or "", e.compile_id,
-                    where))
-    div_lines = {(w.decision.filename, w.decision.line) for c, *_, w in out
-                 if c is GuardClass.DIVISIBILITY}
-    result = []
-    for cls, expr, sym, src, cid, where in out:
-        if (where.decision.filename, where.decision.line) in div_lines and "//" in expr:
-            cls = GuardClass.DIVISIBILITY
-        if cls is not GuardClass.FRAMEWORK:
-            result.append((cls, expr, sym, src, cid, where))
-    ctx.__dict__["_token_decisions"] = result
-    return result
+        lines.setdefault(d.line_key, _Line(code, d.where)).decisions.append(d)
+    return list(lines.values())
 
 
-def _grouped(ctx: AuditContext, wanted: GuardClass) -> dict[tuple[str, int], _Group]:
-    groups: dict[tuple[str, int], _Group] = {}
-    cve = _cve_compiles(ctx)
-    for cls, expr, sym, src, cid, where in token_decisions(ctx):
-        if cls is not wanted or (wanted is GuardClass.PIN and cid in cve):
-            continue
-        key = (where.decision.filename, where.decision.line)
-        group = groups.setdefault(key, _Group(where))
-        group.add(expr, sym, src, cid, ctx.compile_sizes.get(cid) if cid else None)
-    return groups
+def _recompiles_at(flips: list[int]) -> str:
+    steps = [f"{f:,} -> {f + 1:,}" for f in flips[:4]]
+    more = f" (+{len(flips) - 4} more)" if len(flips) > 4 else ""
+    return f"recompiles at {', '.join(steps)}{more}"
 
 
-COMPILER_FIX = ("nothing in the model decided this: torch added the guard itself. Accept it in "
-                "the baseline (--write-baseline) or report it upstream if it recompiles in "
-                "production")
-
-
-def _finding(code: str, name: str, message: str, group: _Group, fix: str) -> Finding:
-    a = group.attribution
-    details = [f"guard `{x}`" for x in group.exprs]
+def _finding(ctx: AuditContext, line: _Line, name: str, message: str) -> Finding:
+    a = line.where
+    details = []
+    for d in line.decisions:
+        size = ctx.compile_sizes.get(d.compile_id) if d.compile_id else None
+        at = f" (compiled at num_tokens={size:,})" if size is not None else ""
+        details.append(f"compile {d.compile_id}{at}: `{d.verdict.expr}` - "
+                       f"{d.verdict.describe()}")
+        for g in d.folded:
+            f = g.where.decision
+            who = "re-checked by the compiler" if g.where.by == "compiler" else "implied"
+            details.append(f"also {who} at {f.filename}:{f.line}: `{g.expr}`")
     if a.by == "compiler":
         details.append(f"added by the compiler itself in {a.decision.name or 'torch'} "
                        f"(no model line decided it)")
-        message = f"[compiler] {message}"
-        fix = COMPILER_FIX
+    sizes = sorted({ctx.compile_sizes[d.compile_id] for d in line.decisions
+                    if d.compile_id in ctx.compile_sizes})
+    first = line.decisions[0]
     return Finding(
-        code=code, name=name, message=message, location=Location.of(a.decision),
-        expr="; ".join(group.exprs), symbol=group.symbols[0] if group.symbols else "",
-        compile_id=str(group.compile_ids[0]) if group.compile_ids else "",
-        frames=[Location.of(f) for f in a.frames], details=details,
-        num_tokens=sorted(group.sizes), fix=fix)
-
-
-def _src(group: _Group) -> str:
-    return _pretty(group.sources[0]) if group.sources else "num_tokens"
-
-
-def _pretty(source: str) -> str:
-    return re.sub(r"L\['([^']+)'\]", r"\1", source)
+        code=line.code, name=name, message=message, location=Location.of(a.decision),
+        expr="; ".join(line.exprs), symbol=first.guards[0].symbol,
+        compile_id=str(first.compile_id) if first.compile_id else "",
+        frames=[Location.of(f) for f in a.frames], details=details, num_tokens=sizes)
 
 
 @rule("ARF101", "num-tokens-pinned",
-      "num_tokens is compared for equality with a constant (the graph specializes to it)",
+      "the compiled graph holds for one num_tokens only (or for every count but a few)",
       """
       ## What it does
-      Finds source lines where the token count is compared for equality with a constant
-      (`Eq(s0, 16)`, `Ne(s0, 16)`) or specialized to one (`symbolic_shape_specialization`),
-      including values computed from the size outside torch (`[0] * n`, `np.ceil(n / 64)`).
+      Finds source lines whose guards on the token count hold for a single count inside the
+      token domain (`Eq(s0, 16)`, a `symbolic_shape_specialization`, `[0] * n`,
+      `np.ceil(n / 64)` on a size) or fail for a few isolated counts (`Ne(s0, 8)`: every
+      count except 8). Each guard is judged over the whole domain, so `Eq(ceil(s0/64), 1)`
+      (valid for 1-64) is a threshold (ARF102), not a pin.
 
       ## Why is this bad?
-      At the constant, torch.compile builds a graph that is valid for exactly one token count;
-      every other count fails its guard and recompiles (or, past the recompile limit, falls
-      back to eager). Under `mark_dynamic` the same line raises `ConstraintViolationError`
-      (see ARF105).
+      A pinned graph is valid for exactly one token count: every other count fails its guard
+      and recompiles (past the recompile limit, it runs eagerly). An excluded count compiles
+      its own graph when it arrives. Under `mark_dynamic` the same line raises
+      `ConstraintViolationError` (see ARF105).
 
       ## Example
       ```python
       def forward(self, x):
-          if x.shape[0] == 16:        # ARF101
+          if x.shape[0] == 16:        # ARF101: valid for num_tokens=16 only
               return self.decode_path(x)
           return self.prefill_path(x)
       ```
@@ -169,31 +127,41 @@ def _pretty(source: str) -> str:
       """,
       fix="move the comparison into a custom op's real kernel, or keep the size symbolic")
 def check_pinned(ctx: AuditContext) -> Iterable[Finding]:
-    for group in _grouped(ctx, GuardClass.PIN).values():
-        consts = sorted({x.split("==")[-1].strip() for x in group.exprs if "==" in x})
-        pin = f"; specialized to {', '.join(consts)}" if consts else ""
-        yield _finding("ARF101", "num-tokens-pinned",
-                       f"{_src(group)} is compared with a constant here{pin}: the compiled graph "
-                       f"is valid for one token count only", group,
-                       "")
+    for line in _lines(ctx, PIN):
+        verdicts = [d.verdict for d in line.decisions]
+        points = sorted({v.runs[0][0] for v in verdicts if v.shape == "point"})
+        excluded = sorted({x for v in verdicts if v.shape == "except" for x in v.excluded})
+        parts = []
+        if points:
+            parts.append(f"valid for num_tokens={', '.join(f'{p:,}' for p in points)} only"
+                         + (" (one graph per count)" if len(points) > 1 else ""))
+        if excluded:
+            parts.append(f"valid for every num_tokens except {', '.join(f'{x:,}' for x in excluded)}")
+        parts += [v.describe() for v in verdicts if v.shape == "unknown"][:1]
+        yield _finding(ctx, line, "num-tokens-pinned",
+                       f"{line.source} is compared with a constant here: {'; '.join(parts)}")
 
 
 @rule("ARF102", "num-tokens-range-guard",
-      "a threshold branch on num_tokens guards the compiled graph on a range",
+      "a threshold on num_tokens inside the token domain: the graph recompiles when crossed",
       """
       ## What it does
-      Finds source lines that compare the token count against a threshold (`s0 <= 2048`,
-      `s0 > 8192`), whether in model code, a custom op's fake kernel, or a pattern replacement.
+      Finds source lines whose guards on the token count hold on one or a few contiguous runs
+      of the token domain (`s0 <= 2048`, `-s0 > -4095` from `keys[-4095:]`,
+      `Eq(ceil(s0/64), 1)`), in model code, a custom op's fake kernel, or a pattern
+      replacement, and names the exact counts where the graph stops being valid.
+      A threshold outside the domain (`--max-tokens`) is not a finding.
 
       ## Why is this bad?
       The compiled graph is only valid on one side of the threshold. When traffic crosses it,
       torch.compile recompiles (ARF104) - in production, at the first large batch. The classic
-      case is `if num_tokens <= max_token_num:` choosing a fused kernel.
+      case is `if num_tokens <= max_token_num:` choosing a fused kernel; a sliding-window slice
+      `keys[-window:]` is another.
 
       ## Example
       ```python
       def forward(self, x):
-          if x.shape[0] <= 2048:      # ARF102
+          if x.shape[0] <= 2048:      # ARF102: recompiles at 2,048 -> 2,049
               return fused_allreduce(x)
           return allreduce(x)
       ```
@@ -205,20 +173,32 @@ def check_pinned(ctx: AuditContext) -> Iterable[Finding]:
       """,
       fix="branch at run time inside a custom op's real kernel, or compile per range on purpose")
 def check_range(ctx: AuditContext) -> Iterable[Finding]:
-    for group in _grouped(ctx, GuardClass.RANGE).values():
-        yield _finding("ARF102", "num-tokens-range-guard",
-                       f"{_src(group)} is compared with a threshold here "
-                       f"({', '.join(f'`{x}`' for x in group.exprs)}): the graph recompiles "
-                       f"when num_tokens crosses it", group, "")
+    for line in _lines(ctx, RANGE):
+        judged = [d.verdict for d in line.decisions if d.verdict.shape != "unknown"]
+        if judged and line.flips:
+            valid = list(dict.fromkeys(
+                " & ".join(f"[{a:,}, {b:,}]" for a, b in v.runs[:3]) for v in judged))
+            graphs = "graphs compiled here are" if len(valid) > 1 else "graph compiled here is"
+            what = (f"the {graphs} valid for num_tokens in {' and '.join(valid)}: "
+                    f"{_recompiles_at(line.flips)}")
+        elif judged:
+            what = f"the graph compiled here {judged[0].describe()}"
+        else:
+            what = (f"{line.decisions[0].verdict.describe()}: the graph recompiles when "
+                    f"num_tokens crosses `{line.exprs[0]}`")
+        yield _finding(ctx, line, "num-tokens-range-guard",
+                       f"{line.source} is compared with a threshold here: {what}")
 
 
 @rule("ARF103", "num-tokens-divisibility-guard",
-      "a reshape/slice or branch demands num_tokens be divisible by a constant",
+      "the compiled graph holds only for some remainders of num_tokens inside the domain",
       """
       ## What it does
-      Finds source lines that add a divisibility guard on the token count
-      (`Eq(Mod(s0, 4), 0)`), typically a `view(-1, k, ...)`, a chunk/split into fixed
-      pieces, or `if n % k == 0:`.
+      Finds source lines whose guards hold only for a residue class of the token count
+      inside the token domain (`Eq(Mod(s0, 4), 0)`: valid only for num_tokens % 4 == 0),
+      typically a `view(-1, k, ...)`, a chunk/split into fixed pieces, or `if n % k == 0:`.
+      Guards that merely mention `Mod` but hold for every count (padding to a multiple of 8
+      and slicing back) are not findings.
 
       ## Why is this bad?
       The compiled graph holds only for token counts with that remainder: a batch with another
@@ -227,7 +207,7 @@ def check_range(ctx: AuditContext) -> Iterable[Finding]:
       ## Example
       ```python
       def forward(self, x):
-          return x.view(-1, 4, self.hidden)   # ARF103: num_tokens % 4 == 0
+          return x.view(-1, 4, self.hidden)   # ARF103: valid only for num_tokens % 4 in {0}
       ```
 
       ## Fix
@@ -236,11 +216,64 @@ def check_range(ctx: AuditContext) -> Iterable[Finding]:
       """,
       fix="pad num_tokens outside the compiled region, or reshape a dim that is not num_tokens")
 def check_divisibility(ctx: AuditContext) -> Iterable[Finding]:
-    for group in _grouped(ctx, GuardClass.DIVISIBILITY).values():
-        yield _finding("ARF103", "num-tokens-divisibility-guard",
-                       f"{_src(group)} must be divisible here "
-                       f"({', '.join(f'`{x}`' for x in group.exprs)}): other token counts "
-                       f"recompile", group, "")
+    for line in _lines(ctx, DIVISIBILITY):
+        what = "; ".join(dict.fromkeys(d.verdict.describe() for d in line.decisions))
+        yield _finding(ctx, line, "num-tokens-divisibility-guard",
+                       f"{line.source} must be divisible here: {what}")
+
+
+_INT32_MAX = "2147483647"
+
+
+@rule("ARF106", "compiler-num-tokens-switch",
+      "torch's compiler itself switches code at a num_tokens inside the domain",
+      """
+      ## What it does
+      Reports guards on the token count that no model line decided - Inductor added them
+      for its own code generation - and that fail somewhere inside the token domain. The
+      common ones: Triton codegen's 32-bit indexing (`64*s0 <= 2147483647` in
+      `can_use_32bit_indexing`), which switches to 64-bit indexing for tensors of more than
+      2^31 elements, and CPU codegen's reduction helpers (`s0 <= 4096` in
+      `need_use_acc_helper`). A compiler guard that re-checks a model line's guard is folded
+      into that line's finding, and one that holds for every count in the domain is silent.
+
+      ## Why is this bad?
+      The compiled code is valid up to the switch point only: the first batch past it
+      recompiles (once), in the serving path. For 64-bit indexing that happens with long
+      prefills on tensors such as `[num_tokens, vocab]` logits or `[num_tokens, num_tokens]`
+      attention scores.
+
+      ## Example
+      ```python
+      def forward(self, x):                  # x: [num_tokens, 128256] logits on the GPU
+          return torch.log_softmax(x, -1)    # ARF106: 64-bit indexing above 16,743 tokens
+      ```
+
+      ## Fix
+      Nothing in the model decided it. If the switch point is inside the range you serve,
+      warm the compile at a size above it before serving (one extra compile), split the
+      tensor (chunked logits), or narrow `--max-tokens` to the domain you really serve.
+      """,
+      fix="warm the second compile before serving, chunk the large tensor, or narrow "
+          "--max-tokens to what you serve")
+def check_compiler_switch(ctx: AuditContext) -> Iterable[Finding]:
+    for line in _lines(ctx, COMPILER):
+        a = line.where.decision
+        flips = line.flips
+        if any(_INT32_MAX in e for e in line.exprs) or "32bit" in (a.name or ""):
+            above = flips[0] if flips else None
+            what = (f"Inductor switches to 64-bit indexing above {above:,} tokens: one "
+                    f"recompile there" if above is not None else
+                    "Inductor's 32-bit indexing check fails inside the domain")
+        else:
+            v = line.decisions[0].verdict
+            where = f"{a.name} in {a.filename.rsplit('/', 1)[-1]}" if a.name else "Inductor"
+            what = (f"Inductor ({where}) picks different code across num_tokens: "
+                    f"{v.describe()}")
+            if flips and v.shape == "interval":
+                what = (f"Inductor ({where}) picks different code above {flips[0]:,} tokens: "
+                        f"{_recompiles_at(flips)}")
+        yield _finding(ctx, line, "compiler-num-tokens-switch", f"[compiler] {what}")
 
 
 # -- ARF104: recompiles --------------------------------------------------------------------
@@ -316,8 +349,7 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
       fix="remove the guard at this line (see the ARF101-ARF103 finding at the same line)")
 def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
     groups: dict[tuple[str, int], tuple[Frame, list[tuple[CompileId, str]], list[int]]] = {}
-    pins = {cid: where for _c, _x, _s, _src, cid, where in token_decisions(ctx)
-            if _c is GuardClass.PIN}
+    pins = {d.compile_id: d.where for d in decisions(ctx) if d.code == PIN}
     code_of = {m.metrics_compile_id or m.compile_id: m.metrics for m in
                ctx.trace.of(CompilationMetrics)}
     for art in ctx.trace.artifacts("recompile_reasons"):
@@ -368,7 +400,7 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
             compile_id=str(cids[0]) if cids else "", frames=[Location.of(frame)],
             details=[f"recompile {c} (num_tokens={ctx.compile_sizes.get(c, '?')}): "
                      f"failed `{g}`" for c, g in events],
-            num_tokens=sorted(sizes), fix="")
+            num_tokens=sorted(sizes))
 
 
 @rule("ARF105", "num-tokens-constraint-violation",
@@ -397,10 +429,11 @@ def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
     cve = _cve_compiles(ctx)
     metrics = {m.metrics_compile_id or m.compile_id: m for m in ctx.trace.of(CompilationMetrics)}
     seen: dict[tuple[str, int], Finding] = {}
-    for cls, expr, sym, src, cid, where in token_decisions(ctx):
-        if cid not in cve or cls is not GuardClass.PIN:
+    for d in decisions(ctx):
+        if d.compile_id not in cve or d.code != PIN:
             continue
-        key = (where.decision.filename, where.decision.line)
+        cid, where, expr, sym = d.compile_id, d.where, d.verdict.expr, d.guards[0].symbol
+        key = d.line_key
         reason = (metrics[cid].fail_reason or "").strip().splitlines()
         why = next((r.strip(" -") for r in reason if "marked" in r), reason[0] if reason else "")
         f = seen.get(key)
@@ -413,7 +446,7 @@ def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
                 compile_id=str(cid), frames=[Location.of(x) for x in where.frames],
                 details=[f"guard `{expr}`"], num_tokens=[n for n in [ctx.compile_sizes.get(cid)]
                                                          if n is not None],
-                fix="")
+                )
         elif f"guard `{expr}`" not in f.details:
             f.details.append(f"guard `{expr}`")
     # A failed compile whose trace names no pin: attribute to the frame torch blamed.
@@ -428,5 +461,5 @@ def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
                     + (m.get("fail_reason") or "").strip().splitlines()[0:1][0]
             if m.get("fail_reason") else "ConstraintViolationError",
             location=Location.of(frame), compile_id=str(cid), frames=[Location.of(frame)],
-            fix="")
+            )
     yield from seen.values()

@@ -1,0 +1,202 @@
+"""Every num_tokens guard of a trace, judged over the token domain: one verdict per decision.
+
+A decision is one source line in one compile. Its guards are judged together (their
+conjunction is where the compiled graph stays valid), so a reshape's Mod guard and its
+floor-division consequences give one verdict, not three. Then:
+
+    holds everywhere in the domain                  -> dismissed (counted, listed with the reason)
+    a compiler guard implied by the model's guards  -> folded into the model line's decision
+    fails somewhere in the domain                   -> a decision with a code:
+        one count / every count but a few  ARF101     a residue class   ARF103
+        contiguous runs                    ARF102     torch's own code  ARF106
+
+    for d in decisions(ctx): d.code, d.where.decision, d.verdict.describe()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from arfuse.audit.attribution import Attribution, attribute
+from arfuse.audit.context import AuditContext
+from arfuse.audit.domain import Verdict, holds, verdict_of
+from arfuse.audit.guards import GuardClass, classify, symbols
+from arfuse.audit.trace import CompileId, GuardAddedFast, SymbolicShapeSpecialization
+
+PIN, RANGE, DIVISIBILITY, COMPILER = "ARF101", "ARF102", "ARF103", "ARF106"
+_BY_SHAPE = {"point": PIN, "except": PIN, "periodic": DIVISIBILITY, "interval": RANGE,
+             "never": RANGE}
+_BY_SYNTAX = {GuardClass.PIN: PIN, GuardClass.RANGE: RANGE,
+              GuardClass.DIVISIBILITY: DIVISIBILITY}
+
+
+@dataclass(frozen=True)
+class TokenGuard:
+    """One guard (or specialization) that involves a token symbol."""
+
+    expr: str
+    symbol: str
+    source: str
+    compile_id: CompileId | None
+    where: Attribution
+    values: tuple[tuple[str, int], ...] = ()  # other symbols' values in this compile
+
+
+@dataclass
+class Decision:
+    """One source line's guards in one compile, judged together."""
+
+    where: Attribution
+    compile_id: CompileId | None
+    guards: list[TokenGuard]
+    verdict: Verdict
+    code: str
+    folded: list[TokenGuard] = field(default_factory=list)  # compiler re-checks of this line
+
+    @property
+    def line_key(self) -> tuple[str, int]:
+        return self.where.decision.filename, self.where.decision.line
+
+
+def token_guards(ctx: AuditContext) -> list[TokenGuard]:
+    """Every guard/specialization event on a token symbol that names a source line."""
+    out = []
+    for e in ctx.trace.events:
+        if isinstance(e, GuardAddedFast):
+            tokens = sorted(s for s in symbols(e.expr) if ctx.token_source(e.compile_id, s))
+            expr = e.expr
+        elif isinstance(e, SymbolicShapeSpecialization):
+            src = ctx.token_source(e.compile_id, e.symbol)
+            if not src and not any(ctx.is_token_source(s) for s in e.sources):
+                continue
+            tokens = [e.symbol]
+            expr = f"Eq({e.symbol}, {e.value})"
+        else:
+            continue
+        if not tokens:
+            continue
+        where = attribute(e.user_stack, e.stack)
+        if where is None:
+            continue
+        values = ctx.symbol_values(e.compile_id)
+        others = tuple(sorted((s, values[s]) for s in symbols(expr)
+                              if s not in tokens and s in values))
+        src = ctx.token_source(e.compile_id, tokens[0]) or ""
+        if not src and isinstance(e, SymbolicShapeSpecialization) and e.sources:
+            src = e.sources[0]
+        out.append(TokenGuard(expr, tokens[0], src, e.compile_id, where, others))
+    return out
+
+
+def _token_set(ctx: AuditContext, g: TokenGuard) -> set[str]:
+    return {s for s in symbols(g.expr) if ctx.token_source(g.compile_id, s)} or {g.symbol}
+
+
+def decisions(ctx: AuditContext) -> list[Decision]:
+    """The decisions that fail somewhere in the domain (cached on the context); the guards
+    that hold everywhere, or re-check a model line, go to `ctx.dismissed`."""
+    cached = ctx.__dict__.get("_decisions")
+    if cached is not None:
+        return cached
+    groups: dict[tuple[Any, str, int], list[TokenGuard]] = {}
+    for g in token_guards(ctx):
+        key = (g.compile_id, g.where.decision.filename, g.where.decision.line)
+        groups.setdefault(key, []).append(g)
+    judged: list[tuple[Decision, np.ndarray | None]] = []
+    for guards in groups.values():
+        judged += _judge_line(ctx, guards)
+    out: list[Decision] = []
+    kept: list[tuple[Decision, np.ndarray]] = []
+    # strongest first (most failing counts), model lines before the compiler's
+    order = sorted(judged, key=lambda dt: (dt[1] is None, dt[0].where.by == "compiler",
+                                           -(0 if dt[1] is None else int((~dt[1]).sum()))))
+    for d, t in order:
+        if d.verdict.shape == "always":
+            _dismiss(ctx, d.guards, d.where, d.verdict.describe())
+            continue
+        host = _implied_by(d, t, kept) if t is not None else None
+        if host is not None:
+            host.folded += d.guards
+            line = f"{host.where.decision.filename}:{host.where.decision.line}"
+            who = "the compiler re-checks" if d.where.by == "compiler" else "follows from"
+            _dismiss(ctx, d.guards, d.where, f"{who} the guard decided at {line} (folded into "
+                                             f"that finding)")
+            continue
+        if d.where.by == "compiler":
+            d.code = COMPILER
+        elif t is not None:
+            kept.append((d, t))
+        out.append(d)
+    out.sort(key=lambda d: (d.line_key, str(d.compile_id)))
+    ctx.__dict__["_decisions"] = out
+    return out
+
+
+def _judge_line(ctx: AuditContext, guards: list[TokenGuard]
+                ) -> list[tuple[Decision, np.ndarray | None]]:
+    """The conjunction of the judgeable guards as one decision; an unjudgeable guard is its
+    own decision, coded by its syntax."""
+    first_cid, where = guards[0].compile_id, guards[0].where
+    total: np.ndarray | None = None
+    start = 0
+    judgeable: list[TokenGuard] = []
+    out: list[tuple[Decision, np.ndarray | None]] = []
+    for g in guards:
+        got = holds(g.expr, _token_set(ctx, g), ctx.domain, dict(g.values))
+        if isinstance(got, str):
+            cls = classify(g.expr, _token_set(ctx, g))
+            if cls in _BY_SYNTAX:
+                v = Verdict(g.expr, "unknown", ctx.domain, reason=got)
+                out.append((Decision(where, first_cid, [g], v, _BY_SYNTAX[cls]), None))
+            else:
+                _dismiss(ctx, [g], where, f"torch's own bound on a dynamic size ({got})")
+            continue
+        truth, start = got
+        if truth.all():
+            _dismiss(ctx, [g], where, verdict_of(g.expr, truth, start, ctx.domain).describe())
+            continue
+        total = truth if total is None else total & truth
+        judgeable.append(g)
+    if judgeable and total is not None:
+        expr = " & ".join(dict.fromkeys(g.expr for g in judgeable))
+        v = verdict_of(expr, total, start, ctx.domain)
+        out.insert(0, (Decision(where, first_cid, judgeable, v, _BY_SHAPE.get(v.shape, RANGE)),
+                       total))
+    return out
+
+
+def _implied_by(d: Decision, truth: np.ndarray,
+                kept: list[tuple[Decision, np.ndarray]]) -> Decision | None:
+    """The model-line decision of the same compile that already implies `d` (d can only fail
+    where it fails), else None. A compiler guard folds into any such line, or into the
+    line's conjunction; a model line only when its guards are floor-division consequences of
+    a size (`Ne(s0//4, 0)` after a `view(-1, 4, h)`), which no one wrote on purpose."""
+    same = [(u, t) for u, t in kept if u.compile_id == d.compile_id]
+    derived = all("//" in g.expr for g in d.guards)
+    if d.where.by != "compiler" and not derived:
+        return None
+    for u, t in same:
+        if not (t & ~truth).any():
+            return u
+    if same and d.where.by == "compiler":
+        conj = np.logical_and.reduce([t for _, t in same])
+        if not (conj & ~truth).any():
+            return same[0][0]
+    return None
+
+
+def _dismiss(ctx: AuditContext, guards: list[TokenGuard], where: Attribution, reason: str
+             ) -> None:
+    seen = ctx.__dict__.setdefault("_dismissed_keys", set())
+    for g in guards:
+        key = (g.expr, where.decision.filename, where.decision.line)
+        if key in seen:
+            continue
+        seen.add(key)
+        ctx.dismissed.append({"expr": g.expr, "path": where.decision.filename,
+                              "line": where.decision.line, "by": where.by,
+                              "compile_id": str(g.compile_id) if g.compile_id else "",
+                              "reason": reason})
