@@ -51,18 +51,23 @@ def sarif_location(path: str, root: Path) -> dict[str, str]:
 
 
 def check_writable(path: Path) -> None:
-    """ValueError unless `path` can be written (its directory exists or can be made, and is
-    writable): checked before an audit that takes a minute, not after it."""
-    parent = path.parent if str(path.parent) else Path(".")
-    probe = parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    """ValueError unless `path` can be written: its nearest existing ancestor must be a
+    directory we can create a file in (tried for real). Checked before an audit that takes a
+    minute, not after it."""
     if path.is_dir():
         raise ValueError(f"{path} is a directory; name a file to write")
-    if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{path} cannot be written: {probe} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
         raise ValueError(
-            f"{path} cannot be written (no write permission in {probe}); choose another path"
-        )
+            f"{path} cannot be written ({exc.strerror or exc} in {probe}); choose another path"
+        ) from None
 
 
 def atomic_write(path: Path, text: str) -> None:

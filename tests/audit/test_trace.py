@@ -1,16 +1,20 @@
 """The trace parser: real torch 2.11 and 2.13 logs, and anything else thrown at it."""
 
 import gzip
+import io
 import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from arfuse.audit.api import analyze
 from arfuse.audit.trace import (
     ChromiumEvent, CompilationMetrics, CompileId, CreateSymbol, GuardAddedFast,
-    MalformedLine, SymbolicShapeSpecialization, UnknownEvent, parse_bytes, parse_file,
+    MalformedLine, SymbolicShapeSpecialization, TraceFormatError, TraceReadError, UnknownEvent,
+    parse_bytes, parse_file, parse_stream, read_bytes,
 )
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -159,3 +163,81 @@ def test_rank_prefixed_lines_and_first_line_envelope():
     assert [g.expr for g in trace.of(GuardAddedFast)] == ["s0 >= 3", "s0 >= 3"]
     assert [g.line_no for g in trace.of(GuardAddedFast)] == [1, 2]
     assert trace.ranks == {1} and trace.malformed == []
+
+
+# -- properties of the streaming reader on recorded logs (issue 13) ------------------------------
+
+FIXTURE = read_bytes(DATA / "torch-2.13.0-branch.log.gz")
+_LINES = FIXTURE.split(b"\n")
+# envelope lines of kinds no rule reads (the reader skips them; mutating one changes nothing)
+_UNREAD = [i for i, line in enumerate(_LINES)
+           if any(k in line[:200] for k in (b'{"chromium_event"', b'{"describe_storage"',
+                                            b'{"dynamo_cpp_guards_str"', b'{"dynamo_output_graph"'))]
+# the end of the last line a rule reads: cutting the log after it loses no evidence
+_LAST_READ = max(i for i, line in enumerate(_LINES)
+                 if any(k in line[:200] for k in (b'{"guard_added_fast"', b'{"artifact"',
+                                                  b'{"compilation_metrics"', b'{"create_symbol"',
+                                                  b'{"symbolic_shape_specialization"')))
+_EVIDENCE_END = sum(len(line) + 1 for line in _LINES[:_LAST_READ + 1])
+
+
+def _keys(trace):
+    return sorted((f.code, f.line) for f in analyze({0: trace}).findings)
+
+
+FULL = _keys(parse_bytes(FIXTURE))
+
+
+def _read(data, chunk):
+    """The strict streaming reader: a trace, or None for a clean refusal (exit 2)."""
+    try:
+        return parse_stream(io.BytesIO(data), "fuzz.log", chunk_size=chunk)
+    except (TraceFormatError, TraceReadError):
+        return None
+
+
+_chunks = st.sampled_from([997, 1 << 16, 16 << 20])
+
+
+def test_fixture_facts():
+    assert len(FULL) == 4 and len(_UNREAD) > 20 and 0 < _EVIDENCE_END < len(FIXTURE)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=20_000), _chunks)
+def test_arbitrary_bytes_are_refused_or_read_in_bounded_memory(data, chunk):
+    tracemalloc.start()
+    try:
+        trace = _read(data, chunk)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(data) + (1 << 20)
+    if trace is not None:
+        assert len(trace.malformed) <= trace.malformed_count
+
+
+@settings(max_examples=60, deadline=None)  # each runs every rule (~0.1 s)
+@given(st.integers(0, len(FIXTURE)), _chunks)
+def test_truncations_never_crash_and_keep_findings(cut, chunk):
+    trace = _read(FIXTURE[:cut], chunk)
+    if cut >= _EVIDENCE_END:
+        assert trace is not None and _keys(trace) == FULL  # never a PASS
+    if trace is not None:  # a line cut short is reported as such, whole lines are not
+        cut_short = not FIXTURE[:cut].endswith(b"\n") and cut > 0
+        assert (trace.truncated_line is not None) == cut_short
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.sampled_from(_UNREAD), st.sampled_from(["delete", "duplicate", "garble"]),
+       st.binary(min_size=1, max_size=200), _chunks)
+def test_mutating_lines_no_rule_reads_never_turns_findings_into_a_pass(i, op, junk, chunk):
+    lines = list(_LINES)
+    if op == "delete":
+        del lines[i]
+    elif op == "duplicate":
+        lines.insert(i, lines[i])
+    else:
+        lines[i] = junk
+    trace = _read(b"\n".join(lines), chunk)
+    assert trace is None or _keys(trace) == FULL  # refused (exit 2) or the same findings
