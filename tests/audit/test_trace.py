@@ -82,7 +82,8 @@ def test_compile_id_parse_and_str():
 
 def test_truncated_last_line_and_garbage_are_kept_as_malformed():
     data = (_env("guard_added_fast", {"expr": "s0 <= 8"}) + b"garbage line here\n"
-            + _env("guard_added_fast", {"expr": "s0 > 8"}) + b'V1127 14:36:18.7 1 x.py:1] {"guard_added')
+            + _env("guard_added_fast", {"expr": "s0 > 8"})
+            + b'V1127 14:36:18.7 1 x.py:1] {"guard_added')
     trace = parse_bytes(data)
     assert [g.expr for g in trace.of(GuardAddedFast)] == ["s0 <= 8", "s0 > 8"]
     assert len(trace.malformed) == 2
@@ -170,9 +171,9 @@ def test_rank_prefixed_lines_and_first_line_envelope():
 FIXTURE = read_bytes(DATA / "torch-2.13.0-branch.log.gz")
 _LINES = FIXTURE.split(b"\n")
 # envelope lines of kinds no rule reads (the reader skips them; mutating one changes nothing)
-_UNREAD = [i for i, line in enumerate(_LINES)
-           if any(k in line[:200] for k in (b'{"chromium_event"', b'{"describe_storage"',
-                                            b'{"dynamo_cpp_guards_str"', b'{"dynamo_output_graph"'))]
+_UNREAD_KINDS = (b'{"chromium_event"', b'{"describe_storage"', b'{"dynamo_cpp_guards_str"',
+                 b'{"dynamo_output_graph"')
+_UNREAD = [i for i, line in enumerate(_LINES) if any(k in line[:200] for k in _UNREAD_KINDS)]
 # the end of the last line a rule reads: cutting the log after it loses no evidence
 _LAST_READ = max(i for i, line in enumerate(_LINES)
                  if any(k in line[:200] for k in (b'{"guard_added_fast"', b'{"artifact"',
