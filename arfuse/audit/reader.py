@@ -116,13 +116,6 @@ _FRAME = re.compile(
     + _JSTR
     + rb"))?\}"
 )
-_STACK_LIST = re.compile(
-    rb'"(?:user_stack|stack)": (null|\[\]|\['
-    + _FRAME.pattern
-    + rb"(?:, "
-    + _FRAME.pattern
-    + rb")*\])"
-)
 _EXAMPLE = (
     "V1127 14:36:18.743000 2893 torch/_dynamo/convert_frame.py:1] "
     '{"dynamo_start": {...}, "frame_id": 0, ...}'
@@ -201,11 +194,19 @@ class Resolver:
         hit = self._stacks.get(raw)
         if hit is not None:
             return hit
-        if raw == b"null":
+        if raw[:4] == b"null":
             return None
+        found = _FRAME.findall(raw)
+        if len(found) != raw.count(b'{"line": ') or raw[:1] != b"[":
+            # not the shape torch writes: parse the list as JSON (slow, and rare)
+            try:
+                parsed, _ = json.JSONDecoder().raw_decode(raw.decode("utf-8", "replace"))
+            except ValueError:
+                return None
+            return self.frames(parsed) if isinstance(parsed, list) else None
         out, complete = [], True
         frames = self._frames
-        for fb in _FRAME.findall(raw):
+        for fb in found:
             frame = frames.get(fb)
             if frame is None:
                 frame, known = self._frame(_loads(fb))
@@ -230,21 +231,26 @@ def _tail_meta(raw: bytes) -> dict[str, Any]:
 
 def _stack_meta(raw: bytes) -> dict | None:
     """`_head_meta` plus the event's stacks as the bytes of their JSON lists (resolved by
-    `Resolver` without a JSON parse). None when the line is not of the shape torch writes."""
+    `Resolver` without a JSON parse). None when the line is not of the shape torch writes.
+
+    The two keys split the line: a list runs from its key to the next key, the last one to
+    the line's last `]` (the envelope keys after it hold no brackets). A key spelled inside a
+    string is escaped (`\\"stack\\"`), so `find` only meets the real ones."""
     meta = _head_meta(raw)
     if meta is None:
         return None
     body = next(iter(v for k, v in meta.items() if k not in _ENVELOPE_KEYS), None)
     if not isinstance(body, dict):
         return None
-    for key, name in ((b'"user_stack": ', "user_stack"), (b', "stack": ', "stack")):
+    keys = []
+    for key, name in ((b', "user_stack": ', "user_stack"), (b', "stack": ', "stack")):
         at = raw.find(key)
-        if at < 0:
-            continue
-        m = _STACK_LIST.match(raw, at + (2 if name == "stack" else 0))
-        if m is None:
-            return None
-        body[name] = m.group(1)
+        if at >= 0:
+            keys.append((at, at + len(key), name))
+    keys.sort()
+    for n, (_, start, name) in enumerate(keys):
+        end = keys[n + 1][0] if n + 1 < len(keys) else raw.rfind(b"]") + 1
+        body[name] = raw[start:end] if end > start else raw[start : start + 4]
     return meta
 
 

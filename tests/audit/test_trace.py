@@ -242,3 +242,22 @@ def test_mutating_lines_no_rule_reads_never_turns_findings_into_a_pass(i, op, ju
         lines[i] = junk
     trace = _read(b"\n".join(lines), chunk)
     assert trace is None or _keys(trace) == FULL  # refused (exit 2) or the same findings
+
+
+@pytest.mark.parametrize("frames", [
+    [{"line": 3, "name": "f", "filename": 1, "loc": 'a = b["stack"]  # ], "stack": ['}],
+    [{"name": "f", "line": 3, "filename": 1}, {"line": 4, "name": "g", "filename": 1,
+                                                "loc": None, "extra": [1]}],
+    [],
+])
+def test_stacks_read_as_bytes_equal_the_json_parse(frames):
+    strings = 'V1127 14:36:18.743000 1 x.py:1] {"str": ["/m/model.py", 1]}\n'
+    for order in (("user_stack", "stack"), ("stack", "user_stack")):
+        body = {"symbol": "s0", "sources": ["L['x'].size()[0]"], "value": "8"}
+        body.update({order[0]: frames, order[1]: frames[::-1]})
+        data = (strings + f"V1127 14:36:18.743000 1 x.py:1] "
+                f"{json.dumps({'symbolic_shape_specialization': body, 'frame_id': 0})}\n").encode()
+        full = next(parse_bytes(data).of(SymbolicShapeSpecialization))
+        streamed = next(parse_stream(io.BytesIO(data)).of(SymbolicShapeSpecialization))
+        assert streamed.user_stack == full.user_stack and streamed.stack == full.stack
+        assert len(full.user_stack) == len(frames) and streamed.value == "8"
