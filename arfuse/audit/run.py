@@ -1,26 +1,44 @@
-"""The parent side of `arfuse audit`: start a fresh worker process per target, show progress,
-collect `run.json` and the TORCH_TRACE logs.
+"""The parent side of `arfuse audit`: start one worker process per target, show its phases,
+collect `run.json` and the TORCH_TRACE logs, and leave nothing behind.
 
     result = run_target("model.py:build", sizes=[16, 2048, 2049])
     result.run          # RunInfo: sizes, token sources, how each call ended
+    result.traces       # {rank: Trace} of the audited ranks
     result.trace_files  # {rank: Path to the .log}
+    result.close()      # remove the temporary directory now (else: at exit)
+
+The parent imports no torch: the worker (`arfuse.audit.worker`) does, once. A run without
+`--keep` writes into a fresh `/tmp/arfuse-audit-*` directory, removed on every way out: return
+and `close()`, an exception, exit, Ctrl-C, SIGTERM and SIGHUP (the worker's process group is
+killed first). A `--keep` directory is locked while a run uses it: a second audit sharing it
+fails at once instead of deleting the first one's trace.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from arfuse.audit.context import RunInfo
-from arfuse.audit.trace import trace_files
+from arfuse.audit.target import split_spec
+from arfuse.audit.trace import Trace, trace_files
+
+#: how much of the worker's output a crash report quotes (read from the end of the log only:
+#: a target may print hundreds of MB)
+TAIL_CHARS = 3000
+LOCK_FILE = ".arfuse-audit.lock"
 
 
 class TargetError(ValueError):
@@ -32,6 +50,13 @@ class RunResult:
     out_dir: Path
     run: RunInfo
     trace_files: dict[int, Path]
+    traces: dict[int, Trace] = field(default_factory=dict)
+    workspace: _Workspace | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Remove the temporary directory (kept directories stay) and release the lock."""
+        if self.workspace is not None:
+            self.workspace.close()
 
 
 def _rank_of(path: Path) -> int:
@@ -39,12 +64,138 @@ def _rank_of(path: Path) -> int:
     return int(m.group(1)) if m else 0
 
 
+# ---- cleanup on every exit path ------------------------------------------------------------
+
+_LIVE: set[subprocess.Popen] = set()
+_TEMP_DIRS: set[Path] = set()
+_cleanup_installed = False
+
+
+def _kill(proc: subprocess.Popen, reap: bool = True) -> None:
+    """Kill the worker and every rank it spawned (one process group) and reap the worker."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if reap:
+        proc.wait()
+    else:  # in a signal handler: Popen.wait may deadlock on the lock the interrupted poll holds
+        try:
+            os.waitpid(proc.pid, 0)
+        except ChildProcessError:
+            pass
+    _LIVE.discard(proc)
+
+
+def _cleanup(reap: bool = True) -> None:
+    for proc in list(_LIVE):
+        _kill(proc, reap=reap)
+    for d in list(_TEMP_DIRS):
+        _remove(d)
+        _TEMP_DIRS.discard(d)
+
+
+def _remove(path: Path) -> None:
+    # a rank killed a moment ago may still finish creating a file: try again briefly
+    for _ in range(20):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.05)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    # the default action of SIGTERM/SIGHUP kills without unwinding or atexit: clean up, then
+    # die of the same signal, as the caller expects
+    _cleanup(reap=False)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_cleanup() -> None:
+    """atexit covers return, exceptions, exit and Ctrl-C (KeyboardInterrupt unwinds); SIGTERM
+    and SIGHUP get a handler, unless the program installed its own."""
+    global _cleanup_installed
+    if _cleanup_installed:
+        return
+    _cleanup_installed = True
+    atexit.register(_cleanup)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _on_signal)
+
+
+class _Workspace:
+    """Where one run writes: a fresh temporary directory, or the user's --keep directory (locked
+    for the run; the lock is released by `close()` or when this process exits)."""
+
+    def __init__(self, keep: str | Path | None) -> None:
+        _install_cleanup()
+        self._lock_fd: int | None = None
+        if keep is None:
+            self.path = Path(tempfile.mkdtemp(prefix="arfuse-audit-"))
+            self.temporary = True
+            _TEMP_DIRS.add(self.path)
+            return
+        self.path = Path(keep)
+        self.temporary = False
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(self.path)
+
+    def close(self) -> None:
+        if self.temporary:
+            _remove(self.path)
+            _TEMP_DIRS.discard(self.path)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _lock(keep: Path) -> int | None:
+    try:
+        import fcntl
+    except ImportError:  # no flock here (Windows): unlocked, as before
+        return None
+    fd = os.open(keep / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        raise TargetError(f"--keep {keep} is in use by another running audit"
+                          f"{f' (pid {holder})' if holder else ''}; wait for it to finish or "
+                          f"pass another --keep directory") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+# ---- the run -------------------------------------------------------------------------------
+
 def run_target(spec: str, *, sizes: list[int] | None = None, out_dir: str | Path | None = None,
                strict: bool = False, dtrace: bool = False, backend: str | None = None,
                timeout: float = 600.0, progress: bool = False,
                display: str | None = None) -> RunResult:
-    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="arfuse-audit-"))
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        split_spec(spec)  # a typo'd target fails here, before any process starts
+    except ValueError as exc:
+        raise TargetError(str(exc)) from None
+    workspace = _Workspace(out_dir)
+    try:
+        return _run(spec, workspace, sizes=sizes, strict=strict, dtrace=dtrace, backend=backend,
+                    timeout=timeout, progress=progress, display=display)
+    except BaseException:
+        workspace.close()
+        raise
+
+
+def _run(spec: str, workspace: _Workspace, *, sizes: list[int] | None, strict: bool,
+         dtrace: bool, backend: str | None, timeout: float, progress: bool,
+         display: str | None) -> RunResult:
+    out = workspace.path
     trace_dir = out / "trace"
     trace_dir.mkdir(exist_ok=True)
     for old in [*trace_dir.glob("*.log"), out / "run.json", out / "fatal.json",
@@ -59,60 +210,113 @@ def run_target(spec: str, *, sizes: list[int] | None = None, out_dir: str | Path
     env["TORCH_DTRACE" if dtrace else "TORCH_TRACE"] = str(trace_dir)
     env.setdefault("OMP_NUM_THREADS", "1")
     log_path = out / "worker.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "arfuse.audit.worker",
-                                 str(out / "config.json")], stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
-        _wait(proc, out / "progress.jsonl", timeout, progress, spec)
-    fatal = out / "fatal.json"
-    if fatal.exists():
-        info = json.loads(fatal.read_text())
-        raise TargetError(f"{spec}: {info['message']}\n(full traceback: {log_path})")
-    if proc.returncode != 0 or not (out / "run.json").exists():
-        tail = log_path.read_text(errors="replace")[-3000:]
-        raise TargetError(f"{spec}: the audit worker exited with code {proc.returncode} before "
-                          f"finishing (a crash in the target or torch). Last output:\n{tail}")
-    files = {_rank_of(p): p for p in trace_files(trace_dir)}
-    if not files:
-        raise TargetError(f"{spec}: no trace was written to {trace_dir}; did the target compile "
-                          f"anything? (it must return the model, not a compiled model)")
-    return RunResult(out, RunInfo.load(out / "run.json"), files)
+    with _Display(progress, display or spec) as show:
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "arfuse.audit.worker",
+                                     str(out / "config.json")], stdout=log,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            _LIVE.add(proc)
+            try:
+                _wait(proc, out / "progress.jsonl", timeout, show, spec)
+            except BaseException:
+                _kill(proc)
+                raise
+            _kill(proc)  # ranks the worker left behind, if any
+        fatal = out / "fatal.json"
+        if fatal.exists():
+            info = json.loads(fatal.read_text())
+            where = ("rerun with --keep DIR and read DIR/worker.log" if workspace.temporary
+                     else str(log_path))
+            raise TargetError(f"{spec}: {info['message']}\n(full traceback: {where})")
+        if proc.returncode != 0 or not (out / "run.json").exists():
+            raise TargetError(f"{spec}: the audit worker exited with code {proc.returncode} "
+                              f"before finishing (a crash in the target or torch). Last output:"
+                              f"\n{_tail(log_path)}")
+        files = {_rank_of(p): p for p in trace_files(trace_dir)}
+        if not files:
+            raise TargetError(f"{spec}: no trace was written to {trace_dir}; did the target "
+                              f"compile anything? (it must return the model, not a compiled "
+                              f"model)")
+        run = RunInfo.load(out / "run.json")
+        show.phase("reading trace")
+        from arfuse.audit.trace import parse_file
+
+        traces = {r: parse_file(p) for r, p in files.items() if r in run.ranks}
+    return RunResult(out, run, files, traces, workspace)
 
 
-def _wait(proc: subprocess.Popen, progress_file: Path, timeout: float, show: bool,
+def _tail(path: Path, chars: int = TAIL_CHARS) -> str:
+    """The last `chars` characters of a log, reading only its end."""
+    with path.open("rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, size - 4 * chars))  # 4 bytes: the longest UTF-8 character
+        return fh.read().decode(errors="replace")[-chars:]
+
+
+def _wait(proc: subprocess.Popen, progress_file: Path, timeout: float, show: _Display,
           spec: str) -> None:
     deadline = time.monotonic() + timeout
-    bar = task = None
-    if show:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-            TimeElapsedColumn
+    offset = 0
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            _kill(proc)
+            raise TargetError(f"{spec}: the audit did not finish within {timeout:.0f} s; "
+                              f"raise --timeout or sweep fewer --sizes")
+        offset = _read_progress(progress_file, offset, show)
+        time.sleep(0.05)
+    _read_progress(progress_file, offset, show)
 
-        bar = Progress(TextColumn("[bold]audit[/] {task.description}"), BarColumn(),
-                       MofNCompleteColumn(), TimeElapsedColumn(),
-                       console=Console(stderr=True), transient=True)
-        bar.start()
-        task = bar.add_task(f"{spec}: starting", total=None)
-    seen = 0
+
+def _read_progress(path: Path, offset: int, show: _Display) -> int:
+    """Show the phases the worker appended since `offset`; returns the new offset."""
+    if not show.enabled:
+        return offset
     try:
-        while proc.poll() is None:
-            if time.monotonic() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                raise TargetError(f"{spec}: the audit did not finish within {timeout:.0f} s; "
-                                  f"raise --timeout or sweep fewer --sizes")
-            if bar is not None and progress_file.exists():
-                lines = progress_file.read_text().splitlines()
-                for line in lines[seen:]:
-                    try:
-                        p = json.loads(line)
-                    except ValueError:
-                        continue
-                    bar.update(task, total=p["total"], completed=p["done"],
-                               description=f"{spec}: num_tokens={p['num_tokens']} "
-                                           f"({p['seconds']:.1f} s)")
-                seen = len(lines)
-            time.sleep(0.1)
-    finally:
-        if bar is not None:
-            bar.stop()
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read()
+    except FileNotFoundError:
+        return offset
+    end = chunk.rfind(b"\n") + 1
+    for line in chunk[:end].splitlines():
+        try:
+            p = json.loads(line)
+        except ValueError:
+            continue
+        if p.get("phase") == "compiling":
+            show.phase(f"compiling (num_tokens={p['num_tokens']})")
+        elif p.get("phase") == "sweeping":
+            show.phase(f"sweeping {p['done']}/{p['total']} (num_tokens={p['num_tokens']}, "
+                       f"{p['seconds']:.1f} s)")
+    return offset + end
+
+
+class _Display:
+    """The progress line on stderr: "importing", "compiling", "sweeping 3/8", "reading trace",
+    with the time spent so far."""
+
+    def __init__(self, enabled: bool, label: str) -> None:
+        self.enabled = enabled
+        self.label = label
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Display:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("[bold]audit[/] {task.description}"),
+                                 TimeElapsedColumn(), console=Console(stderr=True),
+                                 transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(f"{self.label}: importing", total=None)
+        return self
+
+    def phase(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, description=f"{self.label}: {text}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

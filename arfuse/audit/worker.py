@@ -4,8 +4,9 @@
 
 runs in a fresh process (TORCH_TRACE already in its environment), so the user's compile state
 and a crashing target cannot affect the caller. It writes into the config's `out` directory:
-`run.json` (a `RunInfo`), `progress.jsonl` (one line per finished call, for the progress bar),
-and on a target error `fatal.json` with a message that says what to fix (exit code 3).
+`run.json` (a `RunInfo`), `progress.jsonl` (rank 0's phases for the progress line: "compiling"
+before the first call, then one "sweeping" line per finished call), and on a target error
+`fatal.json` with a message that says what to fix (exit code 3).
 Multi-rank targets run the sweep on every rank of a `SpawnedGroup` (gloo).
 """
 
@@ -55,6 +56,12 @@ def _log_call(index: int, num_tokens: int) -> None:
     )
 
 
+def _progress(path: Path | None, **fields: Any) -> None:
+    if path is not None:
+        with path.open("a") as fh:
+            fh.write(json.dumps(fields) + "\n")
+
+
 def _as_args(inputs: Any) -> tuple:
     if isinstance(inputs, tuple):
         return inputs
@@ -70,9 +77,15 @@ def sweep(config: dict[str, Any], rank: int = 0) -> dict[str, Any]:
     return sweep_target(targets.load(config["spec"]), config, rank)
 
 
+def _compiles(target: Any, rank: int) -> bool:
+    """Whether this rank compiles; the others run eager and never import the compiler."""
+    audited = rank == 0 or target.audit_ranks == "all"
+    return audited or target.compile_ranks == "all"
+
+
 def sweep_target(target: Any, config: dict[str, Any], rank: int = 0) -> dict[str, Any]:
     """Compile the target and feed it every size in `config["sizes"]`."""
-    with _audit_config():
+    with _audit_config() if _compiles(target, rank) else contextlib.nullcontext():
         return _sweep(target.materialize(), config, rank)
 
 
@@ -82,13 +95,14 @@ def _sweep(target: Any, config: dict[str, Any], rank: int) -> dict[str, Any]:
     from arfuse.audit import target as targets
 
     strict = config.get("strict") or target.strict
-    audited = rank == 0 or target.audit_ranks == "all"
-    compile_here = audited or target.compile_ranks == "all"
+    compile_here = _compiles(target, rank)
     kwargs = dict(target.compile_kwargs)
     if config.get("backend"):
         kwargs["backend"] = config["backend"]
     model = torch.compile(target.model, **kwargs) if compile_here else target.model
-    mark = torch._dynamo.mark_dynamic if strict else torch._dynamo.maybe_mark_dynamic
+    mark = None
+    if compile_here:
+        mark = torch._dynamo.mark_dynamic if strict else torch._dynamo.maybe_mark_dynamic
     progress = Path(config["out"], "progress.jsonl") if rank == 0 and config.get("out") else None
     calls: list[dict[str, Any]] = []
     sources: list[str] = []
@@ -105,10 +119,12 @@ def _sweep(target: Any, config: dict[str, Any], rank: int) -> dict[str, Any]:
                 raise ValueError("make_inputs returned no tensor with a token dim; return the "
                                  "model's positional args, or set AuditTarget.token_dims")
         for j, a in enumerate(args):
-            if isinstance(a, torch.Tensor):
+            if mark is not None and isinstance(a, torch.Tensor):
                 for d in targets.token_dims_of(target, j, a.dim()):
                     mark(a, d)
         _log_call(i, n)
+        if i == 0 and compile_here:
+            _progress(progress, phase="compiling", num_tokens=n)
         t0 = time.perf_counter()
         result: dict[str, Any] = {"index": i, "num_tokens": n, "ok": True, "rank": rank}
         try:
@@ -118,11 +134,8 @@ def _sweep(target: Any, config: dict[str, Any], rank: int) -> dict[str, Any]:
             result.update(ok=False, error_type=type(exc).__name__,
                           error=f"{exc}"[:2000])
         calls.append(result)
-        if progress is not None:
-            with progress.open("a") as fh:
-                fh.write(json.dumps({"done": i + 1, "total": len(sizes), "num_tokens": n,
-                                     "seconds": round(time.perf_counter() - t0, 3),
-                                     "ok": result["ok"]}) + "\n")
+        _progress(progress, phase="sweeping", done=i + 1, total=len(sizes), num_tokens=n,
+                  seconds=round(time.perf_counter() - t0, 3), ok=result["ok"])
     return {"calls": calls, "token_sources": sources, "token_dims": dims_by_name,
             "backend": str(kwargs.get("backend", "inductor")), "strict": bool(strict)}
 
@@ -150,7 +163,7 @@ def main(config_path: str) -> int:
             results = [sweep(config, 0)]
             ranks = [0]
         else:
-            from arfuse.testing.process_group import RankError, SpawnedGroup
+            from arfuse.process_group import RankError, SpawnedGroup
 
             with SpawnedGroup(world_size=target.world_size, backend="gloo",
                               timeout=float(config.get("timeout", 600))) as group:
@@ -170,7 +183,9 @@ def main(config_path: str) -> int:
                   token_sources=first["token_sources"], token_dims=first["token_dims"],
                   calls=[CallResult.from_json(c) for r in results for c in r["calls"]],
                   world_size=target.world_size or 1, ranks=ranks, backend=first["backend"],
-                  strict=first["strict"], seconds=round(time.perf_counter() - t0, 2))
+                  strict=first["strict"], seconds=round(time.perf_counter() - t0, 2),
+                  min_tokens=config.get("min_tokens") or target.min_tokens,
+                  max_tokens=config.get("max_tokens") or target.max_tokens)
     (out / "run.json").write_text(json.dumps(run.to_json(), indent=1))
     return 0
 

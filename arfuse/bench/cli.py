@@ -107,7 +107,7 @@ def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_d
         if result is None:
             return
     else:
-        from arfuse.testing import SpawnedGroup
+        from arfuse.process_group import SpawnedGroup
 
         gpus = torch.cuda.device_count()
         if backend == "auto":
@@ -147,7 +147,7 @@ def _decoder_bench(world_size, backend, tokens, layers, splits, out_dir, name, c
     import torch
 
     from arfuse.bench.sweep import environment
-    from arfuse.testing import SpawnedGroup
+    from arfuse.process_group import SpawnedGroup
 
     gpus = torch.cuda.device_count()
     backend = ("nccl" if gpus >= 2 else "gloo") if backend == "auto" else backend

@@ -1,6 +1,7 @@
-"""Helpers for users' test suites (and ours)."""
+"""Helpers for users' test suites (and ours): `assert_dynamic`, and `SpawnedGroup` re-exported
+from `arfuse.process_group` (where production code imports it from)."""
 
-from arfuse.testing.process_group import RankError, SpawnedGroup
+from arfuse.process_group import RankError, SpawnedGroup
 
 __all__ = ["RankError", "SpawnedGroup", "assert_dynamic"]
 

@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import queue
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -59,6 +60,13 @@ def _worker(rank: int, world_size: int, port: int, backend: str, env: dict[str, 
         except BaseException:  # noqa: BLE001 - shipped to the parent with its traceback
             results.put((rank, _Failure(rank, traceback.format_exc())))
     dist.destroy_process_group()
+    # Tearing down an interpreter that loaded Inductor takes seconds, and the parent waits for
+    # it; every result is delivered, so leave at once.
+    results.close()
+    results.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class SpawnedGroup:
