@@ -22,7 +22,8 @@ run() {  # run NAME [TARGET]: text report to the log; markdown + sarif + trace n
       --also "markdown=$OUT/$name.md" --also "sarif=$OUT/$name.sarif" || rc=$?
   if [ "$rc" -ne 0 ]; then
     echo "!! $name: arfuse audit exited $rc (1: new findings, 2: target error)" >&2
-    [ "$rc" -gt "$status" ] && status=$rc
+    # (an `if`, not `[ ] && status=...`: under `set -e` a false test there ended the gate early)
+    if [ "$rc" -gt "$status" ]; then status=$rc; fi
   fi
 }
 

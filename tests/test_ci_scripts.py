@@ -1,0 +1,45 @@
+"""The CI scripts: the gate runs every target and exits with the worst code; .ci/run runs the
+README's test command and stops on any failure."""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_gate_runs_every_target_and_exits_with_the_worst_code(tmp_path):
+    # a stand-in for python: the i-th audit exits codes[i] (no torch, no model: the gate's own
+    # bookkeeping is under test)
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+echo "$@" >> {tmp_path}/calls
+n=$(wc -l < {tmp_path}/calls)
+codes=(x 1 2 1 0)
+exit ${{codes[$n]}}
+""")
+    fake.chmod(0o755)
+    proc = subprocess.run(["bash", str(ROOT / "ci" / "gate.sh")], cwd=tmp_path,
+                          env={**os.environ, "PYTHON": str(fake),
+                               "ARFUSE_GATE_OUT": str(tmp_path / "out")},
+                          capture_output=True, text=True, timeout=60)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 4, proc.stderr  # a later, milder failure used to end the gate early
+    assert proc.returncode == 2
+    assert all("--baseline audit/baseline.json" in c and "--keep" in c for c in calls)
+
+
+def test_ci_runs_the_readme_test_command_and_stops_on_failure():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = re.search(r"pip install -e '\.\[test\]' && python -m pytest -q", readme)
+    assert command, "README lost its test command"
+    assert "(python -m pip install -q -e '.[test]' && python -m pytest -q)" in ci
+    assert "set -euo pipefail" in ci
+    assert ci.index("pip install -q torch==2.13.0") < ci.index("'.[test]'") < ci.index(
+        "ci/gate.sh")
+    # pytest's exit 5 ("no tests ran") inside the subshell ends the script with 5
+    script = "set -euo pipefail\n(true && exit 5)\necho not reached\n"
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 5 and "not reached" not in proc.stdout
