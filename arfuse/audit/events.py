@@ -28,6 +28,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+try:  # a C JSON parser; the stdlib one is the fallback
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - orjson is a dependency
+    _orjson_loads = None
+
 _COMPILE_ID = re.compile(r"\[?(?:!(\d+)/)?(\d+)/(\d+)(?:_(\d+))?(?:@(\d+))?\]?")
 
 
@@ -114,10 +119,20 @@ def decode_payload(raw: bytes) -> str:
     return text.replace("\n\t", "\n")
 
 
+def loads(raw: bytes | str) -> Any:
+    """JSON, parsed by orjson when installed (3-10x the stdlib on trace lines)."""
+    if _orjson_loads is not None:
+        try:
+            return _orjson_loads(raw)
+        except ValueError:
+            pass  # NaN, Infinity, integers past 64 bits: the stdlib parser takes them
+    return json.loads(raw)
+
+
 def lazy_body(raw: bytes, name: str) -> Any:
     """The `name` member of an envelope line's JSON (parsed when first looked at)."""
     try:
-        meta = json.loads(raw)
+        meta = loads(raw)
     except ValueError:
         return None
     return meta.get(name) if isinstance(meta, dict) else None
@@ -152,7 +167,7 @@ class Event:
         if text is None:
             return None
         try:
-            return json.loads(text)
+            return loads(text)
         except ValueError:
             return text
 
