@@ -261,3 +261,13 @@ def test_stacks_read_as_bytes_equal_the_json_parse(frames):
         streamed = next(parse_stream(io.BytesIO(data)).of(SymbolicShapeSpecialization))
         assert streamed.user_stack == full.user_stack and streamed.stack == full.stack
         assert len(full.user_stack) == len(frames) and streamed.value == "8"
+
+
+def test_json_the_fast_parser_rejects_still_parses():
+    # torch's json.dumps writes NaN/Infinity and big ints; orjson refuses them, the stdlib not
+    data = _env("compilation_metrics", {"fail_type": "E", "x": float("nan"), "n": 2 ** 70}) + \
+        _env("guard_added_fast", {"expr": "s0 < oo", "weight": float("inf")})
+    assert b"NaN" in data and b"Infinity" in data
+    for trace in (parse_bytes(data), parse_stream(io.BytesIO(data))):
+        assert next(trace.of(CompilationMetrics)).fail_type == "E"
+        assert next(trace.of(GuardAddedFast)).expr == "s0 < oo" and trace.malformed_count == 0
