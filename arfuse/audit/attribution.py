@@ -36,12 +36,23 @@ _GUARD_PLUMBING = re.compile(
     r"__init__\.py$|_guards\.py$|utils[/\\]_stats\.py$|_subclasses[/\\]fake_tensor\.py$)")
 
 
+def _package_path(path: str) -> str:
+    """The part after site-packages (`torch/_inductor/ir.py`, `transformers/...`): an install
+    prefix may itself contain `torch/` (`/opt/torch/.venv/...` on the GPU image), which must
+    not turn every installed package into torch."""
+    for marker in ("site-packages/", "dist-packages/", "site-packages\\", "dist-packages\\"):
+        if marker in path:
+            return path.rsplit(marker, 1)[1]
+    return path
+
+
 @functools.lru_cache(maxsize=65536)
 def is_framework(path: str) -> bool:
     """True for frames of torch, arfuse's own machinery, the stdlib and generated code."""
     if not path or path.startswith("<"):
         return True
-    if _LIBRARY.search(path) or _STDLIB.search(path) or _ARFUSE_INSTALLED.search(path):
+    if _LIBRARY.search(_package_path(path)) or _STDLIB.search(path) \
+            or _ARFUSE_INSTALLED.search(path):
         return True
     try:
         rel = Path(path).resolve().relative_to(_ARFUSE_PKG)
@@ -75,7 +86,7 @@ def attribute(user_stack: tuple[Frame, ...] | None,
     #    model's own frame (at the break) is a real caller of the resumed frame being compiled.
     entries = [i for i, f in enumerate(stack) if _COMPILE_ENTRY.search(f.filename)]
     first_fw = entries[-1] if entries else next(
-        (i for i, f in enumerate(stack) if _TORCH.search(f.filename)), None)
+        (i for i, f in enumerate(stack) if _TORCH.search(_package_path(f.filename))), None)
     if first_fw is not None:
         inner = [f for f in stack[first_fw:] if not is_framework(f.filename)]
         if inner:

@@ -223,7 +223,7 @@ def _domain(lo: int | None, hi: int | None, run: Any) -> Any:
 @click.option("--max-tokens", type=int, default=None,
               help="Largest num_tokens the model serves: every guard is judged over "
                    "[min, max] and only one that fails inside it is a finding (default: the "
-                   "target's, else 65536).")
+                   "target's, else 32768).")
 @click.option("--verbose", "-v", is_flag=True,
               help="Text output: also list every guard that holds over the whole token domain, "
                    "with the reason it is not a finding.")

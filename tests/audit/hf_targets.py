@@ -6,7 +6,7 @@ the CPU: a plain Llama-style block and tiny Hugging Face Llama / Gemma 3 configs
 
 Tiny configs, real code paths: HF's masking utilities, RoPE, GQA, Gemma 3's sliding-window
 layers (window 512, so its guard is inside the default token domain, as 4096 is for the real
-model). Inputs are `[1, num_tokens]` token ids: the token dim is dim 1.
+model). Inputs are `[1, num_tokens]` token ids: the token dim is dim 1. bf16 on the GPU.
 """
 
 from __future__ import annotations
@@ -26,22 +26,27 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _dtype(dev: str) -> torch.dtype:
+    # bf16 is what serves on the GPU (and picks the fused SDPA kernels); fp32 on the CPU
+    return torch.bfloat16 if dev == "cuda" else torch.float32
+
+
 def _kwargs() -> dict:
     return {"backend": os.environ.get("ARFUSE_AUDIT_BACKEND", "inductor")}
 
 
 def llama_block() -> AuditTarget:
     dev = _device()
-    model = LlamaBlock().to(dev)
-    return AuditTarget(model, lambda n: (torch.randn(n, 64, device=dev),), _kwargs(),
-                       sizes=SIZES, name=f"Llama-style block on {dev}")
+    model = LlamaBlock().to(dev, _dtype(dev))
+    return AuditTarget(model, lambda n: (torch.randn(n, 64, device=dev, dtype=_dtype(dev)),),
+                       _kwargs(), sizes=SIZES, name=f"Llama-style block on {dev}")
 
 
 def _hf(config) -> AuditTarget:
     dev = _device()
     from transformers import AutoModel
 
-    model = AutoModel.from_config(config).to(dev).eval()
+    model = AutoModel.from_config(config).to(dev, _dtype(dev)).eval()
     vocab = config.vocab_size
     return AuditTarget(
         model, lambda n: (torch.randint(0, vocab, (1, n), device=dev),), _kwargs(),

@@ -13,23 +13,23 @@ T = {"s0", "s77"}
 @pytest.mark.parametrize("expr,shape,text", [
     # what the issue reported wrong, and what it is
     ("-s0 > -4095", "interval", "valid for num_tokens in [2, 4,094]; recompiles at 4,094 -> 4,095"),
-    ("s0 <= 8*(((s0 + 7)//8))", "always", "always holds for num_tokens in [1, 65,536]"),
+    ("s0 <= 8*(((s0 + 7)//8))", "always", "always holds for num_tokens in [1, 32,768]"),
     ("Ne(s0, 8)", "except", "valid for every num_tokens except 8"),
     ("Eq(CeilToInt(IntTrueDiv(s0, 64)), 1)", "interval",
      "valid for num_tokens in [2, 64]; recompiles at 64 -> 65"),
-    ("64*s77 <= 2147483647", "always", "always holds for num_tokens in [1, 65,536]"),
-    ("s77*(s77 - (Mod(s77, 8)) + 8) >= 2", "always", "always holds for num_tokens in [1, 65,536]"),
+    ("64*s77 <= 2147483647", "always", "always holds for num_tokens in [1, 32,768]"),
+    ("s77*(s77 - (Mod(s77, 8)) + 8) >= 2", "always", "always holds for num_tokens in [1, 32,768]"),
     ("s77*Max(1, s77 - (Mod(s77, 8)) + 8) > 1", "always",
-     "always holds for num_tokens in [1, 65,536]"),
-    ("(s1 >= 0) & (s1 <= s0)", "always", "always holds for num_tokens in [1, 65,536]"),
+     "always holds for num_tokens in [1, 32,768]"),
+    ("(s1 >= 0) & (s1 <= s0)", "always", "always holds for num_tokens in [1, 32,768]"),
     ("Eq(s77, 16)", "point", "valid for num_tokens=16 only"),
     ("Eq(Mod(s77, 4), 0)", "periodic",
      "valid only for num_tokens % 4 in {0}: every other remainder recompiles"),
     ("Ne(Mod(64*s77, 256), 0)", "periodic",
      "valid only for num_tokens % 4 in {1, 2, 3}: every other remainder recompiles"),
-    ("s77 >= 2", "always", "always holds for num_tokens in [1, 65,536]"),
-    ("Ne(s77, 1)", "always", "always holds for num_tokens in [1, 65,536]"),
-    ("s77 < int_oo", "always", "always holds for num_tokens in [1, 65,536]"),
+    ("s77 >= 2", "always", "always holds for num_tokens in [1, 32,768]"),
+    ("Ne(s77, 1)", "always", "always holds for num_tokens in [1, 32,768]"),
+    ("s77 < int_oo", "always", "always holds for num_tokens in [1, 32,768]"),
 ])
 def test_verdicts(expr, shape, text):
     v = judge(expr, T | {"s1"}, D)
@@ -61,7 +61,7 @@ def test_hostile_or_broken_expressions_are_never_evaluated(expr):
 
 
 def test_domain_limits_and_errors():
-    assert TokenDomain().hi == DEFAULT_MAX_TOKENS == 65536
+    assert TokenDomain().hi == DEFAULT_MAX_TOKENS == 32768
     assert judge("s0 <= 4096", T, TokenDomain(1, 4096)).shape == "always"
     assert judge("s0 >= 256", T, TokenDomain(256, 8192)).shape == "always"
     with pytest.raises(ValueError, match="max_tokens .* is below min_tokens"):
