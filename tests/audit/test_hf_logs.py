@@ -75,3 +75,17 @@ def test_still_ambiguous_lists_sizes_only():
         infer_token_sources(traces)
     assert "L['input_ids'].size()[0]" in str(err.value)
     assert "drop.p" not in str(err.value)
+
+
+def test_one_model_compiled_twice_after_a_reset_counts_both_runs():
+    import io
+
+    from arfuse.audit import analyze
+    from arfuse.audit.trace import parse_stream, read_bytes
+
+    log = read_bytes(Path(__file__).resolve().parent / "data" / "torch-2.13.0-branch.log.gz")
+    once = analyze({0: parse_stream(io.BytesIO(log))})
+    twice = analyze({0: parse_stream(io.BytesIO(log + log))})
+    assert (once.summary["compiles"], once.summary["recompiles"]) == (4, 3)
+    assert (twice.summary["compiles"], twice.summary["recompiles"]) == (8, 6)
+    assert [f.to_json() for f in twice.findings] == [f.to_json() for f in once.findings]

@@ -360,6 +360,8 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
         for entry in _reason_entries(art.payload_json()):
             failed_id, _, text = entry.partition(": ")
             failed = CompileId.parse(failed_id)
+            if failed is not None and cid is not None:  # the text does not say its generation
+                failed = failed.in_generation(cid.generation)
             frames: list[Frame] = []
             mm = _MISMATCH.search(text)
             if mm:
