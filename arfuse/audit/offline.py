@@ -222,7 +222,10 @@ def parse_sources(
 ) -> dict[int, Trace]:
     """Stream-parse one log per rank (a progress bar over all of them when `progress`),
     keeping what `policy` says (every rule's needs by default)."""
-    policy = policy or policy_for()
+    if policy is None:
+        from arfuse.audit.rules import all_rules
+
+        policy = policy_for(all_rules())
     made = _progress_bar(progress, sources)
     traces: dict[int, Trace] = {}
     if made is None:

@@ -47,7 +47,7 @@ from arfuse.audit.events import (
     UnknownEvent,
     loads,
 )
-from arfuse.audit.slim import Policy, slim
+from arfuse.audit.slim import DEFAULT, Policy, slim
 
 MAX_LINE = 64 << 20  # a longer line is not a trace line: stop before it eats memory
 MAX_EVENT = 1 << 30  # one envelope plus its payload lines
@@ -582,14 +582,12 @@ def parse_stream(
     strict: bool = True,
 ) -> Trace:
     """Parse a trace from a binary file object chunk by chunk (working memory: one chunk plus
-    what the policy keeps). `slim=True` keeps what `policy` says (every rule's needs when
-    None); `slim=False` keeps everything. `progress(bytes_read)` is called after every chunk. A
+    what the policy keeps). `slim=True` keeps what `policy` says (what every rule family reads
+    by default, `slim.DEFAULT`, when None); `slim=False` keeps everything. `progress(bytes_read)` is called after every chunk. A
     last line without its newline (a job killed while writing) sets `trace.truncated_line`.
     `strict` raises `TraceFormatError` / `TraceReadError` on bad input (see the module doc)."""
     if slim and policy is None:
-        from arfuse.audit.slim import policy_for
-
-        policy = policy_for()
+        policy = DEFAULT
     reader = _Reader(source, policy if slim else None)
     trace = reader.trace
     buf = b"\n"  # every line the reader sees follows a newline: the first one too

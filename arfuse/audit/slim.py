@@ -122,13 +122,13 @@ def reads_of(rules: Iterable[Rule]) -> frozenset[str]:
     return frozenset(out)
 
 
-def policy_for(rules: Iterable[Rule] | None = None, extra_ops: Iterable[str] = ()) -> Policy:
-    """The policy of the given rules (every rule when None)."""
-    if rules is None:
-        from arfuse.audit.rules import all_rules
-
-        rules = all_rules()
+def policy_for(rules: Iterable[Rule], extra_ops: Iterable[str] = ()) -> Policy:
+    """The policy of the given rules (`arfuse.audit.rules.select_rules(...)`)."""
     return Policy.of(reads_of(rules), extra_ops)
+
+
+#: What every rule family reads by default: the reader's policy when it is given none.
+DEFAULT = Policy.of(_EVERYTHING_KNOWN)
 
 
 def _compress(raw: bytes | None) -> bytes | None:
