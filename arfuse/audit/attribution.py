@@ -46,6 +46,12 @@ def _package_path(path: str) -> str:
     return path
 
 
+def short_path(path: str) -> str:
+    """How a message names a file: from its package (`torch/_inductor/ir.py`), else its name."""
+    pkg = _package_path(path)
+    return pkg if pkg != path else Path(path).name
+
+
 @functools.lru_cache(maxsize=65536)
 def is_framework(path: str) -> bool:
     """True for frames of torch, arfuse's own machinery, the stdlib and generated code."""

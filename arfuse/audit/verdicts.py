@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from arfuse.audit.attribution import Attribution, attribute
+from arfuse.audit.attribution import Attribution, attribute, short_path
 from arfuse.audit.context import AuditContext
 from arfuse.audit.domain import Verdict, holds, verdict_of
 from arfuse.audit.guards import GuardClass, classify, symbols
@@ -120,7 +120,7 @@ def decisions(ctx: AuditContext) -> list[Decision]:
         host = _implied_by(d, t, kept) if t is not None else None
         if host is not None:
             host.folded += d.guards
-            line = f"{host.where.decision.filename}:{host.where.decision.line}"
+            line = f"{short_path(host.where.decision.filename)}:{host.where.decision.line}"
             who = "the compiler re-checks" if d.where.by == "compiler" else "follows from"
             _dismiss(ctx, d.guards, d.where, f"{who} the guard decided at {line} (folded into "
                                              f"that finding)")

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from arfuse.audit.attribution import Attribution, is_framework
+from arfuse.audit.attribution import Attribution, is_framework, short_path
 from arfuse.audit.context import AuditContext, pretty_source
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.rules import rule
@@ -82,7 +82,7 @@ def _finding(ctx: AuditContext, line: _Line, name: str, message: str) -> Finding
         for g in d.folded:
             f = g.where.decision
             who = "re-checked by the compiler" if g.where.by == "compiler" else "implied"
-            details.append(f"also {who} at {f.filename}:{f.line}: `{g.expr}`")
+            details.append(f"also {who} at {short_path(f.filename)}:{f.line}: `{g.expr}`")
     if a.by == "compiler":
         details.append(f"added by the compiler itself in {a.decision.name or 'torch'} "
                        f"(no model line decided it)")
