@@ -58,3 +58,12 @@ def test_gemma3_sliding_window_found_at_the_cache_slice_and_nothing_from_the_com
                             ("ARF104", "transformers/cache_utils.py", 255)]
     (window,) = [f for f in report["findings"] if f["code"] == "ARF102"]
     assert "[2, 510] and [512, 32,768]: recompiles at 510 -> 511, 511 -> 512" in window["message"]
+
+
+def test_verbose_text_lists_each_harmless_guard_with_its_reason():
+    res = CliRunner().invoke(audit_cmd, ["--trace", str(DATA / "hf_llama.tar.gz"), "-v",
+                                         "--no-progress"])
+    assert res.exit_code == 0
+    listed = [x for x in res.output.splitlines() if "always holds for num_tokens" in x]
+    assert len(listed) == 6 and any("codegen/simd.py" in x for x in listed), res.output
+    assert "PASS: num_tokens stays dynamic over num_tokens in [1, 32,768]" in res.output
