@@ -101,7 +101,7 @@ _STACK_KINDS = frozenset(
         "symbolic_shape_specialization",
     }
 )
-_STACK_KEYS = (b', "user_stack": ', b', "stack": ')
+_STACK_KEYS = (("user_stack", b'"user_stack": '), ("stack", b'"stack": '))
 # One stack frame as torch logs it, and a whole stack list: frames are matched as bytes, so
 # a frame seen before costs a dict lookup, not a JSON parse (no capturing groups: findall).
 _JSTR = rb'"[^"\\\n]*(?:\\.[^"\\\n]*)*"'  # a JSON string, as an unrolled loop (fast in re)
@@ -229,27 +229,38 @@ def _stack_meta(raw: bytes) -> dict | None:
     body = next(iter(v for k, v in meta.items() if k not in _ENVELOPE_KEYS), None)
     if not isinstance(body, dict):
         return None
-    keys = []
-    for key, name in ((b', "user_stack": ', "user_stack"), (b', "stack": ', "stack")):
-        at = raw.find(key)
-        if at >= 0:
-            keys.append((at, at + len(key), name))
-    keys.sort()
+    keys = _stack_keys(raw)
     for n, (_, start, name) in enumerate(keys):
         end = keys[n + 1][0] if n + 1 < len(keys) else raw.rfind(b"]") + 1
         body[name] = raw[start:end] if end > start else raw[start : start + 4]
     return meta
 
 
+def _stack_keys(raw: bytes) -> list[tuple[int, int, str]]:
+    """(where the body before the key ends, where the key's list starts, key) of the stack keys
+    of an event line, in line order. A key follows `, ` or opens the body (`{"stack": `)."""
+    out = []
+    for name, key in _STACK_KEYS:
+        at = raw.find(b", " + key)
+        if at >= 0:
+            out.append((at, at + 2 + len(key), name))
+            continue
+        at = raw.find(b"{" + key)
+        if at > 0:
+            out.append((at + 1, at + 1 + len(key), name))
+    out.sort()
+    return out
+
+
 def _head_meta(raw: bytes) -> dict | None:
     """The envelope of a line whose stacks are not needed, without parsing them: torch writes
     an event's stacks after its other fields, so the JSON before them, closed, is the body;
     the envelope keys come from the line's tail. None when the line is not of that shape."""
-    cuts = [i for i in (raw.find(k) for k in _STACK_KEYS) if i > 0]
-    if not cuts:
+    keys = _stack_keys(raw)
+    if not keys:
         return None
     try:
-        head = loads(raw[: min(cuts)] + b"}}")
+        head = loads(raw[: keys[0][0]] + b"}}")
     except ValueError:
         return None
     if not isinstance(head, dict) or len(head) != 1:
