@@ -1,0 +1,66 @@
+"""The slimming policy: a streamed trace keeps what the selected rules read, and nothing a rule
+reads is lost (the rules find on a slimmed trace exactly what they find on the whole one)."""
+
+import io
+from pathlib import Path
+
+import pytest
+
+from arfuse.audit import analyze
+from arfuse.audit.context import RunInfo
+from arfuse.audit.rules import select_rules
+from arfuse.audit.slim import FAMILY_READS, Policy, policy_for
+from arfuse.audit.trace import (
+    Artifact, ChromiumEvent, GuardAddedFast, UnknownEvent, parse_bytes, parse_stream, read_bytes,
+)
+
+DATA = Path(__file__).resolve().parent / "data"
+LOGS = sorted(DATA.glob("*.log.gz")) + sorted(DATA.glob("ranks-*/*.log.gz"))
+HF_TOKENS = RunInfo(token_sources=["L['kwargs']['input_ids'].size()[1]"])
+
+
+def _findings(traces, select, run=None):
+    return [f.to_json() for f in analyze(traces, run, select=select).findings]
+
+
+@pytest.mark.parametrize("select", [["ARF1"], ["ARF2"], ["ARF3"], []],
+                         ids=["ARF1", "ARF2", "ARF3", "all"])
+def test_slimmed_traces_give_the_whole_traces_findings(select):
+    policy = policy_for(select_rules(select))
+    for log in LOGS:
+        data = read_bytes(log)
+        run = HF_TOKENS if log.name.startswith("hf-") else None
+        whole = _findings({0: parse_bytes(data)}, select, run)
+        slim = _findings({0: parse_stream(io.BytesIO(data), policy=policy)}, select, run)
+        assert slim == whole, log.name
+    ranks = {int(p.name.split("_rank_")[1][0]): p for p in (DATA / "ranks-divergent-torch-2.13.0")
+             .glob("*.log.gz")}
+    whole = _findings({r: parse_bytes(read_bytes(p)) for r, p in ranks.items()}, select)
+    slim = _findings({r: parse_stream(io.BytesIO(read_bytes(p)), policy=policy)
+                      for r, p in ranks.items()}, select)
+    assert slim == whole and (whole or select == ["ARF2"])
+
+
+def test_a_fusion_only_audit_keeps_no_guards():
+    data = read_bytes(DATA / "torch-2.13.0-funcol_inductor.log.gz")
+    fusion = parse_stream(io.BytesIO(data), policy=policy_for(select_rules(["ARF2"])))
+    assert not list(fusion.of(GuardAddedFast)) and not list(fusion.of(ChromiumEvent))
+    (graph,) = list(fusion.artifacts("inductor_post_grad_graph"))
+    assert "_c10d_functional.all_reduce" in graph.payload  # the payload ARF201 reads, kept
+    guards = parse_stream(io.BytesIO(data), policy=policy_for(select_rules(["ARF101"])))
+    assert list(guards.of(GuardAddedFast))
+    assert all(a.raw_payload is None for a in guards.of(Artifact)
+               if a.name == "inductor_post_grad_graph")
+    assert {e.name for e in guards.of(UnknownEvent)} <= {"describe_tensor", "describe_source"}
+
+
+def test_rule_needs_override_the_family_default():
+    class R:  # a rule that reads one artifact only
+        code, needs = "ARF199", frozenset({"artifact:my_artifact"})
+
+    p = policy_for([R()])
+    assert "my_artifact" in p.payloads and "recompile_reasons" not in p.payloads
+    assert p == Policy.of({"artifact:my_artifact"})
+    assert policy_for(select_rules(["ARF1"])).stacks == {
+        "guard_added_fast", "guard_added", "symbolic_shape_specialization"}
+    assert set(FAMILY_READS) == {"ARF1", "ARF2", "ARF3"}
