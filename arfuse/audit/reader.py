@@ -355,6 +355,7 @@ class _Reader:
         # kinds whose stacks the policy drops: parse only the JSON before the stacks
         self.head_only: frozenset[bytes] = frozenset()
         self.stack_kinds: frozenset[bytes] = frozenset()  # stacks kept: matched as bytes
+        self.extra_ops: set[str] = set(policy.extra_ops) if policy is not None else set()
         if policy is not None:
             self.head_only = frozenset(k.encode() for k in _STACK_KINDS - policy.stacks)
             self.stack_kinds = frozenset(k.encode() for k in _STACK_KINDS & policy.stacks)
@@ -511,7 +512,7 @@ class _Reader:
             self._garbage(data, covered_to, stop, lines)
         self.lines = lines + data.count(b"\n", counted_to, stop)
         if policy is not None:
-            events = slim(events, policy, self.resolver)
+            events = slim(events, policy, self.resolver, self.extra_ops)
         trace.events.extend(events)
 
     # -- is this a trace at all ---------------------------------------------------------------

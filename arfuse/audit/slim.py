@@ -69,6 +69,7 @@ FAMILY_READS = {
 #: A rule of an unknown family reads all of the above.
 _EVERYTHING_KNOWN = frozenset().union(*FAMILY_READS.values())
 
+FUSION_REPORT = "arfuse_fusion"  # the pass's per-graph report (arfuse.audit.context's too)
 _COMPRESS_OVER = 4096
 _METRIC_STR_MAX = 500  # config dumps are longer; fail_reason is kept whole
 _METRIC_KEEP = frozenset({"restart_reasons", "fail_reason", "fail_user_frame_filename"})
@@ -151,28 +152,43 @@ def _slim_metrics(m: CompilationMetrics) -> None:
     m.raw_meta = b""
 
 
-def _payload(policy: Policy, name: str, raw: bytes | None) -> bytes | None:
+def _payload(policy: Policy, name: str, raw: bytes | None, extra: set[str]) -> bytes | None:
     if raw is None:
         return None
     if name in policy.payloads:
         return _compress(raw)
     if name in policy.collectives:
-        return _compress(raw) if optable.text_has_collective(raw, policy.extra_ops) else b""
+        return _compress(raw) if optable.text_has_collective(raw, extra) else b""
     return None
 
 
-def slim(events: list[Event], policy: Policy, resolver: Any) -> list[Event]:
+def _learn_ops(e: Artifact, extra_ops: set[str]) -> None:
+    """Allreduce ops a FusionConfig named (`vllm::all_reduce`), from the pass's report: the
+    graphs logged after it that call them hold collectives too."""
+    report = e.payload_json()
+    ops = report.get("allreduce_ops") if isinstance(report, dict) else None
+    if isinstance(ops, list):
+        extra_ops.update(str(op) for op in ops)
+
+
+def slim(
+    events: list[Event], policy: Policy, resolver: Any, extra_ops: set[str] | None = None
+) -> list[Event]:
     """The events of one chunk reduced to what `policy` keeps: payloads dropped or compressed,
     kept stacks resolved to `Frame` tuples (the resolver shares equal ones), the rest of each
-    event's raw data dropped."""
+    event's raw data dropped. `extra_ops` (kept across chunks) gathers the custom allreduce ops
+    the fusion pass's reports name, so graphs that call them count as holding a collective."""
+    extra = extra_ops if extra_ops is not None else set(policy.extra_ops)
     kept = []
     for e in events:
         if isinstance(e, Artifact):
-            e.raw_payload = _payload(policy, e.name, e.raw_payload)
+            if e.name == FUSION_REPORT and e.raw_payload:
+                _learn_ops(e, extra)
+            e.raw_payload = _payload(policy, e.name, e.raw_payload, extra)
         elif isinstance(e, GraphDump):
             if e.graph_kind not in policy.kinds:
                 continue
-            payload = _payload(policy, e.graph_kind, e.raw_payload)
+            payload = _payload(policy, e.graph_kind, e.raw_payload, extra)
             e.raw_payload = payload or None
         elif isinstance(e, CompilationMetrics):
             _slim_metrics(e)

@@ -2,6 +2,7 @@
 reads is lost (the rules find on a slimmed trace exactly what they find on the whole one)."""
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,27 @@ def test_rule_needs_override_the_family_default():
     assert policy_for(select_rules(["ARF1"])).stacks == {
         "guard_added_fast", "guard_added", "symbolic_shape_specialization"}
     assert set(FAMILY_READS) == {"ARF1", "ARF2", "ARF3"}
+
+
+def _vllm_log(report: bool) -> bytes:
+    env = ('V1127 14:36:18.743000 1 torch/x.py:1] {{"artifact": {{"name": "{}", "encoding": '
+           '"{}"}}, "frame_id": 0, "frame_compile_id": 0, "attempt": 0, "has_payload": "0"}}\n')
+    out = ""
+    if report:
+        out += env.format("arfuse_fusion", "json") + "\t" + json.dumps(
+            {"matches": 0, "allreduce_ops": ["vllm::all_reduce"], "norm_ops": []}) + "\n"
+    out += env.format("inductor_post_grad_graph", "string")
+    out += ('\t        # File: /m/model.py:10 in forward, code: y = all_reduce(x)\n'
+            '\t        ar: "f32[s0, 64]" = torch.ops.vllm.all_reduce.default(arg0_1)\n')
+    return out.encode()
+
+
+def test_custom_allreduce_ops_named_by_the_pass_keep_their_graphs():
+    # issue 14: the streaming reader emptied graphs whose only collective was vllm::all_reduce
+    for report, kept in ((True, True), (False, False)):
+        trace = parse_stream(io.BytesIO(_vllm_log(report)), chunk_size=97)
+        (graph,) = list(trace.artifacts("inductor_post_grad_graph"))
+        assert ("vllm.all_reduce" in graph.payload) is kept
+    named = parse_stream(io.BytesIO(_vllm_log(False)),
+                         policy=policy_for(select_rules(["ARF2"]), ["vllm::all_reduce"]))
+    assert "vllm.all_reduce" in next(named.artifacts("inductor_post_grad_graph")).payload
