@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import gzip
 import json
+import os
 import re
 import zlib
 from collections.abc import Callable
@@ -612,9 +613,9 @@ def parse_stream(
                 block = fh.read(chunk_size)
             except (EOFError, OSError, zlib.error) as exc:
                 raise TraceReadError(
-                    f"{source}: cannot read past byte {done:,} of the log ({exc}): the file is "
-                    f"cut short or corrupt. Copy it again, or keep what is readable with "
-                    f"`gzip -dc FILE > part.log` and audit part.log"
+                    f"{source}: cannot read past byte {done:,} of the log{_compressed_at(fh)} "
+                    f"({exc}): the file is cut short or corrupt. Copy it again, or keep what is "
+                    f"readable with `gzip -dc FILE > part.log` and audit part.log"
                 ) from None
             done += len(block)
             if block:
@@ -642,6 +643,17 @@ def parse_stream(
     if strict:
         reader.check(final=True)
     return reader.finish()
+
+
+def _compressed_at(fh: Any) -> str:
+    """ ", compressed byte N of M" for a gzip file object, where the compressed stream broke."""
+    raw = getattr(fh, "fileobj", None)
+    try:
+        at = raw.tell()
+        size = os.fstat(raw.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        return ""
+    return f" (compressed: byte {at:,} of {size:,})"
 
 
 def _check_sizes(buf: bytes, source: str, lines: int, done: int) -> None:

@@ -56,6 +56,8 @@ def test_truncated_gzip_names_file_and_offset(tmp_path):
     code, out = _audit("--trace", log)
     assert code == 2, out
     assert f"{log}: cannot read past byte " in out and "cut short or corrupt" in out
+    half = len(data) // 2
+    assert f"(compressed: byte {half:,} of {half:,})" in out
 
 
 def _zeros_gz(path: Path, mib: int) -> None:
