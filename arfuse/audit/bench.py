@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _plain(files: list[Path], mb: float, out: Path) -> int:
@@ -69,7 +70,7 @@ def _reader(path: Path, repeat: int) -> dict[str, float]:
     return {"cpu": best_cpu, "wall": best_wall, "events": events}
 
 
-def _child(cmd: list[str]) -> dict[str, object]:
+def _child(cmd: list[str]) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     w0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+_orjson_loads: Any
 try:  # a C JSON parser; the stdlib one is the fallback
     from orjson import loads as _orjson_loads
 except ImportError:  # pragma: no cover - orjson is a dependency

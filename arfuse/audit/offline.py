@@ -21,8 +21,9 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from arfuse.audit.context import AuditContext, RunInfo
 from arfuse.audit.events import CompilationMetrics, CreateSymbol, Trace
@@ -59,7 +60,7 @@ def _file_source(p: Path) -> TraceSource:
     st = p.stat()
     # progress counts decompressed bytes: a .gz file's own size is no total for them
     size = None if p.name.endswith(".gz") else st.st_size
-    return TraceSource(str(p), _rank_of(p.name), size, st.st_mtime, lambda p=p: open_trace(p))
+    return TraceSource(str(p), _rank_of(p.name), size, st.st_mtime, partial(open_trace, p))
 
 
 def read_run_json(where: str, text: bytes | str) -> RunInfo:
@@ -117,7 +118,7 @@ def _tar_sources(path: Path) -> tuple[list[TraceSource], RunInfo | None]:
         def opener(m: tarfile.TarInfo = m) -> IO[bytes]:
             fh = tar.extractfile(m)
             assert fh is not None  # isfile() above
-            return gzip.GzipFile(fileobj=fh) if m.name.endswith(".gz") else fh
+            return cast(IO[bytes], gzip.GzipFile(fileobj=fh)) if m.name.endswith(".gz") else fh
 
         out.append(
             TraceSource(f"{path}:{m.name}", _rank_of(m.name), m.size, float(m.mtime), opener)
@@ -197,7 +198,7 @@ def _progress_bar(show: bool, sources: dict[int, TraceSource]):
     )
 
     sizes = [s.size for s in sources.values()]
-    total = None if None in sizes else sum(sizes)
+    total = sum(s for s in sizes if s is not None) if None not in sizes else None
     bar = Progress(
         TextColumn("[bold]parse[/] {task.description}"),
         BarColumn(),
@@ -215,6 +216,10 @@ def _open(s: TraceSource) -> IO[bytes]:
         return s.open()
     except _TAR_ERRORS as exc:
         raise ValueError(f"{s.name}: cannot be opened ({exc})") from None
+
+
+def _advance(bar: Any, task: Any, base: int, n: int) -> None:
+    bar.update(task, completed=base + n)
 
 
 def parse_sources(
@@ -244,7 +249,7 @@ def parse_sources(
                     fh,
                     s.name,
                     policy=policy,
-                    progress=lambda n, b=base: bar.update(task, completed=b + n),
+                    progress=partial(_advance, bar, task, base),
                 )
             base += s.size or traces[rank].bytes_read
             bar.update(task, completed=base)
@@ -431,7 +436,7 @@ def plain_log(source: str, tmp: Path) -> Path:
                 fh = tar.extractfile(member)
                 if fh is None:
                     raise ValueError(f"{source}: not a file in the tarball")
-                src: IO[bytes] = gzip.GzipFile(fileobj=fh) if member.endswith(".gz") else fh
+                src = cast(IO[bytes], gzip.GzipFile(fileobj=fh)) if member.endswith(".gz") else fh
                 with out.open("wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
         except (*_TAR_ERRORS, KeyError) as exc:

@@ -150,10 +150,10 @@ class Resolver:
             return None, True
         fid = f.get("filename")
         known = isinstance(fid, int) and fid in self.strings
-        if known:
-            filename = self.strings[fid]
+        if isinstance(fid, int):
+            filename = self.strings[fid] if known else f"<unknown file #{fid}>"
         else:
-            filename = f"<unknown file #{fid}>" if isinstance(fid, int) else str(fid)
+            filename = str(fid)
         line, loc = f.get("line"), f.get("loc")
         frame = Frame(
             filename,
@@ -197,7 +197,10 @@ class Resolver:
         for fb in found:
             frame = frames.get(fb)
             if frame is None:
-                frame, known = self._frame(loads(fb))
+                made, known = self._frame(loads(fb))
+                if made is None:  # not a frame object after all
+                    continue
+                frame = made
                 complete &= known
                 if known:
                     frames[fb] = frame
@@ -447,6 +450,8 @@ class _Reader:
                 self.good += 1  # a kind no selected rule reads: not even parsed
                 continue
             payload = None
+            meta: dict[str, Any] | None
+            common: dict[str, Any]
             if kind in _LAZY_KINDS and raw.endswith(b"}"):
                 meta = _tail_meta(raw)
                 if "has_payload" in meta and covered_to > end + 1:
@@ -646,8 +651,8 @@ def parse_stream(
 
 
 def _compressed_at(fh: Any) -> str:
-    """ ", compressed byte N of M" for a gzip file object, where the compressed stream broke."""
-    raw = getattr(fh, "fileobj", None)
+    """Where a gzip file object's compressed stream broke: " (compressed: byte N of M)"."""
+    raw: Any = getattr(fh, "fileobj", None)
     try:
         at = raw.tell()
         size = os.fstat(raw.fileno()).st_size

@@ -179,7 +179,7 @@ def slim(
     event's raw data dropped. `extra_ops` (kept across chunks) gathers the custom allreduce ops
     the fusion pass's reports name, so graphs that call them count as holding a collective."""
     extra = extra_ops if extra_ops is not None else set(policy.extra_ops)
-    kept = []
+    kept: list[Event] = []
     for e in events:
         if isinstance(e, Artifact):
             if e.name == FUSION_REPORT and e.raw_payload:
