@@ -63,6 +63,20 @@ def _file_source(p: Path) -> TraceSource:
     return TraceSource(str(p), _rank_of(p.name), size, st.st_mtime, partial(open_trace, p))
 
 
+_RUN_JSON_MAX = 64 << 20  # arfuse writes a few KB; a bigger one is not ours
+
+
+def _bounded_read(fh: IO[bytes], where: str) -> bytes:
+    with fh:
+        data = fh.read(_RUN_JSON_MAX + 1)
+    if len(data) > _RUN_JSON_MAX:
+        raise ValueError(
+            f"{where}: over {_RUN_JSON_MAX:,} bytes, not the run.json "
+            f"`arfuse audit --keep DIR` writes; remove it to audit the logs alone"
+        )
+    return data
+
+
 def read_run_json(where: str, text: bytes | str) -> RunInfo:
     """A `--keep` directory's run.json as a `RunInfo`; ValueError naming the file when it is
     not valid JSON or not the object `arfuse audit --keep` writes."""
@@ -110,7 +124,8 @@ def _tar_sources(path: Path) -> tuple[list[TraceSource], RunInfo | None]:
             continue
         if Path(m.name).name == "run.json":
             fh = tar.extractfile(m)
-            run_json = read_run_json(f"{path}:{m.name}", fh.read() if fh else b"")
+            where = f"{path}:{m.name}"
+            run_json = read_run_json(where, _bounded_read(fh, where) if fh else b"")
             continue
         if not _LOG.search(m.name):
             continue
@@ -134,7 +149,9 @@ def discover(path: str | Path) -> tuple[list[TraceSource], RunInfo | None]:
     elif path.is_dir():
         run_file = path / "run.json"
         run_json = (
-            read_run_json(str(run_file), run_file.read_bytes()) if run_file.is_file() else None
+            read_run_json(str(run_file), _bounded_read(run_file.open("rb"), str(run_file)))
+            if run_file.is_file()
+            else None
         )
         top = path / "trace" if run_json is not None and (path / "trace").is_dir() else path
         files = sorted(

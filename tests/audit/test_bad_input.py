@@ -229,3 +229,14 @@ def test_rank_logs_of_different_torch_versions_get_a_note(tmp_path):
     notes = json.loads(out)["summary"]["notes"]
     assert any("different torch versions (torch 2.11.0+cu130 on rank(s) 0; torch 2.13.0+cpu "
                "on rank(s) 1)" in n for n in notes), notes
+
+
+def test_a_huge_run_json_is_refused_unread(tmp_path, monkeypatch):
+    import arfuse.audit.offline as offline
+
+    monkeypatch.setattr(offline, "_RUN_JSON_MAX", 1000)  # the real cap is 64 MiB
+    (tmp_path / "trace").mkdir()
+    (tmp_path / "trace" / "rank_0.log").write_bytes(gzip.decompress(BRANCH.read_bytes()))
+    (tmp_path / "run.json").write_text('{"notes": ["' + "x" * 5000 + '"]}')
+    code, out = _audit("--trace", tmp_path)
+    assert code == 2 and f"{tmp_path / 'run.json'}: over 1,000 bytes" in out
