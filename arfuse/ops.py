@@ -27,6 +27,7 @@ everything else runs the exact path.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -71,7 +72,11 @@ class FusedFP8Outputs(NamedTuple):
 
 
 def _check_activation(op: str, input: torch.Tensor, residual: torch.Tensor | None,
-                      weight: torch.Tensor) -> None:
+                      weight: torch.Tensor, eps: float) -> None:
+    # a SymFloat eps (no value at compile time) is checked when the real kernel runs
+    if isinstance(eps, (int, float)) and not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"arfuse::{op}: eps {eps!r} must be a finite number >= 0 (the "
+                         "RMSNorm epsilon, e.g. 1e-6)")
     if input.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"arfuse::{op}: input dtype {input.dtype} is not supported; "
                          "use bfloat16, float16 or float32")
@@ -86,6 +91,7 @@ def _check_activation(op: str, input: torch.Tensor, residual: torch.Tensor | Non
     if weight.dtype != input.dtype:
         raise ValueError(f"arfuse::{op}: weight dtype {weight.dtype} differs from input dtype "
                          f"{input.dtype}; cast the weight to {input.dtype}")
+    _check_contiguous(op, "weight", weight)
     _check_contiguous(op, "input", input)
     if residual is not None:
         if residual.shape != input.shape:
@@ -122,19 +128,19 @@ def _all_reduce_fake(input, group_name):
 
 @torch.library.register_fake("arfuse::rms_norm", lib=LIB)
 def _rms_norm_fake(input, weight, eps):
-    _check_activation("rms_norm", input, None, weight)
+    _check_activation("rms_norm", input, None, weight, eps)
     return torch.empty_like(input)
 
 
 @torch.library.register_fake("arfuse::fused_allreduce_rmsnorm", lib=LIB)
 def _fused_fake(input, residual, weight, eps, weight_bias, group_name):
-    _check_activation("fused_allreduce_rmsnorm", input, residual, weight)
+    _check_activation("fused_allreduce_rmsnorm", input, residual, weight, eps)
     return torch.empty_like(input), torch.empty_like(input)
 
 
 @torch.library.register_fake("arfuse::fused_allreduce_rmsnorm_fp8", lib=LIB)
 def _fused_fp8_fake(input, residual, weight, scale, eps, weight_bias, group_name):
-    _check_activation("fused_allreduce_rmsnorm_fp8", input, residual, weight)
+    _check_activation("fused_allreduce_rmsnorm_fp8", input, residual, weight, eps)
     _check_scale(scale)
     return (torch.empty_like(input, dtype=FP8_DTYPE), torch.empty_like(input),
             torch.empty_like(input))
@@ -167,13 +173,13 @@ def _all_reduce_impl(input, group_name):
 
 @torch.library.impl(LIB, "rms_norm", "CompositeExplicitAutograd")
 def _rms_norm_impl(input, weight, eps):
-    _check_activation("rms_norm", input, None, weight)
+    _check_activation("rms_norm", input, None, weight, eps)
     return rms_norm_f32(input, weight, eps, 0.0).to(input.dtype)
 
 
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm", "CompositeExplicitAutograd")
 def _fused_impl(input, residual, weight, eps, weight_bias, group_name):
-    _check_activation("fused_allreduce_rmsnorm", input, residual, weight)
+    _check_activation("fused_allreduce_rmsnorm", input, residual, weight, eps)
     group = kernels.resolve_group(group_name)
     quant, norm, res = kernels.run_fused(input, residual, weight, None, eps, weight_bias, group)
     return norm, res
@@ -181,7 +187,7 @@ def _fused_impl(input, residual, weight, eps, weight_bias, group_name):
 
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm_fp8", "CompositeExplicitAutograd")
 def _fused_fp8_impl(input, residual, weight, scale, eps, weight_bias, group_name):
-    _check_activation("fused_allreduce_rmsnorm_fp8", input, residual, weight)
+    _check_activation("fused_allreduce_rmsnorm_fp8", input, residual, weight, eps)
     _check_scale(scale)
     group = kernels.resolve_group(group_name)
     return kernels.run_fused(input, residual, weight, scale, eps, weight_bias, group)

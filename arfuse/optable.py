@@ -64,6 +64,8 @@ KERNEL_DTYPES = ("bfloat16", "float16")
 HIDDEN_MULTIPLE = 8
 #: TP sizes FlashInfer's allreduce-fusion kernel supports.
 KERNEL_WORLD_SIZES = (2, 4, 8)
+#: GPU architectures it runs on (`thresholds.arch_of` keys): Hopper and Blackwell.
+KERNEL_ARCHS = ("sm90", "sm100")
 #: Static per-tensor FP8 quant: the dtype and its largest finite value (the clamp bound).
 FP8_DTYPE = "float8_e4m3fn"
 FP8_MAX = 448.0

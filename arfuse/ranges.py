@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import copy
 import dataclasses
+import numbers
 import time
 import warnings
 from dataclasses import dataclass
@@ -50,6 +51,27 @@ def ranges_from_splits(splits: Iterable[int]) -> list[TokenRange]:
         lo = p + 1
     out.append(TokenRange(lo, None))
     return out
+
+
+_SPLIT_POINT = ("a split point is a positive int token count where a range ends; give 'auto' "
+                "or a list of split points, e.g. ranges=[128, 2048] ('auto': split points "
+                "from the thresholds)")
+
+
+def split_points(ranges: Any) -> list[int] | str:
+    """`ranges=` as given -> 'auto' or its sorted split points. Anything else (a float, a
+    string or a bool where a token count goes, a bare int) is a ValueError, never truncated."""
+    if isinstance(ranges, str):
+        if ranges == "auto":
+            return ranges
+        raise ValueError(f"ranges={ranges!r}: {_SPLIT_POINT}")
+    if isinstance(ranges, torch.Tensor) or not isinstance(ranges, Iterable):
+        raise ValueError(f"ranges={ranges!r} is not a list; {_SPLIT_POINT}")
+    points = list(ranges)
+    for p in points:
+        if isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 1:
+            raise ValueError(f"ranges={points!r}: {p!r} is not a split point; {_SPLIT_POINT}")
+    return sorted({int(p) for p in points})
 
 
 def auto_splits(hidden: int, dtype: torch.dtype, world_size: int,
@@ -303,9 +325,7 @@ def backend(ranges: Sequence[int] | str = "auto", *, fusion: FusionConfig | None
             bound_symbols: bool = True) -> RangedBackend:
     """The compile-ranges backend alone, for `torch.compile(model, backend=...)` where the
     caller marks the token dims itself (e.g. an `arfuse audit` target's compile kwargs)."""
-    if not isinstance(ranges, str):
-        ranges = list(ranges)
-        ranges_from_splits(ranges)
+    ranges = split_points(ranges)
     return RangedBackend(ranges, fusion, options, lazy, bound_symbols)
 
 

@@ -35,14 +35,18 @@ import contextlib
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from arfuse import optable
 
 if TYPE_CHECKING:  # the table itself needs no torch: `arfuse thresholds` stays fast
     import torch
 
 ENV_VAR = "ARFUSE_THRESHOLDS"
 MIB = 2**20
+MAX_MB = 2**20  # 1 TiB of activation per rank: no GPU holds more; keeps MB -> tokens finite
 
 _TUNED_TP2 = "tuned by arfuse tune on H200 TP2 (bench/results/h200_tp2_bench.md)"
 _TUNED_TP4 = "tuned by arfuse tune on H200 TP4 (bench/results/h200_tp4_bench.md)"
@@ -67,11 +71,17 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         for name in ("oneshot_max_mb", "fused_max_mb"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value < 0:
-                raise ValueError(f"thresholds: {name} must be a finite number of MB >= 0, "
-                                 f"got {value!r}")
+            problem = _mb_problem(name, getattr(self, name))
+            if problem:
+                raise ValueError(f"thresholds: {problem}")
+
+
+def _mb_problem(name: str, value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or not 0 <= value <= MAX_MB:
+        return (f"{name} must be a finite number of MB in [0, {MAX_MB}] (0: never fused), got "
+                f"{value!r}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,13 @@ DEFAULT_TABLE: dict[str, dict[int, Thresholds]] = {
 _override: dict[str, dict[int, Thresholds]] = {}
 _file_cache: tuple[str, dict[str, dict[int, Thresholds]]] | None = None
 _generation = 0  # bumped on every change, so callers may cache resolved Limits
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 def generation() -> int:
@@ -158,7 +175,9 @@ def parse_table(data: Any, where: str = "thresholds") -> dict[str, dict[int, Thr
     """Validate a JSON-shaped table ``{arch: {world_size: {oneshot_max_mb, fused_max_mb}}}``.
 
     Arch keys go through `arch_of`; world sizes may be ints or digit strings; entries may be
-    `Thresholds` objects or dicts (``source`` optional, defaulting to `where`).
+    `Thresholds` objects or dicts (``source`` optional, defaulting to `where`). Entries the
+    fused kernel can never use (an arch or world size it does not run on) and one-shot limits
+    above the fusion limit are kept but warned about, once each.
     """
     if not isinstance(data, Mapping):
         raise ValueError(f"{where}: expected an object like "
@@ -167,6 +186,10 @@ def parse_table(data: Any, where: str = "thresholds") -> dict[str, dict[int, Thr
     table: dict[str, dict[int, Thresholds]] = {}
     for arch_key, per_world in data.items():
         arch = arch_of(arch_key)
+        if arch not in optable.KERNEL_ARCHS:
+            _warn_once(f"{where}: entry {arch_key!r} ({arch}) is never used: the fused kernel "
+                       f"runs only on {', '.join(optable.KERNEL_ARCHS)}, so {arch} always takes "
+                       "the unfused path")
         if not isinstance(per_world, Mapping):
             raise ValueError(f"{where}: {arch_key!r} must map world sizes to entries, got "
                              f"{type(per_world).__name__}")
@@ -178,6 +201,9 @@ def parse_table(data: Any, where: str = "thresholds") -> dict[str, dict[int, Thr
                                  "integer") from None
             if ws < 1:
                 raise ValueError(f"{where}: world size must be >= 1, got {ws}")
+            if ws not in optable.KERNEL_WORLD_SIZES:
+                _warn_once(f"{where}: entry {arch_key}/{ws_key} is never used: the fused kernel "
+                           f"runs only at world sizes {optable.KERNEL_WORLD_SIZES}")
             if isinstance(entry, Thresholds):
                 value = entry
             elif isinstance(entry, Mapping):
@@ -209,6 +235,14 @@ def _parse_entry(entry: Mapping, what: str, where: str, nested: bool = False) ->
         if not isinstance(sub, Mapping) or h < 1:
             raise ValueError(f"{what}: hidden {h_key!r} must be >= 1 and map to an entry")
         parsed.append((h, _parse_entry(sub, f"{what}/hidden {h}", where, nested=True)))
+    for name in ("oneshot_max_mb", "fused_max_mb"):
+        problem = _mb_problem(name, entry[name])
+        if problem:
+            raise ValueError(f"{what}: {problem}")
+    if entry["oneshot_max_mb"] > entry["fused_max_mb"]:
+        _warn_once(f"{what}: oneshot_max_mb {entry['oneshot_max_mb']} > fused_max_mb "
+                   f"{entry['fused_max_mb']}; nothing above the fusion limit is fused, so "
+                   "one-shot stops at fused_max_mb too")
     source = str(entry.get("source", where))
     return Thresholds(entry["oneshot_max_mb"], entry["fused_max_mb"], source,
                       tuple(sorted(parsed)))

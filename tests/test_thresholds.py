@@ -41,14 +41,29 @@ def test_arch_of_rejects_garbage(cap):
         th.arch_of(cap)
 
 
-def test_default_sm90_measured_entries():
-    tp2 = th.entry((9, 0), 2)
-    tp4 = th.entry((9, 0), 4)
-    assert (tp2.oneshot_max_mb, tp2.fused_max_mb) == (256, 256)
-    assert (tp4.oneshot_max_mb, tp4.fused_max_mb) == (2.015625, 15.984375)
-    assert tp2.for_hidden(4096).fused_max_mb == 32.0078125
-    assert (tp4.for_hidden(8192).oneshot_max_mb, tp4.for_hidden(8192).fused_max_mb) == (3, 16.015625)
-    assert tp2.source.startswith("tuned") and tp4.source.startswith("tuned")
+def test_default_sm90_entries_are_what_tune_makes_of_the_recorded_bench():
+    """The measured entries come from `arfuse tune bench/results/*.json` (the README command):
+    re-derive them from the recorded JSON, so a re-run bench that moves a crossover, or an
+    edit to the table, fails here. The table keeps the limits without tune's 1e-9 slack."""
+    from pathlib import Path
+
+    from arfuse.bench.tune import load, tune
+
+    results = sorted((Path(__file__).parents[1] / "bench" / "results").glob("*.json"))
+    loaded, skipped = load(results)
+    assert sorted(p.name for p, _ in loaded) == ["h200_tp2_bench.json", "h200_tp4_bench.json"]
+    choices = tune([data for _, data in loaded])
+    assert {(c.arch, c.world_size, c.hidden) for c in choices} == {
+        ("sm90", ws, h) for ws in (2, 4) for h in (None, 4096, 8192)}
+    for c in choices:
+        general = th.entry((9, 0), c.world_size)
+        got = general if c.hidden is None else dict(general.hidden)[c.hidden]
+        assert got.oneshot_max_mb == pytest.approx(c.oneshot_max_mb, rel=1e-8), c
+        assert got.fused_max_mb == pytest.approx(c.fused_max_mb, rel=1e-8), c
+        assert got.source.startswith(f"tuned by arfuse tune on H200 TP{c.world_size}")
+        if c.hidden is None:
+            assert f"worst {c.worst_ratio:.3f}x of best at {c.worst_at.rsplit(',', 1)[0]}" \
+                in got.source
     assert th.entry((9, 0), 8).source.startswith("seed")
 
 
@@ -73,7 +88,8 @@ def test_lookup_without_entry_is_none():
 
 
 def test_oneshot_never_exceeds_fused():
-    th.set_override({"sm90": {2: {"oneshot_max_mb": 16, "fused_max_mb": 4}}})
+    with pytest.warns(UserWarning, match="oneshot_max_mb 16 > fused_max_mb 4"):
+        th.set_override({"sm90": {2: {"oneshot_max_mb": 16, "fused_max_mb": 4}}})
     lim = th.lookup((9, 0), 2, torch.bfloat16, 4096)
     assert lim.oneshot_max_tokens == lim.fused_max_tokens == 512
 
@@ -93,7 +109,8 @@ def test_env_file_override(tmp_path, monkeypatch):
                                 "sm120": {"2": {"oneshot_max_mb": 4, "fused_max_mb": 4}}}))
     monkeypatch.setenv(th.ENV_VAR, str(path))
     th.reload()
-    assert th.entry((9, 0), 8) == th.Thresholds(1, 2, f"{th.ENV_VAR} file {path}")
+    with pytest.warns(UserWarning, match="'sm120' .* is never used"):
+        assert th.entry((9, 0), 8) == th.Thresholds(1, 2, f"{th.ENV_VAR} file {path}")
     assert th.entry((12, 0), 2).fused_max_mb == 4
     # the in-process override wins over the file
     th.set_override({"sm90": {8: {"oneshot_max_mb": 0.25, "fused_max_mb": 0.5}}})
@@ -107,6 +124,15 @@ def test_env_file_override(tmp_path, monkeypatch):
     ('{"sm90": {"2": {"fused_max_mb": 1}}}', "lacks"),
     ('{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": -1}}}', "finite number"),
     ('{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1, "x": 2}}}', "unknown keys"),
+    # 1e308 MB is finite, but not as bytes: it used to pass and fail later in lookup (NaN)
+    ('{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1e308}}}',
+     r"entry sm90/2: fused_max_mb must be a finite number of MB in \[0, 1048576\]"),
+    ('{"sm90": {"2": {"oneshot_max_mb": 1e999, "fused_max_mb": 1}}}',
+     r"entry sm90/2: oneshot_max_mb must be a finite number of MB in \[0, 1048576\].*got inf"),
+    ('{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1, "hidden": {"8192": '
+     '{"oneshot_max_mb": 1, "fused_max_mb": 1048577}}}}}',
+     r"entry sm90/2/hidden 8192: fused_max_mb must be a finite number of MB in \[0, 1048576\]"),
+    ('{"sm90": {"2": {"oneshot_max_mb": true, "fused_max_mb": 1}}}', "got True"),
 ])
 def test_bad_env_file_is_a_clear_error(tmp_path, monkeypatch, content, match):
     path = tmp_path / "bad.json"
@@ -115,6 +141,57 @@ def test_bad_env_file_is_a_clear_error(tmp_path, monkeypatch, content, match):
     th.reload()
     with pytest.raises(ValueError, match=match):
         th.table()
+
+
+def test_bad_env_file_error_names_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "huge.json"
+    path.write_text('{"sm90": {"4": {"oneshot_max_mb": 1, "fused_max_mb": 1e308}}}')
+    monkeypatch.setenv(th.ENV_VAR, str(path))
+    th.reload()
+    with pytest.raises(ValueError) as e:
+        th.lookup((9, 0), 4, torch.bfloat16, 4096)
+    assert str(e.value).startswith(f"{th.ENV_VAR} file {path}: entry sm90/4: fused_max_mb ")
+    assert "got 1e+308" in str(e.value)
+
+
+def test_largest_allowed_limit_still_converts_to_tokens():
+    th.set_override({"sm90": {2: {"oneshot_max_mb": th.MAX_MB, "fused_max_mb": th.MAX_MB}}})
+    lim = th.lookup((9, 0), 2, torch.float32, 1)
+    assert lim.oneshot_max_tokens == lim.fused_max_tokens == 2**40 // 4
+
+
+def _read_with_warnings(path, monkeypatch):
+    import warnings
+
+    monkeypatch.setenv(th.ENV_VAR, str(path))
+    th.reload()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        th.table()
+    return [str(w.message) for w in caught]
+
+
+def test_entries_the_kernel_never_uses_are_kept_and_warned_once(tmp_path, monkeypatch):
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({
+        "sm80": {"2": {"oneshot_max_mb": 4, "fused_max_mb": 4}},
+        "sm90": {"3": {"oneshot_max_mb": 1, "fused_max_mb": 2},
+                 "2": {"oneshot_max_mb": 16, "fused_max_mb": 4,
+                       "hidden": {"8192": {"oneshot_max_mb": 9, "fused_max_mb": 8}}}}}))
+    where = f"{th.ENV_VAR} file {path}"
+    assert _read_with_warnings(path, monkeypatch) == [
+        f"{where}: entry 'sm80' (sm80) is never used: the fused kernel runs only on sm90, sm100, "
+        "so sm80 always takes the unfused path",
+        f"{where}: entry sm90/3 is never used: the fused kernel runs only at world sizes "
+        "(2, 4, 8)",
+        f"{where}: entry sm90/2/hidden 8192: oneshot_max_mb 9 > fused_max_mb 8; nothing above the "
+        "fusion limit is fused, so one-shot stops at fused_max_mb too",
+        f"{where}: entry sm90/2: oneshot_max_mb 16 > fused_max_mb 4; nothing above the fusion "
+        "limit is fused, so one-shot stops at fused_max_mb too"]
+    assert th.entry((8, 0), 2).fused_max_mb == 4  # kept: the file says what it says
+    lim = th.lookup((9, 0), 2, torch.bfloat16, 4096)
+    assert lim.oneshot_max_tokens == lim.fused_max_tokens == 4 * 2**20 // (4096 * 2)
+    assert _read_with_warnings(path, monkeypatch) == []  # re-read: once is enough
 
 
 def test_missing_env_file(monkeypatch, tmp_path):

@@ -236,24 +236,19 @@ def tune(results, out_file, tolerance):
     """Choose thresholds from `arfuse bench` JSON files; print the diff against the table in
     force; write the thresholds JSON the pass loads."""
     from arfuse import thresholds
-    from arfuse.bench.tune import to_table, tune as run_tune
+    from arfuse.bench.tune import load, to_table, tune as run_tune
 
     if not results:
         raise click.UsageError("give one or more bench JSON files (`arfuse bench` writes them "
                                "under bench/results/)")
-    loaded = []
-    for path in results:
-        try:
-            data = json.loads(path.read_text())
-            assert "env" in data and "rows" in data
-        except (json.JSONDecodeError, AssertionError):
-            raise click.UsageError(f"{path}: not an `arfuse bench` JSON result")
-        loaded.append(data)
     try:
-        choices = run_tune(loaded, tolerance)
+        loaded, skipped = load(results)
+        choices = run_tune([data for _, data in loaded], tolerance)
     except ValueError as e:
         raise click.UsageError(str(e))
-    source = "tuned by arfuse tune from " + ", ".join(p.name for p in results)
+    for note in skipped:
+        click.echo(note, err=True)
+    source = "tuned by arfuse tune from " + ", ".join(p.name for p, _ in loaded)
     table = to_table(choices, source)
     current = thresholds.to_json()
     for c in choices:

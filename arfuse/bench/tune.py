@@ -11,12 +11,106 @@ compiled add+RMSNorm), the fastest unfused strategy the fallback can be.
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from arfuse.bench.strategies import ALL
 
 SLACK = 1 + 1e-9  # MB limits sit a hair above a measured size so MB -> tokens keeps it
+_TIMES = "each time is a positive number of microseconds, or null for a strategy that did not run"
+
+
+def load(paths: Iterable[Path | str]) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """Read `arfuse bench` JSON results: ([(path, result)], [note per file skipped]).
+
+    Every row is checked here, so `tune` gets only rows it can use; anything else is a
+    ValueError naming the file and the row. Decode-step results (`arfuse bench --decoder`,
+    which `bench/results/*.json` also matches) carry no per-strategy times and are skipped."""
+    loaded, skipped = [], []
+    for path in map(Path, paths):
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read it ({e.strerror})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); give the JSON file "
+                             "`arfuse bench` wrote") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column "
+                             f"{e.colno}); give the JSON file `arfuse bench` wrote") from None
+        if _is_decoder(data):
+            skipped.append(f"skipped {path}: an `arfuse bench --decoder` result (decode-step "
+                           "times, no per-strategy times to tune from)")
+            continue
+        check(data, str(path))
+        loaded.append((path, data))
+    if not loaded:
+        raise ValueError("no `arfuse bench` strategy sweep among the files given (only "
+                         "`--decoder` results); run `arfuse bench` without --decoder first")
+    return loaded, skipped
+
+
+def _is_decoder(data: Any) -> bool:
+    rows = data.get("rows") if isinstance(data, dict) else None
+    return (isinstance(rows, list) and bool(rows)
+            and all(isinstance(r, dict) and "layers" in r and "times_us" not in r for r in rows))
+
+
+def check(result: Any, where: str) -> None:
+    """ValueError naming `where` and the row when `result` is not a usable bench result."""
+    if not (isinstance(result, dict) and isinstance(result.get("env"), dict)
+            and isinstance(result.get("rows"), list)):
+        raise ValueError(f'{where}: not an `arfuse bench` JSON result (an object with "env" '
+                         'and "rows")')
+    env = result["env"]
+    if "capability" not in env:
+        raise ValueError(f"{where}: bench result has no GPU capability (a CPU smoke run?); tune "
+                         "needs GPU measurements")
+    cap = env["capability"]
+    parts = cap.split(".") if isinstance(cap, str) else []
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f'{where}: env.capability is {cap!r}; write it as "major.minor", '
+                         'e.g. "9.0"')
+    if not _positive_int(env.get("world_size")):
+        raise ValueError(f"{where}: env.world_size is {env.get('world_size')!r}; it must be the "
+                         "number of ranks (an integer >= 1)")
+    for i, row in enumerate(result["rows"]):
+        problem = _row_problem(row)
+        if problem:
+            raise ValueError(f"{where}: row {i}: {problem}")
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _positive_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v > 0)
+
+
+def _row_problem(row: Any) -> str | None:
+    if not isinstance(row, dict):
+        return f"is {type(row).__name__}, not an object"
+    for key in ("tokens", "hidden"):
+        if not _positive_int(row.get(key)):
+            return f"{key} is {row.get(key)!r}; it must be an integer >= 1"
+    if not _positive_number(row.get("mb")):
+        return f"mb is {row.get('mb')!r}; it must be the activation size in MB, a number > 0"
+    if not isinstance(row.get("dtype"), str):
+        return f"dtype is {row.get('dtype')!r}; it must be a name such as \"bf16\""
+    times = row.get("times_us")
+    if not isinstance(times, dict):
+        return (f"times_us is {times!r}; it must map strategy names to times ({_TIMES})"
+                if "times_us" in row else f"has no times_us ({_TIMES})")
+    for name, t in times.items():
+        if t is not None and not _positive_number(t):
+            return f"times_us[{name!r}] is {t!r}; {_TIMES}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -81,15 +175,16 @@ def choose(rows: list[dict], arch: str, world: int, tolerance: float = 0.02,
 
 def tune(results: list[dict], tolerance: float = 0.02) -> list[Choice]:
     """Per (arch, world size): one Choice over every measured hidden size together (the
-    entry for unmeasured sizes) and one per measured hidden size."""
+    entry for unmeasured sizes) and one per measured hidden size. `results` as `load` reads
+    them (checked)."""
     from arfuse import thresholds
 
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance {tolerance!r}: give a fraction >= 0 (0.02 = 2% slower than "
+                         "the best at most)")
     groups: dict[tuple[str, int], list[dict]] = {}
     for result in results:
         env = result["env"]
-        if "capability" not in env:
-            raise ValueError("bench result has no GPU capability (a CPU smoke run?); tune needs "
-                             "GPU measurements")
         major, minor = (int(x) for x in env["capability"].split("."))
         key = (thresholds.arch_of((major, minor)), int(env["world_size"]))
         groups.setdefault(key, []).extend(result["rows"])
