@@ -25,6 +25,9 @@ names. The file format is what ``arfuse thresholds --json`` prints::
 
     {"sm90": {"4": {"oneshot_max_mb": 3, "fused_max_mb": 8}}}
 
+Limits are checked when read (MB in [0, MAX_MB], else a ValueError naming the file and entry);
+entries the kernel cannot use and one-shot limits above the fusion limit are warned once.
+
 `lookup(capability, world_size, dtype, hidden)` turns an entry into token counts for one
 hidden size and dtype.
 """
