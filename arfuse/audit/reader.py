@@ -103,8 +103,8 @@ _STACK_KINDS = frozenset(
     }
 )
 _STACK_KEYS = (("user_stack", b'"user_stack": '), ("stack", b'"stack": '))
-# One stack frame as torch logs it, and a whole stack list: frames are matched as bytes, so
-# a frame seen before costs a dict lookup, not a JSON parse (no capturing groups: findall).
+# One stack frame as torch logs it, matched as bytes: a frame seen before costs a dict lookup,
+# not a JSON parse (no capturing groups, for findall).
 _JSTR = rb'"[^"\\\n]*(?:\\.[^"\\\n]*)*"'  # a JSON string, as an unrolled loop (fast in re)
 _FRAME = re.compile(
     rb'\{"line": -?\d+, "name": '
@@ -170,13 +170,8 @@ class Resolver:
             return self._from_bytes(raw)
         if not isinstance(raw, list):
             return None
-        out, complete = [], True
-        for f in raw:
-            frame, known = self._frame(f)
-            complete &= known
-            if frame is not None:
-                out.append(frame)
-        return tuple(out)
+        frames = (self._frame(f)[0] for f in raw)
+        return tuple(f for f in frames if f is not None)
 
     def _from_bytes(self, raw: bytes) -> tuple[Frame, ...] | None:
         hit = self._stacks.get(raw)
