@@ -101,7 +101,7 @@ class Limits:
 
     def token_counts(self) -> list[int]:
         """The token counts where behaviour switches, each as t-1, t, t+1 (for sweeps)."""
-        out = set()
+        out: set[int] = set()
         for t in (self.oneshot_max_tokens, self.fused_max_tokens):
             out.update(x for x in (t - 1, t, t + 1) if x >= 1)
         return sorted(out)
