@@ -14,20 +14,17 @@ import re
 from collections import defaultdict
 from typing import Iterable
 
+from arfuse import optable
 from arfuse.audit.attribution import is_framework
 from arfuse.audit.context import AuditContext
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.graph import Graph, Node, parse_graph
 from arfuse.audit.rules import rule
-from arfuse.audit.rules.fusion import _frame_of, fusion_reports, post_grad_graphs
-from arfuse.audit.rules.specialization import _pretty, token_decisions
+from arfuse.audit.rules.fusion import configured_ops, frame_of, fusion_reports, post_grad_graphs
+from arfuse.audit.context import pretty_source
+from arfuse.audit.verdicts import decisions
 from arfuse.audit.trace import AOT_GRAPHS, CompilationMetrics, CompileId, Frame, GraphDump
 
-COLLECTIVE = re.compile(
-    r"^(?:_c10d_functional|c10d_functional|c10d|_dtensor)\.(?:all_reduce|all_gather|"
-    r"reduce_scatter|all_to_all|broadcast|reduce|gather|scatter|send|recv|barrier)"
-    r"|^arfuse\.(?:all_reduce|fused_allreduce)")
-FUSED = "arfuse.fused_allreduce"
 
 
 class RanksContext:
@@ -65,7 +62,7 @@ class RanksContext:
     def frame(self, cid: CompileId | None) -> Frame:
         """The compiled function's first line (from whichever rank recorded it)."""
         for ctx in self.contexts.values():
-            f = _frame_of(ctx, cid)
+            f = frame_of(ctx, cid)
             if f.filename != "<compiled graph>":
                 return f
         return Frame("<compiled graph>", 0)
@@ -155,12 +152,13 @@ def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
 def _token_guards(ctx: AuditContext) -> dict[CompileId | None, dict[str, Frame]]:
     """compile id -> {guard with the token symbol spelled as its source: decision line}."""
     out: dict[CompileId | None, dict[str, Frame]] = defaultdict(dict)
-    for _cls, expr, sym, src, cid, where in token_decisions(ctx):
-        if where.by == "compiler":
+    for d in decisions(ctx):
+        if d.where.by == "compiler":
             continue  # follows from the graph (a rank with a tighter guard needs none)
-        name = _pretty(src) if src else "num_tokens"
-        text = re.sub(rf"\b{re.escape(sym)}\b", name, expr) if sym else expr
-        out[cid].setdefault(text, where.decision)
+        for g in d.guards:
+            name = pretty_source(g.source) if g.source else "num_tokens"
+            text = re.sub(rf"\b{re.escape(g.symbol)}\b", name, g.expr) if g.symbol else g.expr
+            out[d.compile_id].setdefault(text, d.where.decision)
     return out
 
 
@@ -222,7 +220,7 @@ def check_token_guards(rc: RanksContext) -> Iterable[Finding]:
 
 
 def _fused(graph: Graph) -> list[Node]:
-    return [n for n in graph.nodes.values() if n.op.startswith(FUSED)]
+    return [n for n in graph.nodes.values() if optable.is_fused(n.target)]
 
 
 def _placement(n: Node) -> str:
@@ -286,8 +284,9 @@ def check_fusion(rc: RanksContext) -> Iterable[Finding]:
             expr=f"graph {cid}")
 
 
-def _collectives(graph: Graph) -> list[Node]:
-    return [n for n in graph.nodes.values() if COLLECTIVE.match(n.target)]
+def _collectives(graph: Graph, extra: tuple[str, ...] = ()) -> list[Node]:
+    """Collective nodes; `extra`: allreduce ops a FusionConfig named (`vllm::all_reduce`)."""
+    return [n for n in graph.nodes.values() if optable.is_collective(n.target, extra)]
 
 
 @rule("ARF304", "rank-collective-mismatch",
@@ -323,8 +322,10 @@ def _collectives(graph: Graph) -> list[Node]:
       scope="ranks")
 def check_collectives(rc: RanksContext) -> Iterable[Finding]:
     common = set.intersection(*[set(rc.graphs(r)) for r in rc.ranks])
+    extra = tuple(dict.fromkeys(op for ctx in rc.contexts.values()
+                                for op in configured_ops(ctx)[0]))
     for cid in sorted(common, key=lambda c: (c is None, c or CompileId(0, 0))):
-        nodes = {r: _collectives(rc.graphs(r)[cid]) for r in rc.ranks}
+        nodes = {r: _collectives(rc.graphs(r)[cid], extra) for r in rc.ranks}
         seqs = {r: [n.op for n in ns] for r, ns in nodes.items()}
         if len({tuple(s) for s in seqs.values()}) < 2:
             continue
