@@ -310,12 +310,15 @@ class _Display:
                                  TimeElapsedColumn(), console=Console(stderr=True),
                                  transient=True)
             self._bar.start()
-            self._task = self._bar.add_task(f"{self.label}: importing", total=None)
+            self._task = self._bar.add_task(self._text("importing"), total=None)
         return self
+
+    def _text(self, phase: str) -> str:
+        return f"{phase}  [dim]{self.label}[/]"  # the phase first: a narrow terminal cuts the end
 
     def phase(self, text: str) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, description=f"{self.label}: {text}")
+            self._bar.update(self._task, description=self._text(text))
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
