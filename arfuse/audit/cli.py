@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,19 +27,6 @@ def _split(values: tuple[str, ...]) -> list[str]:
     return [v for item in values for v in item.split(",") if v.strip()]
 
 
-def _tlparse(log: Path, out_dir: Path) -> str | None:
-    """Render tlparse's HTML report; returns a warning on failure (the audit still counts)."""
-    exe = shutil.which("tlparse") or str(Path(sys.executable).with_name("tlparse"))
-    if not Path(exe).exists() and not shutil.which(exe):
-        return "tlparse not found; `pip install tlparse` for --html"
-    # tlparse 0.4.x needs the .log file itself (a directory or --latest fails)
-    proc = subprocess.run([exe, str(log), "-o", str(out_dir), "--overwrite", "--no-browser"],
-                          capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        return f"tlparse failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
-    return None
-
-
 def _split_sources(values: tuple[str, ...]) -> list[str]:
     # sources contain commas only inside brackets ("L['x'].size()[0]" has none): split on ", "
     # free commas so --token-source "A,B" works too
@@ -59,115 +44,6 @@ def _write(path: Path, text: str) -> None:
         atomic_write(path, text)
     except OSError as exc:
         raise _fail(f"cannot write {path} ({exc.strerror or exc}); it was left as it was")
-
-
-def _plain_log(source: str, tmp: Path) -> Path:
-    """tlparse reads an uncompressed .log file: decompress / extract tarball members first
-    (streamed to disk)."""
-    from arfuse.audit.offline import plain_log
-
-    try:
-        return plain_log(source, tmp)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-
-
-def _compile_dir(cid: str) -> str:
-    """tlparse's directory of one compile id: `0/1` -> `-_0_1_0`, `!2/0/1_1` -> `2_0_1_1`."""
-    from arfuse.audit.trace import CompileId
-
-    c = CompileId.parse(cid)
-    if c is None:
-        return ""
-    ca = "-" if c.compiled_autograd_id is None else str(c.compiled_autograd_id)
-    return f"{ca}_{c.frame_id}_{c.frame_compile_id}_{c.attempt}"
-
-
-def _findings_page(report, html: Path, rank_dirs: dict[int, str]) -> Path:
-    """findings.html: every finding with a link to its compile id's tlparse page per rank."""
-    import html as h
-
-    rows = []
-    for f in report.findings:
-        links = []
-        for r in f.ranks or sorted(rank_dirs):
-            if r not in rank_dirs:
-                continue
-            cids = [f.compile_id] + [d.split(":")[0].removeprefix("graph ").strip()
-                                     for d in f.details if d.startswith("graph ")]
-            for cid in dict.fromkeys(c for c in cids if c):
-                d = _compile_dir(cid)
-                where = html / rank_dirs[r] / d
-                if d and where.is_dir():
-                    pages = sorted(where.glob("compilation_metrics*.html"))
-                    target = f"{rank_dirs[r]}/{d}/" + (pages[0].name if pages else "")
-                    links.append(f'<a href="{target}">rank {r} graph {cid}</a>')
-        rows.append(f"<tr><td>{f.code}</td><td>{h.escape(f.path)}:{f.line}</td>"
-                    f"<td>{h.escape(f.message)}</td><td>{'<br>'.join(links)}</td></tr>")
-    page = html / "findings.html"
-    page.write_text("<html><body><h1>arfuse audit findings</h1><table border=1>"
-                    "<tr><th>code</th><th>where</th><th>finding</th><th>tlparse</th></tr>"
-                    + "".join(rows) + "</table></body></html>\n")
-    return page
-
-
-def _all_ranks(plain: dict[int, Path], html: Path, tmp: Path) -> bool:
-    """tlparse's unified multi-rank report (`--all-ranks-html`: html/index.html, html/rank_N/,
-    collective schedules); False when this tlparse cannot."""
-    exe = shutil.which("tlparse") or str(Path(sys.executable).with_name("tlparse"))
-    if not Path(exe).exists() and not shutil.which(exe):
-        return False
-    ranks_dir = tmp / "all_ranks"
-    ranks_dir.mkdir()
-    for rank, log in plain.items():  # tlparse reads the rank from torch's file name
-        (ranks_dir / f"dedicated_log_torch_trace_rank_{rank}_arfuse.log").symlink_to(log.resolve())
-    proc = subprocess.run([exe, str(ranks_dir), "--all-ranks-html", "-o", str(html),
-                           "--overwrite", "--no-browser"], capture_output=True, text=True,
-                          timeout=600)
-    return proc.returncode == 0 and all((html / f"rank_{r}" / "index.html").is_file()
-                                        for r in plain)
-
-
-def _render_html(logs: dict[int, str], html: Path, report) -> None:
-    """tlparse: DIR/ for one rank; for several, tlparse's multi-rank report (DIR/index.html,
-    DIR/rank_N/), or one tlparse run per rank when this tlparse has no --all-ranks-html. Then
-    DIR/findings.html links every finding to its compile id's page on each of its ranks."""
-    import tempfile
-
-    html.mkdir(parents=True, exist_ok=True)
-    rank_dirs: dict[int, str] = {}
-    with tempfile.TemporaryDirectory(prefix="arfuse-html-") as tmp:
-        plain: dict[int, Path] = {}
-        for rank, source in sorted(logs.items()):
-            try:
-                plain[rank] = _plain_log(source, Path(tmp))
-            except (OSError, ValueError) as exc:
-                click.echo(f"warning: rank {rank}: cannot read {source} for tlparse: {exc}",
-                           err=True)
-        unified = len(plain) > 1 and _all_ranks(plain, html, Path(tmp))
-        if unified:
-            rank_dirs = {r: f"rank_{r}" for r in plain}
-        for rank, log in ([] if unified else plain.items()):
-            sub = "." if len(logs) == 1 else f"rank_{rank}"
-            try:
-                warning = _tlparse(log, html / sub)
-            except (OSError, subprocess.SubprocessError) as exc:
-                warning = f"tlparse on {log} failed: {exc}"
-            if warning:
-                click.echo(f"warning: rank {rank}: {warning}", err=True)
-            else:
-                rank_dirs[rank] = sub
-    if not rank_dirs:
-        return
-    page = _findings_page(report, html, rank_dirs)
-    if len(logs) > 1 and not unified:
-        items = "".join(f'<li><a href="{d}/index.html">rank {r}</a></li>'
-                        for r, d in rank_dirs.items())
-        (html / "index.html").write_text(
-            f"<html><body><h1>arfuse audit: tlparse per rank</h1><ul>{items}</ul>"
-            f'<p><a href="findings.html">findings, linked to their compiled graphs</a></p>'
-            f"</body></html>\n")
-    click.echo(f"tlparse report: {html}/index.html; findings: {page}", err=True)
 
 
 def _domain(lo: int | None, hi: int | None, run: Any) -> Any:
@@ -296,7 +172,12 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
     except (TargetError, ValueError) as exc:
         raise _fail(str(exc)) from None
     if html is not None:
-        _render_html(logs, html, report)
+        from arfuse.audit.html import render
+
+        try:
+            render(logs, html, report, warn=lambda m: click.echo(m, err=True))
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
     if write_baseline is not None:
         try:
             text = baselines.merge_dump(write_baseline, report.findings, Path.cwd(),

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from arfuse.audit.domain import DEFAULT_MAX_TOKENS, DEFAULT_MIN_TOKENS, TokenDomain
+from arfuse.audit.slim import FUSION_REPORT as FUSION_ARTIFACT
 from arfuse.audit.trace import (
     Artifact, CompileId, CreateSymbol, GuardAdded, SymbolicShapeSpecialization, Trace,
     UnknownEvent,
 )
 
 CALL_ARTIFACT = "arfuse_audit_call"
-FUSION_ARTIFACT = "arfuse_fusion"
 _SIZE_SOURCE = re.compile(r"\.size\(\)\[(\d+)\]$")
 _INT_ARG_SOURCE = re.compile(r"^L\['[^']+'\]$")
 _INT = re.compile(r"^-?\d+$")
