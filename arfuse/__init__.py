@@ -57,23 +57,32 @@ def _register_ops() -> None:
 
 
 class _OpsAfterTorch:
-    """A one-shot import hook: when torch finishes importing, register the arfuse:: ops."""
+    """An import hook: when torch finishes importing, register the arfuse:: ops."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         if fullname != "torch":
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        import importlib.util
-
-        spec = importlib.util.find_spec("torch")
-        loader = getattr(spec, "loader", None)
+        # ask the other finders (asking importlib would ask this one again); a spec may also be
+        # found without being imported (`importlib.util.find_spec("torch")`), so stay in place
+        # until torch really runs
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
         exec_module = loader.exec_module
 
         def exec_then_register(module: Any) -> None:
             exec_module(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             _register_ops()
 
         loader.exec_module = exec_then_register

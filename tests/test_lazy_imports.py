@@ -76,9 +76,13 @@ print("heavy", heavy[:3])
 """
 
 
-@pytest.mark.parametrize("first,second", [("import arfuse", "torch"),
-                                          ("import torch", "arfuse"),
-                                          ("import arfuse.audit.cli", "torch")])
+@pytest.mark.parametrize("first,second", [
+    ("import arfuse", "torch"),
+    ("import torch", "arfuse"),
+    ("import arfuse.audit.cli", "torch"),
+    # libraries probe for torch without importing it (transformers' is_torch_available)
+    ("import arfuse, importlib.util; assert importlib.util.find_spec('torch')", "torch"),
+])
 def test_ops_register_with_torch_in_any_import_order_and_no_dynamo(first, second):
     code = _IMPORT_ORDER.format(first=first, second=second)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
