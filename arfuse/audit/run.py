@@ -10,8 +10,9 @@ collect `run.json` and the TORCH_TRACE logs, and leave nothing behind.
 The parent imports no torch: the worker (`arfuse.audit.worker`) does, once. A run without
 `--keep` writes into a fresh `/tmp/arfuse-audit-*` directory, removed on every way out: return
 and `close()`, an exception, exit, Ctrl-C, SIGTERM and SIGHUP (the worker's process group is
-killed first). A `--keep` directory is locked while a run uses it: a second audit sharing it
-fails at once instead of deleting the first one's trace.
+killed first); if this process is killed outright (SIGKILL), the worker notices, kills its ranks
+and removes the directory itself. A `--keep` directory is locked while a run uses it: a second
+audit sharing it fails at once instead of deleting the first one's trace.
 """
 
 from __future__ import annotations
@@ -202,7 +203,8 @@ def _run(spec: str, workspace: _Workspace, *, sizes: list[int] | None, strict: b
                 out / "progress.jsonl"]:
         old.unlink(missing_ok=True)
     config = {"spec": spec, "out": str(out), "sizes": sizes, "strict": strict,
-              "backend": backend, "timeout": timeout, "display": display}
+              "backend": backend, "timeout": timeout, "display": display,
+              "parent": os.getpid(), "temporary": workspace.temporary}
     (out / "config.json").write_text(json.dumps(config))
     env = dict(os.environ)
     env.pop("TORCH_TRACE", None)

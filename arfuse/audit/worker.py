@@ -25,6 +25,7 @@ from typing import Any
 from arfuse.audit.context import CALL_ARTIFACT, CallResult, RunInfo
 
 EXIT_TARGET_ERROR = 3
+EXIT_PARENT_GONE = 4
 
 
 def _audit_config() -> contextlib.ExitStack:
@@ -179,9 +180,34 @@ def _rank_sweep(config: dict[str, Any]) -> dict[str, Any]:
     return sweep(config, dist.get_rank())
 
 
+def _follow_parent(parent: int, out: Path, temporary: bool) -> None:
+    """If the `arfuse` process dies without cleaning up (SIGKILL, OOM), stop too: kill the
+    ranks, remove the temporary run directory, exit. Nothing else would end this session."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        import multiprocessing
+        import shutil
+
+        for child in multiprocessing.active_children():
+            child.kill()
+        for _ in range(20):
+            if temporary:
+                shutil.rmtree(out, ignore_errors=True)
+            if not out.exists() or not temporary:
+                break
+            time.sleep(0.05)
+        os._exit(EXIT_PARENT_GONE)
+
+    threading.Thread(target=watch, name="arfuse-follow-parent", daemon=True).start()
+
+
 def main(config_path: str) -> int:
     config = json.loads(Path(config_path).read_text())
     out = Path(config["out"])
+    if config.get("parent"):
+        _follow_parent(int(config["parent"]), out, bool(config.get("temporary")))
     t0 = time.perf_counter()
     try:
         from arfuse.audit import sizes as sweeps

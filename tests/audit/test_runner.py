@@ -80,6 +80,13 @@ def _audit(args: list[str], tmp: Path, cwd: Path) -> subprocess.Popen:
 
 
 def _gone(pid: int) -> bool:
+    """Dead: no such process, or a zombie nobody has reaped yet (an orphan's reaper may be slow)."""
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.parent.parent.is_dir() and Path("/proc/self").exists():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except (FileNotFoundError, ProcessLookupError):
+            return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -156,6 +163,26 @@ def test_a_stopped_audit_kills_its_worker_and_removes_its_directory(tmp_path, si
     finally:
         audit.kill()
     assert audit.returncode == exit_code
+    assert _leftovers(runs) == []
+    assert _gone(worker)
+
+
+def test_a_killed_audit_leaves_no_worker_and_no_directory(tmp_path):
+    # SIGKILL leaves the arfuse process no chance to clean up: its worker notices and does it
+    (tmp_path / "blocking.py").write_text(BLOCKING)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    audit = _audit(["blocking.py:build", "--sizes", "2"], runs, tmp_path)
+    try:
+        _wait_for(tmp_path / "ready", audit)
+        worker = int((tmp_path / "ready").read_text())
+        audit.kill()
+        audit.communicate(timeout=60)
+        deadline = time.monotonic() + 20
+        while (_leftovers(runs) or not _gone(worker)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        audit.kill()
     assert _leftovers(runs) == []
     assert _gone(worker)
 
