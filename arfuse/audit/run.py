@@ -136,15 +136,19 @@ class _Workspace:
     def __init__(self, keep: str | Path | None) -> None:
         _install_cleanup()
         self._lock_fd: int | None = None
-        if keep is None:
-            self.path = Path(tempfile.mkdtemp(prefix="arfuse-audit-"))
-            self.temporary = True
-            _TEMP_DIRS.add(self.path)
-            return
-        self.path = Path(keep)
-        self.temporary = False
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(self.path)
+        self.temporary = keep is None
+        try:
+            if keep is None:
+                self.path = Path(tempfile.mkdtemp(prefix="arfuse-audit-"))
+                _TEMP_DIRS.add(self.path)
+                return
+            self.path = Path(keep)
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _lock(self.path)
+        except OSError as exc:
+            where = f"--keep {keep}" if keep is not None else "a temporary directory"
+            raise TargetError(f"cannot write the audit's run directory ({where}): {exc}; pass "
+                              f"a writable --keep DIR") from None
 
     def close(self) -> None:
         if self.temporary:
@@ -163,12 +167,15 @@ def _lock(keep: Path) -> int | None:
     fd = os.open(keep / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         holder = os.read(fd, 32).decode(errors="replace").strip()
         os.close(fd)
         raise TargetError(f"--keep {keep} is in use by another running audit"
                           f"{f' (pid {holder})' if holder else ''}; wait for it to finish or "
                           f"pass another --keep directory") from None
+    except OSError:  # a filesystem without locks (some network mounts): unlocked, as before
+        os.close(fd)
+        return None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd

@@ -104,6 +104,15 @@ def test_missing_target_file_fails_before_any_worker_or_directory(tmp_path, monk
     assert _leftovers(tmp_path) == []  # the run directory comes before the worker: none made
 
 
+def test_an_unwritable_keep_dir_is_a_usage_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "t.py").write_text("def build(): pass\n")
+    res = CliRunner().invoke(main, ["audit", f"{tmp_path}/t.py:build", "--keep",
+                                    str(tmp_path / "file" / "k"), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert f"cannot write the audit's run directory (--keep {tmp_path}/file/k)" in res.output
+
+
 def test_a_flooding_target_is_read_from_its_tail_and_its_directory_removed(tmp_path,
                                                                            monkeypatch):
     target = tmp_path / "flood.py"
