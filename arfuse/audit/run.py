@@ -7,26 +7,19 @@ collect `run.json` and the TORCH_TRACE logs, and leave nothing behind.
     result.trace_files  # {rank: Path to the .log}
     result.close()      # remove the temporary directory now (else: at exit)
 
-The parent imports no torch: the worker (`arfuse.audit.worker`) does, once. A run without
-`--keep` writes into a fresh `/tmp/arfuse-audit-*` directory, removed on every way out: return
-and `close()`, an exception, exit, Ctrl-C, SIGTERM and SIGHUP (the worker's process group is
-killed first); if this process is killed outright (SIGKILL), the worker notices, kills its ranks
-and removes the directory itself. A `--keep` directory is locked while a run uses it: a second
-audit sharing it fails at once instead of deleting the first one's trace.
+The parent imports no torch: the worker (`arfuse.audit.worker`) does, once. Where the run
+writes, and how it is cleaned up on every way out, is `arfuse.audit.workspace`; if this process
+is killed outright (SIGKILL), the worker notices, kills its ranks and removes the temporary
+directory itself.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +28,11 @@ from typing import Any
 from arfuse.audit.context import RunInfo
 from arfuse.audit.target import split_spec
 from arfuse.audit.trace import Trace, trace_files
+from arfuse.audit.workspace import Workspace, kill, watch
 
 #: how much of the worker's output a crash report quotes (read from the end of the log only:
 #: a target may print hundreds of MB)
 TAIL_CHARS = 3000
-LOCK_FILE = ".arfuse-audit.lock"
 
 
 class TargetError(ValueError):
@@ -52,7 +45,7 @@ class RunResult:
     run: RunInfo
     trace_files: dict[int, Path]
     traces: dict[int, Trace] = field(default_factory=dict)
-    workspace: _Workspace | None = field(default=None, repr=False)
+    workspace: Workspace | None = field(default=None, repr=False)
 
     def close(self) -> None:
         """Remove the temporary directory (kept directories stay) and release the lock."""
@@ -65,124 +58,6 @@ def _rank_of(path: Path) -> int:
     return int(m.group(1)) if m else 0
 
 
-# ---- cleanup on every exit path ------------------------------------------------------------
-
-_LIVE: set[subprocess.Popen] = set()
-_TEMP_DIRS: set[Path] = set()
-_cleanup_installed = False
-
-
-def _kill(proc: subprocess.Popen, reap: bool = True) -> None:
-    """Kill the worker and every rank it spawned (one process group) and reap the worker."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    if reap:
-        proc.wait()
-    else:  # in a signal handler: Popen.wait may deadlock on the lock the interrupted poll holds
-        try:
-            os.waitpid(proc.pid, 0)
-        except ChildProcessError:
-            pass
-    _LIVE.discard(proc)
-
-
-def _cleanup(reap: bool = True) -> None:
-    for proc in list(_LIVE):
-        _kill(proc, reap=reap)
-    for d in list(_TEMP_DIRS):
-        _remove(d)
-        _TEMP_DIRS.discard(d)
-
-
-def _remove(path: Path) -> None:
-    # a rank killed a moment ago may still finish creating a file: try again briefly
-    for _ in range(20):
-        shutil.rmtree(path, ignore_errors=True)
-        if not path.exists():
-            return
-        time.sleep(0.05)
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    # the default action of SIGTERM/SIGHUP kills without unwinding or atexit: clean up, then
-    # die of the same signal, as the caller expects
-    _cleanup(reap=False)
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-
-
-def _install_cleanup() -> None:
-    """atexit covers return, exceptions, exit and Ctrl-C (KeyboardInterrupt unwinds); SIGTERM
-    and SIGHUP get a handler, unless the program installed its own."""
-    global _cleanup_installed
-    if _cleanup_installed:
-        return
-    _cleanup_installed = True
-    atexit.register(_cleanup)
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for name in ("SIGTERM", "SIGHUP"):
-        sig = getattr(signal, name, None)
-        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
-            signal.signal(sig, _on_signal)
-
-
-class _Workspace:
-    """Where one run writes: a fresh temporary directory, or the user's --keep directory (locked
-    for the run; the lock is released by `close()` or when this process exits)."""
-
-    def __init__(self, keep: str | Path | None) -> None:
-        _install_cleanup()
-        self._lock_fd: int | None = None
-        self.temporary = keep is None
-        try:
-            if keep is None:
-                self.path = Path(tempfile.mkdtemp(prefix="arfuse-audit-"))
-                _TEMP_DIRS.add(self.path)
-                return
-            self.path = Path(keep)
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = _lock(self.path)
-        except OSError as exc:
-            where = f"--keep {keep}" if keep is not None else "a temporary directory"
-            raise TargetError(f"cannot write the audit's run directory ({where}): {exc}; pass "
-                              f"a writable --keep DIR") from None
-
-    def close(self) -> None:
-        if self.temporary:
-            _remove(self.path)
-            _TEMP_DIRS.discard(self.path)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-
-def _lock(keep: Path) -> int | None:
-    try:
-        import fcntl
-    except ImportError:  # no flock here (Windows): unlocked, as before
-        return None
-    fd = os.open(keep / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip()
-        os.close(fd)
-        raise TargetError(f"--keep {keep} is in use by another running audit"
-                          f"{f' (pid {holder})' if holder else ''}; wait for it to finish or "
-                          f"pass another --keep directory") from None
-    except OSError:  # a filesystem without locks (some network mounts): unlocked, as before
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
-
-
-# ---- the run -------------------------------------------------------------------------------
-
 def run_target(spec: str, *, sizes: list[int] | None = None, out_dir: str | Path | None = None,
                strict: bool = False, dtrace: bool = False, backend: str | None = None,
                timeout: float = 600.0, progress: bool = False,
@@ -191,7 +66,10 @@ def run_target(spec: str, *, sizes: list[int] | None = None, out_dir: str | Path
         split_spec(spec)  # a typo'd target fails here, before any process starts
     except ValueError as exc:
         raise TargetError(str(exc)) from None
-    workspace = _Workspace(out_dir)
+    try:
+        workspace = Workspace(out_dir)
+    except ValueError as exc:
+        raise TargetError(str(exc)) from None
     try:
         return _run(spec, workspace, sizes=sizes, strict=strict, dtrace=dtrace, backend=backend,
                     timeout=timeout, progress=progress, display=display)
@@ -200,7 +78,7 @@ def run_target(spec: str, *, sizes: list[int] | None = None, out_dir: str | Path
         raise
 
 
-def _run(spec: str, workspace: _Workspace, *, sizes: list[int] | None, strict: bool,
+def _run(spec: str, workspace: Workspace, *, sizes: list[int] | None, strict: bool,
          dtrace: bool, backend: str | None, timeout: float, progress: bool,
          display: str | None) -> RunResult:
     out = workspace.path
@@ -224,13 +102,13 @@ def _run(spec: str, workspace: _Workspace, *, sizes: list[int] | None, strict: b
             proc = subprocess.Popen([sys.executable, "-m", "arfuse.audit.worker",
                                      str(out / "config.json")], stdout=log,
                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            _LIVE.add(proc)
+            watch(proc)
             try:
                 _wait(proc, out / "progress.jsonl", timeout, show, spec)
             except BaseException:
-                _kill(proc)
+                kill(proc)
                 raise
-            _kill(proc)  # ranks the worker left behind, if any
+            kill(proc)  # ranks the worker left behind, if any
         fatal = out / "fatal.json"
         if fatal.exists():
             info = json.loads(fatal.read_text())
@@ -268,7 +146,7 @@ def _wait(proc: subprocess.Popen, progress_file: Path, timeout: float, show: _Di
     offset = 0
     while proc.poll() is None:
         if time.monotonic() > deadline:
-            _kill(proc)
+            kill(proc)
             raise TargetError(f"{spec}: the audit did not finish within {timeout:.0f} s; "
                               f"raise --timeout or sweep fewer --sizes")
         offset = _read_progress(progress_file, offset, show)
