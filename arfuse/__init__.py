@@ -14,6 +14,7 @@ can reference them earlier.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from typing import Any
 
@@ -34,6 +35,9 @@ __all__ = ["AllReduceFusionPass", "FusionConfig", "FusionSpec", "all_specs", "co
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
+    if module is None and not name.startswith("_") and \
+            importlib.util.find_spec(f"arfuse.{name}") is not None:
+        module = f"arfuse.{name}"  # a submodule: `arfuse.ranges.backend(...)` after `import arfuse`
     if module is None:
         raise AttributeError(f"module 'arfuse' has no attribute {name!r}")
     mod = importlib.import_module(module)

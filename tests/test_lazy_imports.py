@@ -109,6 +109,9 @@ def test_public_names_resolve_lazily():
     assert arfuse.AllReduceFusionPass is AllReduceFusionPass
     assert arfuse.compile is ranged_compile
     assert arfuse.ops is importlib.import_module("arfuse.ops")
+    # submodules load on attribute access too (`arfuse.ranges.backend(...)` after `import arfuse`)
+    assert arfuse.ranges is importlib.import_module("arfuse.ranges")
+    assert arfuse.thresholds.lookup is importlib.import_module("arfuse.thresholds").lookup
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         arfuse.nope  # noqa: B018
 
