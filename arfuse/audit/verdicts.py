@@ -16,15 +16,16 @@ floor-division consequences give one verdict, not three. Then:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from arfuse.audit.attribution import Attribution, attribute, short_path
 from arfuse.audit.context import AuditContext
-from arfuse.audit.domain import Verdict, holds, verdict_of
+from arfuse.audit.domain import Verdict
 from arfuse.audit.guards import GuardClass, classify, symbols
 from arfuse.audit.trace import CompileId, GuardAddedFast, SymbolicShapeSpecialization
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PIN, RANGE, DIVISIBILITY, COMPILER = "ARF101", "ARF102", "ARF103", "ARF106"
 _BY_SHAPE = {"point": PIN, "except": PIN, "periodic": DIVISIBILITY, "interval": RANGE,
@@ -102,7 +103,7 @@ def decisions(ctx: AuditContext) -> list[Decision]:
     if cached is not None:
         return cached
     groups: dict[tuple[Any, str, int], list[TokenGuard]] = {}
-    for g in token_guards(ctx):
+    for g in token_guards(ctx):  # numpy (arfuse.audit.truth) loads only if there are any
         key = (g.compile_id, g.where.decision.filename, g.where.decision.line)
         groups.setdefault(key, []).append(g)
     judged: list[tuple[Decision, np.ndarray | None]] = []
@@ -139,6 +140,8 @@ def _judge_line(ctx: AuditContext, guards: list[TokenGuard]
                 ) -> list[tuple[Decision, np.ndarray | None]]:
     """The conjunction of the judgeable guards as one decision; an unjudgeable guard is its
     own decision, coded by its syntax."""
+    from arfuse.audit.truth import holds, verdict_of
+
     first_cid, where = guards[0].compile_id, guards[0].where
     total: np.ndarray | None = None
     start = 0
@@ -182,6 +185,8 @@ def _implied_by(d: Decision, truth: np.ndarray,
         if not (t & ~truth).any():
             return u
     if same and d.where.by == "compiler":
+        import numpy as np
+
         conj = np.logical_and.reduce([t for _, t in same])
         if not (conj & ~truth).any():
             return same[0][0]

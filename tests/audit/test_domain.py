@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arfuse.audit.domain import DEFAULT_MAX_TOKENS, TokenDomain, judge, truth
+from arfuse.audit.domain import DEFAULT_MAX_TOKENS, TokenDomain
+from arfuse.audit.truth import judge, truth
 
 D = TokenDomain()
 T = {"s0", "s77"}
