@@ -35,8 +35,11 @@ __all__ = ["AllReduceFusionPass", "FusionConfig", "FusionSpec", "all_specs", "co
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
-    if module is None and not name.startswith("_") and \
-            importlib.util.find_spec(f"arfuse.{name}") is not None:
+    if (
+        module is None
+        and not name.startswith("_")
+        and importlib.util.find_spec(f"arfuse.{name}") is not None
+    ):
         module = f"arfuse.{name}"  # a submodule: `arfuse.ranges.backend(...)` after `import arfuse`
     if module is None:
         raise AttributeError(f"module 'arfuse' has no attribute {name!r}")
@@ -56,8 +59,11 @@ def _register_ops() -> None:
     try:
         importlib.import_module("arfuse.ops")
     except Exception as exc:  # noqa: BLE001 - never break the user's `import torch`
-        warnings.warn(f"arfuse: registering the arfuse:: ops failed ({type(exc).__name__}: "
-                      f"{exc}); torch.ops.arfuse.* stays unavailable", stacklevel=2)
+        warnings.warn(
+            f"arfuse: registering the arfuse:: ops failed ({type(exc).__name__}: "
+            f"{exc}); torch.ops.arfuse.* stays unavailable",
+            stacklevel=2,
+        )
 
 
 class _OpsAfterTorch:

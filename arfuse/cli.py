@@ -13,23 +13,37 @@ import click
 
 # name -> ("module:attribute" of a click command, the first sentence of its docstring)
 _COMMANDS = {
-    "audit": ("arfuse.audit.cli:audit",
-              "Prove a compiled model stays dynamic in num_tokens."),
-    "bench": ("arfuse.bench.cli:bench",
-              ("Time allreduce + add + RMSNorm: unfused (eager / compiled) vs fused one-shot / "
-               "two-shot vs arfuse's dispatch, per token count; write markdown + JSON + PNG.")),
-    "tune": ("arfuse.bench.cli:tune",
-             ("Choose thresholds from `arfuse bench` JSON files; print the diff against the "
-              "table in force; write the thresholds JSON the pass loads.")),
-    "rules": ("arfuse.audit.cli:rules",
-              ("Every audit rule with its code, name and docs (or one rule: `arfuse rules "
-               "ARF102`).")),
-    "patterns": ("arfuse.patterns.cli:patterns",
-                 "List every registered pattern variant: allreduce x norm x residual x quant."),
-    "thresholds": ("arfuse.thresholds_cli:thresholds",
-                   ("Print the threshold table in force: when the fused kernel runs one-shot, "
-                    "two-shot, or leaves the work to the unfused path (NCCL allreduce + "
-                    "compiled add+RMSNorm).")),
+    "audit": ("arfuse.audit.cli:audit", "Prove a compiled model stays dynamic in num_tokens."),
+    "bench": (
+        "arfuse.bench.cli:bench",
+        (
+            "Time allreduce + add + RMSNorm: unfused (eager / compiled) vs fused one-shot / "
+            "two-shot vs arfuse's dispatch, per token count; write markdown + JSON + PNG."
+        ),
+    ),
+    "tune": (
+        "arfuse.bench.cli:tune",
+        (
+            "Choose thresholds from `arfuse bench` JSON files; print the diff against the "
+            "table in force; write the thresholds JSON the pass loads."
+        ),
+    ),
+    "rules": (
+        "arfuse.audit.cli:rules",
+        ("Every audit rule with its code, name and docs (or one rule: `arfuse rules ARF102`)."),
+    ),
+    "patterns": (
+        "arfuse.patterns.cli:patterns",
+        "List every registered pattern variant: allreduce x norm x residual x quant.",
+    ),
+    "thresholds": (
+        "arfuse.thresholds_cli:thresholds",
+        (
+            "Print the threshold table in force: when the fused kernel runs one-shot, "
+            "two-shot, or leaves the work to the unfused path (NCCL allreduce + "
+            "compiled add+RMSNorm)."
+        ),
+    ),
 }
 
 
@@ -45,8 +59,10 @@ class _LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         limit = formatter.width - 6 - max(map(len, _COMMANDS))
-        rows = [(name, click.utils.make_default_short_help(summary, limit))
-                for name, (_, summary) in sorted(_COMMANDS.items())]
+        rows = [
+            (name, click.utils.make_default_short_help(summary, limit))
+            for name, (_, summary) in sorted(_COMMANDS.items())
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 

@@ -19,8 +19,9 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 class RankError(RuntimeError):
@@ -39,8 +40,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, backend: str, env: dict[str, str],
-            tasks: Any, results: Any) -> None:
+def _worker(
+    rank: int,
+    world_size: int,
+    port: int,
+    backend: str,
+    env: dict[str, str],
+    tasks: Any,
+    results: Any,
+) -> None:
     os.environ.update(env)
     import torch
     import torch.distributed as dist
@@ -48,8 +56,9 @@ def _worker(rank: int, world_size: int, port: int, backend: str, env: dict[str, 
     torch.set_num_threads(1)
     if backend == "nccl":
         torch.cuda.set_device(rank)
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}",
-                            rank=rank, world_size=world_size)
+    dist.init_process_group(
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
     while True:
         task = tasks.get()
         if task is None:
@@ -72,8 +81,13 @@ def _worker(rank: int, world_size: int, port: int, backend: str, env: dict[str, 
 class SpawnedGroup:
     """`world_size` spawned processes, each a rank of a real process group (gloo by default)."""
 
-    def __init__(self, world_size: int = 2, backend: str = "gloo", timeout: float = 300.0,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        world_size: int = 2,
+        backend: str = "gloo",
+        timeout: float = 300.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
         self.world_size = world_size
@@ -84,16 +98,19 @@ class SpawnedGroup:
         self._tasks = [ctx.Queue() for _ in range(world_size)]
         self._results = ctx.Queue()
         self._procs = [
-            ctx.Process(target=_worker, daemon=True,
-                        args=(r, world_size, port, backend, dict(env or {}), self._tasks[r],
-                              self._results))
+            ctx.Process(
+                target=_worker,
+                daemon=True,
+                args=(r, world_size, port, backend, dict(env or {}), self._tasks[r], self._results),
+            )
             for r in range(world_size)
         ]
         for p in self._procs:
             p.start()
 
-    def run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None,
-            **kwargs: Any) -> list[Any]:
+    def run(
+        self, fn: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> list[Any]:
         """Run `fn(*args, **kwargs)` on every rank; return the results ordered by rank.
 
         `fn` must be importable by name (a module-level function). Raises `RankError` with every
@@ -115,12 +132,15 @@ class SpawnedGroup:
                 if not self.alive:
                     codes = [p.exitcode for p in self._procs]
                     self.close(force=True)
-                    raise RankError(f"{name}: a rank died (exit codes {codes}); "
-                                    f"no result from ranks {missing}") from None
+                    raise RankError(
+                        f"{name}: a rank died (exit codes {codes}); no result from ranks {missing}"
+                    ) from None
                 if time.monotonic() > deadline:
                     self.close(force=True)
-                    raise TimeoutError(f"{name} did not finish on ranks {missing} within "
-                                       f"{limit:.0f} s; the group was killed") from None
+                    raise TimeoutError(
+                        f"{name} did not finish on ranks {missing} within "
+                        f"{limit:.0f} s; the group was killed"
+                    ) from None
                 continue
             out[rank] = value
         failures = [v for v in out.values() if isinstance(v, _Failure)]
@@ -147,7 +167,7 @@ class SpawnedGroup:
                 p.join(timeout=5)
         self._procs = []
 
-    def __enter__(self) -> "SpawnedGroup":
+    def __enter__(self) -> SpawnedGroup:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -39,8 +39,9 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from arfuse import optable
 
@@ -67,9 +68,9 @@ class Thresholds:
     oneshot_max_mb: float
     fused_max_mb: float
     source: str = ""
-    hidden: tuple[tuple[int, "Thresholds"], ...] = ()
+    hidden: tuple[tuple[int, Thresholds], ...] = ()
 
-    def for_hidden(self, hidden: int) -> "Thresholds":
+    def for_hidden(self, hidden: int) -> Thresholds:
         return dict(self.hidden).get(int(hidden), self)
 
     def __post_init__(self) -> None:
@@ -80,10 +81,15 @@ class Thresholds:
 
 
 def _mb_problem(name: str, value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or not 0 <= value <= MAX_MB:
-        return (f"{name} must be a finite number of MB in [0, {MAX_MB}] (0: never fused), got "
-                f"{value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value <= MAX_MB
+    ):
+        return (
+            f"{name} must be a finite number of MB in [0, {MAX_MB}] (0: never fused), got {value!r}"
+        )
     return None
 
 
@@ -95,8 +101,8 @@ class Limits:
     world_size: int
     hidden: int
     dtype: torch.dtype
-    oneshot_max_tokens: int   # one-shot for tokens <= this
-    fused_max_tokens: int     # two-shot (or one-shot) for tokens <= this; unfused above
+    oneshot_max_tokens: int  # one-shot for tokens <= this
+    fused_max_tokens: int  # two-shot (or one-shot) for tokens <= this; unfused above
     thresholds: Thresholds
 
     def token_counts(self) -> list[int]:
@@ -111,17 +117,53 @@ DEFAULT_TABLE: dict[str, dict[int, Thresholds]] = {
     # SM90 TP2/TP4: `arfuse tune bench/results/h200_tp2_bench.json bench/results/h200_tp4_bench.json`
     # (H200, bf16, residual on, 2026-11-27). The general entry serves hidden sizes not measured.
     "sm90": {
-        2: Thresholds(256, 256, _TUNED_TP2 + "; worst 1.081x of best at 16384 tokens, hidden 4096",
-                      hidden=((4096, Thresholds(32.0078125, 32.0078125, _TUNED_TP2 + ", hidden "
-                                                "4096: one-shot best to 32 MB, unfused from 48 MB")),
-                              (8192, Thresholds(256, 256, _TUNED_TP2 + ", hidden 8192: one-shot "
-                                                "best at every size measured (to 256 MB)")))),
-        4: Thresholds(2.015625, 15.984375, _TUNED_TP4 + "; worst 1.054x of best at 1025 tokens, "
-                      "hidden 8192",
-                      hidden=((4096, Thresholds(2, 8.0078125, _TUNED_TP4 + ", hidden 4096: "
-                                                "one-shot to 2 MB, two-shot to 8 MB")),
-                              (8192, Thresholds(3, 16.015625, _TUNED_TP4 + ", hidden 8192: "
-                                                "one-shot to 3 MB, two-shot to 16 MB")))),
+        2: Thresholds(
+            256,
+            256,
+            _TUNED_TP2 + "; worst 1.081x of best at 16384 tokens, hidden 4096",
+            hidden=(
+                (
+                    4096,
+                    Thresholds(
+                        32.0078125,
+                        32.0078125,
+                        _TUNED_TP2 + ", hidden 4096: one-shot best to 32 MB, unfused from 48 MB",
+                    ),
+                ),
+                (
+                    8192,
+                    Thresholds(
+                        256,
+                        256,
+                        _TUNED_TP2 + ", hidden 8192: one-shot "
+                        "best at every size measured (to 256 MB)",
+                    ),
+                ),
+            ),
+        ),
+        4: Thresholds(
+            2.015625,
+            15.984375,
+            _TUNED_TP4 + "; worst 1.054x of best at 1025 tokens, hidden 8192",
+            hidden=(
+                (
+                    4096,
+                    Thresholds(
+                        2,
+                        8.0078125,
+                        _TUNED_TP4 + ", hidden 4096: one-shot to 2 MB, two-shot to 8 MB",
+                    ),
+                ),
+                (
+                    8192,
+                    Thresholds(
+                        3,
+                        16.015625,
+                        _TUNED_TP4 + ", hidden 8192: one-shot to 3 MB, two-shot to 16 MB",
+                    ),
+                ),
+            ),
+        ),
         8: Thresholds(oneshot_max_mb=0.5, fused_max_mb=0.5, source=_SEED),
     },
     "sm100": {
@@ -169,8 +211,10 @@ def arch_of(capability: Any) -> str:
         except ValueError:
             major = None
     if major is None or major < 1:
-        raise ValueError(f"thresholds: cannot read compute capability {capability!r}; write it "
-                         "as (9, 0), '9.0' or 'sm90'")
+        raise ValueError(
+            f"thresholds: cannot read compute capability {capability!r}; write it "
+            "as (9, 0), '9.0' or 'sm90'"
+        )
     return f"sm{major * 10}"
 
 
@@ -183,37 +227,48 @@ def parse_table(data: Any, where: str = "thresholds") -> dict[str, dict[int, Thr
     above the fusion limit are kept but warned about, once each.
     """
     if not isinstance(data, Mapping):
-        raise ValueError(f"{where}: expected an object like "
-                         '{"sm90": {"4": {"oneshot_max_mb": 2, "fused_max_mb": 8}}}, '
-                         f"got {type(data).__name__}")
+        raise ValueError(
+            f"{where}: expected an object like "
+            '{"sm90": {"4": {"oneshot_max_mb": 2, "fused_max_mb": 8}}}, '
+            f"got {type(data).__name__}"
+        )
     table: dict[str, dict[int, Thresholds]] = {}
     for arch_key, per_world in data.items():
         arch = arch_of(arch_key)
         if arch not in optable.KERNEL_ARCHS:
-            _warn_once(f"{where}: entry {arch_key!r} ({arch}) is never used: the fused kernel "
-                       f"runs only on {', '.join(optable.KERNEL_ARCHS)}, so {arch} always takes "
-                       "the unfused path")
+            _warn_once(
+                f"{where}: entry {arch_key!r} ({arch}) is never used: the fused kernel "
+                f"runs only on {', '.join(optable.KERNEL_ARCHS)}, so {arch} always takes "
+                "the unfused path"
+            )
         if not isinstance(per_world, Mapping):
-            raise ValueError(f"{where}: {arch_key!r} must map world sizes to entries, got "
-                             f"{type(per_world).__name__}")
+            raise ValueError(
+                f"{where}: {arch_key!r} must map world sizes to entries, got "
+                f"{type(per_world).__name__}"
+            )
         for ws_key, entry in per_world.items():
             try:
                 ws = int(ws_key)
             except (TypeError, ValueError):
-                raise ValueError(f"{where}: world size {ws_key!r} under {arch_key!r} is not an "
-                                 "integer") from None
+                raise ValueError(
+                    f"{where}: world size {ws_key!r} under {arch_key!r} is not an integer"
+                ) from None
             if ws < 1:
                 raise ValueError(f"{where}: world size must be >= 1, got {ws}")
             if ws not in optable.KERNEL_WORLD_SIZES:
-                _warn_once(f"{where}: entry {arch_key}/{ws_key} is never used: the fused kernel "
-                           f"runs only at world sizes {optable.KERNEL_WORLD_SIZES}")
+                _warn_once(
+                    f"{where}: entry {arch_key}/{ws_key} is never used: the fused kernel "
+                    f"runs only at world sizes {optable.KERNEL_WORLD_SIZES}"
+                )
             if isinstance(entry, Thresholds):
                 value = entry
             elif isinstance(entry, Mapping):
                 value = _parse_entry(entry, f"{where}: entry {arch_key}/{ws_key}", where)
             else:
-                raise ValueError(f"{where}: entry {arch_key}/{ws_key} must be an object, got "
-                                 f"{type(entry).__name__}")
+                raise ValueError(
+                    f"{where}: entry {arch_key}/{ws_key} must be an object, got "
+                    f"{type(entry).__name__}"
+                )
             table.setdefault(arch, {})[ws] = value
     return table
 
@@ -223,9 +278,11 @@ def _parse_entry(entry: Mapping, what: str, where: str, nested: bool = False) ->
     unknown = set(entry) - allowed
     missing = {"oneshot_max_mb", "fused_max_mb"} - set(entry)
     if unknown or missing:
-        raise ValueError(f"{what} has unknown keys {sorted(unknown)} / lacks {sorted(missing)}; "
-                         'write {"oneshot_max_mb": MB, "fused_max_mb": MB} (optionally with '
-                         '"hidden": {"8192": {...}} for per-hidden-size entries)')
+        raise ValueError(
+            f"{what} has unknown keys {sorted(unknown)} / lacks {sorted(missing)}; "
+            'write {"oneshot_max_mb": MB, "fused_max_mb": MB} (optionally with '
+            '"hidden": {"8192": {...}} for per-hidden-size entries)'
+        )
     per_hidden = entry.get("hidden") or {}
     if not isinstance(per_hidden, Mapping):
         raise ValueError(f'{what}: "hidden" must map hidden sizes to entries')
@@ -243,12 +300,13 @@ def _parse_entry(entry: Mapping, what: str, where: str, nested: bool = False) ->
         if problem:
             raise ValueError(f"{what}: {problem}")
     if entry["oneshot_max_mb"] > entry["fused_max_mb"]:
-        _warn_once(f"{what}: oneshot_max_mb {entry['oneshot_max_mb']} > fused_max_mb "
-                   f"{entry['fused_max_mb']}; nothing above the fusion limit is fused, so "
-                   "one-shot stops at fused_max_mb too")
+        _warn_once(
+            f"{what}: oneshot_max_mb {entry['oneshot_max_mb']} > fused_max_mb "
+            f"{entry['fused_max_mb']}; nothing above the fusion limit is fused, so "
+            "one-shot stops at fused_max_mb too"
+        )
     source = str(entry.get("source", where))
-    return Thresholds(entry["oneshot_max_mb"], entry["fused_max_mb"], source,
-                      tuple(sorted(parsed)))
+    return Thresholds(entry["oneshot_max_mb"], entry["fused_max_mb"], source, tuple(sorted(parsed)))
 
 
 def _file_table() -> dict[str, dict[int, Thresholds]]:
@@ -262,11 +320,15 @@ def _file_table() -> dict[str, dict[int, Thresholds]]:
             with open(path) as f:
                 data = json.load(f)
         except OSError as e:
-            raise ValueError(f"{ENV_VAR}={path!r}: cannot read it ({e.strerror}); point it at a "
-                             "JSON file or unset it") from None
+            raise ValueError(
+                f"{ENV_VAR}={path!r}: cannot read it ({e.strerror}); point it at a "
+                "JSON file or unset it"
+            ) from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"{ENV_VAR}={path!r}: not valid JSON ({e}); `arfuse thresholds "
-                             "--json` prints a valid file") from None
+            raise ValueError(
+                f"{ENV_VAR}={path!r}: not valid JSON ({e}); `arfuse thresholds "
+                "--json` prints a valid file"
+            ) from None
         table = parse_table(data, where=f"{ENV_VAR} file {path}")
     _file_cache = (path, table)
     return table
@@ -308,15 +370,21 @@ def table() -> dict[str, dict[int, Thresholds]]:
     return merged
 
 
-def entry(capability: Any, world_size: int,
-          tbl: Mapping[str, Mapping[int, Thresholds]] | None = None) -> Thresholds | None:
+def entry(
+    capability: Any, world_size: int, tbl: Mapping[str, Mapping[int, Thresholds]] | None = None
+) -> Thresholds | None:
     """The entry for this arch and world size, or None when there is none (no fused kernel).
     `tbl`: a table to read instead of the one in force (a `FusionPolicy`'s snapshot)."""
     return (table() if tbl is None else tbl).get(arch_of(capability), {}).get(int(world_size))
 
 
-def lookup(capability: Any, world_size: int, dtype: torch.dtype, hidden: int,
-           tbl: Mapping[str, Mapping[int, Thresholds]] | None = None) -> Limits | None:
+def lookup(
+    capability: Any,
+    world_size: int,
+    dtype: torch.dtype,
+    hidden: int,
+    tbl: Mapping[str, Mapping[int, Thresholds]] | None = None,
+) -> Limits | None:
     """Token limits for one (arch, world size, dtype, hidden), or None without an entry."""
     if hidden < 1:
         raise ValueError(f"thresholds.lookup: hidden must be >= 1, got {hidden}")
@@ -330,8 +398,9 @@ def lookup(capability: Any, world_size: int, dtype: torch.dtype, hidden: int,
     return Limits(arch_of(capability), int(world_size), hidden, dtype, oneshot, fused, found)
 
 
-def threshold_token_counts(capability: Any, world_size: int, dtype: torch.dtype,
-                           hidden: int) -> list[int]:
+def threshold_token_counts(
+    capability: Any, world_size: int, dtype: torch.dtype, hidden: int
+) -> list[int]:
     """Every token count where the strategy switches, +-1 (empty without an entry)."""
     limits = lookup(capability, world_size, dtype, hidden)
     return limits.token_counts() if limits else []
@@ -340,13 +409,18 @@ def threshold_token_counts(capability: Any, world_size: int, dtype: torch.dtype,
 def to_json(tbl: Mapping[str, Mapping[int, Thresholds]] | None = None) -> dict:
     """The table as the JSON object the override file takes."""
     tbl = table() if tbl is None else tbl
-    return {arch: {str(ws): _entry_json(e) for ws, e in sorted(per_world.items())}
-            for arch, per_world in sorted(tbl.items())}
+    return {
+        arch: {str(ws): _entry_json(e) for ws, e in sorted(per_world.items())}
+        for arch, per_world in sorted(tbl.items())
+    }
 
 
 def _entry_json(e: Thresholds) -> dict:
-    out: dict[str, Any] = {"oneshot_max_mb": e.oneshot_max_mb, "fused_max_mb": e.fused_max_mb,
-                           "source": e.source}
+    out: dict[str, Any] = {
+        "oneshot_max_mb": e.oneshot_max_mb,
+        "fused_max_mb": e.fused_max_mb,
+        "source": e.source,
+    }
     if e.hidden:
         out["hidden"] = {str(h): _entry_json(sub) for h, sub in e.hidden}
     return out

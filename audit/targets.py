@@ -14,17 +14,25 @@ def _build_custom_ops():
     import arfuse
     from arfuse.examples import build_tp_decoder
 
-    model, make_inputs = build_tp_decoder(num_layers=2, hidden=64, intermediate=128,
-                                          allreduce="arfuse", norm="custom_op")
-    return model, make_inputs, {"options": {"post_grad_custom_post_pass":
-                                            arfuse.AllReduceFusionPass()}}
+    model, make_inputs = build_tp_decoder(
+        num_layers=2, hidden=64, intermediate=128, allreduce="arfuse", norm="custom_op"
+    )
+    return (
+        model,
+        make_inputs,
+        {"options": {"post_grad_custom_post_pass": arfuse.AllReduceFusionPass()}},
+    )
 
 
 def tp_decoder_custom_ops() -> AuditTarget:
     """The same decoder written with arfuse::all_reduce and the arfuse::rms_norm custom op."""
-    return AuditTarget(build=_build_custom_ops, world_size=2, sizes=SIZES,
-                       compile_ranks="audited",
-                       name="TP decoder with arfuse custom ops (world size 2, gloo)")
+    return AuditTarget(
+        build=_build_custom_ops,
+        world_size=2,
+        sizes=SIZES,
+        compile_ranks="audited",
+        name="TP decoder with arfuse custom ops (world size 2, gloo)",
+    )
 
 
 def _build_hf_llama_dtensor():
@@ -43,16 +51,24 @@ def _build_hf_llama_dtensor():
         gen = torch.Generator().manual_seed(num_tokens)
         return (torch.randn(1, num_tokens, 64, generator=gen),)  # [batch, seq, hidden]
 
-    return model, make_inputs, {"options": {"post_grad_custom_post_pass":
-                                            arfuse.AllReduceFusionPass()}}
+    return (
+        model,
+        make_inputs,
+        {"options": {"post_grad_custom_post_pass": arfuse.AllReduceFusionPass()}},
+    )
 
 
 def hf_llama_dtensor() -> AuditTarget:
     """HF-style Llama layers sharded by DTensor's ColwiseParallel/RowwiseParallel plan; the
     input is [batch, seq, hidden] and seq carries the tokens (token_dims={0: 1})."""
-    return AuditTarget(build=_build_hf_llama_dtensor, world_size=2, token_dims={0: 1},
-                       sizes=(2, 16, 255, 256, 2047, 2048, 2049), compile_ranks="all",
-                       name="HF Llama layers, DTensor TP (world size 2, gloo, [1, seq, 64])")
+    return AuditTarget(
+        build=_build_hf_llama_dtensor,
+        world_size=2,
+        token_dims={0: 1},
+        sizes=(2, 16, 255, 256, 2047, 2048, 2049),
+        compile_ranks="all",
+        name="HF Llama layers, DTensor TP (world size 2, gloo, [1, seq, 64])",
+    )
 
 
 def _build_ranges():
@@ -68,7 +84,11 @@ def _build_ranges():
 def tp_decoder_ranges() -> AuditTarget:
     """The decoder under compile ranges [1, 64] [65, 1024] [1025, inf): fused only in the
     first; the sweep crosses every split point +-1."""
-    return AuditTarget(build=_build_ranges, world_size=2, thresholds=(64, 1024),
-                       sizes=(2, 16, 63, 64, 65, 255, 1023, 1024, 1025, 2048),
-                       compile_ranks="audited",
-                       name="TP decoder under arfuse compile ranges (world size 2, gloo)")
+    return AuditTarget(
+        build=_build_ranges,
+        world_size=2,
+        thresholds=(64, 1024),
+        sizes=(2, 16, 63, 64, 65, 255, 1023, 1024, 1025, 2048),
+        compile_ranks="audited",
+        name="TP decoder under arfuse compile ranges (world size 2, gloo)",
+    )

@@ -20,16 +20,33 @@ from arfuse.cli import main
 
 # ---- arfuse tune ----------------------------------------------------------------------------
 
+
 def _row(tokens, one, two, eager, compiled, hidden=4096):
-    return {"tokens": tokens, "hidden": hidden, "dtype": "bf16", "mb": tokens * hidden * 2 / 2**20,
-            "times_us": {"unfused_eager": eager, "unfused_compiled": compiled,
-                         "fused_oneshot": one, "fused_twoshot": two, "arfuse": None}}
+    return {
+        "tokens": tokens,
+        "hidden": hidden,
+        "dtype": "bf16",
+        "mb": tokens * hidden * 2 / 2**20,
+        "times_us": {
+            "unfused_eager": eager,
+            "unfused_compiled": compiled,
+            "fused_oneshot": one,
+            "fused_twoshot": two,
+            "arfuse": None,
+        },
+    }
 
 
 def _result():
-    return {"env": {"capability": "9.0", "world_size": 4},
-            "rows": [_row(1, 5, None, 15, 12), _row(256, 25, 30, 38, 35),
-                     _row(1024, 97, 67, 75, 71), _row(4096, 379, 237, 218, 205)]}
+    return {
+        "env": {"capability": "9.0", "world_size": 4},
+        "rows": [
+            _row(1, 5, None, 15, 12),
+            _row(256, 25, 30, 38, 35),
+            _row(1024, 97, 67, 75, 71),
+            _row(4096, 379, 237, 218, 205),
+        ],
+    }
 
 
 def _tune(tmp_path, content: bytes):
@@ -49,22 +66,31 @@ def _negate_all(result):
         row["times_us"] = {k: (-v if v is not None else None) for k, v in row["times_us"].items()}
 
 
-@pytest.mark.parametrize("content, message", [
-    (_broken(lambda r: r["rows"][2]["times_us"].update(unfused_compiled=0)),
-     "row 2: times_us['unfused_compiled'] is 0; each time is a positive number of microseconds"),
-    (_broken(lambda r: r["rows"][1].pop("times_us")), "row 1: has no times_us"),
-    (_broken(lambda r: r["rows"][3].update(mb="big")),
-     "row 3: mb is 'big'; it must be the activation size in MB, a number > 0"),
-    (_broken(_negate_all), "row 0: times_us['unfused_eager'] is -15; each time is a positive"),
-    (_broken(lambda r: r["rows"][0].update(tokens=True)),
-     "row 0: tokens is True; it must be an integer >= 1"),
-    (_broken(lambda r: r["rows"].append(7)), "row 4: is int, not an object"),
-    (_broken(lambda r: r["env"].update(capability="nine")), "env.capability is 'nine'"),
-    (_broken(lambda r: r["env"].update(world_size=0)), "env.world_size is 0"),
-    (b"\xff\xfe{}", "not UTF-8 text (byte 0)"),
-    (b'{"env": {}, "rows": [', "not valid JSON"),
-    (b"[1, 2]", 'not an `arfuse bench` JSON result (an object with "env" and "rows")'),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            _broken(lambda r: r["rows"][2]["times_us"].update(unfused_compiled=0)),
+            "row 2: times_us['unfused_compiled'] is 0; each time is a positive number of microseconds",
+        ),
+        (_broken(lambda r: r["rows"][1].pop("times_us")), "row 1: has no times_us"),
+        (
+            _broken(lambda r: r["rows"][3].update(mb="big")),
+            "row 3: mb is 'big'; it must be the activation size in MB, a number > 0",
+        ),
+        (_broken(_negate_all), "row 0: times_us['unfused_eager'] is -15; each time is a positive"),
+        (
+            _broken(lambda r: r["rows"][0].update(tokens=True)),
+            "row 0: tokens is True; it must be an integer >= 1",
+        ),
+        (_broken(lambda r: r["rows"].append(7)), "row 4: is int, not an object"),
+        (_broken(lambda r: r["env"].update(capability="nine")), "env.capability is 'nine'"),
+        (_broken(lambda r: r["env"].update(world_size=0)), "env.world_size is 0"),
+        (b"\xff\xfe{}", "not UTF-8 text (byte 0)"),
+        (b'{"env": {}, "rows": [', "not valid JSON"),
+        (b"[1, 2]", 'not an `arfuse bench` JSON result (an object with "env" and "rows")'),
+    ],
+)
 def test_tune_bad_file_exits_2_naming_the_file_and_row(tmp_path, content, message):
     path, r = _tune(tmp_path, content)
     assert r.exit_code == 2, r.output
@@ -85,8 +111,14 @@ def test_tune_skips_decoder_results_and_names_them(tmp_path):
     results: they are skipped with a note, and a decoder result alone is exit 2."""
     good, decoder = tmp_path / "b.json", tmp_path / "decoder.json"
     good.write_text(json.dumps(_result()))
-    decoder.write_text(json.dumps({"env": {"capability": "9.0", "world_size": 4},
-                                   "rows": [{"tokens": 1, "layers": 4, "compile_us": 9.0}]}))
+    decoder.write_text(
+        json.dumps(
+            {
+                "env": {"capability": "9.0", "world_size": 4},
+                "rows": [{"tokens": 1, "layers": 4, "compile_us": 9.0}],
+            }
+        )
+    )
     r = CliRunner().invoke(main, ["tune", str(good), str(decoder)])
     assert r.exit_code == 0, r.output
     assert f"skipped {decoder}: an `arfuse bench --decoder` result" in r.stderr
@@ -97,10 +129,16 @@ def test_tune_skips_decoder_results_and_names_them(tmp_path):
 
 # ---- the fused ops --------------------------------------------------------------------------
 
+
 def _op_args(weight=None, eps=1e-6):
     x = torch.randn(4, 8)
-    return {"input": x, "residual": torch.randn(4, 8),
-            "weight": torch.ones(8) if weight is None else weight, "eps": eps, "group_name": "0"}
+    return {
+        "input": x,
+        "residual": torch.randn(4, 8),
+        "weight": torch.ones(8) if weight is None else weight,
+        "eps": eps,
+        "group_name": "0",
+    }
 
 
 def _strided_weight():
@@ -110,8 +148,10 @@ def _strided_weight():
 
 
 BAD_OPS = [
-    ({"weight": _strided_weight()},
-     r"weight \(strides \(2,\)\) is not contiguous; call \.contiguous\(\) first"),
+    (
+        {"weight": _strided_weight()},
+        r"weight \(strides \(2,\)\) is not contiguous; call \.contiguous\(\) first",
+    ),
     ({"eps": -1e-6}, r"eps -1e-06 must be a finite number >= 0 \(the RMSNorm epsilon"),
     ({"eps": math.nan}, r"eps nan must be a finite number >= 0"),
     ({"eps": math.inf}, r"eps inf must be a finite number >= 0"),
@@ -126,16 +166,22 @@ def test_fused_op_rejects_bad_weight_and_eps(bad, message, fake):
     args = {**_op_args(**bad), "scale": torch.ones(())}
     mode = FakeTensorMode()
     if fake:
-        args = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v
-                for k, v in args.items()}
+        args = {
+            k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()
+        }
     scale = args.pop("scale")
     with mode if fake else torch.no_grad():
         with pytest.raises(ValueError, match="arfuse::fused_allreduce_rmsnorm: " + message):
             arfuse.ops.fused_allreduce_rmsnorm(**args)
         with pytest.raises(ValueError, match="arfuse::fused_allreduce_rmsnorm_fp8: " + message):
             arfuse.ops.fused_allreduce_rmsnorm_fp8(
-                args["input"], args["residual"], args["weight"], scale, args["eps"],
-                args["group_name"])
+                args["input"],
+                args["residual"],
+                args["weight"],
+                scale,
+                args["eps"],
+                args["group_name"],
+            )
 
 
 def test_rms_norm_op_rejects_negative_eps_and_keeps_zero():
@@ -151,20 +197,25 @@ def test_eps_tensor_overload_checks_the_value_when_it_runs():
     args = _op_args()
     with pytest.raises(ValueError, match="eps -1.0 must be a finite number >= 0"):
         torch.ops.arfuse.fused_allreduce_rmsnorm.eps_tensor(
-            args["input"], args["residual"], args["weight"], torch.tensor(-1.0), 0.0, "0")
+            args["input"], args["residual"], args["weight"], torch.tensor(-1.0), 0.0, "0"
+        )
 
 
 # ---- arfuse.compile(ranges=...) -------------------------------------------------------------
 
-@pytest.mark.parametrize("ranges, shown", [
-    ([2.7], "ranges=[2.7]: 2.7 is not a split point"),
-    (["128"], "ranges=['128']: '128' is not a split point"),
-    ([True], "ranges=[True]: True is not a split point"),
-    ([math.inf], "ranges=[inf]: inf is not a split point"),
-    ([128, 0], "ranges=[128, 0]: 0 is not a split point"),
-    (128, "ranges=128 is not a list"),
-    ("fast", "ranges='fast': "),
-])
+
+@pytest.mark.parametrize(
+    "ranges, shown",
+    [
+        ([2.7], "ranges=[2.7]: 2.7 is not a split point"),
+        (["128"], "ranges=['128']: '128' is not a split point"),
+        ([True], "ranges=[True]: True is not a split point"),
+        ([math.inf], "ranges=[inf]: inf is not a split point"),
+        ([128, 0], "ranges=[128, 0]: 0 is not a split point"),
+        (128, "ranges=128 is not a list"),
+        ("fast", "ranges='fast': "),
+    ],
+)
 def test_compile_rejects_what_is_not_a_split_point(ranges, shown):
     with pytest.raises(ValueError) as e:
         arfuse.compile(torch.nn.Linear(8, 8), ranges=ranges)
@@ -179,5 +230,7 @@ def test_compile_takes_int_like_split_points():
     np = pytest.importorskip("numpy")
     assert split_points((np.int64(2048), 128, 128)) == [128, 2048]
     assert split_points([]) == [] and split_points("auto") == "auto"
-    assert arfuse.compile(torch.nn.Linear(8, 8), ranges=(2048, 128)).backend.requested == [128,
-                                                                                           2048]
+    assert arfuse.compile(torch.nn.Linear(8, 8), ranges=(2048, 128)).backend.requested == [
+        128,
+        2048,
+    ]

@@ -20,10 +20,14 @@ codes=(x 1 2 1 0)
 exit ${{codes[$n]}}
 """)
     fake.chmod(0o755)
-    proc = subprocess.run(["bash", str(ROOT / "ci" / "gate.sh")], cwd=tmp_path,
-                          env={**os.environ, "PYTHON": str(fake),
-                               "ARFUSE_GATE_OUT": str(tmp_path / "out")},
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "ci" / "gate.sh")],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHON": str(fake), "ARFUSE_GATE_OUT": str(tmp_path / "out")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     calls = (tmp_path / "calls").read_text().splitlines()
     assert len(calls) == 4, proc.stderr  # a later, milder failure used to end the gate early
     assert proc.returncode == 2
@@ -37,8 +41,7 @@ def test_ci_runs_the_readme_test_command_and_stops_on_failure():
     assert command, "README lost its test command"
     assert "(python -m pip install -q -e '.[test]' && python -m pytest -q)" in ci
     assert "set -euo pipefail" in ci
-    assert ci.index("pip install -q torch==2.13.0") < ci.index("'.[test]'") < ci.index(
-        "ci/gate.sh")
+    assert ci.index("pip install -q torch==2.13.0") < ci.index("'.[test]'") < ci.index("ci/gate.sh")
     # pytest's exit 5 ("no tests ran") inside the subshell ends the script with 5
     script = "set -euo pipefail\n(true && exit 5)\necho not reached\n"
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True)

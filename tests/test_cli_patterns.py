@@ -31,8 +31,9 @@ def test_patterns_disable_preview_and_bad_value():
 
 
 def test_text_table_and_python_m_entry_point():
-    out = subprocess.run([sys.executable, "-m", "arfuse", "patterns"], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "arfuse", "patterns"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert "72 fusion patterns (72 enabled)" in out.stdout
     assert "gemma/res+ar/fp8" in out.stdout

@@ -31,21 +31,25 @@ print(json.dumps({"exit": code, "torch": sorted(m for m in sys.modules
 
 
 def _cli_in_fresh_process(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _RUN_CLI, *args], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUN_CLI, *args], capture_output=True, text=True, timeout=120
+    )
     return json.loads(proc.stderr.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("args", [
-    ["--help"],
-    ["rules"],
-    ["rules", "ARF102", "--format", "json"],
-    ["patterns"],
-    ["thresholds"],
-    ["audit", "--help"],
-    ["audit", "--trace", str(DATA / "torch-2.13.0-branch.log.gz"), "--format", "json"],
-    ["audit", "--trace", str(DATA / "ranks-divergent-torch-2.13.0"), "--no-progress"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["rules"],
+        ["rules", "ARF102", "--format", "json"],
+        ["patterns"],
+        ["thresholds"],
+        ["audit", "--help"],
+        ["audit", "--trace", str(DATA / "torch-2.13.0-branch.log.gz"), "--format", "json"],
+        ["audit", "--trace", str(DATA / "ranks-divergent-torch-2.13.0"), "--no-progress"],
+    ],
+)
 def test_commands_that_need_no_model_import_no_torch(args):
     result = _cli_in_fresh_process(*args)
     assert result["exit"] in (0, 1), result
@@ -76,28 +80,42 @@ print("heavy", heavy[:3])
 """
 
 
-@pytest.mark.parametrize("first,second", [
-    ("import arfuse", "torch"),
-    ("import torch", "arfuse"),
-    ("import arfuse.audit.cli", "torch"),
-    # libraries probe for torch without importing it (transformers' is_torch_available)
-    ("import arfuse, importlib.util; assert importlib.util.find_spec('torch')", "torch"),
-])
+@pytest.mark.parametrize(
+    "first,second",
+    [
+        ("import arfuse", "torch"),
+        ("import torch", "arfuse"),
+        ("import arfuse.audit.cli", "torch"),
+        # libraries probe for torch without importing it (transformers' is_torch_available)
+        ("import arfuse, importlib.util; assert importlib.util.find_spec('torch')", "torch"),
+    ],
+)
 def test_ops_register_with_torch_in_any_import_order_and_no_dynamo(first, second):
     code = _IMPORT_ORDER.format(first=first, second=second)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines == ["FusionConfig", "arfuse::fused_allreduce_rmsnorm", "arfuse::all_reduce",
-                     "heavy []"], proc.stdout
+    assert lines == [
+        "FusionConfig",
+        "arfuse::fused_allreduce_rmsnorm",
+        "arfuse::all_reduce",
+        "heavy []",
+    ], proc.stdout
 
 
 def test_import_arfuse_alone_imports_no_torch():
-    proc = subprocess.run([sys.executable, "-c", "import sys, arfuse; "
-                           "print('torch' in sys.modules, sorted(arfuse.__all__) == "
-                           "sorted(set(dir(arfuse)) & set(arfuse.__all__)))"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, arfuse; "
+            "print('torch' in sys.modules, sorted(arfuse.__all__) == "
+            "sorted(set(dir(arfuse)) & set(arfuse.__all__)))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.stdout.split() == ["False", "True"], proc.stderr
 
 

@@ -54,7 +54,8 @@ def test_default_sm90_entries_are_what_tune_makes_of_the_recorded_bench():
     assert sorted(p.name for p, _ in loaded) == ["h200_tp2_bench.json", "h200_tp4_bench.json"]
     choices = tune([data for _, data in loaded])
     assert {(c.arch, c.world_size, c.hidden) for c in choices} == {
-        ("sm90", ws, h) for ws in (2, 4) for h in (None, 4096, 8192)}
+        ("sm90", ws, h) for ws in (2, 4) for h in (None, 4096, 8192)
+    }
     for c in choices:
         general = th.entry((9, 0), c.world_size)
         got = general if c.hidden is None else dict(general.hidden)[c.hidden]
@@ -62,8 +63,10 @@ def test_default_sm90_entries_are_what_tune_makes_of_the_recorded_bench():
         assert got.fused_max_mb == pytest.approx(c.fused_max_mb, rel=1e-8), c
         assert got.source.startswith(f"tuned by arfuse tune on H200 TP{c.world_size}")
         if c.hidden is None:
-            assert f"worst {c.worst_ratio:.3f}x of best at {c.worst_at.rsplit(',', 1)[0]}" \
+            assert (
+                f"worst {c.worst_ratio:.3f}x of best at {c.worst_at.rsplit(',', 1)[0]}"
                 in got.source
+            )
     assert th.entry((9, 0), 8).source.startswith("seed")
 
 
@@ -105,8 +108,14 @@ def test_override_replaces_only_named_entries_and_bumps_generation():
 
 def test_env_file_override(tmp_path, monkeypatch):
     path = tmp_path / "t.json"
-    path.write_text(json.dumps({"sm90": {"8": {"oneshot_max_mb": 1, "fused_max_mb": 2}},
-                                "sm120": {"2": {"oneshot_max_mb": 4, "fused_max_mb": 4}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "sm90": {"8": {"oneshot_max_mb": 1, "fused_max_mb": 2}},
+                "sm120": {"2": {"oneshot_max_mb": 4, "fused_max_mb": 4}},
+            }
+        )
+    )
     monkeypatch.setenv(th.ENV_VAR, str(path))
     th.reload()
     with pytest.warns(UserWarning, match="'sm120' .* is never used"):
@@ -117,23 +126,32 @@ def test_env_file_override(tmp_path, monkeypatch):
     assert th.entry((9, 0), 8).fused_max_mb == 0.5
 
 
-@pytest.mark.parametrize("content, match", [
-    ("not json", "not valid JSON"),
-    ('["x"]', "expected an object"),
-    ('{"sm90": {"two": {}}}', "not an integer"),
-    ('{"sm90": {"2": {"fused_max_mb": 1}}}', "lacks"),
-    ('{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": -1}}}', "finite number"),
-    ('{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1, "x": 2}}}', "unknown keys"),
-    # 1e308 MB is finite, but not as bytes: it used to pass and fail later in lookup (NaN)
-    ('{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1e308}}}',
-     r"entry sm90/2: fused_max_mb must be a finite number of MB in \[0, 1048576\]"),
-    ('{"sm90": {"2": {"oneshot_max_mb": 1e999, "fused_max_mb": 1}}}',
-     r"entry sm90/2: oneshot_max_mb must be a finite number of MB in \[0, 1048576\].*got inf"),
-    ('{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1, "hidden": {"8192": '
-     '{"oneshot_max_mb": 1, "fused_max_mb": 1048577}}}}}',
-     r"entry sm90/2/hidden 8192: fused_max_mb must be a finite number of MB in \[0, 1048576\]"),
-    ('{"sm90": {"2": {"oneshot_max_mb": true, "fused_max_mb": 1}}}', "got True"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("not json", "not valid JSON"),
+        ('["x"]', "expected an object"),
+        ('{"sm90": {"two": {}}}', "not an integer"),
+        ('{"sm90": {"2": {"fused_max_mb": 1}}}', "lacks"),
+        ('{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": -1}}}', "finite number"),
+        ('{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1, "x": 2}}}', "unknown keys"),
+        # 1e308 MB is finite, but not as bytes: it used to pass and fail later in lookup (NaN)
+        (
+            '{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1e308}}}',
+            r"entry sm90/2: fused_max_mb must be a finite number of MB in \[0, 1048576\]",
+        ),
+        (
+            '{"sm90": {"2": {"oneshot_max_mb": 1e999, "fused_max_mb": 1}}}',
+            r"entry sm90/2: oneshot_max_mb must be a finite number of MB in \[0, 1048576\].*got inf",
+        ),
+        (
+            '{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1, "hidden": {"8192": '
+            '{"oneshot_max_mb": 1, "fused_max_mb": 1048577}}}}}',
+            r"entry sm90/2/hidden 8192: fused_max_mb must be a finite number of MB in \[0, 1048576\]",
+        ),
+        ('{"sm90": {"2": {"oneshot_max_mb": true, "fused_max_mb": 1}}}', "got True"),
+    ],
+)
 def test_bad_env_file_is_a_clear_error(tmp_path, monkeypatch, content, match):
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -173,21 +191,31 @@ def _read_with_warnings(path, monkeypatch):
 
 def test_entries_the_kernel_never_uses_are_kept_and_warned_once(tmp_path, monkeypatch):
     path = tmp_path / "odd.json"
-    path.write_text(json.dumps({
-        "sm80": {"2": {"oneshot_max_mb": 4, "fused_max_mb": 4}},
-        "sm90": {"3": {"oneshot_max_mb": 1, "fused_max_mb": 2},
-                 "2": {"oneshot_max_mb": 16, "fused_max_mb": 4,
-                       "hidden": {"8192": {"oneshot_max_mb": 9, "fused_max_mb": 8}}}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "sm80": {"2": {"oneshot_max_mb": 4, "fused_max_mb": 4}},
+                "sm90": {
+                    "3": {"oneshot_max_mb": 1, "fused_max_mb": 2},
+                    "2": {
+                        "oneshot_max_mb": 16,
+                        "fused_max_mb": 4,
+                        "hidden": {"8192": {"oneshot_max_mb": 9, "fused_max_mb": 8}},
+                    },
+                },
+            }
+        )
+    )
     where = f"{th.ENV_VAR} file {path}"
     assert _read_with_warnings(path, monkeypatch) == [
         f"{where}: entry 'sm80' (sm80) is never used: the fused kernel runs only on sm90, sm100, "
         "so sm80 always takes the unfused path",
-        f"{where}: entry sm90/3 is never used: the fused kernel runs only at world sizes "
-        "(2, 4, 8)",
+        f"{where}: entry sm90/3 is never used: the fused kernel runs only at world sizes (2, 4, 8)",
         f"{where}: entry sm90/2/hidden 8192: oneshot_max_mb 9 > fused_max_mb 8; nothing above the "
         "fusion limit is fused, so one-shot stops at fused_max_mb too",
         f"{where}: entry sm90/2: oneshot_max_mb 16 > fused_max_mb 4; nothing above the fusion "
-        "limit is fused, so one-shot stops at fused_max_mb too"]
+        "limit is fused, so one-shot stops at fused_max_mb too",
+    ]
     assert th.entry((8, 0), 2).fused_max_mb == 4  # kept: the file says what it says
     lim = th.lookup((9, 0), 2, torch.bfloat16, 4096)
     assert lim.oneshot_max_tokens == lim.fused_max_tokens == 4 * 2**20 // (4096 * 2)
@@ -208,6 +236,7 @@ def test_json_round_trip():
 
 # ---- CLI -----------------------------------------------------------------------------------
 
+
 def test_cli_lists_every_entry_without_gpu(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible, as torch would see it
     result = CliRunner().invoke(main, ["thresholds"])
@@ -220,8 +249,9 @@ def test_cli_lists_every_entry_without_gpu(monkeypatch):
 
 
 def test_cli_tokens_for_hidden():
-    result = CliRunner().invoke(main, ["thresholds", "--capability", "9.0", "--world-size", "4",
-                                       "--hidden", "4096"])
+    result = CliRunner().invoke(
+        main, ["thresholds", "--capability", "9.0", "--world-size", "4", "--hidden", "4096"]
+    )
     assert result.exit_code == 0, result.output
     assert "one-shot <= 256 tokens, two-shot 257..1025, unfused > 1025" in result.output
     assert "sm90 TP2" not in result.output
@@ -255,6 +285,7 @@ def test_cli_no_entry():
 
 # ---- the backend's strategy choice (pure; the GPU tests check the kernels) -----------------
 
+
 def test_flashinfer_module_imports_on_cpu_without_flashinfer():
     import arfuse.kernels.flashinfer as fb
 
@@ -262,10 +293,18 @@ def test_flashinfer_module_imports_on_cpu_without_flashinfer():
     assert fb.backend(torch.ones(2, 8), None, torch.ones(8), None, 1e-6, 0.0, None) is None
 
 
-@pytest.mark.parametrize("tokens, expected", [
-    (1, "oneshot"), (2, "oneshot"), (256, "oneshot"), (257, "twoshot"), (1024, "twoshot"),
-    (1025, "unfused"), (0, "unfused"),
-])
+@pytest.mark.parametrize(
+    "tokens, expected",
+    [
+        (1, "oneshot"),
+        (2, "oneshot"),
+        (256, "oneshot"),
+        (257, "twoshot"),
+        (1024, "twoshot"),
+        (1025, "unfused"),
+        (0, "unfused"),
+    ],
+)
 def test_choose_strategy_auto(tokens, expected):
     from arfuse.kernels.flashinfer import choose_strategy
 
@@ -281,8 +320,7 @@ def test_two_shot_is_on_by_default_and_its_window_runs_unfused_when_turned_off()
     assert (strategy, key) == ("unfused", "twoshot-off") and "ARFUSE_TWOSHOT=0" in message
     assert choose_strategy(256, 4, 256, 1024, 1024, twoshot=False)[0] == "oneshot"
     assert choose_strategy(3, 4, 0, 1024, 1024, twoshot=False)[0] == "oneshot"  # tokens <= ranks
-    assert choose_strategy(257, 4, 256, 1024, 1024, forced="twoshot",
-                           twoshot=False)[0] == "twoshot"
+    assert choose_strategy(257, 4, 256, 1024, 1024, forced="twoshot", twoshot=False)[0] == "twoshot"
 
 
 def test_choose_strategy_twoshot_needs_more_tokens_than_ranks():
@@ -319,8 +357,15 @@ def test_per_hidden_entries_take_precedence_and_round_trip():
 
     from arfuse import thresholds as th
 
-    table = {"sm90": {"2": {"oneshot_max_mb": 32, "fused_max_mb": 32,
-                            "hidden": {"8192": {"oneshot_max_mb": 256, "fused_max_mb": 256}}}}}
+    table = {
+        "sm90": {
+            "2": {
+                "oneshot_max_mb": 32,
+                "fused_max_mb": 32,
+                "hidden": {"8192": {"oneshot_max_mb": 256, "fused_max_mb": 256}},
+            }
+        }
+    }
     with th.override(table):
         at_4096 = th.lookup((9, 0), 2, torch.bfloat16, 4096)
         at_8192 = th.lookup((9, 0), 2, torch.bfloat16, 8192)
@@ -337,8 +382,18 @@ def test_per_hidden_entry_errors_say_what_to_write():
     from arfuse import thresholds as th
 
     with pytest.raises(ValueError, match="hidden size 'x' is not an integer"):
-        th.parse_table({"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1,
-                                       "hidden": {"x": {}}}}})
+        th.parse_table(
+            {"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1, "hidden": {"x": {}}}}}
+        )
     with pytest.raises(ValueError, match=r"hidden 8192 has unknown keys \['hidden'\]"):
-        th.parse_table({"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1, "hidden": {
-            "8192": {"oneshot_max_mb": 1, "fused_max_mb": 1, "hidden": {}}}}}})
+        th.parse_table(
+            {
+                "sm90": {
+                    "2": {
+                        "oneshot_max_mb": 1,
+                        "fused_max_mb": 1,
+                        "hidden": {"8192": {"oneshot_max_mb": 1, "fused_max_mb": 1, "hidden": {}}},
+                    }
+                }
+            }
+        )

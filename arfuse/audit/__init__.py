@@ -13,5 +13,15 @@ from arfuse.audit.report import Report
 from arfuse.audit.rules import Rule, all_rules
 from arfuse.audit.target import AuditTarget
 
-__all__ = ["AuditTarget", "Finding", "Location", "Report", "Rule", "all_rules", "analyze",
-           "analyze_trace", "audit", "audit_logs"]
+__all__ = [
+    "AuditTarget",
+    "Finding",
+    "Location",
+    "Report",
+    "Rule",
+    "all_rules",
+    "analyze",
+    "analyze_trace",
+    "audit",
+    "audit_logs",
+]

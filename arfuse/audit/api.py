@@ -1,16 +1,17 @@
 """`audit()`: drive a target, parse its trace, run the rules, return a `Report`.
 
-    report = arfuse.audit.audit("model.py:build", sizes=[16, 2048, 2049])
-    report = arfuse.audit.audit(AuditTarget(model, make_inputs))   # in this process
-    report = arfuse.audit.analyze_trace("trace.log")                # a trace you already have
+report = arfuse.audit.audit("model.py:build", sizes=[16, 2048, 2049])
+report = arfuse.audit.audit(AuditTarget(model, make_inputs))   # in this process
+report = arfuse.audit.analyze_trace("trace.log")                # a trace you already have
 """
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from arfuse.audit import baseline as baselines
 from arfuse.audit.context import AuditContext, RunInfo
@@ -53,34 +54,56 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
     post_grad = sum(1 for _ in t0.artifacts("inductor_post_grad_graph"))
     notes = list(run.notes)
     if not post_grad:
-        notes.append("fusion coverage (ARF201) not checked: no Inductor post-grad graph in the "
-                     "trace (backend is not inductor)")
+        notes.append(
+            "fusion coverage (ARF201) not checked: no Inductor post-grad graph in the "
+            "trace (backend is not inductor)"
+        )
     if any(c.num_tokens < 2 for c in run.calls):
-        notes.append("num_tokens=1 compiles its own graph (torch's 0/1 specialization); not a "
-                     "finding - use torch._dynamo.mark_unbacked to avoid it")
+        notes.append(
+            "num_tokens=1 compiles its own graph (torch's 0/1 specialization); not a "
+            "finding - use torch._dynamo.mark_unbacked to avoid it"
+        )
     failed = [c for c in run.calls if not c.ok]
     # under arfuse.compile: what each num_tokens range fused and left to Inductor
-    ranges = [{"range": p["token_range"], "fused": int(p.get("matches") or 0),
-               "left_to_inductor": len(p.get("by_range") or [])}
-              for p in fusion if p.get("token_range")]
+    ranges = [
+        {
+            "range": p["token_range"],
+            "fused": int(p.get("matches") or 0),
+            "left_to_inductor": len(p.get("by_range") or []),
+        }
+        for p in fusion
+        if p.get("token_range")
+    ]
     malformed = sum(t.malformed_count for t in traces.values())
     if malformed:
         notes.append(f"{malformed} trace line(s) were not events (truncated or garbage); skipped")
     return {
-        "target": run.target, "sizes": run.sizes, "calls": len(run.calls),
-        "failed_calls": len(failed), "compiles": len(compiles), "recompiles": recompiles,
-        "token_sources": run.token_sources, "backend": run.backend, "strict": run.strict,
-        "world_size": run.world_size, "ranks": sorted(traces) or run.ranks,
+        "target": run.target,
+        "sizes": run.sizes,
+        "calls": len(run.calls),
+        "failed_calls": len(failed),
+        "compiles": len(compiles),
+        "recompiles": recompiles,
+        "token_sources": run.token_sources,
+        "backend": run.backend,
+        "strict": run.strict,
+        "world_size": run.world_size,
+        "ranks": sorted(traces) or run.ranks,
         "seconds": run.seconds,
-        "fusion": {"graphs": len(fusion), "matches": sum(int(p.get("matches") or 0)
-                                                         for p in fusion),
-                   "post_grad_graphs": post_grad,
-                   **({"ranges": ranges} if ranges else {})},
-        "compiles_by_rank": {str(r): len({m.metrics_compile_id or m.compile_id
-                                          for m in t.of(CompilationMetrics)})
-                             for r, t in sorted(traces.items())},
-        "findings": len(findings), "by_code": dict(sorted(
-            {f.code: sum(1 for g in findings if g.code == f.code) for f in findings}.items())),
+        "fusion": {
+            "graphs": len(fusion),
+            "matches": sum(int(p.get("matches") or 0) for p in fusion),
+            "post_grad_graphs": post_grad,
+            **({"ranges": ranges} if ranges else {}),
+        },
+        "compiles_by_rank": {
+            str(r): len({m.metrics_compile_id or m.compile_id for m in t.of(CompilationMetrics)})
+            for r, t in sorted(traces.items())
+        },
+        "findings": len(findings),
+        "by_code": dict(
+            sorted({f.code: sum(1 for g in findings if g.code == f.code) for f in findings}.items())
+        ),
         "notes": notes,
     }
 
@@ -90,18 +113,25 @@ def _guard_summary(contexts: dict[int, AuditContext], run: RunInfo) -> dict[str,
     dismissed: dict[tuple[str, str, int], dict[str, Any]] = {}
     for rank, ctx in contexts.items():
         for d in ctx.dismissed:
-            entry = dismissed.setdefault((d["expr"], d["path"], d["line"]),
-                                         {**d, "ranks": []})
+            entry = dismissed.setdefault((d["expr"], d["path"], d["line"]), {**d, "ranks": []})
             entry["ranks"].append(rank)
-    return {"domain": [run.min_tokens, run.max_tokens],
-            "dismissed_guards": len(dismissed),
-            "dismissed": sorted(dismissed.values(), key=lambda d: (d["path"], d["line"]))}
+    return {
+        "domain": [run.min_tokens, run.max_tokens],
+        "dismissed_guards": len(dismissed),
+        "dismissed": sorted(dismissed.values(), key=lambda d: (d["path"], d["line"])),
+    }
 
 
-def analyze(traces: dict[int, Trace], run: RunInfo | None = None, *,
-            select: Iterable[str] = (), ignore: Iterable[str] = (),
-            baseline: str | Path | None = None, root: str | Path | None = None,
-            domain: TokenDomain | None = None) -> Report:
+def analyze(
+    traces: dict[int, Trace],
+    run: RunInfo | None = None,
+    *,
+    select: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+    baseline: str | Path | None = None,
+    root: str | Path | None = None,
+    domain: TokenDomain | None = None,
+) -> Report:
     """Run the selected rules over each rank's trace and build the report. `domain` (the
     num_tokens the model serves) overrides the run's; guards are judged over it."""
     run = run or RunInfo()
@@ -126,14 +156,18 @@ def analyze(traces: dict[int, Trace], run: RunInfo | None = None, *,
                     f.fix = f.fix or r.fix
                     found.append(f)
     findings = _merge_ranks(found)
-    errors = [f"num_tokens={c.num_tokens} (rank {c.rank}): {c.error_type}: "
-              f"{c.error.splitlines()[0] if c.error else ''}"
-              for c in run.calls if not c.ok and "ConstraintViolation" not in c.error_type]
+    errors = [
+        f"num_tokens={c.num_tokens} (rank {c.rank}): {c.error_type}: "
+        f"{c.error.splitlines()[0] if c.error else ''}"
+        for c in run.calls
+        if not c.ok and "ConstraintViolation" not in c.error_type
+    ]
     report = Report(findings, _summary(traces, run, findings), errors=errors)
     report.summary.update(_guard_summary(contexts, run))
     if baseline is not None:
-        report.baselined = baselines.match(findings, baselines.load(baseline),
-                                           Path(root) if root else Path.cwd())
+        report.baselined = baselines.match(
+            findings, baselines.load(baseline), Path(root) if root else Path.cwd()
+        )
     report.summary["new"] = len(report.new)
     report.summary["baselined"] = len(report.baselined)
     return report
@@ -145,8 +179,9 @@ def analyze_trace(path: str | Path, run: RunInfo | None = None, **kwargs: Any) -
     return analyze({0: parse_file(path)}, run, **kwargs)
 
 
-def audit_logs(path: str | Path, *, token_sources: Sequence[str] = (), progress: bool = False,
-               **kwargs: Any) -> Report:
+def audit_logs(
+    path: str | Path, *, token_sources: Sequence[str] = (), progress: bool = False, **kwargs: Any
+) -> Report:
     """Audit recorded logs without running anything (`arfuse audit --trace PATH`): a TORCH_TRACE
     directory (one log per rank), one `.log[.gz]`, a tarball of them, or a `--keep` directory.
     num_tokens is read from the recorded create_symbol sources unless `token_sources` names it
@@ -160,31 +195,64 @@ def audit_logs(path: str | Path, *, token_sources: Sequence[str] = (), progress:
     return analyze(traces, run, **kwargs)
 
 
-def audit(target: Any, sizes: Sequence[int] | None = None, *, strict: bool = False,
-          dtrace: bool = False, backend: str | None = None, timeout: float = 600.0,
-          select: Iterable[str] = (), ignore: Iterable[str] = (),
-          baseline: str | Path | None = None, out_dir: str | Path | None = None,
-          progress: bool = False) -> Report:
+def audit(
+    target: Any,
+    sizes: Sequence[int] | None = None,
+    *,
+    strict: bool = False,
+    dtrace: bool = False,
+    backend: str | None = None,
+    timeout: float = 600.0,
+    select: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+    baseline: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+) -> Report:
     """Audit a target. A `"FILE.py:NAME"` / `"pkg.module:NAME"` string runs in a fresh process;
     an `AuditTarget` or `(model, make_inputs[, kwargs])` tuple runs in this process."""
     if isinstance(target, str):
         from arfuse.audit.run import run_target
 
-        result = run_target(target, sizes=list(sizes) if sizes else None, out_dir=out_dir,
-                            strict=strict, dtrace=dtrace, backend=backend, timeout=timeout,
-                            progress=progress)
+        result = run_target(
+            target,
+            sizes=list(sizes) if sizes else None,
+            out_dir=out_dir,
+            strict=strict,
+            dtrace=dtrace,
+            backend=backend,
+            timeout=timeout,
+            progress=progress,
+        )
         try:
-            return analyze(result.traces, result.run, select=select, ignore=ignore,
-                           baseline=baseline)
+            return analyze(
+                result.traces, result.run, select=select, ignore=ignore, baseline=baseline
+            )
         finally:
             result.close()
-    return _audit_in_process(target, sizes, strict=strict, backend=backend, select=select,
-                             ignore=ignore, baseline=baseline, out_dir=out_dir)
+    return _audit_in_process(
+        target,
+        sizes,
+        strict=strict,
+        backend=backend,
+        select=select,
+        ignore=ignore,
+        baseline=baseline,
+        out_dir=out_dir,
+    )
 
 
-def _audit_in_process(obj: Any, sizes: Sequence[int] | None, *, strict: bool,
-                      backend: str | None, select: Iterable[str], ignore: Iterable[str],
-                      baseline: str | Path | None, out_dir: str | Path | None) -> Report:
+def _audit_in_process(
+    obj: Any,
+    sizes: Sequence[int] | None,
+    *,
+    strict: bool,
+    backend: str | None,
+    select: Iterable[str],
+    ignore: Iterable[str],
+    baseline: str | Path | None,
+    out_dir: str | Path | None,
+) -> Report:
     import time
 
     import torch
@@ -197,8 +265,10 @@ def _audit_in_process(obj: Any, sizes: Sequence[int] | None, *, strict: bool,
 
     target = coerce(obj, "audit(target)")
     if target.world_size is not None:
-        raise ValueError("a multi-rank AuditTarget (world_size set) must be audited in a fresh "
-                         "process: pass its spec string, audit('file.py:NAME')")
+        raise ValueError(
+            "a multi-rank AuditTarget (world_size set) must be audited in a fresh "
+            "process: pass its spec string, audit('file.py:NAME')"
+        )
     plan = sweeps.sweep(target, sizes)
     with contextlib.ExitStack() as stack:
         if out_dir:
@@ -212,10 +282,16 @@ def _audit_in_process(obj: Any, sizes: Sequence[int] | None, *, strict: bool,
             result = sweep_target(target, {"sizes": plan, "strict": strict, "backend": backend})
         torch._dynamo.reset()
         trace = parse_file(log)
-    run = RunInfo(target=target.name or type(target.model).__name__, sizes=plan,
-                  token_sources=result["token_sources"], token_dims=result["token_dims"],
-                  calls=[CallResult.from_json(c) for c in result["calls"]],
-                  backend=result["backend"], strict=result["strict"],
-                  seconds=round(time.perf_counter() - t0, 2),
-                  min_tokens=target.min_tokens, max_tokens=target.max_tokens)
+    run = RunInfo(
+        target=target.name or type(target.model).__name__,
+        sizes=plan,
+        token_sources=result["token_sources"],
+        token_dims=result["token_dims"],
+        calls=[CallResult.from_json(c) for c in result["calls"]],
+        backend=result["backend"],
+        strict=result["strict"],
+        seconds=round(time.perf_counter() - t0, 2),
+        min_tokens=target.min_tokens,
+        max_tokens=target.max_tokens,
+    )
     return analyze({0: trace}, run, select=select, ignore=ignore, baseline=baseline)

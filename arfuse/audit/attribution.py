@@ -33,7 +33,8 @@ _INDUCTOR_PLUMBING = re.compile(r"_inductor[/\\](sizevars|virtualized|utils|patt
 # torch frames that only evaluate or log a guard on behalf of the frame that asked for it
 _GUARD_PLUMBING = re.compile(
     r"torch[/\\](fx[/\\]experimental[/\\](symbolic_shapes|sym_node|recording)\.py|_logging[/\\]|"
-    r"__init__\.py$|_guards\.py$|utils[/\\]_stats\.py$|_subclasses[/\\]fake_tensor\.py$)")
+    r"__init__\.py$|_guards\.py$|utils[/\\]_stats\.py$|_subclasses[/\\]fake_tensor\.py$)"
+)
 
 
 def _package_path(path: str) -> str:
@@ -57,8 +58,11 @@ def is_framework(path: str) -> bool:
     """True for frames of torch, arfuse's own machinery, the stdlib and generated code."""
     if not path or path.startswith("<"):
         return True
-    if _LIBRARY.search(_package_path(path)) or _STDLIB.search(path) \
-            or _ARFUSE_INSTALLED.search(path):
+    if (
+        _LIBRARY.search(_package_path(path))
+        or _STDLIB.search(path)
+        or _ARFUSE_INSTALLED.search(path)
+    ):
         return True
     try:
         rel = Path(path).resolve().relative_to(_ARFUSE_PKG)
@@ -78,8 +82,9 @@ def _user_frames(frames: tuple[Frame, ...] | None) -> list[Frame]:
     return [f for f in (frames or ()) if not is_framework(f.filename)]
 
 
-def attribute(user_stack: tuple[Frame, ...] | None,
-              stack: tuple[Frame, ...] | None) -> Attribution | None:
+def attribute(
+    user_stack: tuple[Frame, ...] | None, stack: tuple[Frame, ...] | None
+) -> Attribution | None:
     """Attribute one guard/specialization event; None when it has no frames at all."""
     stack = stack or ()
     call_sites = _user_frames(user_stack)[::-1]  # innermost first
@@ -91,8 +96,13 @@ def attribute(user_stack: tuple[Frame, ...] | None,
     #    Inside means after the innermost Dynamo compile entry: after a graph break, the
     #    model's own frame (at the break) is a real caller of the resumed frame being compiled.
     entries = [i for i, f in enumerate(stack) if _COMPILE_ENTRY.search(f.filename)]
-    first_fw = entries[-1] if entries else next(
-        (i for i, f in enumerate(stack) if _TORCH.search(_package_path(f.filename))), None)
+    first_fw = (
+        entries[-1]
+        if entries
+        else next(
+            (i for i, f in enumerate(stack) if _TORCH.search(_package_path(f.filename))), None
+        )
+    )
     if first_fw is not None:
         inner = [f for f in stack[first_fw:] if not is_framework(f.filename)]
         if inner:
@@ -107,8 +117,9 @@ def attribute(user_stack: tuple[Frame, ...] | None,
         decision = call_sites[0]
     # 4. Another part of the compiler (AOTAutograd, decompositions): its innermost real frame.
     if decision is None:
-        torch_frames = [f for f in stack if is_framework(f.filename)
-                        and not _GUARD_PLUMBING.search(f.filename)]
+        torch_frames = [
+            f for f in stack if is_framework(f.filename) and not _GUARD_PLUMBING.search(f.filename)
+        ]
         if not torch_frames:
             return None
         decision, by = torch_frames[-1], "compiler"

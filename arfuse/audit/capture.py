@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager
@@ -45,7 +45,9 @@ def capture_trace(path: str | Path) -> Iterator[Path]:
         table = getattr(structured, "INTERN_TABLE", {})
         with path.open("w") as out:
             for text, sid in sorted(table.items(), key=lambda kv: kv[1]):
-                out.write(f"V0000 00:00:00.000000 0 arfuse/audit/capture.py:0] "
-                          f"{json.dumps({'str': [text, sid]})}\n")
+                out.write(
+                    f"V0000 00:00:00.000000 0 arfuse/audit/capture.py:0] "
+                    f"{json.dumps({'str': [text, sid]})}\n"
+                )
             out.write(body.read_text())
         body.unlink()

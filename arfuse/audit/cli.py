@@ -18,7 +18,7 @@ from arfuse.audit.report import FORMATS
 EXIT_USAGE = 2
 
 
-def _fail(message: str) -> "click.exceptions.Exit":
+def _fail(message: str) -> click.exceptions.Exit:
     click.echo(f"error: {message}", err=True)
     return click.exceptions.Exit(EXIT_USAGE)
 
@@ -57,58 +57,136 @@ def _domain(lo: int | None, hi: int | None, run: Any) -> Any:
 
 @click.command("audit")
 @click.argument("target", required=False)
-@click.option("--sizes", help="Comma-separated num_tokens to sweep (default: 1,2,16,255,256,"
-              "2047,2048,2049,8192 plus every threshold +-1 the target declares).")
+@click.option(
+    "--sizes",
+    help="Comma-separated num_tokens to sweep (default: 1,2,16,255,256,"
+    "2047,2048,2049,8192 plus every threshold +-1 the target declares).",
+)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the report here instead of stdout.")
-@click.option("--also", "also", multiple=True, metavar="FORMAT=PATH",
-              help="Also write another rendering of the same run, e.g. --also sarif=out.sarif "
-                   "--also markdown=summary.md (CI: code scanning + PR comment).")
-@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
-              help="Accepted findings (JSON); only findings not in it fail (exit 1).")
-@click.option("--write-baseline", type=click.Path(dir_okay=False, path_type=Path),
-              help="Add this run's findings to a baseline file and exit 0.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report here instead of stdout.",
+)
+@click.option(
+    "--also",
+    "also",
+    multiple=True,
+    metavar="FORMAT=PATH",
+    help="Also write another rendering of the same run, e.g. --also sarif=out.sarif "
+    "--also markdown=summary.md (CI: code scanning + PR comment).",
+)
+@click.option(
+    "--baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Accepted findings (JSON); only findings not in it fail (exit 1).",
+)
+@click.option(
+    "--write-baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Add this run's findings to a baseline file and exit 0.",
+)
 @click.option("--select", multiple=True, help="Rule codes or prefixes to run (ARF1, ARF102).")
 @click.option("--ignore", multiple=True, help="Rule codes or prefixes to skip (ARF104).")
-@click.option("--html", type=click.Path(file_okay=False, path_type=Path),
-              help="Also render tlparse's HTML report of each audited rank's trace into this "
-                   "directory (DIR/rank_N/ when several ranks) and DIR/findings.html linking "
-                   "each finding to its compiled graph's page.")
-@click.option("--strict", is_flag=True, help="mark_dynamic instead of maybe_mark_dynamic: a "
-              "specialization raises ConstraintViolationError (reported as ARF105).")
-@click.option("--dtrace", is_flag=True, help="Capture TORCH_DTRACE (adds symbol-to-source maps; "
-              "slower).")
-@click.option("--backend", help="Override the torch.compile backend (e.g. aot_eager: faster, "
-              "but no Inductor guards and no fusion coverage).")
-@click.option("--trace", "trace_file", type=click.Path(exists=True, path_type=Path),
-              help="Audit recorded logs instead of running a target: a TORCH_TRACE directory "
-                   "(one log per rank), one .log[.gz], a tarball of them, or a --keep directory.")
-@click.option("--token-source", "token_source", multiple=True, metavar="SOURCE",
-              help="With --trace: the input size that is num_tokens, as torch names it "
-                   "(e.g. \"L['input_ids'].size()[0]\"); repeatable. Default: the recorded "
-                   "create_symbol sources, when each compiled graph has one dynamic size.")
-@click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
-              help="Keep the trace, run.json and worker log in this directory.")
-@click.option("--timeout", type=float, default=600.0, show_default=True,
-              help="Seconds before the target's process is killed.")
-@click.option("--progress/--no-progress", default=None,
-              help="Progress bar on stderr (default: when stderr is a terminal).")
-@click.option("--min-tokens", type=int, default=None,
-              help="Smallest num_tokens the model serves (default: the target's, else 1).")
-@click.option("--max-tokens", type=int, default=None,
-              help="Largest num_tokens the model serves: every guard is judged over "
-                   "[min, max] and only one that fails inside it is a finding (default: the "
-                   "target's, else 32768).")
-@click.option("--verbose", "-v", is_flag=True,
-              help="Text output: also list every guard that holds over the whole token domain, "
-                   "with the reason it is not a finding.")
-def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
-          also: tuple[str, ...], baseline: Path | None, write_baseline: Path | None, select: tuple[str, ...],
-          ignore: tuple[str, ...], html: Path | None, strict: bool, dtrace: bool,
-          backend: str | None, trace_file: Path | None, token_source: tuple[str, ...],
-          keep: Path | None, timeout: float, progress: bool | None, min_tokens: int | None,
-          max_tokens: int | None, verbose: bool) -> None:
+@click.option(
+    "--html",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also render tlparse's HTML report of each audited rank's trace into this "
+    "directory (DIR/rank_N/ when several ranks) and DIR/findings.html linking "
+    "each finding to its compiled graph's page.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="mark_dynamic instead of maybe_mark_dynamic: a "
+    "specialization raises ConstraintViolationError (reported as ARF105).",
+)
+@click.option(
+    "--dtrace", is_flag=True, help="Capture TORCH_DTRACE (adds symbol-to-source maps; slower)."
+)
+@click.option(
+    "--backend",
+    help="Override the torch.compile backend (e.g. aot_eager: faster, "
+    "but no Inductor guards and no fusion coverage).",
+)
+@click.option(
+    "--trace",
+    "trace_file",
+    type=click.Path(exists=True, path_type=Path),
+    help="Audit recorded logs instead of running a target: a TORCH_TRACE directory "
+    "(one log per rank), one .log[.gz], a tarball of them, or a --keep directory.",
+)
+@click.option(
+    "--token-source",
+    "token_source",
+    multiple=True,
+    metavar="SOURCE",
+    help="With --trace: the input size that is num_tokens, as torch names it "
+    "(e.g. \"L['input_ids'].size()[0]\"); repeatable. Default: the recorded "
+    "create_symbol sources, when each compiled graph has one dynamic size.",
+)
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the trace, run.json and worker log in this directory.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Seconds before the target's process is killed.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr (default: when stderr is a terminal).",
+)
+@click.option(
+    "--min-tokens",
+    type=int,
+    default=None,
+    help="Smallest num_tokens the model serves (default: the target's, else 1).",
+)
+@click.option(
+    "--max-tokens",
+    type=int,
+    default=None,
+    help="Largest num_tokens the model serves: every guard is judged over "
+    "[min, max] and only one that fails inside it is a finding (default: the "
+    "target's, else 32768).",
+)
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Text output: also list every guard that holds over the whole token domain, "
+    "with the reason it is not a finding.",
+)
+def audit(
+    target: str | None,
+    sizes: str | None,
+    fmt: str,
+    output: Path | None,
+    also: tuple[str, ...],
+    baseline: Path | None,
+    write_baseline: Path | None,
+    select: tuple[str, ...],
+    ignore: tuple[str, ...],
+    html: Path | None,
+    strict: bool,
+    dtrace: bool,
+    backend: str | None,
+    trace_file: Path | None,
+    token_source: tuple[str, ...],
+    keep: Path | None,
+    timeout: float,
+    progress: bool | None,
+    min_tokens: int | None,
+    max_tokens: int | None,
+    verbose: bool,
+) -> None:
     """Prove a compiled model stays dynamic in num_tokens.
 
     TARGET is FILE.py:NAME or pkg.module:NAME; NAME() returns an arfuse.audit.AuditTarget or
@@ -125,8 +203,10 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
         for item in also:
             kind, sep, path = item.partition("=")
             if not sep or kind not in FORMATS or not path:
-                raise ValueError(f"--also takes FORMAT=PATH with FORMAT one of "
-                                 f"{', '.join(FORMATS)}; got {item!r}")
+                raise ValueError(
+                    f"--also takes FORMAT=PATH with FORMAT one of "
+                    f"{', '.join(FORMATS)}; got {item!r}"
+                )
             extra.append((kind, Path(path)))
         size_list = parse_sizes(sizes) if sizes else None
         sel, ign = _split(select), _split(ignore)
@@ -139,35 +219,62 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
             if path is not None:
                 check_writable(path)  # before the audit, not after it
         if baseline is not None and not baseline.exists():
-            raise ValueError(f"--baseline {baseline} does not exist; create it with "
-                             f"--write-baseline {baseline}")
+            raise ValueError(
+                f"--baseline {baseline} does not exist; create it with --write-baseline {baseline}"
+            )
         show = sys.stderr.isatty() if progress is None else progress
         if token_source and trace_file is None:
-            raise ValueError("--token-source names num_tokens in a recorded trace; use it with "
-                             "--trace (a live audit knows its token dims from the target)")
+            raise ValueError(
+                "--token-source names num_tokens in a recorded trace; use it with "
+                "--trace (a live audit knows its token dims from the target)"
+            )
         if trace_file is not None:
             if target:
                 raise ValueError("pass either TARGET or --trace, not both")
             from arfuse.audit.offline import load_traces
-
             from arfuse.audit.slim import policy_for
 
-            traces, run = load_traces(trace_file, token_sources=_split_sources(token_source),
-                                      progress=show, policy=policy_for(chosen))
+            traces, run = load_traces(
+                trace_file,
+                token_sources=_split_sources(token_source),
+                progress=show,
+                policy=policy_for(chosen),
+            )
             logs = {r: t.source for r, t in traces.items()}
-            report = api.analyze(traces, run, select=sel, ignore=ign, baseline=baseline,
-                                 domain=_domain(min_tokens, max_tokens, run))
+            report = api.analyze(
+                traces,
+                run,
+                select=sel,
+                ignore=ign,
+                baseline=baseline,
+                domain=_domain(min_tokens, max_tokens, run),
+            )
         else:
             from arfuse.audit.default_target import SPEC
 
             spec = target or SPEC
-            result = run_target(spec, sizes=size_list, out_dir=keep, strict=strict,
-                                dtrace=dtrace, backend=backend, timeout=timeout, progress=show,
-                                display=None if target else "built-in TP decoder example "
-                                "(arfuse.audit.default_target:tp_decoder)")
+            result = run_target(
+                spec,
+                sizes=size_list,
+                out_dir=keep,
+                strict=strict,
+                dtrace=dtrace,
+                backend=backend,
+                timeout=timeout,
+                progress=show,
+                display=None
+                if target
+                else "built-in TP decoder example (arfuse.audit.default_target:tp_decoder)",
+            )
             traces = result.traces  # parsed by run_target in its "reading trace" phase
-            report = api.analyze(traces, result.run, select=sel, ignore=ign, baseline=baseline,
-                                 domain=_domain(min_tokens, max_tokens, result.run))
+            report = api.analyze(
+                traces,
+                result.run,
+                select=sel,
+                ignore=ign,
+                baseline=baseline,
+                domain=_domain(min_tokens, max_tokens, result.run),
+            )
             logs = {r: str(p) for r, p in result.trace_files.items() if r in traces}
     except (TargetError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -180,8 +287,9 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
             raise _fail(str(exc)) from None
     if write_baseline is not None:
         try:
-            text = baselines.merge_dump(write_baseline, report.findings, Path.cwd(),
-                                        report.summary["target"])
+            text = baselines.merge_dump(
+                write_baseline, report.findings, Path.cwd(), report.summary["target"]
+            )
         except ValueError as exc:
             raise _fail(str(exc)) from None
         _write(write_baseline, text)
@@ -199,8 +307,13 @@ def audit(target: str | None, sizes: str | None, fmt: str, output: Path | None,
 
 @click.command("rules")
 @click.argument("code", required=False)
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]),
-              default="text", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+)
 @click.option("--brief", is_flag=True, help="One line per rule.")
 def rules(code: str | None, fmt: str, brief: bool) -> None:
     """Every audit rule with its code, name and docs (or one rule: `arfuse rules ARF102`)."""
@@ -211,8 +324,21 @@ def rules(code: str | None, fmt: str, brief: bool) -> None:
     except ValueError as exc:
         raise _fail(str(exc)) from None
     if fmt == "json":
-        click.echo(json.dumps([{"code": r.code, "name": r.name, "summary": r.summary,
-                                "docs": r.docs, "fix": r.fix} for r in chosen], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "code": r.code,
+                        "name": r.name,
+                        "summary": r.summary,
+                        "docs": r.docs,
+                        "fix": r.fix,
+                    }
+                    for r in chosen
+                ],
+                indent=2,
+            )
+        )
         return
     if fmt == "markdown":
         click.echo(rules_markdown(chosen), nl=False)
@@ -222,8 +348,11 @@ def rules(code: str | None, fmt: str, brief: bool) -> None:
             click.echo(f"{r.code}  {r.name:<34} {r.summary}")
         else:
             rule_line = "=" * 78
-            click.echo(f"{rule_line if i else ''}\n{r.code} ({r.name}): {r.summary}\n\n"
-                       f"{r.docs}\n".lstrip("\n"))
+            click.echo(
+                f"{rule_line if i else ''}\n{r.code} ({r.name}): {r.summary}\n\n{r.docs}\n".lstrip(
+                    "\n"
+                )
+            )
 
 
 def rules_markdown(chosen) -> str:

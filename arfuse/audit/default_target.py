@@ -26,15 +26,23 @@ def _build():
         return model, make_inputs  # no pass (creating one would import Inductor there)
     import arfuse
 
-    return model, make_inputs, {"options": {"post_grad_custom_post_pass":
-                                            arfuse.AllReduceFusionPass()}}
+    return (
+        model,
+        make_inputs,
+        {"options": {"post_grad_custom_post_pass": arfuse.AllReduceFusionPass()}},
+    )
 
 
 def tp_decoder() -> AuditTarget:
     # The example serves up to 4096 tokens (its sweep's top). Above that, Inductor's CPU codegen
     # switches its reduction helper (`s <= 4096` in cpp.py's need_use_acc_helper): with
     # `--max-tokens 8192` the audit reports that switch as ARF106.
-    return AuditTarget(build=_build, world_size=2, sizes=SIZES, compile_ranks="audited",
-                       max_tokens=4096,
-                       name="built-in TP decoder (arfuse.examples, 1 layer, hidden 64, "
-                            "world size 2, gloo, Inductor + AllReduceFusionPass)")
+    return AuditTarget(
+        build=_build,
+        world_size=2,
+        sizes=SIZES,
+        compile_ranks="audited",
+        max_tokens=4096,
+        name="built-in TP decoder (arfuse.examples, 1 layer, hidden 64, "
+        "world size 2, gloo, Inductor + AllReduceFusionPass)",
+    )

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 DEFAULT_MIN_TOKENS = 1
 DEFAULT_MAX_TOKENS = 32768  # 2-4x the prefill chunks vLLM and SGLang schedule by default (8k-16k)
-MAX_DOMAIN = 1 << 26        # exhaustive evaluation stays a few MB per operand in chunks
-_FIRST_DYNAMIC = 2          # torch specializes sizes 0 and 1
+MAX_DOMAIN = 1 << 26  # exhaustive evaluation stays a few MB per operand in chunks
+_FIRST_DYNAMIC = 2  # torch specializes sizes 0 and 1
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,15 @@ class TokenDomain:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive whole number of tokens, got {v!r}")
         if self.hi < self.lo:
-            raise ValueError(f"max_tokens ({self.hi}) is below min_tokens ({self.lo}); the token "
-                             f"domain is [min_tokens, max_tokens]")
+            raise ValueError(
+                f"max_tokens ({self.hi}) is below min_tokens ({self.lo}); the token "
+                f"domain is [min_tokens, max_tokens]"
+            )
         if self.hi > MAX_DOMAIN:
-            raise ValueError(f"max_tokens {self.hi:,} is above {MAX_DOMAIN:,}, the largest domain "
-                             f"judged exhaustively; no serving engine batches more tokens")
+            raise ValueError(
+                f"max_tokens {self.hi:,} is above {MAX_DOMAIN:,}, the largest domain "
+                f"judged exhaustively; no serving engine batches more tokens"
+            )
 
     @property
     def judged(self) -> tuple[int, int]:
@@ -58,14 +62,14 @@ class Verdict:
     expr: str
     shape: str
     domain: TokenDomain
-    runs: tuple[tuple[int, int], ...] = ()   # maximal [a, b] where it holds
-    flips: tuple[int, ...] = ()              # n where validity changes between n and n + 1
+    runs: tuple[tuple[int, int], ...] = ()  # maximal [a, b] where it holds
+    flips: tuple[int, ...] = ()  # n where validity changes between n and n + 1
     period: int = 0
-    residues: tuple[int, ...] = ()           # n % period where it holds (periodic)
-    excluded: tuple[int, ...] = ()           # counts where it fails (except)
-    since: int = 0                           # periodic from this count on
-    reason: str = ""                         # why it could not be judged (unknown)
-    key: bytes = b""                         # the truth vector, packed: equal predicates agree
+    residues: tuple[int, ...] = ()  # n % period where it holds (periodic)
+    excluded: tuple[int, ...] = ()  # counts where it fails (except)
+    since: int = 0  # periodic from this count on
+    reason: str = ""  # why it could not be judged (unknown)
+    key: bytes = b""  # the truth vector, packed: equal predicates agree
 
     @property
     def holds_everywhere(self) -> bool:
@@ -88,8 +92,10 @@ class Verdict:
             more = ", ..." if len(self.residues) > 8 else ""
             lo = self.domain.judged[0]
             since = f" (from {self.since:,} on)" if self.since > lo else ""
-            return (f"valid only for num_tokens % {self.period} in {{{res}{more}}}{since}: every "
-                    f"other remainder recompiles")
+            return (
+                f"valid only for num_tokens % {self.period} in {{{res}{more}}}{since}: every "
+                f"other remainder recompiles"
+            )
         runs = ", ".join(f"[{a:,}, {b:,}]" for a, b in self.runs[:4])
         more = " ..." if len(self.runs) > 4 else ""
         return f"valid for num_tokens in {runs}{more}; {self.recompiles_at()}"

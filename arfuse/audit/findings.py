@@ -18,7 +18,7 @@ class Location:
     code: str = ""  # the source line, stripped ("" when unknown)
 
     @classmethod
-    def of(cls, frame: Frame) -> "Location":
+    def of(cls, frame: Frame) -> Location:
         code = (frame.loc or "").strip()
         if not code and frame.line > 0 and os.path.isfile(frame.filename):
             code = linecache.getline(frame.filename, frame.line).strip()
@@ -58,10 +58,18 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "code": self.code, "name": self.name, "message": self.message,
-            "path": self.path, "line": self.line, "expr": self.expr, "symbol": self.symbol,
+            "code": self.code,
+            "name": self.name,
+            "message": self.message,
+            "path": self.path,
+            "line": self.line,
+            "expr": self.expr,
+            "symbol": self.symbol,
             "compile_id": self.compile_id,
             "frames": [f.to_json() for f in self.frames],
-            "source": self.location.code, "details": list(self.details),
-            "num_tokens": list(self.num_tokens), "ranks": list(self.ranks), "fix": self.fix,
+            "source": self.location.code,
+            "details": list(self.details),
+            "num_tokens": list(self.num_tokens),
+            "ranks": list(self.ranks),
+            "fix": self.fix,
         }

@@ -60,7 +60,7 @@ def parse_graph(text: str) -> Graph:
             continue
         name, target, argtext = m.groups()
         if target.startswith("torch.ops."):
-            target = target[len("torch.ops."):]
+            target = target[len("torch.ops.") :]
         args = tuple(a for a in _IDENT.findall(argtext) if a in nodes)
         node = Node(name, target, args, source)
         nodes[name] = node

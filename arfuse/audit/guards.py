@@ -1,11 +1,11 @@
 """Classify one guard expression (as torch prints it) on the token symbol.
 
-    classify("s77 <= 2048", {"s77"})           -> GuardClass.RANGE
-    classify("Eq(Mod(s77, 4), 0)", {"s77"})    -> GuardClass.DIVISIBILITY
-    classify("Eq(s77, 16)", {"s77"})           -> GuardClass.PIN
-    classify("s77 >= 2", {"s77"})              -> GuardClass.FRAMEWORK   (0/1 specialization bound)
-    classify("Eq(s77, s80)", {"s77", "s80"})   -> GuardClass.RELATION    (two token dims agree)
-    classify("s27 <= 64", {"s77"})             -> None                   (not about num_tokens)
+classify("s77 <= 2048", {"s77"})           -> GuardClass.RANGE
+classify("Eq(Mod(s77, 4), 0)", {"s77"})    -> GuardClass.DIVISIBILITY
+classify("Eq(s77, 16)", {"s77"})           -> GuardClass.PIN
+classify("s77 >= 2", {"s77"})              -> GuardClass.FRAMEWORK   (0/1 specialization bound)
+classify("Eq(s77, s80)", {"s77", "s80"})   -> GuardClass.RELATION    (two token dims agree)
+classify("s27 <= 64", {"s77"})             -> None                   (not about num_tokens)
 """
 
 from __future__ import annotations
@@ -19,15 +19,20 @@ _REL = re.compile(r"\s(<=|>=|<|>|==|!=)\s")
 
 
 class GuardClass(enum.Enum):
-    PIN = "pin"                    # Eq/Ne against a constant, or specialized to one
-    RANGE = "range"                # an inequality against a constant (a threshold)
+    PIN = "pin"  # Eq/Ne against a constant, or specialized to one
+    RANGE = "range"  # an inequality against a constant (a threshold)
     DIVISIBILITY = "divisibility"  # Mod / % on the token count
-    FRAMEWORK = "framework"        # the 0/1-specialization bounds torch always adds
-    RELATION = "relation"          # symbols related to each other only (e.g. two inputs agree)
+    FRAMEWORK = "framework"  # the 0/1-specialization bounds torch always adds
+    RELATION = "relation"  # symbols related to each other only (e.g. two inputs agree)
 
 
-_STRENGTH = [GuardClass.PIN, GuardClass.DIVISIBILITY, GuardClass.RANGE, GuardClass.RELATION,
-             GuardClass.FRAMEWORK]
+_STRENGTH = [
+    GuardClass.PIN,
+    GuardClass.DIVISIBILITY,
+    GuardClass.RANGE,
+    GuardClass.RELATION,
+    GuardClass.FRAMEWORK,
+]
 
 
 def symbols(expr: str) -> set[str]:
@@ -125,8 +130,11 @@ def _relation(lhs: str, op: str, rhs: str, token_symbols: set[str]) -> GuardClas
         # Both sides symbolic: tokens agreeing with tokens is harmless; anything else ranges.
         if lhs in token_symbols and rhs in token_symbols:
             return GuardClass.RELATION
-        return GuardClass.RELATION if (ls | rs) <= token_symbols and op in ("==", "!=") \
+        return (
+            GuardClass.RELATION
+            if (ls | rs) <= token_symbols and op in ("==", "!=")
             else GuardClass.RANGE
+        )
     sym_left = bool(ls)
     sym, const = (lhs, rhs) if sym_left else (rhs, lhs)
     const = const.replace(".0", "") if const.endswith(".0") else const

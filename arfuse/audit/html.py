@@ -11,8 +11,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
 
 def _tlparse(log: Path, out_dir: Path) -> str | None:
     """Render tlparse's HTML report; returns a warning on failure (the audit still counts)."""
@@ -20,8 +22,12 @@ def _tlparse(log: Path, out_dir: Path) -> str | None:
     if not Path(exe).exists() and not shutil.which(exe):
         return "tlparse not found; `pip install tlparse` for --html"
     # tlparse 0.4.x needs the .log file itself (a directory or --latest fails)
-    proc = subprocess.run([exe, str(log), "-o", str(out_dir), "--overwrite", "--no-browser"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [exe, str(log), "-o", str(out_dir), "--overwrite", "--no-browser"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if proc.returncode != 0:
         return f"tlparse failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
     return None
@@ -46,8 +52,11 @@ def _findings_page(report: Any, html: Path, rank_dirs: dict[int, str]) -> Path:
         for r in f.ranks or sorted(rank_dirs):
             if r not in rank_dirs:
                 continue
-            cids = [f.compile_id] + [d.split(":")[0].removeprefix("graph ").strip()
-                                     for d in f.details if d.startswith("graph ")]
+            cids = [f.compile_id] + [
+                d.split(":")[0].removeprefix("graph ").strip()
+                for d in f.details
+                if d.startswith("graph ")
+            ]
             for cid in dict.fromkeys(c for c in cids if c):
                 d = _compile_dir(cid)
                 where = html / rank_dirs[r] / d
@@ -55,12 +64,17 @@ def _findings_page(report: Any, html: Path, rank_dirs: dict[int, str]) -> Path:
                     pages = sorted(where.glob("compilation_metrics*.html"))
                     target = f"{rank_dirs[r]}/{d}/" + (pages[0].name if pages else "")
                     links.append(f'<a href="{target}">rank {r} graph {cid}</a>')
-        rows.append(f"<tr><td>{f.code}</td><td>{h.escape(f.path)}:{f.line}</td>"
-                    f"<td>{h.escape(f.message)}</td><td>{'<br>'.join(links)}</td></tr>")
+        rows.append(
+            f"<tr><td>{f.code}</td><td>{h.escape(f.path)}:{f.line}</td>"
+            f"<td>{h.escape(f.message)}</td><td>{'<br>'.join(links)}</td></tr>"
+        )
     page = html / "findings.html"
-    page.write_text("<html><body><h1>arfuse audit findings</h1><table border=1>"
-                    "<tr><th>code</th><th>where</th><th>finding</th><th>tlparse</th></tr>"
-                    + "".join(rows) + "</table></body></html>\n")
+    page.write_text(
+        "<html><body><h1>arfuse audit findings</h1><table border=1>"
+        "<tr><th>code</th><th>where</th><th>finding</th><th>tlparse</th></tr>"
+        + "".join(rows)
+        + "</table></body></html>\n"
+    )
     return page
 
 
@@ -74,15 +88,20 @@ def _all_ranks(plain: dict[int, Path], html: Path, tmp: Path) -> bool:
     ranks_dir.mkdir()
     for rank, log in plain.items():  # tlparse reads the rank from torch's file name
         (ranks_dir / f"dedicated_log_torch_trace_rank_{rank}_arfuse.log").symlink_to(log.resolve())
-    proc = subprocess.run([exe, str(ranks_dir), "--all-ranks-html", "-o", str(html),
-                           "--overwrite", "--no-browser"], capture_output=True, text=True,
-                          timeout=600)
-    return proc.returncode == 0 and all((html / f"rank_{r}" / "index.html").is_file()
-                                        for r in plain)
+    proc = subprocess.run(
+        [exe, str(ranks_dir), "--all-ranks-html", "-o", str(html), "--overwrite", "--no-browser"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return proc.returncode == 0 and all(
+        (html / f"rank_{r}" / "index.html").is_file() for r in plain
+    )
 
 
-def render(logs: dict[int, str], html: Path, report: Any,
-           warn: Callable[[str], None] = print) -> None:
+def render(
+    logs: dict[int, str], html: Path, report: Any, warn: Callable[[str], None] = print
+) -> None:
     """tlparse: DIR/ for one rank; for several, tlparse's multi-rank report (DIR/index.html,
     DIR/rank_N/), or one tlparse run per rank when this tlparse has no --all-ranks-html. Then
     DIR/findings.html links every finding to its compile id's page on each of its ranks."""
@@ -100,7 +119,7 @@ def render(logs: dict[int, str], html: Path, report: Any,
         unified = len(plain) > 1 and _all_ranks(plain, html, Path(tmp))
         if unified:
             rank_dirs = {r: f"rank_{r}" for r in plain}
-        for rank, log in ([] if unified else plain.items()):
+        for rank, log in [] if unified else plain.items():
             sub = "." if len(logs) == 1 else f"rank_{rank}"
             try:
                 warning = _tlparse(log, html / sub)
@@ -114,10 +133,12 @@ def render(logs: dict[int, str], html: Path, report: Any,
         return
     page = _findings_page(report, html, rank_dirs)
     if len(logs) > 1 and not unified:
-        items = "".join(f'<li><a href="{d}/index.html">rank {r}</a></li>'
-                        for r, d in rank_dirs.items())
+        items = "".join(
+            f'<li><a href="{d}/index.html">rank {r}</a></li>' for r, d in rank_dirs.items()
+        )
         (html / "index.html").write_text(
             f"<html><body><h1>arfuse audit: tlparse per rank</h1><ul>{items}</ul>"
             f'<p><a href="findings.html">findings, linked to their compiled graphs</a></p>'
-            f"</body></html>\n")
+            f"</body></html>\n"
+        )
     warn(f"tlparse report: {html}/index.html; findings: {page}")

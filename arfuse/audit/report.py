@@ -22,10 +22,10 @@ FORMATS = ("text", "json", "markdown", "sarif")
 
 @dataclass
 class Report:
-    findings: list[Finding]                       # all findings, baselined ones included
+    findings: list[Finding]  # all findings, baselined ones included
     summary: dict[str, Any] = field(default_factory=dict)
     baselined: set[int] = field(default_factory=set)  # indexes of findings in the baseline
-    errors: list[str] = field(default_factory=list)   # target errors at some size
+    errors: list[str] = field(default_factory=list)  # target errors at some size
 
     @property
     def new(self) -> list[Finding]:
@@ -59,11 +59,16 @@ def _json_finding(f: Finding, root: Path, baselined: bool) -> dict[str, Any]:
 
 
 def to_json(report: Report, root: Path) -> str:
-    return json.dumps({
-        "findings": [_json_finding(f, root, i in report.baselined)
-                     for i, f in enumerate(report.findings)],
-        "summary": report.summary, "errors": report.errors,
-    }, indent=2)
+    return json.dumps(
+        {
+            "findings": [
+                _json_finding(f, root, i in report.baselined) for i, f in enumerate(report.findings)
+            ],
+            "summary": report.summary,
+            "errors": report.errors,
+        },
+        indent=2,
+    )
 
 
 def _counts(report: Report) -> str:
@@ -75,37 +80,50 @@ def _counts(report: Report) -> str:
 
 def to_text(report: Report, root: Path, verbose: bool = False) -> str:
     s = report.summary
-    swept = (f"swept num_tokens = {', '.join(map(str, s.get('sizes', [])))} "
-             f"({s.get('calls', 0)} calls, " if s.get("calls") else
-             f"recorded compiles at num_tokens = {', '.join(map(str, s.get('sizes', [])))} (")
+    swept = (
+        f"swept num_tokens = {', '.join(map(str, s.get('sizes', [])))} ({s.get('calls', 0)} calls, "
+        if s.get("calls")
+        else f"recorded compiles at num_tokens = {', '.join(map(str, s.get('sizes', [])))} ("
+    )
     per_rank = s.get("compiles_by_rank") or {}
-    compiles = (s.get("compiles", 0) if len(set(per_rank.values())) < 2 else
-                "/".join(str(n) for n in per_rank.values()) + " (ranks " +
-                "/".join(per_rank) + ")")
-    lines = [f"arfuse audit: {s.get('target', '?')}",
-             f"  {swept}{compiles} compiles, "
-             f"{s.get('recompiles', 0)} recompiles, {s.get('seconds', 0)} s, "
-             f"backend {s.get('backend', '?')}, ranks audited {s.get('ranks', [0])} "
-             f"of world size {s.get('world_size', 1)})"]
+    compiles = (
+        s.get("compiles", 0)
+        if len(set(per_rank.values())) < 2
+        else "/".join(str(n) for n in per_rank.values()) + " (ranks " + "/".join(per_rank) + ")"
+    )
+    lines = [
+        f"arfuse audit: {s.get('target', '?')}",
+        f"  {swept}{compiles} compiles, "
+        f"{s.get('recompiles', 0)} recompiles, {s.get('seconds', 0)} s, "
+        f"backend {s.get('backend', '?')}, ranks audited {s.get('ranks', [0])} "
+        f"of world size {s.get('world_size', 1)})",
+    ]
     if s.get("domain"):
         lo, hi = s["domain"]
         n = s.get("dismissed_guards", 0)
-        lines.append(f"  token domain num_tokens in [{lo:,}, {hi:,}]: {n} guard(s) on num_tokens "
-                     f"hold everywhere in it (not findings"
-                     + ("; --verbose lists them)" if n and not verbose else ")"))
+        lines.append(
+            f"  token domain num_tokens in [{lo:,}, {hi:,}]: {n} guard(s) on num_tokens "
+            f"hold everywhere in it (not findings"
+            + ("; --verbose lists them)" if n and not verbose else ")")
+        )
         if verbose:
             for d in s.get("dismissed", []):
-                lines.append(f"    {rel(d['path'], root)}:{d['line']}: `{d['expr']}` - "
-                             f"{d['reason']}")
+                lines.append(
+                    f"    {rel(d['path'], root)}:{d['line']}: `{d['expr']}` - {d['reason']}"
+                )
     fusion = s.get("fusion") or {}
     if fusion.get("graphs"):
-        lines.append(f"  fusion pass: {fusion['matches']} allreduce chain(s) fused in "
-                     f"{fusion['graphs']} graph(s)")
+        lines.append(
+            f"  fusion pass: {fusion['matches']} allreduce chain(s) fused in "
+            f"{fusion['graphs']} graph(s)"
+        )
         for r in fusion.get("ranges") or []:
             lo, hi = r["range"]
-            lines.append(f"    num_tokens [{lo}, {hi if hi is not None else 'inf'}]: "
-                         f"{r['fused']} fused, {r['left_to_inductor']} left to Inductor "
-                         "(above the fusion threshold)")
+            lines.append(
+                f"    num_tokens [{lo}, {hi if hi is not None else 'inf'}]: "
+                f"{r['fused']} fused, {r['left_to_inductor']} left to Inductor "
+                "(above the fusion threshold)"
+            )
     lines.append("")
     by_file: dict[str, list[tuple[int, Finding]]] = {}
     for i, f in enumerate(report.findings):
@@ -127,8 +145,9 @@ def to_text(report: Report, root: Path, verbose: bool = False) -> str:
                 lines.append(f"          on rank(s): {', '.join(map(str, f.ranks))}")
             others = [x for x in f.frames[1:]]
             if others:
-                lines.append("          via: " + ", ".join(f"{rel(x.path, root)}:{x.line}"
-                                                           for x in others))
+                lines.append(
+                    "          via: " + ", ".join(f"{rel(x.path, root)}:{x.line}" for x in others)
+                )
             if f.fix:
                 lines.append(f"          fix: {f.fix}")
         lines.append("")
@@ -136,25 +155,38 @@ def to_text(report: Report, root: Path, verbose: bool = False) -> str:
         lines.append(f"error: {e}")
     for note in s.get("notes", []):
         lines.append(f"note: {note}")
-    domain = (f" over num_tokens in [{s['domain'][0]:,}, {s['domain'][1]:,}]"
-              if s.get("domain") else "")
-    verdict = (f"PASS: num_tokens stays dynamic{domain}" if not report.new and not report.errors
-               else "FAIL")
-    lines.append(f"{verdict}: {len(report.findings)} finding(s), {len(report.baselined)} "
-                 f"baselined, {_counts(report)}. `arfuse rules` explains each code.")
+    domain = (
+        f" over num_tokens in [{s['domain'][0]:,}, {s['domain'][1]:,}]" if s.get("domain") else ""
+    )
+    verdict = (
+        f"PASS: num_tokens stays dynamic{domain}"
+        if not report.new and not report.errors
+        else "FAIL"
+    )
+    lines.append(
+        f"{verdict}: {len(report.findings)} finding(s), {len(report.baselined)} "
+        f"baselined, {_counts(report)}. `arfuse rules` explains each code."
+    )
     return "\n".join(lines) + "\n"
 
 
 def to_markdown(report: Report, root: Path) -> str:
     s = report.summary
     icon = "✅" if report.exit_code == 0 else "❌"
-    out = [f"### {icon} arfuse audit: `{s.get('target', '?')}`", "",
-           f"Swept num_tokens = {', '.join(map(str, s.get('sizes', [])))}: "
-           f"{s.get('compiles', 0)} compiles, {s.get('recompiles', 0)} recompiles; "
-           f"{len(report.findings)} finding(s), {len(report.new)} new."
-           + (f" Fusion pass: {s['fusion']['matches']} chain(s) fused in "
-              f"{s['fusion']['graphs']} graph(s)." if (s.get("fusion") or {}).get("graphs")
-              else ""), ""]
+    out = [
+        f"### {icon} arfuse audit: `{s.get('target', '?')}`",
+        "",
+        f"Swept num_tokens = {', '.join(map(str, s.get('sizes', [])))}: "
+        f"{s.get('compiles', 0)} compiles, {s.get('recompiles', 0)} recompiles; "
+        f"{len(report.findings)} finding(s), {len(report.new)} new."
+        + (
+            f" Fusion pass: {s['fusion']['matches']} chain(s) fused in "
+            f"{s['fusion']['graphs']} graph(s)."
+            if (s.get("fusion") or {}).get("graphs")
+            else ""
+        ),
+        "",
+    ]
     if report.findings:
         out += ["| | code | rule | where | finding |", "|---|---|---|---|---|"]
         for i, f in enumerate(report.findings):
@@ -162,8 +194,9 @@ def to_markdown(report: Report, root: Path) -> str:
             msg = f.message
             src = f" <br>`{f.location.code}`" if f.location.code else ""
             cell = (msg + src).replace("|", "\\|")
-            out.append(f"| {state} | `{f.code}` | {f.name} | `{rel(f.path, root)}:{f.line}` | "
-                       f"{cell} |")
+            out.append(
+                f"| {state} | `{f.code}` | {f.name} | `{rel(f.path, root)}:{f.line}` | {cell} |"
+            )
         out.append("")
         fixes = {f.code: f.fix for f in report.findings if f.fix}
         if fixes:
@@ -184,17 +217,30 @@ def to_sarif(report: Report, root: Path) -> str:
     index = {r.code: i for i, r in enumerate(rules)}
     results = []
     for i, f in enumerate(report.findings):
-        loc = {"physicalLocation": {"artifactLocation": sarif_location(f.path, root),
-                                    "region": {"startLine": max(f.line, 1)}}}
+        loc = {
+            "physicalLocation": {
+                "artifactLocation": sarif_location(f.path, root),
+                "region": {"startLine": max(f.line, 1)},
+            }
+        }
         if f.location.code:
             loc["physicalLocation"]["region"]["snippet"] = {"text": f.location.code}
         result = {
-            "ruleId": f.code, "ruleIndex": index.get(f.code, 0), "level": "error",
-            "message": {"text": f.message}, "locations": [loc],
+            "ruleId": f.code,
+            "ruleIndex": index.get(f.code, 0),
+            "level": "error",
+            "message": {"text": f.message},
+            "locations": [loc],
             "relatedLocations": [
-                {"id": k, "physicalLocation": {"artifactLocation": sarif_location(x.path, root),
-                                               "region": {"startLine": max(x.line, 1)}}}
-                for k, x in enumerate(f.frames[1:], start=1)],
+                {
+                    "id": k,
+                    "physicalLocation": {
+                        "artifactLocation": sarif_location(x.path, root),
+                        "region": {"startLine": max(x.line, 1)},
+                    },
+                }
+                for k, x in enumerate(f.frames[1:], start=1)
+            ],
             "partialFingerprints": {"arfuse/v1": fingerprint(f, root)},
         }
         if i in report.baselined:
@@ -202,19 +248,32 @@ def to_sarif(report: Report, root: Path) -> str:
             result["suppressions"] = [{"kind": "external", "justification": "in baseline"}]
         results.append(result)
     sarif = {
-        "$schema": "https://json.schemastore.org/sarif-2.1.0.json", "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {
-                "name": "arfuse-audit", "informationUri": "https://github.com/arfuse/arfuse",
-                "version": _version(),
-                "rules": [{"id": r.code, "name": r.name,
-                           "shortDescription": {"text": r.summary},
-                           "fullDescription": {"text": r.summary},
-                           "help": {"text": r.docs, "markdown": r.docs},
-                           "defaultConfiguration": {"level": "error"}} for r in rules]}},
-            "results": results,
-            "properties": {"summary": report.summary},
-        }],
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "arfuse-audit",
+                        "informationUri": "https://github.com/arfuse/arfuse",
+                        "version": _version(),
+                        "rules": [
+                            {
+                                "id": r.code,
+                                "name": r.name,
+                                "shortDescription": {"text": r.summary},
+                                "fullDescription": {"text": r.summary},
+                                "help": {"text": r.docs, "markdown": r.docs},
+                                "defaultConfiguration": {"level": "error"},
+                            }
+                            for r in rules
+                        ],
+                    }
+                },
+                "results": results,
+                "properties": {"summary": report.summary},
+            }
+        ],
     }
     return json.dumps(sarif, indent=2)
 

@@ -58,10 +58,18 @@ def _rank_of(path: Path) -> int:
     return int(m.group(1)) if m else 0
 
 
-def run_target(spec: str, *, sizes: list[int] | None = None, out_dir: str | Path | None = None,
-               strict: bool = False, dtrace: bool = False, backend: str | None = None,
-               timeout: float = 600.0, progress: bool = False,
-               display: str | None = None) -> RunResult:
+def run_target(
+    spec: str,
+    *,
+    sizes: list[int] | None = None,
+    out_dir: str | Path | None = None,
+    strict: bool = False,
+    dtrace: bool = False,
+    backend: str | None = None,
+    timeout: float = 600.0,
+    progress: bool = False,
+    display: str | None = None,
+) -> RunResult:
     try:
         split_spec(spec)  # a typo'd target fails here, before any process starts
     except ValueError as exc:
@@ -71,25 +79,55 @@ def run_target(spec: str, *, sizes: list[int] | None = None, out_dir: str | Path
     except ValueError as exc:
         raise TargetError(str(exc)) from None
     try:
-        return _run(spec, workspace, sizes=sizes, strict=strict, dtrace=dtrace, backend=backend,
-                    timeout=timeout, progress=progress, display=display)
+        return _run(
+            spec,
+            workspace,
+            sizes=sizes,
+            strict=strict,
+            dtrace=dtrace,
+            backend=backend,
+            timeout=timeout,
+            progress=progress,
+            display=display,
+        )
     except BaseException:
         workspace.close()
         raise
 
 
-def _run(spec: str, workspace: Workspace, *, sizes: list[int] | None, strict: bool,
-         dtrace: bool, backend: str | None, timeout: float, progress: bool,
-         display: str | None) -> RunResult:
+def _run(
+    spec: str,
+    workspace: Workspace,
+    *,
+    sizes: list[int] | None,
+    strict: bool,
+    dtrace: bool,
+    backend: str | None,
+    timeout: float,
+    progress: bool,
+    display: str | None,
+) -> RunResult:
     out = workspace.path
     trace_dir = out / "trace"
     trace_dir.mkdir(exist_ok=True)
-    for old in [*trace_dir.glob("*.log"), out / "run.json", out / "fatal.json",
-                out / "progress.jsonl"]:
+    for old in [
+        *trace_dir.glob("*.log"),
+        out / "run.json",
+        out / "fatal.json",
+        out / "progress.jsonl",
+    ]:
         old.unlink(missing_ok=True)
-    config = {"spec": spec, "out": str(out), "sizes": sizes, "strict": strict,
-              "backend": backend, "timeout": timeout, "display": display,
-              "parent": os.getpid(), "temporary": workspace.temporary}
+    config = {
+        "spec": spec,
+        "out": str(out),
+        "sizes": sizes,
+        "strict": strict,
+        "backend": backend,
+        "timeout": timeout,
+        "display": display,
+        "parent": os.getpid(),
+        "temporary": workspace.temporary,
+    }
     (out / "config.json").write_text(json.dumps(config))
     env = dict(os.environ)
     env.pop("TORCH_TRACE", None)
@@ -99,9 +137,13 @@ def _run(spec: str, workspace: Workspace, *, sizes: list[int] | None, strict: bo
     log_path = out / "worker.log"
     with _Display(progress, display or spec) as show:
         with log_path.open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "arfuse.audit.worker",
-                                     str(out / "config.json")], stdout=log,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "arfuse.audit.worker", str(out / "config.json")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
             watch(proc)
             try:
                 _wait(proc, out / "progress.jsonl", timeout, show, spec)
@@ -112,18 +154,25 @@ def _run(spec: str, workspace: Workspace, *, sizes: list[int] | None, strict: bo
         fatal = out / "fatal.json"
         if fatal.exists():
             info = json.loads(fatal.read_text())
-            where = ("rerun with --keep DIR and read DIR/worker.log" if workspace.temporary
-                     else str(log_path))
+            where = (
+                "rerun with --keep DIR and read DIR/worker.log"
+                if workspace.temporary
+                else str(log_path)
+            )
             raise TargetError(f"{spec}: {info['message']}\n(full traceback: {where})")
         if proc.returncode != 0 or not (out / "run.json").exists():
-            raise TargetError(f"{spec}: the audit worker exited with code {proc.returncode} "
-                              f"before finishing (a crash in the target or torch). Last output:"
-                              f"\n{_tail(log_path)}")
+            raise TargetError(
+                f"{spec}: the audit worker exited with code {proc.returncode} "
+                f"before finishing (a crash in the target or torch). Last output:"
+                f"\n{_tail(log_path)}"
+            )
         files = {_rank_of(p): p for p in trace_files(trace_dir)}
         if not files:
-            raise TargetError(f"{spec}: no trace was written to {trace_dir}; did the target "
-                              f"compile anything? (it must return the model, not a compiled "
-                              f"model)")
+            raise TargetError(
+                f"{spec}: no trace was written to {trace_dir}; did the target "
+                f"compile anything? (it must return the model, not a compiled "
+                f"model)"
+            )
         run = RunInfo.load(out / "run.json")
         show.phase("reading trace")
         from arfuse.audit.trace import parse_file
@@ -140,15 +189,18 @@ def _tail(path: Path, chars: int = TAIL_CHARS) -> str:
         return fh.read().decode(errors="replace")[-chars:]
 
 
-def _wait(proc: subprocess.Popen, progress_file: Path, timeout: float, show: _Display,
-          spec: str) -> None:
+def _wait(
+    proc: subprocess.Popen, progress_file: Path, timeout: float, show: _Display, spec: str
+) -> None:
     deadline = time.monotonic() + timeout
     offset = 0
     while proc.poll() is None:
         if time.monotonic() > deadline:
             kill(proc)
-            raise TargetError(f"{spec}: the audit did not finish within {timeout:.0f} s; "
-                              f"raise --timeout or sweep fewer --sizes")
+            raise TargetError(
+                f"{spec}: the audit did not finish within {timeout:.0f} s; "
+                f"raise --timeout or sweep fewer --sizes"
+            )
         offset = _read_progress(progress_file, offset, show)
         time.sleep(0.05)
     _read_progress(progress_file, offset, show)
@@ -173,8 +225,10 @@ def _read_progress(path: Path, offset: int, show: _Display) -> int:
         if p.get("phase") == "compiling":
             show.phase(f"compiling (num_tokens={p['num_tokens']})")
         elif p.get("phase") == "sweeping":
-            show.phase(f"sweeping {p['done']}/{p['total']} (num_tokens={p['num_tokens']}, "
-                       f"{p['seconds']:.1f} s)")
+            show.phase(
+                f"sweeping {p['done']}/{p['total']} (num_tokens={p['num_tokens']}, "
+                f"{p['seconds']:.1f} s)"
+            )
     return offset + end
 
 
@@ -193,9 +247,12 @@ class _Display:
             from rich.console import Console
             from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
-            self._bar = Progress(TextColumn("[bold]audit[/] {task.description}"),
-                                 TimeElapsedColumn(), console=Console(stderr=True),
-                                 transient=True)
+            self._bar = Progress(
+                TextColumn("[bold]audit[/] {task.description}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self._bar.start()
             self._task = self._bar.add_task(self._text("importing"), total=None)
         return self

@@ -10,7 +10,7 @@ fusion limits of every GPU generation in the table at the target's world size.
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from arfuse.audit.target import DEFAULT_SIZES, AuditTarget
 
@@ -67,8 +67,9 @@ def parse_sizes(text: str) -> list[int]:
     try:
         out = [int(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
-        raise ValueError(f"--sizes takes comma-separated token counts like 1,16,2048; "
-                         f"got {text!r}") from None
+        raise ValueError(
+            f"--sizes takes comma-separated token counts like 1,16,2048; got {text!r}"
+        ) from None
     if not out or min(out) < 1:
         raise ValueError(f"--sizes needs positive token counts, got {text!r}")
     return out

@@ -16,9 +16,10 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from arfuse.audit.domain import DEFAULT_MAX_TOKENS, DEFAULT_MIN_TOKENS, TokenDomain
 
@@ -31,31 +32,35 @@ class AuditTarget:
     make_inputs: Callable[[int], Any] | None = None
     compile_kwargs: dict[str, Any] = field(default_factory=dict)
     token_dims: Mapping[int, int | Sequence[int] | None] | None = None
-    sizes: Sequence[int] | None = None       # replaces DEFAULT_SIZES for this target
-    thresholds: Sequence[int] = ()           # each t is swept as t-1, t, t+1
-    hidden: int | None = None                # set: also sweep arfuse's thresholds table limits
-    dtype: Any = None                        # ... for this activation dtype (default bfloat16)
-    min_tokens: int = DEFAULT_MIN_TOKENS     # the token domain the model serves: guards are
-    max_tokens: int = DEFAULT_MAX_TOKENS     # judged over [min_tokens, max_tokens]
-    world_size: int | None = None            # None: no process group; n: n spawned gloo ranks
-    build: Callable[[], Any] | None = None   # multi-rank: called on every rank, in the group
-    audit_ranks: str = "first"               # "first": rank 0's trace; "all": every rank's
-    compile_ranks: str = "all"               # "all" or "audited": ranks that compile (others eager)
-    strict: bool = False                     # mark_dynamic instead of maybe_mark_dynamic
+    sizes: Sequence[int] | None = None  # replaces DEFAULT_SIZES for this target
+    thresholds: Sequence[int] = ()  # each t is swept as t-1, t, t+1
+    hidden: int | None = None  # set: also sweep arfuse's thresholds table limits
+    dtype: Any = None  # ... for this activation dtype (default bfloat16)
+    min_tokens: int = DEFAULT_MIN_TOKENS  # the token domain the model serves: guards are
+    max_tokens: int = DEFAULT_MAX_TOKENS  # judged over [min_tokens, max_tokens]
+    world_size: int | None = None  # None: no process group; n: n spawned gloo ranks
+    build: Callable[[], Any] | None = None  # multi-rank: called on every rank, in the group
+    audit_ranks: str = "first"  # "first": rank 0's trace; "all": every rank's
+    compile_ranks: str = "all"  # "all" or "audited": ranks that compile (others eager)
+    strict: bool = False  # mark_dynamic instead of maybe_mark_dynamic
     name: str = ""
 
     def __post_init__(self) -> None:
         if self.build is None and (self.model is None or self.make_inputs is None):
-            raise ValueError("AuditTarget needs model and make_inputs, or build= (a function "
-                             "that returns (model, make_inputs) on every rank)")
+            raise ValueError(
+                "AuditTarget needs model and make_inputs, or build= (a function "
+                "that returns (model, make_inputs) on every rank)"
+            )
         if self.world_size is not None and self.world_size < 1:
             raise ValueError(f"AuditTarget.world_size must be >= 1, got {self.world_size}")
         if self.audit_ranks not in ("first", "all"):
-            raise ValueError(f"AuditTarget.audit_ranks must be 'first' or 'all', "
-                             f"got {self.audit_ranks!r}")
+            raise ValueError(
+                f"AuditTarget.audit_ranks must be 'first' or 'all', got {self.audit_ranks!r}"
+            )
         if self.compile_ranks not in ("all", "audited"):
-            raise ValueError(f"AuditTarget.compile_ranks must be 'all' or 'audited', "
-                             f"got {self.compile_ranks!r}")
+            raise ValueError(
+                f"AuditTarget.compile_ranks must be 'all' or 'audited', got {self.compile_ranks!r}"
+            )
         for t in self.thresholds:
             if not isinstance(t, int) or t < 1:
                 raise ValueError(f"AuditTarget.thresholds must be positive ints, got {t!r}")
@@ -65,23 +70,35 @@ class AuditTarget:
     def domain(self) -> TokenDomain:
         return TokenDomain(self.min_tokens, self.max_tokens)
 
-    def materialize(self) -> "AuditTarget":
+    def materialize(self) -> AuditTarget:
         """Call `build()` (on a rank) and return a target with model and make_inputs set."""
         if self.build is None:
             return self
         built = self.build()
         inner = coerce(built, "build()")
         if inner.build is not None:
-            raise ValueError("build() must return (model, make_inputs[, compile_kwargs]), not "
-                             "another lazy AuditTarget")
+            raise ValueError(
+                "build() must return (model, make_inputs[, compile_kwargs]), not "
+                "another lazy AuditTarget"
+            )
         merged = {**inner.compile_kwargs, **self.compile_kwargs}
-        return AuditTarget(model=inner.model, make_inputs=inner.make_inputs,
-                           compile_kwargs=merged, token_dims=self.token_dims or inner.token_dims,
-                           sizes=self.sizes, thresholds=self.thresholds, hidden=self.hidden,
-                           dtype=self.dtype, min_tokens=self.min_tokens,
-                           max_tokens=self.max_tokens,
-                           world_size=self.world_size, audit_ranks=self.audit_ranks,
-                           compile_ranks=self.compile_ranks, strict=self.strict, name=self.name)
+        return AuditTarget(
+            model=inner.model,
+            make_inputs=inner.make_inputs,
+            compile_kwargs=merged,
+            token_dims=self.token_dims or inner.token_dims,
+            sizes=self.sizes,
+            thresholds=self.thresholds,
+            hidden=self.hidden,
+            dtype=self.dtype,
+            min_tokens=self.min_tokens,
+            max_tokens=self.max_tokens,
+            world_size=self.world_size,
+            audit_ranks=self.audit_ranks,
+            compile_ranks=self.compile_ranks,
+            strict=self.strict,
+            name=self.name,
+        )
 
 
 def coerce(obj: Any, what: str) -> AuditTarget:
@@ -92,15 +109,21 @@ def coerce(obj: Any, what: str) -> AuditTarget:
         model, make_inputs = obj[0], obj[1]
         kwargs = obj[2] if len(obj) == 3 else {}
         if not callable(model) or not callable(make_inputs):
-            raise ValueError(f"{what} returned a tuple whose first two items are not callable; "
-                             f"return (model, make_inputs) where make_inputs(num_tokens) returns "
-                             f"the positional args")
+            raise ValueError(
+                f"{what} returned a tuple whose first two items are not callable; "
+                f"return (model, make_inputs) where make_inputs(num_tokens) returns "
+                f"the positional args"
+            )
         if not isinstance(kwargs, dict):
-            raise ValueError(f"{what}: the third item must be a dict of torch.compile kwargs, "
-                             f"got {type(kwargs).__name__}")
+            raise ValueError(
+                f"{what}: the third item must be a dict of torch.compile kwargs, "
+                f"got {type(kwargs).__name__}"
+            )
         return AuditTarget(model=model, make_inputs=make_inputs, compile_kwargs=dict(kwargs))
-    raise ValueError(f"{what} returned {type(obj).__name__}; return an arfuse.audit.AuditTarget "
-                     f"or a tuple (model, make_inputs[, torch_compile_kwargs])")
+    raise ValueError(
+        f"{what} returned {type(obj).__name__}; return an arfuse.audit.AuditTarget "
+        f"or a tuple (model, make_inputs[, torch_compile_kwargs])"
+    )
 
 
 def split_spec(spec: str) -> tuple[str, str, Path | None]:
@@ -108,8 +131,10 @@ def split_spec(spec: str) -> tuple[str, str, Path | None]:
     and that the file exists without importing anything (the CLI calls it before it starts
     the worker)."""
     if ":" not in spec:
-        raise ValueError(f"target {spec!r} has no ':NAME'; write FILE.py:NAME or pkg.module:NAME "
-                         f"where NAME() returns the model and make_inputs")
+        raise ValueError(
+            f"target {spec!r} has no ':NAME'; write FILE.py:NAME or pkg.module:NAME "
+            f"where NAME() returns the model and make_inputs"
+        )
     where, _, name = spec.rpartition(":")
     if not (where.endswith(".py") or "/" in where or "\\" in where):
         return where, name, None
@@ -135,16 +160,21 @@ def resolve(spec: str) -> Callable[[], Any]:
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as exc:
-            raise ValueError(f"cannot import module {where!r} ({exc}); check the name or pass "
-                             f"a file path like path/to/model.py:{name}") from exc
+            raise ValueError(
+                f"cannot import module {where!r} ({exc}); check the name or pass "
+                f"a file path like path/to/model.py:{name}"
+            ) from exc
     fn = getattr(module, name, None)
     if fn is None:
         names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-        raise ValueError(f"{where!r} has no attribute {name!r}; callables there: "
-                         f"{', '.join(sorted(names)[:12]) or 'none'}")
+        raise ValueError(
+            f"{where!r} has no attribute {name!r}; callables there: "
+            f"{', '.join(sorted(names)[:12]) or 'none'}"
+        )
     if not callable(fn):
-        raise ValueError(f"{spec}: {name} is a {type(fn).__name__}, not a function that returns "
-                         f"the audit target")
+        raise ValueError(
+            f"{spec}: {name} is a {type(fn).__name__}, not a function that returns the audit target"
+        )
     return fn
 
 
@@ -177,7 +207,9 @@ def arg_names(model: Callable, count: int) -> list[str]:
     return names
 
 
-def token_sources(target: AuditTarget, args: Sequence[Any]) -> tuple[list[str], dict[str, list[int]]]:
+def token_sources(
+    target: AuditTarget, args: Sequence[Any]
+) -> tuple[list[str], dict[str, list[int]]]:
     """Dynamo source strings of every token dim, e.g. ["L['x'].size()[0]"]."""
     import torch
 

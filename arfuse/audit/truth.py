@@ -21,7 +21,8 @@ from __future__ import annotations
 import ast
 import functools
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -90,13 +91,23 @@ _FUNCS: dict[str, Callable[..., Any]] = {
 }
 _CONSTS = {"int_oo": math.inf, "oo": math.inf, "True": True, "False": False}
 _BINOPS: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.FloorDiv: np.floor_divide,
-    ast.Mod: np.mod, ast.Div: np.true_divide, ast.Pow: np.power,
-    ast.BitAnd: np.logical_and, ast.BitOr: np.logical_or,
+    ast.Add: np.add,
+    ast.Sub: np.subtract,
+    ast.Mult: np.multiply,
+    ast.FloorDiv: np.floor_divide,
+    ast.Mod: np.mod,
+    ast.Div: np.true_divide,
+    ast.Pow: np.power,
+    ast.BitAnd: np.logical_and,
+    ast.BitOr: np.logical_or,
 }
 _CMPS: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Lt: np.less, ast.LtE: np.less_equal, ast.Gt: np.greater, ast.GtE: np.greater_equal,
-    ast.Eq: np.equal, ast.NotEq: np.not_equal,
+    ast.Lt: np.less,
+    ast.LtE: np.less_equal,
+    ast.Gt: np.greater,
+    ast.GtE: np.greater_equal,
+    ast.Eq: np.equal,
+    ast.NotEq: np.not_equal,
 }
 
 
@@ -110,10 +121,14 @@ def _parse(expr: str) -> ast.expression:
 
 def _safe_mul(a, b):
     """int64 products of large sizes overflow silently: redo those in exact Python ints."""
-    if isinstance(a, np.ndarray) and a.dtype.kind == "i" or isinstance(b, np.ndarray) and \
-            b.dtype.kind == "i":
+    if (
+        isinstance(a, np.ndarray)
+        and a.dtype.kind == "i"
+        or isinstance(b, np.ndarray)
+        and b.dtype.kind == "i"
+    ):
         big = float(np.max(np.abs(a))) * float(np.max(np.abs(b)))
-        if big >= 2.0 ** 62:
+        if big >= 2.0**62:
             return np.multiply(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
     return np.multiply(a, b)
 
@@ -156,14 +171,22 @@ def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
             left = right
         else:
             return out
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords \
-            and node.func.id in _FUNCS:
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and not node.keywords
+        and node.func.id in _FUNCS
+    ):
         return _FUNCS[node.func.id](*[_eval(a, env) for a in node.args])
     raise UnjudgeableGuard(f"cannot evaluate {ast.unparse(node)!r}")
 
 
-def truth(expr: str, token_symbols: frozenset[str] | set[str], domain: TokenDomain,
-          values: Mapping[str, int] | None = None) -> tuple[np.ndarray, int]:
+def truth(
+    expr: str,
+    token_symbols: frozenset[str] | set[str],
+    domain: TokenDomain,
+    values: Mapping[str, int] | None = None,
+) -> tuple[np.ndarray, int]:
     """(holds, first): holds[i] says whether `expr` is true at num_tokens = first + i."""
     tree = _parse(expr)
     lo, hi = domain.judged
@@ -191,7 +214,7 @@ def _period(holds: np.ndarray) -> tuple[int, int]:
     periods are allowed to differ."""
     for p in range(2, min(_MAX_PERIOD, len(holds) // 4) + 1):
         start = min(4 * p, len(holds) // 4)
-        if np.array_equal(holds[start + p:], holds[start:-p]):
+        if np.array_equal(holds[start + p :], holds[start:-p]):
             while start > 0 and holds[start - 1] == holds[start - 1 + p]:
                 start -= 1
             return p, start
@@ -207,8 +230,9 @@ def verdict_of(expr: str, holds: np.ndarray, first: int, domain: TokenDomain) ->
     change = np.flatnonzero(holds[1:] != holds[:-1])
     flips = tuple(int(first + i) for i in change)
     edges = np.concatenate(([0], change + 1, [len(holds)]))
-    runs = tuple((int(first + a), int(first + b - 1)) for a, b in zip(edges[:-1], edges[1:])
-                 if holds[a])
+    runs = tuple(
+        (int(first + a), int(first + b - 1)) for a, b in zip(edges[:-1], edges[1:]) if holds[a]
+    )
     failing = np.flatnonzero(~holds)
     if len(runs) == 1 and runs[0][0] == runs[0][1]:
         return Verdict(expr, "point", domain, runs, flips, key=key)
@@ -218,16 +242,26 @@ def verdict_of(expr: str, holds: np.ndarray, first: int, domain: TokenDomain) ->
     if len(runs) > _MAX_RUNS:
         p, start = _period(holds)
         if p:
-            tail = np.flatnonzero(holds[start:start + p]) + start
+            tail = np.flatnonzero(holds[start : start + p]) + start
             residues = tuple(sorted({int((first + i) % p) for i in tail}))
-            return Verdict(expr, "periodic", domain, runs, flips, period=p, residues=residues,
-                           since=first + start, key=key)
+            return Verdict(
+                expr,
+                "periodic",
+                domain,
+                runs,
+                flips,
+                period=p,
+                residues=residues,
+                since=first + start,
+                key=key,
+            )
     return Verdict(expr, "interval", domain, runs, flips, key=key)
 
 
 @functools.lru_cache(maxsize=2048)
-def _packed_truth(expr: str, tokens: frozenset[str], values: tuple[tuple[str, int], ...],
-                  domain: TokenDomain) -> tuple[bytes, int, int] | str:
+def _packed_truth(
+    expr: str, tokens: frozenset[str], values: tuple[tuple[str, int], ...], domain: TokenDomain
+) -> tuple[bytes, int, int] | str:
     """(packed truth, first, count) or the reason it cannot be judged (cached packed: 8 KB
     per guard at the default domain; logs repeat guards a lot)."""
     try:
@@ -237,8 +271,12 @@ def _packed_truth(expr: str, tokens: frozenset[str], values: tuple[tuple[str, in
     return np.packbits(holds).tobytes(), first, len(holds)
 
 
-def holds(expr: str, token_symbols: set[str] | frozenset[str], domain: TokenDomain,
-          values: Mapping[str, int] | None = None) -> tuple[np.ndarray, int] | str:
+def holds(
+    expr: str,
+    token_symbols: set[str] | frozenset[str],
+    domain: TokenDomain,
+    values: Mapping[str, int] | None = None,
+) -> tuple[np.ndarray, int] | str:
     """(holds, first) as `truth`, or the reason the guard cannot be judged."""
     used = set(_names(expr))
     vals = tuple(sorted((k, int(v)) for k, v in (values or {}).items() if k in used))
@@ -249,8 +287,12 @@ def holds(expr: str, token_symbols: set[str] | frozenset[str], domain: TokenDoma
     return np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=count).astype(bool), first
 
 
-def judge(expr: str, token_symbols: set[str] | frozenset[str], domain: TokenDomain,
-          values: Mapping[str, int] | None = None) -> Verdict:
+def judge(
+    expr: str,
+    token_symbols: set[str] | frozenset[str],
+    domain: TokenDomain,
+    values: Mapping[str, int] | None = None,
+) -> Verdict:
     """The verdict of one guard over the domain."""
     got = holds(expr, token_symbols, domain, values)
     if isinstance(got, str):

@@ -28,10 +28,14 @@ if TYPE_CHECKING:
     import numpy as np
 
 PIN, RANGE, DIVISIBILITY, COMPILER = "ARF101", "ARF102", "ARF103", "ARF106"
-_BY_SHAPE = {"point": PIN, "except": PIN, "periodic": DIVISIBILITY, "interval": RANGE,
-             "never": RANGE}
-_BY_SYNTAX = {GuardClass.PIN: PIN, GuardClass.RANGE: RANGE,
-              GuardClass.DIVISIBILITY: DIVISIBILITY}
+_BY_SHAPE = {
+    "point": PIN,
+    "except": PIN,
+    "periodic": DIVISIBILITY,
+    "interval": RANGE,
+    "never": RANGE,
+}
+_BY_SYNTAX = {GuardClass.PIN: PIN, GuardClass.RANGE: RANGE, GuardClass.DIVISIBILITY: DIVISIBILITY}
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,9 @@ def token_guards(ctx: AuditContext) -> list[TokenGuard]:
         if where is None:
             continue
         values = ctx.symbol_values(e.compile_id)
-        others = tuple(sorted((s, values[s]) for s in symbols(expr)
-                              if s not in tokens and s in values))
+        others = tuple(
+            sorted((s, values[s]) for s in symbols(expr) if s not in tokens and s in values)
+        )
         src = ctx.token_source(e.compile_id, tokens[0]) or ""
         if not src and isinstance(e, SymbolicShapeSpecialization) and e.sources:
             src = e.sources[0]
@@ -112,8 +117,14 @@ def decisions(ctx: AuditContext) -> list[Decision]:
     out: list[Decision] = []
     kept: list[tuple[Decision, np.ndarray]] = []
     # strongest first (most failing counts), model lines before the compiler's
-    order = sorted(judged, key=lambda dt: (dt[1] is None, dt[0].where.by == "compiler",
-                                           -(0 if dt[1] is None else int((~dt[1]).sum()))))
+    order = sorted(
+        judged,
+        key=lambda dt: (
+            dt[1] is None,
+            dt[0].where.by == "compiler",
+            -(0 if dt[1] is None else int((~dt[1]).sum())),
+        ),
+    )
     for d, t in order:
         if d.verdict.shape == "always":
             _dismiss(ctx, d.guards, d.where, d.verdict.describe())
@@ -123,8 +134,12 @@ def decisions(ctx: AuditContext) -> list[Decision]:
             host.folded += d.guards
             line = f"{short_path(host.where.decision.filename)}:{host.where.decision.line}"
             who = "the compiler re-checks" if d.where.by == "compiler" else "follows from"
-            _dismiss(ctx, d.guards, d.where, f"{who} the guard decided at {line} (folded into "
-                                             f"that finding)")
+            _dismiss(
+                ctx,
+                d.guards,
+                d.where,
+                f"{who} the guard decided at {line} (folded into that finding)",
+            )
             continue
         if d.where.by == "compiler":
             d.code = COMPILER
@@ -136,8 +151,9 @@ def decisions(ctx: AuditContext) -> list[Decision]:
     return out
 
 
-def _judge_line(ctx: AuditContext, guards: list[TokenGuard]
-                ) -> list[tuple[Decision, np.ndarray | None]]:
+def _judge_line(
+    ctx: AuditContext, guards: list[TokenGuard]
+) -> list[tuple[Decision, np.ndarray | None]]:
     """The conjunction of the judgeable guards as one decision; an unjudgeable guard is its
     own decision, coded by its syntax."""
     from arfuse.audit.truth import holds, verdict_of
@@ -166,13 +182,15 @@ def _judge_line(ctx: AuditContext, guards: list[TokenGuard]
     if judgeable and total is not None:
         expr = " & ".join(dict.fromkeys(g.expr for g in judgeable))
         v = verdict_of(expr, total, start, ctx.domain)
-        out.insert(0, (Decision(where, first_cid, judgeable, v, _BY_SHAPE.get(v.shape, RANGE)),
-                       total))
+        out.insert(
+            0, (Decision(where, first_cid, judgeable, v, _BY_SHAPE.get(v.shape, RANGE)), total)
+        )
     return out
 
 
-def _implied_by(d: Decision, truth: np.ndarray,
-                kept: list[tuple[Decision, np.ndarray]]) -> Decision | None:
+def _implied_by(
+    d: Decision, truth: np.ndarray, kept: list[tuple[Decision, np.ndarray]]
+) -> Decision | None:
     """The model-line decision of the same compile that already implies `d` (d can only fail
     where it fails), else None. A compiler guard folds into any such line, or into the
     line's conjunction; a model line only when its guards are floor-division consequences of
@@ -193,15 +211,20 @@ def _implied_by(d: Decision, truth: np.ndarray,
     return None
 
 
-def _dismiss(ctx: AuditContext, guards: list[TokenGuard], where: Attribution, reason: str
-             ) -> None:
+def _dismiss(ctx: AuditContext, guards: list[TokenGuard], where: Attribution, reason: str) -> None:
     seen = ctx.__dict__.setdefault("_dismissed_keys", set())
     for g in guards:
         key = (g.expr, where.decision.filename, where.decision.line)
         if key in seen:
             continue
         seen.add(key)
-        ctx.dismissed.append({"expr": g.expr, "path": where.decision.filename,
-                              "line": where.decision.line, "by": where.by,
-                              "compile_id": str(g.compile_id) if g.compile_id else "",
-                              "reason": reason})
+        ctx.dismissed.append(
+            {
+                "expr": g.expr,
+                "path": where.decision.filename,
+                "line": where.decision.line,
+                "by": where.by,
+                "compile_id": str(g.compile_id) if g.compile_id else "",
+                "reason": reason,
+            }
+        )

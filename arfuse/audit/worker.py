@@ -37,11 +37,15 @@ def _audit_config() -> contextlib.ExitStack:
     import torch._inductor.config as inductor_config
 
     stack = contextlib.ExitStack()
-    stack.enter_context(inductor_config.patch(fx_graph_cache=False, fx_graph_remote_cache=False,
-                                              compile_threads=1))
+    stack.enter_context(
+        inductor_config.patch(fx_graph_cache=False, fx_graph_remote_cache=False, compile_threads=1)
+    )
     stack.enter_context(functorch_config.patch(enable_autograd_cache=False))
-    pgo = {n: False for n in ("automatic_dynamic_local_pgo", "automatic_dynamic_remote_pgo")
-           if hasattr(dynamo_config, n)}
+    pgo = {
+        n: False
+        for n in ("automatic_dynamic_local_pgo", "automatic_dynamic_remote_pgo")
+        if hasattr(dynamo_config, n)
+    }
     if pgo:
         stack.enter_context(dynamo_config.patch(**pgo))
     return stack
@@ -120,8 +124,9 @@ def sweep_target(target: Any, config: dict[str, Any], rank: int = 0) -> dict[str
         return _sweep(target.materialize(), config, rank, warming)
 
 
-def _sweep(target: Any, config: dict[str, Any], rank: int,
-           warming: threading.Thread | None = None) -> dict[str, Any]:
+def _sweep(
+    target: Any, config: dict[str, Any], rank: int, warming: threading.Thread | None = None
+) -> dict[str, Any]:
     import torch
 
     from arfuse.audit import target as targets
@@ -148,8 +153,10 @@ def _sweep(target: Any, config: dict[str, Any], rank: int,
         if not sources:
             sources, dims_by_name = targets.token_sources(target, args)
             if not sources:
-                raise ValueError("make_inputs returned no tensor with a token dim; return the "
-                                 "model's positional args, or set AuditTarget.token_dims")
+                raise ValueError(
+                    "make_inputs returned no tensor with a token dim; return the "
+                    "model's positional args, or set AuditTarget.token_dims"
+                )
         for j, a in enumerate(args):
             if mark is not None and isinstance(a, torch.Tensor):
                 for d in targets.token_dims_of(target, j, a.dim()):
@@ -165,13 +172,24 @@ def _sweep(target: Any, config: dict[str, Any], rank: int,
             with torch.no_grad():
                 model(*args)
         except Exception as exc:  # noqa: BLE001 - recorded; ConstraintViolationError is a finding
-            result.update(ok=False, error_type=type(exc).__name__,
-                          error=f"{exc}"[:2000])
+            result.update(ok=False, error_type=type(exc).__name__, error=f"{exc}"[:2000])
         calls.append(result)
-        _progress(progress, phase="sweeping", done=i + 1, total=len(sizes), num_tokens=n,
-                  seconds=round(time.perf_counter() - t0, 3), ok=result["ok"])
-    return {"calls": calls, "token_sources": sources, "token_dims": dims_by_name,
-            "backend": str(kwargs.get("backend", "inductor")), "strict": bool(strict)}
+        _progress(
+            progress,
+            phase="sweeping",
+            done=i + 1,
+            total=len(sizes),
+            num_tokens=n,
+            seconds=round(time.perf_counter() - t0, 3),
+            ok=result["ok"],
+        )
+    return {
+        "calls": calls,
+        "token_sources": sources,
+        "token_dims": dims_by_name,
+        "backend": str(kwargs.get("backend", "inductor")),
+        "strict": bool(strict),
+    }
 
 
 def _rank_sweep(config: dict[str, Any]) -> dict[str, Any]:
@@ -224,27 +242,43 @@ def main(config_path: str) -> int:
         else:
             from arfuse.process_group import RankError, SpawnedGroup
 
-            with SpawnedGroup(world_size=target.world_size, backend="gloo",
-                              timeout=float(config.get("timeout", 600))) as group:
+            with SpawnedGroup(
+                world_size=target.world_size,
+                backend="gloo",
+                timeout=float(config.get("timeout", 600)),
+            ) as group:
                 try:
                     results = group.run(_rank_sweep, config)
                 except RankError as exc:
                     raise ValueError(f"the target failed on a rank:\n{exc}") from None
             ranks = list(range(target.world_size)) if target.audit_ranks == "all" else [0]
     except Exception as exc:  # noqa: BLE001 - every target error becomes a message + exit 3
-        (out / "fatal.json").write_text(json.dumps({
-            "message": f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError)
-            else str(exc),
-            "traceback": traceback.format_exc()}))
+        (out / "fatal.json").write_text(
+            json.dumps(
+                {
+                    "message": f"{type(exc).__name__}: {exc}"
+                    if not isinstance(exc, ValueError)
+                    else str(exc),
+                    "traceback": traceback.format_exc(),
+                }
+            )
+        )
         return EXIT_TARGET_ERROR
     first = results[0]
-    run = RunInfo(target=config.get("display") or config["spec"], sizes=config["sizes"],
-                  token_sources=first["token_sources"], token_dims=first["token_dims"],
-                  calls=[CallResult.from_json(c) for r in results for c in r["calls"]],
-                  world_size=target.world_size or 1, ranks=ranks, backend=first["backend"],
-                  strict=first["strict"], seconds=round(time.perf_counter() - t0, 2),
-                  min_tokens=config.get("min_tokens") or target.min_tokens,
-                  max_tokens=config.get("max_tokens") or target.max_tokens)
+    run = RunInfo(
+        target=config.get("display") or config["spec"],
+        sizes=config["sizes"],
+        token_sources=first["token_sources"],
+        token_dims=first["token_dims"],
+        calls=[CallResult.from_json(c) for r in results for c in r["calls"]],
+        world_size=target.world_size or 1,
+        ranks=ranks,
+        backend=first["backend"],
+        strict=first["strict"],
+        seconds=round(time.perf_counter() - t0, 2),
+        min_tokens=config.get("min_tokens") or target.min_tokens,
+        max_tokens=config.get("max_tokens") or target.max_tokens,
+    )
     (out / "run.json").write_text(json.dumps(run.to_json(), indent=1))
     return 0
 

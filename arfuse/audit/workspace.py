@@ -111,8 +111,10 @@ class Workspace:
             self._lock_fd = _lock(self.path)
         except OSError as exc:
             where = f"--keep {keep}" if keep is not None else "a temporary directory"
-            raise ValueError(f"cannot write the audit's run directory ({where}): {exc}; pass "
-                             f"a writable --keep DIR") from None
+            raise ValueError(
+                f"cannot write the audit's run directory ({where}): {exc}; pass "
+                f"a writable --keep DIR"
+            ) from None
 
     def close(self) -> None:
         if self.temporary:
@@ -134,9 +136,11 @@ def _lock(keep: Path) -> int | None:
     except BlockingIOError:
         holder = os.read(fd, 32).decode(errors="replace").strip()
         os.close(fd)
-        raise ValueError(f"--keep {keep} is in use by another running audit"
-                         f"{f' (pid {holder})' if holder else ''}; wait for it to finish or "
-                         f"pass another --keep directory") from None
+        raise ValueError(
+            f"--keep {keep} is in use by another running audit"
+            f"{f' (pid {holder})' if holder else ''}; wait for it to finish or "
+            f"pass another --keep directory"
+        ) from None
     except OSError:  # a filesystem without locks (some network mounts): unlocked, as before
         os.close(fd)
         return None

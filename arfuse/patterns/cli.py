@@ -10,10 +10,20 @@ from arfuse.patterns.spec import AXES, DESCRIPTIONS, all_specs
 
 
 @click.command()
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="text table, or one JSON object")
-@click.option("--disable", multiple=True, metavar="AXIS=FORM",
-              help="preview a FusionConfig with a form switched off, e.g. --disable norm=gemma")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text table, or one JSON object",
+)
+@click.option(
+    "--disable",
+    multiple=True,
+    metavar="AXIS=FORM",
+    help="preview a FusionConfig with a form switched off, e.g. --disable norm=gemma",
+)
 def patterns(fmt: str, disable: tuple[str, ...]) -> None:
     """List every registered pattern variant: allreduce x norm x residual x quant.
 
@@ -26,23 +36,41 @@ def patterns(fmt: str, disable: tuple[str, ...]) -> None:
     for item in disable:
         axis, _, form = item.partition("=")
         if axis not in AXES or form not in AXES[axis]:
-            raise click.BadParameter(f"{item!r}: write AXIS=FORM with AXIS in {list(AXES)} and "
-                                     "FORM one of its forms as listed by `arfuse patterns`",
-                                     param_hint="--disable")
+            raise click.BadParameter(
+                f"{item!r}: write AXIS=FORM with AXIS in {list(AXES)} and "
+                "FORM one of its forms as listed by `arfuse patterns`",
+                param_hint="--disable",
+            )
         off.setdefault(axis, set()).add(form)
     config = FusionConfig(**{axis: set(AXES[axis]) - forms for axis, forms in off.items()})
     specs = list(all_specs())
     if fmt == "json":
-        click.echo(json.dumps({"patterns": [
-            {"name": s.name, "allreduce": s.allreduce, "norm": s.norm, "residual": s.residual,
-             "quant": s.quant, "fused_op": s.fused_op, "enabled": config.enables(s)}
-            for s in specs]}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "patterns": [
+                        {
+                            "name": s.name,
+                            "allreduce": s.allreduce,
+                            "norm": s.norm,
+                            "residual": s.residual,
+                            "quant": s.quant,
+                            "fused_op": s.fused_op,
+                            "enabled": config.enables(s),
+                        }
+                        for s in specs
+                    ]
+                },
+                indent=2,
+            )
+        )
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{len(specs)} fusion patterns "
-                        f"({sum(config.enables(s) for s in specs)} enabled)")
+    table = Table(
+        title=f"{len(specs)} fusion patterns ({sum(config.enables(s) for s in specs)} enabled)"
+    )
     for column in ("pattern", "fused op", "enabled"):
         table.add_column(column)
     for s in specs:
@@ -52,5 +80,7 @@ def patterns(fmt: str, disable: tuple[str, ...]) -> None:
     console.print("Forms:")
     for axis, forms in AXES.items():
         for form in forms:
-            console.print(f"  {axis:9} {form:9} {DESCRIPTIONS[form] if form != 'none' else ''}"
-                          .rstrip(), highlight=False)
+            console.print(
+                f"  {axis:9} {form:9} {DESCRIPTIONS[form] if form != 'none' else ''}".rstrip(),
+                highlight=False,
+            )

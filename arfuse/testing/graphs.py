@@ -9,7 +9,8 @@ of the rewritten graph without paying for an Inductor compile.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch._dynamo.backends.common import aot_autograd
@@ -26,13 +27,14 @@ class PostGradCapture:
     def __init__(self, custom_post_pass: Any = None) -> None:
         self.custom_post_pass = custom_post_pass
         self.graphs: list[torch.fx.GraphModule] = []
-        self.backend = aot_autograd(fw_compiler=self._compile,
-                                    decompositions=select_decomp_table())
+        self.backend = aot_autograd(fw_compiler=self._compile, decompositions=select_decomp_table())
 
     def _compile(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
         fake_mode = torch._guards.detect_fake_mode(example_inputs)
-        with inductor_config.patch(post_grad_custom_post_pass=self.custom_post_pass), \
-                V.set_fake_mode(fake_mode):
+        with (
+            inductor_config.patch(post_grad_custom_post_pass=self.custom_post_pass),
+            V.set_fake_mode(fake_mode),
+        ):
             joint_graph_passes(gm)
             post_grad_passes(gm, True)
         gm.recompile()
@@ -47,8 +49,12 @@ def op_counts(gm: torch.fx.GraphModule | torch.fx.Graph) -> Counter[str]:
     return Counter(str(n.target) for n in graph.nodes if n.op == "call_function")
 
 
-def post_grad_graph(fn: Callable, *args: Any, custom_post_pass: Any = None,
-                    dynamic_dims: dict[int, int] | None = None) -> tuple[torch.fx.GraphModule, Any]:
+def post_grad_graph(
+    fn: Callable,
+    *args: Any,
+    custom_post_pass: Any = None,
+    dynamic_dims: dict[int, int] | None = None,
+) -> tuple[torch.fx.GraphModule, Any]:
     """Compile `fn` up to Inductor's post-grad graph; return (graph module, fn's output).
 
     `dynamic_dims` maps positional-arg index -> dim to mark dynamic (default: dim 0 of every

@@ -9,8 +9,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures"
 # cheap fixtures (aot_eager) in one process, the Inductor ones in another
-CHEAP = ["branch", "equality", "host_value", "divisibility", "fake_kernel", "opaque_op",
-         "llama_block", "graph_break", "sliding_window", "pins", "tautologies", "not_compiled"]
+CHEAP = [
+    "branch",
+    "equality",
+    "host_value",
+    "divisibility",
+    "fake_kernel",
+    "opaque_op",
+    "llama_block",
+    "graph_break",
+    "sliding_window",
+    "pins",
+    "tautologies",
+    "not_compiled",
+]
 INDUCTOR = ["pattern_replacement", "tp_unfused"]
 ALL = CHEAP + INDUCTOR
 _EXPECT = re.compile(r"#\s*expect:\s*([A-Z0-9, ]+)")
@@ -27,10 +39,13 @@ def expected_marks(name: str) -> set[tuple[str, int]]:
 
 
 def run_batch(out: Path, names: list[str]) -> None:
-    proc = subprocess.run([sys.executable, str(HERE / "_batch.py"), str(out), *names],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "_batch.py"), str(out), *names],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-5000:]
-
 
 
 def load_json(reports: dict[str, Path], name: str) -> dict:

@@ -38,8 +38,13 @@ def _kwargs() -> dict:
 def llama_block() -> AuditTarget:
     dev = _device()
     model = LlamaBlock().to(dev, _dtype(dev))
-    return AuditTarget(model, lambda n: (torch.randn(n, 64, device=dev, dtype=_dtype(dev)),),
-                       _kwargs(), sizes=SIZES, name=f"Llama-style block on {dev}")
+    return AuditTarget(
+        model,
+        lambda n: (torch.randn(n, 64, device=dev, dtype=_dtype(dev)),),
+        _kwargs(),
+        sizes=SIZES,
+        name=f"Llama-style block on {dev}",
+    )
 
 
 def _hf(config) -> AuditTarget:
@@ -49,24 +54,45 @@ def _hf(config) -> AuditTarget:
     model = AutoModel.from_config(config).to(dev, _dtype(dev)).eval()
     vocab = config.vocab_size
     return AuditTarget(
-        model, lambda n: (torch.randint(0, vocab, (1, n), device=dev),), _kwargs(),
-        token_dims={0: 1}, sizes=SIZES,
-        name=f"tiny HF {type(model).__name__} on {dev}")
+        model,
+        lambda n: (torch.randint(0, vocab, (1, n), device=dev),),
+        _kwargs(),
+        token_dims={0: 1},
+        sizes=SIZES,
+        name=f"tiny HF {type(model).__name__} on {dev}",
+    )
 
 
 def hf_llama() -> AuditTarget:
     from transformers import LlamaConfig
 
-    return _hf(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           max_position_embeddings=131072))
+    return _hf(
+        LlamaConfig(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=131072,
+        )
+    )
 
 
 def hf_gemma3() -> AuditTarget:
     from transformers import Gemma3TextConfig
 
-    return _hf(Gemma3TextConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
-                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                head_dim=16, sliding_window=SLIDING_WINDOW,
-                                layer_types=["sliding_attention", "full_attention"],
-                                max_position_embeddings=131072))
+    return _hf(
+        Gemma3TextConfig(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            sliding_window=SLIDING_WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            max_position_embeddings=131072,
+        )
+    )

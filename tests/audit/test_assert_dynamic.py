@@ -23,15 +23,21 @@ class Threshold(torch.nn.Module):
 
 
 def test_clean_model_passes_and_returns_the_report():
-    report = assert_dynamic(Clean(), lambda n: (torch.randn(n, 8),), sizes=[16, 255, 256, 257],
-                            backend="aot_eager")
+    report = assert_dynamic(
+        Clean(), lambda n: (torch.randn(n, 8),), sizes=[16, 255, 256, 257], backend="aot_eager"
+    )
     assert report.findings == [] and report.summary["compiles"] == 1
 
 
 def test_threshold_model_fails_with_the_line():
     with pytest.raises(AssertionError) as info:
-        assert_dynamic(Threshold(), lambda n: (torch.randn(n, 8),), sizes=[16],
-                       thresholds=[256], backend="aot_eager")
+        assert_dynamic(
+            Threshold(),
+            lambda n: (torch.randn(n, 8),),
+            sizes=[16],
+            thresholds=[256],
+            backend="aot_eager",
+        )
     text = str(info.value)
     assert "ARF102" in text and "if x.shape[0] <= 256:" in text
     src = Path(__file__).read_text().splitlines()
@@ -45,8 +51,13 @@ def test_3d_inputs_with_named_token_dims():
         def forward(self, x):  # [batch, seq, hidden]; seq carries the tokens
             return x.softmax(-1) * x.shape[1]
 
-    report = assert_dynamic(Seq(), lambda n: (torch.randn(2, n, 8),), sizes=[16, 300],
-                            token_dims={0: 1}, backend="aot_eager")
+    report = assert_dynamic(
+        Seq(),
+        lambda n: (torch.randn(2, n, 8),),
+        sizes=[16, 300],
+        token_dims={0: 1},
+        backend="aot_eager",
+    )
     assert report.summary["token_sources"] == ["L['x'].size()[1]"]
 
 
@@ -55,5 +66,6 @@ def test_repeated_calls_see_fresh_guards():
     # audit of the same class still sees (and reports) the guard
     for _ in range(2):
         with pytest.raises(AssertionError, match="ARF102"):
-            assert_dynamic(Threshold(), lambda n: (torch.randn(n, 8),), sizes=[16, 300],
-                           backend="aot_eager")
+            assert_dynamic(
+                Threshold(), lambda n: (torch.randn(n, 8),), sizes=[16, 300], backend="aot_eager"
+            )

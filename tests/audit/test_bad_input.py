@@ -24,8 +24,10 @@ from arfuse.audit.trace import TraceFormatError, parse_stream
 
 DATA = Path(__file__).resolve().parent / "data"
 BRANCH = DATA / "torch-2.13.0-branch.log.gz"
-GOOD = ('V1127 14:36:18.743000 1 torch/fx/experimental/symbolic_shapes.py:1] {"guard_added_fast": '
-        '{"expr": "s0 <= 8"}, "frame_id": 0, "frame_compile_id": 0, "attempt": 0}\n')
+GOOD = (
+    'V1127 14:36:18.743000 1 torch/fx/experimental/symbolic_shapes.py:1] {"guard_added_fast": '
+    '{"expr": "s0 <= 8"}, "frame_id": 0, "frame_compile_id": 0, "attempt": 0}\n'
+)
 
 
 def _audit(*args):
@@ -104,8 +106,11 @@ class _BadJsonForever(io.RawIOBase):
 
 def test_mostly_bad_json_stops_early():
     fh = _BadJsonForever()
-    with pytest.raises(TraceFormatError, match=r"not a TORCH_TRACE log: \d+ of the first \d+ "
-                                               r"lines are not trace events, 0 are"):
+    with pytest.raises(
+        TraceFormatError,
+        match=r"not a TORCH_TRACE log: \d+ of the first \d+ "
+        r"lines are not trace events, 0 are",
+    ):
         parse_stream(fh, "bad.log")
     assert fh.served <= 2 * CHUNK  # one chunk, not the whole gigabyte
 
@@ -119,11 +124,16 @@ def test_a_few_bad_lines_are_counted_and_records_capped(tmp_path):
     log.write_text("".join(lines))
     code, out = _audit("--trace", log, "--format", "json")
     assert code == 0, out  # no dynamic size in these lines: nothing to find, but a note
-    assert "150 trace line(s) were not events (truncated or garbage); skipped" in \
-        json.loads(out)["summary"]["notes"]
+    assert (
+        "150 trace line(s) were not events (truncated or garbage); skipped"
+        in json.loads(out)["summary"]["notes"]
+    )
     many = [GOOD] * 10 + ["junk\n"] * (GARBAGE_MIN + 1)
-    with pytest.raises(TraceFormatError, match=r"\d+ of the first \d+ lines are not trace "
-                                               r"events, 10 are \(first bad line 11: 'junk'"):
+    with pytest.raises(
+        TraceFormatError,
+        match=r"\d+ of the first \d+ lines are not trace "
+        r"events, 10 are \(first bad line 11: 'junk'",
+    ):
         parse_stream(io.BytesIO("".join(many).encode()), "many.log")
 
 
@@ -161,9 +171,11 @@ def test_baseline_of_the_wrong_shape_names_the_file(tmp_path):
 def test_run_json_of_the_wrong_shape_names_the_file(tmp_path):
     (tmp_path / "trace").mkdir()
     (tmp_path / "trace" / "rank_0.log").write_bytes(gzip.decompress(BRANCH.read_bytes()))
-    for text, why in (("[1, 2, 3]", "a JSON list, not an object"),
-                      ('{"sizes": "big"}', "'sizes' is not a JSON list"),
-                      ("{not json", "not valid JSON")):
+    for text, why in (
+        ("[1, 2, 3]", "a JSON list, not an object"),
+        ('{"sizes": "big"}', "'sizes' is not a JSON list"),
+        ("{not json", "not valid JSON"),
+    ):
         (tmp_path / "run.json").write_text(text)
         code, out = _audit("--trace", tmp_path)
         assert code == 2, out
@@ -197,8 +209,9 @@ def test_unwritable_outputs_fail_before_the_audit(tmp_path, flag):
 
 def test_outputs_are_written_whole(tmp_path):
     out = tmp_path / "sub" / "report.json"
-    code, _ = _audit("--trace", BRANCH, "--format", "json", "-o", out, "--also",
-                     f"sarif={tmp_path / 'r.sarif'}")
+    code, _ = _audit(
+        "--trace", BRANCH, "--format", "json", "-o", out, "--also", f"sarif={tmp_path / 'r.sarif'}"
+    )
     assert code == 1
     assert json.loads(out.read_text())["findings"]
     assert json.loads((tmp_path / "r.sarif").read_text())["version"] == "2.1.0"
@@ -212,10 +225,14 @@ def test_sarif_uris_are_rfc3986_and_repo_relative(tmp_path):
     sarif = json.loads(Report([f, other]).render("sarif", root=tmp_path))
     driver = sarif["runs"][0]["tool"]["driver"]
     assert driver["version"] and driver["version"][0].isdigit()
-    locs = [r["locations"][0]["physicalLocation"]["artifactLocation"]
-            for r in sarif["runs"][0]["results"]]
-    assert locs == [{"uri": "my%20models/v2%23final%3F.py", "uriBaseId": "%SRCROOT%"},
-                    {"uri": "file:///opt/x%20y/m.py"}]
+    locs = [
+        r["locations"][0]["physicalLocation"]["artifactLocation"]
+        for r in sarif["runs"][0]["results"]
+    ]
+    assert locs == [
+        {"uri": "my%20models/v2%23final%3F.py", "uriBaseId": "%SRCROOT%"},
+        {"uri": "file:///opt/x%20y/m.py"},
+    ]
     site = "/venv/lib/python3.11/site-packages/torch/_inductor/ir.py"
     assert sarif_location(site, tmp_path) == {"uri": "torch/_inductor/ir.py"}
 
@@ -227,8 +244,11 @@ def test_rank_logs_of_different_torch_versions_get_a_note(tmp_path):
         (tmp_path / src.name).write_bytes(src.read_bytes())
     code, out = _audit("--trace", tmp_path, "--format", "json")
     notes = json.loads(out)["summary"]["notes"]
-    assert any("different torch versions (torch 2.11.0+cu130 on rank(s) 0; torch 2.13.0+cpu "
-               "on rank(s) 1)" in n for n in notes), notes
+    assert any(
+        "different torch versions (torch 2.11.0+cu130 on rank(s) 0; torch 2.13.0+cpu "
+        "on rank(s) 1)" in n
+        for n in notes
+    ), notes
 
 
 def test_a_huge_run_json_is_refused_unread(tmp_path, monkeypatch):

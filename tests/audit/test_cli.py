@@ -20,8 +20,7 @@ DATA = HERE / "data"
 def arfuse(*args: str):
     """Run the CLI in this process (the audit itself still runs in a fresh worker process);
     fixture specs are made absolute."""
-    args = [str(FIX / a) if a.endswith(":build") or a.startswith("broken.py:") else a
-            for a in args]
+    args = [str(FIX / a) if a.endswith(":build") or a.startswith("broken.py:") else a for a in args]
     res = CliRunner().invoke(main, list(args), catch_exceptions=False)
     res.returncode = res.exit_code
     return res
@@ -30,8 +29,23 @@ def arfuse(*args: str):
 def test_rules_lists_every_rule_with_docs():
     result = CliRunner().invoke(main, ["rules"])
     assert result.exit_code == 0
-    codes = ["ARF101", "ARF102", "ARF103", "ARF104", "ARF105", "ARF106", "ARF107", "ARF108",
-             "ARF201", "ARF202", "ARF203", "ARF301", "ARF302", "ARF303", "ARF304"]
+    codes = [
+        "ARF101",
+        "ARF102",
+        "ARF103",
+        "ARF104",
+        "ARF105",
+        "ARF106",
+        "ARF107",
+        "ARF108",
+        "ARF201",
+        "ARF202",
+        "ARF203",
+        "ARF301",
+        "ARF302",
+        "ARF303",
+        "ARF304",
+    ]
     for code in codes:
         assert code in result.output
     assert result.output.count("## What it does") == len(codes)
@@ -50,8 +64,9 @@ def test_rules_one_code_and_json():
 
 
 def test_audit_existing_trace_exit_1_and_json_contract():
-    result = CliRunner().invoke(main, ["audit", "--trace", str(DATA / "torch-2.13.0-branch.log.gz"),
-                                       "--format", "json"])
+    result = CliRunner().invoke(
+        main, ["audit", "--trace", str(DATA / "torch-2.13.0-branch.log.gz"), "--format", "json"]
+    )
     assert result.exit_code == 1
     report = json.loads(result.output)  # ONE json object on stdout
     assert {f["code"] for f in report["findings"]} == {"ARF102", "ARF103", "ARF104"}
@@ -75,10 +90,12 @@ def test_usage_errors_exit_2_with_a_fix():
 
 
 def test_target_errors_exit_2(tmp_path):
-    for name, needle in [("not_a_target", "returned int"),
-                         ("make_inputs_fails", "make_inputs(2) raised RuntimeError: no tokenizer"),
-                         ("no_such_fn", "has no attribute 'no_such_fn'"),
-                         ("hard_crash", "exited with code 7")]:
+    for name, needle in [
+        ("not_a_target", "returned int"),
+        ("make_inputs_fails", "make_inputs(2) raised RuntimeError: no tokenizer"),
+        ("no_such_fn", "has no attribute 'no_such_fn'"),
+        ("hard_crash", "exited with code 7"),
+    ]:
         res = arfuse("audit", f"broken.py:{name}", "--sizes", "2,16")
         assert res.returncode == 2, res.stderr
         assert needle in res.stderr, res.stderr
@@ -113,9 +130,23 @@ def test_clean_target_exits_0_and_findings_exit_1_then_baseline_accepts_them(tmp
 
 def test_multi_rank_target_audits_every_rank(tmp_path):
     # the real entry point, as CI runs it
-    res = subprocess.run([sys.executable, "-m", "arfuse", "audit", "tp_threshold.py:build",
-                          "--format", "json", "--keep", str(tmp_path / "keep")], cwd=FIX,
-                         text=True, capture_output=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "arfuse",
+            "audit",
+            "tp_threshold.py:build",
+            "--format",
+            "json",
+            "--keep",
+            str(tmp_path / "keep"),
+        ],
+        cwd=FIX,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert res.returncode == 1, res.stderr
     report = json.loads(res.stdout)
     assert report["summary"]["world_size"] == 2 and report["summary"]["ranks"] == [0, 1]
@@ -124,20 +155,26 @@ def test_multi_rank_target_audits_every_rank(tmp_path):
     assert lines[by_code["ARF102"]["line"] - 1].strip().startswith("if x.shape[0] <= MAX_TOKEN_NUM")
     assert by_code["ARF102"]["ranks"] == [0, 1]
     assert by_code["ARF104"]["num_tokens"] == [513]
-    assert sorted(p.name.split("_rank_")[1][0]
-                  for p in (tmp_path / "keep" / "trace").glob("*.log")) == ["0", "1"]
+    assert sorted(
+        p.name.split("_rank_")[1][0] for p in (tmp_path / "keep" / "trace").glob("*.log")
+    ) == ["0", "1"]
 
     # the kept directory re-audits without running anything, with the run's token sources
-    again = CliRunner().invoke(main, ["audit", "--trace", str(tmp_path / "keep"), "--format",
-                                      "json"])
+    again = CliRunner().invoke(
+        main, ["audit", "--trace", str(tmp_path / "keep"), "--format", "json"]
+    )
     assert again.exit_code == 1
-    assert [(f["code"], f["line"]) for f in json.loads(again.stdout)["findings"]] == \
-        [(f["code"], f["line"]) for f in report["findings"]]
+    assert [(f["code"], f["line"]) for f in json.loads(again.stdout)["findings"]] == [
+        (f["code"], f["line"]) for f in report["findings"]
+    ]
 
     # the bare TORCH_TRACE directory (what another engine leaves: no run.json) gives the live
     # audit's findings too, ranks included - num_tokens found from the recorded create_symbol
-    bare = CliRunner().invoke(main, ["audit", "--trace", str(tmp_path / "keep" / "trace"),
-                                     "--format", "json", "--no-progress"])
+    bare = CliRunner().invoke(
+        main,
+        ["audit", "--trace", str(tmp_path / "keep" / "trace"), "--format", "json", "--no-progress"],
+    )
     assert bare.exit_code == 1, bare.output
-    assert [(f["code"], f["line"], f["ranks"]) for f in json.loads(bare.stdout)["findings"]] == \
-        [(f["code"], f["line"], f["ranks"]) for f in report["findings"]]
+    assert [(f["code"], f["line"], f["ranks"]) for f in json.loads(bare.stdout)["findings"]] == [
+        (f["code"], f["line"], f["ranks"]) for f in report["findings"]
+    ]

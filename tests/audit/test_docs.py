@@ -10,8 +10,9 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "audit.md"
 
 def test_rule_docs_in_sync():
     text = DOC.read_text()
-    assert text.split(MARKER, 1)[1] == rules_section().split(MARKER, 1)[1], \
+    assert text.split(MARKER, 1)[1] == rules_section().split(MARKER, 1)[1], (
         "regenerate: python -m arfuse.audit.docs docs/audit.md"
+    )
 
 
 def test_every_rule_is_ruff_style():

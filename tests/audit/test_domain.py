@@ -11,27 +11,50 @@ D = TokenDomain()
 T = {"s0", "s77"}
 
 
-@pytest.mark.parametrize("expr,shape,text", [
-    # what the issue reported wrong, and what it is
-    ("-s0 > -4095", "interval", "valid for num_tokens in [2, 4,094]; recompiles at 4,094 -> 4,095"),
-    ("s0 <= 8*(((s0 + 7)//8))", "always", "always holds for num_tokens in [1, 32,768]"),
-    ("Ne(s0, 8)", "except", "valid for every num_tokens except 8"),
-    ("Eq(CeilToInt(IntTrueDiv(s0, 64)), 1)", "interval",
-     "valid for num_tokens in [2, 64]; recompiles at 64 -> 65"),
-    ("64*s77 <= 2147483647", "always", "always holds for num_tokens in [1, 32,768]"),
-    ("s77*(s77 - (Mod(s77, 8)) + 8) >= 2", "always", "always holds for num_tokens in [1, 32,768]"),
-    ("s77*Max(1, s77 - (Mod(s77, 8)) + 8) > 1", "always",
-     "always holds for num_tokens in [1, 32,768]"),
-    ("(s1 >= 0) & (s1 <= s0)", "always", "always holds for num_tokens in [1, 32,768]"),
-    ("Eq(s77, 16)", "point", "valid for num_tokens=16 only"),
-    ("Eq(Mod(s77, 4), 0)", "periodic",
-     "valid only for num_tokens % 4 in {0}: every other remainder recompiles"),
-    ("Ne(Mod(64*s77, 256), 0)", "periodic",
-     "valid only for num_tokens % 4 in {1, 2, 3}: every other remainder recompiles"),
-    ("s77 >= 2", "always", "always holds for num_tokens in [1, 32,768]"),
-    ("Ne(s77, 1)", "always", "always holds for num_tokens in [1, 32,768]"),
-    ("s77 < int_oo", "always", "always holds for num_tokens in [1, 32,768]"),
-])
+@pytest.mark.parametrize(
+    "expr,shape,text",
+    [
+        # what the issue reported wrong, and what it is
+        (
+            "-s0 > -4095",
+            "interval",
+            "valid for num_tokens in [2, 4,094]; recompiles at 4,094 -> 4,095",
+        ),
+        ("s0 <= 8*(((s0 + 7)//8))", "always", "always holds for num_tokens in [1, 32,768]"),
+        ("Ne(s0, 8)", "except", "valid for every num_tokens except 8"),
+        (
+            "Eq(CeilToInt(IntTrueDiv(s0, 64)), 1)",
+            "interval",
+            "valid for num_tokens in [2, 64]; recompiles at 64 -> 65",
+        ),
+        ("64*s77 <= 2147483647", "always", "always holds for num_tokens in [1, 32,768]"),
+        (
+            "s77*(s77 - (Mod(s77, 8)) + 8) >= 2",
+            "always",
+            "always holds for num_tokens in [1, 32,768]",
+        ),
+        (
+            "s77*Max(1, s77 - (Mod(s77, 8)) + 8) > 1",
+            "always",
+            "always holds for num_tokens in [1, 32,768]",
+        ),
+        ("(s1 >= 0) & (s1 <= s0)", "always", "always holds for num_tokens in [1, 32,768]"),
+        ("Eq(s77, 16)", "point", "valid for num_tokens=16 only"),
+        (
+            "Eq(Mod(s77, 4), 0)",
+            "periodic",
+            "valid only for num_tokens % 4 in {0}: every other remainder recompiles",
+        ),
+        (
+            "Ne(Mod(64*s77, 256), 0)",
+            "periodic",
+            "valid only for num_tokens % 4 in {1, 2, 3}: every other remainder recompiles",
+        ),
+        ("s77 >= 2", "always", "always holds for num_tokens in [1, 32,768]"),
+        ("Ne(s77, 1)", "always", "always holds for num_tokens in [1, 32,768]"),
+        ("s77 < int_oo", "always", "always holds for num_tokens in [1, 32,768]"),
+    ],
+)
 def test_verdicts(expr, shape, text):
     v = judge(expr, T | {"s1"}, D)
     assert (v.shape, v.describe()) == (shape, text)
@@ -55,8 +78,17 @@ def test_other_symbols_take_their_compile_values_and_unknown_ones_are_unjudgeabl
     assert v.shape == "unknown" and "s2" in v.reason
 
 
-@pytest.mark.parametrize("expr", ["__import__('os').system('true')", "s0.__class__",
-                                  "lambda: 1", "[s0 for s0 in ()]", "s0 <= ", "open('x')"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "__import__('os').system('true')",
+        "s0.__class__",
+        "lambda: 1",
+        "[s0 for s0 in ()]",
+        "s0 <= ",
+        "open('x')",
+    ],
+)
 def test_hostile_or_broken_expressions_are_never_evaluated(expr):
     assert judge(expr, T, D).shape == "unknown"
 
@@ -74,16 +106,18 @@ def test_domain_limits_and_errors():
 
 
 @settings(max_examples=60, deadline=None)
-@given(a=st.integers(1, 64), b=st.integers(-5000, 70000),
-       op=st.sampled_from(["<=", "<", ">=", ">", "==", "!="]),
-       shape=st.sampled_from(["{a}*s0", "(s0 + {a})//{a}", "Mod(s0, {a})", "Max({a}, s0)"]))
+@given(
+    a=st.integers(1, 64),
+    b=st.integers(-5000, 70000),
+    op=st.sampled_from(["<=", "<", ">=", ">", "==", "!="]),
+    shape=st.sampled_from(["{a}*s0", "(s0 + {a})//{a}", "Mod(s0, {a})", "Max({a}, s0)"]),
+)
 def test_vectorised_truth_equals_pointwise_python(a, b, op, shape):
     """Against a plain Python evaluation at every count of a small domain."""
     lhs = shape.format(a=a)
     expr = f"{lhs} {op} {b}"
     dom = TokenDomain(1, 3000)
     holds, first = truth(expr, {"s0"}, dom)
-    py_lhs = (lhs.replace("Mod(s0, {a})".format(a=a), f"(s0 % {a})")
-              .replace("Max({a}, s0)".format(a=a), f"max({a}, s0)"))
+    py_lhs = lhs.replace(f"Mod(s0, {a})", f"(s0 % {a})").replace(f"Max({a}, s0)", f"max({a}, s0)")
     want = [eval(f"{py_lhs} {op} {b}", {}, {"s0": n}) for n in range(first, 3001)]  # noqa: S307
     assert list(holds) == want

@@ -27,8 +27,9 @@ def test_clean_models_are_clean(fixture_reports, name):
 
 
 def test_fake_kernel_guard_points_into_the_fake_kernel_and_lists_the_call_site(fixture_reports):
-    (guard,) = [f for f in load_json(fixture_reports, "fake_kernel")["findings"]
-                if f["code"] == "ARF102"]
+    (guard,) = [
+        f for f in load_json(fixture_reports, "fake_kernel")["findings"] if f["code"] == "ARF102"
+    ]
     lines = (FIXTURES / "fake_kernel.py").read_text().splitlines()
     assert lines[guard["line"] - 1].strip().startswith("if x.shape[0] > 1024:")
     call_site = [fr["line"] for fr in guard["frames"][1:]]
@@ -49,8 +50,9 @@ def test_threshold_branch_recompiles_exactly_when_crossing(fixture_reports):
 
 
 def test_equality_branch_is_pinned_to_the_constant(fixture_reports):
-    (pin,) = [f for f in load_json(fixture_reports, "equality")["findings"]
-              if f["code"] == "ARF101"]
+    (pin,) = [
+        f for f in load_json(fixture_reports, "equality")["findings"] if f["code"] == "ARF101"
+    ]
     # compiled at 16: every count but 64; recompiled at 64: that count only
     assert "valid for num_tokens=64 only" in pin["message"]
     assert "valid for every num_tokens except 64" in pin["message"]
@@ -91,7 +93,7 @@ def test_codes_follow_the_truth_not_the_syntax(fixture_reports):
     by_code = {f["code"]: f for f in load_json(fixture_reports, "pins")["findings"]}
     assert by_code["ARF101"]["message"].endswith("valid for every num_tokens except 8")
     assert "Ne(" in by_code["ARF101"]["expr"]
-    assert "recompiles at 64 -> 65" in by_code["ARF102"]["message"]   # Eq(ceil(n/64), 1)
+    assert "recompiles at 64 -> 65" in by_code["ARF102"]["message"]  # Eq(ceil(n/64), 1)
     assert "CeilToInt" in by_code["ARF102"]["expr"]
 
 
@@ -100,11 +102,14 @@ def test_guards_that_always_hold_are_counted_and_listed_not_reported(fixture_rep
     assert report["findings"] == []
     summary = report["summary"]
     assert summary["domain"] == [1, 32768]
-    dismissed = {(d["line"], d["expr"]) for d in summary["dismissed"]
-                 if d["path"].endswith("tautologies.py")}
+    dismissed = {
+        (d["line"], d["expr"]) for d in summary["dismissed"] if d["path"].endswith("tautologies.py")
+    }
     assert summary["dismissed_guards"] == len(summary["dismissed"]) >= 2
-    assert any(line == 14 and re.fullmatch(r"s(\d+) <= 8\*\(\(\(s\1 \+ 7\)//8\)\)", e)
-               for line, e in dismissed), dismissed  # pad to a multiple of 8, slice back
+    assert any(
+        line == 14 and re.fullmatch(r"s(\d+) <= 8\*\(\(\(s\1 \+ 7\)//8\)\)", e)
+        for line, e in dismissed
+    ), dismissed  # pad to a multiple of 8, slice back
     assert any(line == 15 and re.search(r"s\d+ <= s\d+", e) for line, e in dismissed)
     assert all("always holds" in d["reason"] for d in summary["dismissed"])
     text = (fixture_reports["tautologies"] / "tautologies.text").read_text()
@@ -121,7 +126,8 @@ def test_a_frame_that_never_compiled_is_never_a_pass(fixture_reports):
 
 
 def test_graph_break_on_the_token_path_names_the_break_and_the_reason(fixture_reports):
-    (brk,) = [f for f in load_json(fixture_reports, "graph_break")["findings"]
-              if f["code"] == "ARF107"]
+    (brk,) = [
+        f for f in load_json(fixture_reports, "graph_break")["findings"] if f["code"] == "ARF107"
+    ]
     assert brk["line"] == 18 and "graph break" in brk["message"]
     assert "User-inserted graph break" in brk["message"]

@@ -16,8 +16,14 @@ import pytest
 
 pytestmark = pytest.mark.timeout(600)
 GOLDEN = Path(__file__).resolve().parent / "golden"
-CASES = [("branch", "text"), ("branch", "json"), ("branch", "md"), ("branch", "sarif"),
-         ("fake_kernel", "text"), ("tp_unfused", "text")]
+CASES = [
+    ("branch", "text"),
+    ("branch", "json"),
+    ("branch", "md"),
+    ("branch", "sarif"),
+    ("fake_kernel", "text"),
+    ("tp_unfused", "text"),
+]
 
 
 _SYMBOL = re.compile(r"\b([su])\d+\b")
@@ -32,8 +38,10 @@ def normalise(text: str) -> str:
 
 
 def test_normalise_hides_torch_internals_only():
-    assert normalise("s77 <= 2048 at torch/_inductor/ir.py:1879 and model.py:16") == \
-        "sN <= 2048 at torch/_inductor/ir.py:N and model.py:16"
+    assert (
+        normalise("s77 <= 2048 at torch/_inductor/ir.py:1879 and model.py:16")
+        == "sN <= 2048 at torch/_inductor/ir.py:N and model.py:16"
+    )
 
 
 @pytest.mark.parametrize("name,ext", CASES)
@@ -43,8 +51,10 @@ def test_golden(fixture_reports, name, ext):
     want = normalise(path.read_text()) if path.exists() else ""
     if got != want and os.environ.get("UPDATE_GOLDEN"):
         path.with_name(path.name + ".new").write_text(got)
-    assert got == want, (f"{path} differs; UPDATE_GOLDEN=1 writes {path.name}.new for review "
-                         f"(then move it over the golden)")
+    assert got == want, (
+        f"{path} differs; UPDATE_GOLDEN=1 writes {path.name}.new for review "
+        f"(then move it over the golden)"
+    )
 
 
 def test_sarif_is_valid_2_1_0_shape(fixture_reports):
@@ -63,6 +73,15 @@ def test_json_schema_matches_the_contract(fixture_reports):
     report = json.loads((fixture_reports["branch"] / "branch.json").read_text())
     assert set(report) >= {"findings", "summary"}
     for f in report["findings"]:
-        assert {"code", "name", "message", "path", "line", "expr", "symbol", "compile_id",
-                "frames"} <= set(f)
+        assert {
+            "code",
+            "name",
+            "message",
+            "path",
+            "line",
+            "expr",
+            "symbol",
+            "compile_id",
+            "frames",
+        } <= set(f)
         assert all(set(fr) == {"path", "line"} for fr in f["frames"])

@@ -11,21 +11,21 @@ def _graph(body: str):
 
 
 def test_custom_op_allreduce_add_custom_norm():
-    g = _graph('''
+    g = _graph("""
 # File: /m/model.py:10 in forward, code: y = arfuse_ops.all_reduce(x, group)
 all_reduce: "f32[s0, 64]" = torch.ops.arfuse.all_reduce.default(arg0_1, '0')
 # File: /m/model.py:11 in forward, code: h = y + residual
 add: "f32[s0, 64]" = torch.ops.aten.add.Tensor(all_reduce, arg2_1)
 # File: /m/model.py:12 in forward, code: out = rms_norm(h, w, eps)
 rms_norm: "f32[s0, 64]" = torch.ops.arfuse.rms_norm.default(add, arg1_1, 1e-05)
-return (rms_norm, add)''')
+return (rms_norm, add)""")
     ((ar, add, norm),) = unfused_chains(g)
     assert ar.name == "all_reduce" and add.name == "add" and [n.name for n in norm] == ["rms_norm"]
     assert add.source.line == 11
 
 
 def test_functional_allreduce_through_wait_view_and_cast_to_hf_norm_without_residual():
-    g = _graph('''
+    g = _graph("""
 all_reduce: "f32[s0, 64]" = torch.ops._c10d_functional.all_reduce.default(arg0_1, 'sum', '0')
 wait_tensor: "f32[s0, 64]" = torch.ops._c10d_functional.wait_tensor.default(all_reduce)
 view: "f32[s0, 64]" = torch.ops.aten.view.default(wait_tensor, [-1, 64])
@@ -35,32 +35,38 @@ mean: "f32[s0, 1]" = torch.ops.aten.mean.dim(pow_1, [-1], True)
 add_1: "f32[s0, 1]" = torch.ops.aten.add.Tensor(mean, 1e-06)
 rsqrt: "f32[s0, 1]" = torch.ops.aten.rsqrt.default(add_1)
 mul: "f32[s0, 64]" = torch.ops.aten.mul.Tensor(convert, rsqrt)
-return (mul,)''')
+return (mul,)""")
     ((ar, add, norm),) = unfused_chains(g)
     assert add is None and {n.op for n in norm} == {"aten.mean", "aten.rsqrt"}
 
 
 def test_fused_graph_and_lonely_allreduce_are_clean():
-    fused = _graph('''
+    fused = _graph("""
 fused = torch.ops.arfuse.fused_allreduce_rmsnorm.default(arg0_1, arg2_1, arg1_1, 1e-05, '0')
 getitem: "f32[s0, 64]" = fused[0]
-return (getitem,)''')
+return (getitem,)""")
     assert list(unfused_chains(fused)) == []
-    lonely = _graph('''
+    lonely = _graph("""
 all_reduce: "f32[s0, 64]" = torch.ops._c10d_functional.all_reduce_.default(arg0_1, 'sum', '0')
 wait_tensor: "f32[s0, 64]" = torch.ops._c10d_functional.wait_tensor.default(all_reduce)
 mm: "f32[s0, 64]" = torch.ops.aten.mm.default(wait_tensor, arg0_1)
-return (mm,)''')
+return (mm,)""")
     assert list(unfused_chains(lonely)) == []
 
 
 def _artifact(name: str, payload: str, fcid: int = 0) -> str:
-    meta = {"artifact": {"name": name, "encoding": "json"}, "frame_id": 0,
-            "frame_compile_id": fcid, "attempt": 0, "has_payload": "x"}
+    meta = {
+        "artifact": {"name": name, "encoding": "json"},
+        "frame_id": 0,
+        "frame_compile_id": fcid,
+        "attempt": 0,
+        "has_payload": "x",
+    }
     import json
 
-    return (f"V1127 14:36:18.743000 1 torch/x.py:1] {json.dumps(meta)}\n"
-            + "".join(f"\t{line}\n" for line in payload.splitlines()))
+    return f"V1127 14:36:18.743000 1 torch/x.py:1] {json.dumps(meta)}\n" + "".join(
+        f"\t{line}\n" for line in payload.splitlines()
+    )
 
 
 def test_fusion_artifact_rules_skipped_and_disabled():
@@ -71,16 +77,37 @@ def test_fusion_artifact_rules_skipped_and_disabled():
 
     graph = HEADER + (
         "        # File: /m/model.py:12 in forward, code: out = self.norm(h)\n"
-        '        rms_norm: "f32[s0, 64]" = torch.ops.aten.rms_norm.default(arg0_1, [64], arg1_1)\n')
-    text = (_artifact("inductor_post_grad_graph", graph)
-            + _artifact("arfuse_fusion", json.dumps({
-                "matches": 1, "specs": ["c10d_hf_residual"], "disabled": None,
-                "skipped": [{"reason": "hidden size 100 is not a multiple of 8", "node": "rms_norm"},
-                            {"reason": "hidden size 100 is not a multiple of 8",
-                             "node": "rms_norm"}]}))
-            + _artifact("arfuse_fusion", json.dumps({
-                "matches": 0, "specs": [], "disabled": "world size 1 of group '0'",
-                "skipped": [{"reason": "world size 1 of group '0'", "node": "x"}]}), fcid=1))
+        '        rms_norm: "f32[s0, 64]" = torch.ops.aten.rms_norm.default(arg0_1, [64], arg1_1)\n'
+    )
+    text = (
+        _artifact("inductor_post_grad_graph", graph)
+        + _artifact(
+            "arfuse_fusion",
+            json.dumps(
+                {
+                    "matches": 1,
+                    "specs": ["c10d_hf_residual"],
+                    "disabled": None,
+                    "skipped": [
+                        {"reason": "hidden size 100 is not a multiple of 8", "node": "rms_norm"},
+                        {"reason": "hidden size 100 is not a multiple of 8", "node": "rms_norm"},
+                    ],
+                }
+            ),
+        )
+        + _artifact(
+            "arfuse_fusion",
+            json.dumps(
+                {
+                    "matches": 0,
+                    "specs": [],
+                    "disabled": "world size 1 of group '0'",
+                    "skipped": [{"reason": "world size 1 of group '0'", "node": "x"}],
+                }
+            ),
+            fcid=1,
+        )
+    )
     report = analyze({0: parse_bytes(text.encode())})
     by_code = {f.code: f for f in report.findings}
     assert set(by_code) == {"ARF202", "ARF203"}  # the disabled reason is not repeated as 203

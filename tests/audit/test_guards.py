@@ -9,24 +9,27 @@ from arfuse.audit.trace import Frame
 T = {"s77", "s80"}
 
 
-@pytest.mark.parametrize("expr,cls", [
-    ("s77 <= 2048", GuardClass.RANGE),
-    ("2048 < s77", GuardClass.RANGE),
-    ("(s77 >= 0) & (s77 <= 100)", GuardClass.RANGE),
-    ("Eq(Mod(s77, 4), 0)", GuardClass.DIVISIBILITY),
-    ("Ne(Mod(64*s77, 256), 0)", GuardClass.DIVISIBILITY),
-    ("Eq(s77, 16)", GuardClass.PIN),
-    ("Ne(s77, 16)", GuardClass.PIN),
-    ("Eq(IntTrueDiv(s77, 64), 0.25)", GuardClass.PIN),
-    ("s77 >= 2", GuardClass.FRAMEWORK),
-    ("2 <= s77", GuardClass.FRAMEWORK),
-    ("Ne(s77, 1)", GuardClass.FRAMEWORK),
-    ("Ne((s77//4), 0)", GuardClass.FRAMEWORK),
-    ("8*((s77//4)) >= 2", GuardClass.FRAMEWORK),
-    ("Eq(s77, s80)", GuardClass.RELATION),
-    ("s27 <= 64", None),
-    ("Eq(s27, 64)", None),
-])
+@pytest.mark.parametrize(
+    "expr,cls",
+    [
+        ("s77 <= 2048", GuardClass.RANGE),
+        ("2048 < s77", GuardClass.RANGE),
+        ("(s77 >= 0) & (s77 <= 100)", GuardClass.RANGE),
+        ("Eq(Mod(s77, 4), 0)", GuardClass.DIVISIBILITY),
+        ("Ne(Mod(64*s77, 256), 0)", GuardClass.DIVISIBILITY),
+        ("Eq(s77, 16)", GuardClass.PIN),
+        ("Ne(s77, 16)", GuardClass.PIN),
+        ("Eq(IntTrueDiv(s77, 64), 0.25)", GuardClass.PIN),
+        ("s77 >= 2", GuardClass.FRAMEWORK),
+        ("2 <= s77", GuardClass.FRAMEWORK),
+        ("Ne(s77, 1)", GuardClass.FRAMEWORK),
+        ("Ne((s77//4), 0)", GuardClass.FRAMEWORK),
+        ("8*((s77//4)) >= 2", GuardClass.FRAMEWORK),
+        ("Eq(s77, s80)", GuardClass.RELATION),
+        ("s27 <= 64", None),
+        ("Eq(s27, 64)", None),
+    ],
+)
 def test_classify(expr, cls):
     assert classify(expr, T) is cls
 
@@ -72,10 +75,14 @@ def test_sweep_order_thresholds_and_table_hook():
     from arfuse.audit import AuditTarget
     from arfuse.audit.sizes import sweep, table_provider
 
-    t = AuditTarget(model=torch.nn.Identity(), make_inputs=lambda n: torch.randn(n, 8),
-                    sizes=[1, 16, 2048], thresholds=[100])
+    t = AuditTarget(
+        model=torch.nn.Identity(),
+        make_inputs=lambda n: torch.randn(n, 8),
+        sizes=[1, 16, 2048],
+        thresholds=[100],
+    )
     assert sweep(t) == [16, 99, 100, 101, 2048, 1]  # first call >= 2, ascending, 0/1 last
-    assert table_provider(t) == ()                    # no hidden: the table is not consulted
+    assert table_provider(t) == ()  # no hidden: the table is not consulted
     t.hidden, t.world_size, t.dtype = 4096, 4, torch.bfloat16
     limits = thresholds.lookup("sm90", 4, torch.bfloat16, 4096)
     got = set(table_provider(t))
@@ -86,7 +93,12 @@ def test_sweep_order_thresholds_and_table_hook():
 def test_attribute_ignores_callers_under_a_test_runner():
     # pytest frames are library frames before the caller: the test function that called the
     # audit is still the caller, not a decision inside the compiler
-    stack = (_f("/v/site-packages/_pytest/python.py", 1), _f("/m/test_x.py", 33),
-             _f("/v/site-packages/arfuse/audit/worker.py", 5), _f(TORCH, 1), _f(TORCH, 2))
+    stack = (
+        _f("/v/site-packages/_pytest/python.py", 1),
+        _f("/m/test_x.py", 33),
+        _f("/v/site-packages/arfuse/audit/worker.py", 5),
+        _f(TORCH, 1),
+        _f(TORCH, 2),
+    )
     a = attribute((_f("/m/model.py", 20),), stack)
     assert (a.decision.filename, a.decision.line) == ("/m/model.py", 20)

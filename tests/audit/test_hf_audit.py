@@ -30,8 +30,9 @@ def test_tiny_gemma3_sliding_window_found_in_masking_utils():
     assert report.exit_code == 1
     lines = {(f.code, Path(f.path).name) for f in report.findings}
     assert ("ARF102", "masking_utils.py") in lines, report.render("text")
-    (mask,) = [f for f in report.findings
-               if f.code == "ARF102" and f.path.endswith("masking_utils.py")]
+    (mask,) = [
+        f for f in report.findings if f.code == "ARF102" and f.path.endswith("masking_utils.py")
+    ]
     window = hf_targets.SLIDING_WINDOW
     assert f"recompiles at {window - 1:,} -> {window:,}" in mask.message, mask.message
     assert not [f for f in report.findings if f.code == "ARF106" or "torch/" in f.path]

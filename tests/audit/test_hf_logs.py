@@ -35,7 +35,8 @@ def test_models_compiled_after_a_reset_stay_separate():
     assert [str(i) for i in sorted(ids)] == ["0/0", "0/0@1", "0/0@2"]
     # bert's position-embedding slice: the only guard on the token count that can fail
     assert [(f.code, Path(f.path).name, f.line, f.compile_id) for f in report.findings] == [
-        ("ARF102", "modeling_bert.py", 85, "0/0@2")]
+        ("ARF102", "modeling_bert.py", 85, "0/0@2")
+    ]
 
 
 def test_cli_on_the_hf_log():
@@ -48,29 +49,43 @@ def test_cli_on_the_hf_log():
 def _log(*symbols):
     lines = []
     for fcid, sym, val, src in symbols:
-        body = {"create_symbol": {"symbol": sym, "val": val, "vr": "[2, int_oo]", "source": src},
-                "frame_id": 0, "frame_compile_id": fcid, "attempt": 0}
-        lines.append(f"V1127 14:36:18.743000 1 torch/fx/experimental/symbolic_shapes.py:1] "
-                     f"{json.dumps(body)}\n")
+        body = {
+            "create_symbol": {"symbol": sym, "val": val, "vr": "[2, int_oo]", "source": src},
+            "frame_id": 0,
+            "frame_compile_id": fcid,
+            "attempt": 0,
+        }
+        lines.append(
+            f"V1127 14:36:18.743000 1 torch/fx/experimental/symbolic_shapes.py:1] "
+            f"{json.dumps(body)}\n"
+        )
     return {0: parse_bytes("".join(lines).encode())}
 
 
 def test_token_inputs_are_preferred_when_sizes_differ():
-    traces = _log((0, "s0", "8", "L['input_ids'].size()[1]"),
-                  (0, "s1", "24", "L['attention_mask'].size()[1]"),
-                  (0, "zf2", "1e-06", "L['self'].norm.eps"))
+    traces = _log(
+        (0, "s0", "8", "L['input_ids'].size()[1]"),
+        (0, "s1", "24", "L['attention_mask'].size()[1]"),
+        (0, "zf2", "1e-06", "L['self'].norm.eps"),
+    )
     assert infer_token_sources(traces) == ["L['input_ids'].size()[1]"]
-    traces = _log((0, "s0", "8", "L['inputs_embeds'].size()[1]"),
-                  (0, "s1", "8", "L['position_ids'].size()[1]"),
-                  (0, "s2", "40", "L['past_key_values'].size()[2]"))
-    assert infer_token_sources(traces) == ["L['inputs_embeds'].size()[1]",
-                                           "L['position_ids'].size()[1]"]
+    traces = _log(
+        (0, "s0", "8", "L['inputs_embeds'].size()[1]"),
+        (0, "s1", "8", "L['position_ids'].size()[1]"),
+        (0, "s2", "40", "L['past_key_values'].size()[2]"),
+    )
+    assert infer_token_sources(traces) == [
+        "L['inputs_embeds'].size()[1]",
+        "L['position_ids'].size()[1]",
+    ]
 
 
 def test_still_ambiguous_lists_sizes_only():
-    traces = _log((0, "s0", "4", "L['input_ids'].size()[0]"),
-                  (0, "s1", "8", "L['input_ids'].size()[1]"),
-                  (0, "zf2", "0.1", "L['self'].drop.p"))
+    traces = _log(
+        (0, "s0", "4", "L['input_ids'].size()[0]"),
+        (0, "s1", "8", "L['input_ids'].size()[1]"),
+        (0, "zf2", "0.1", "L['self'].drop.p"),
+    )
     with pytest.raises(AmbiguousTokenSource) as err:
         infer_token_sources(traces)
     assert "L['input_ids'].size()[0]" in str(err.value)
@@ -88,6 +103,7 @@ def test_one_model_compiled_twice_after_a_reset_counts_both_runs():
     twice = analyze({0: parse_stream(io.BytesIO(log + log))})
     assert (once.summary["compiles"], once.summary["recompiles"]) == (4, 3)
     assert (twice.summary["compiles"], twice.summary["recompiles"]) == (8, 6)
+
     def key(report):
         return [(f.code, f.line, f.num_tokens, f.compile_id) for f in report.findings]
 

@@ -27,8 +27,9 @@ def _codes(report):
 def test_branch_log(version):
     report = analyze_trace(DATA / f"torch-{version}-branch.log.gz")
     thr, div = _line("y = x * 2 if n <= 2048"), _line("return y.view(-1, 2")
-    assert _codes(report) == sorted([("ARF102", thr), ("ARF104", thr), ("ARF103", div),
-                                     ("ARF104", div)])
+    assert _codes(report) == sorted(
+        [("ARF102", thr), ("ARF104", thr), ("ARF103", div), ("ARF104", div)]
+    )
     # sizes come from Dynamo's describe_tensor events (no arfuse markers in these logs); the
     # num_tokens=1 recompile is torch's 0/1 specialization, not a finding
     (recompile,) = [f for f in report.findings if f.code == "ARF104" and f.line == thr]
@@ -76,9 +77,24 @@ def test_recompile_limit_is_called_out(tmp_path):
     recompile_limit) and runs the frame eagerly - the ARF104 finding must say so."""
     fixture = Path(__file__).resolve().parent / "fixtures" / "host_value.py"
     sizes = ",".join(str(16 * i) for i in range(1, 13))
-    res = subprocess.run([sys.executable, "-m", "arfuse", "audit", f"{fixture}:build",
-                          "--sizes", sizes, "--select", "ARF104", "--format", "json"],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "arfuse",
+            "audit",
+            f"{fixture}:build",
+            "--sizes",
+            sizes,
+            "--select",
+            "ARF104",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 1, res.stderr
     (f,) = json.loads(res.stdout)["findings"]
     assert "recompile limit was hit at num_tokens=144" in f["message"]

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from arfuse.audit import analyze, audit_logs
 from arfuse.audit.cli import audit as audit_cmd
-from arfuse.audit.offline import AmbiguousTokenSource, load_traces, pick_per_rank, TraceSource
+from arfuse.audit.offline import AmbiguousTokenSource, TraceSource, load_traces, pick_per_rank
 from arfuse.audit.trace import parse_bytes, parse_stream, read_bytes
 
 HERE = Path(__file__).resolve().parent
@@ -29,20 +29,22 @@ def _line(lines, text):
 
 
 def _key(findings):
-    return sorted((f["code"], Path(f["path"]).name, f["line"], tuple(f["ranks"]))
-                  for f in findings)
+    return sorted((f["code"], Path(f["path"]).name, f["line"], tuple(f["ranks"])) for f in findings)
 
 
 def _as_today(live_findings):
     """live.json was recorded before compiler-decided guards got their own code (ARF106):
     the same finding, then reported as ARF102 at the Inductor line."""
-    return [{**f, "code": "ARF106"} if f["code"] == "ARF102" and "_inductor" in f["path"]
-            else f for f in live_findings]
+    return [
+        {**f, "code": "ARF106"} if f["code"] == "ARF102" and "_inductor" in f["path"] else f
+        for f in live_findings
+    ]
 
 
 def _offline(path, *args):
-    res = CliRunner().invoke(audit_cmd, ["--trace", str(path), "--format", "json",
-                                         "--no-progress", *args])
+    res = CliRunner().invoke(
+        audit_cmd, ["--trace", str(path), "--format", "json", "--no-progress", *args]
+    )
     return res.exit_code, (json.loads(res.stdout) if res.exit_code in (0, 1) else res.output)
 
 
@@ -54,10 +56,11 @@ def _case(name, torch_version="2.13"):
 # Inductor's own CPU guards on num_tokens (need_use_acc_helper) sit on other cpp.py lines per
 # torch release; 2.11 recorded on the GPU machine, 2.13 here. (code, cpp.py line, ranks)
 COMPILER_GUARDS = {
-    "2.11": {"consistent": [("ARF106", 2211), ("ARF106", 2214), ("ARF104", 2214)],
-             "divergent": [("ARF106", 2214)]},
-    "2.13": {"consistent": [("ARF106", 2273), ("ARF104", 2273)],
-             "divergent": [("ARF106", 2273)]},
+    "2.11": {
+        "consistent": [("ARF106", 2211), ("ARF106", 2214), ("ARF104", 2214)],
+        "divergent": [("ARF106", 2214)],
+    },
+    "2.13": {"consistent": [("ARF106", 2273), ("ARF104", 2273)], "divergent": [("ARF106", 2273)]},
 }
 VERSIONS = sorted(COMPILER_GUARDS)
 
@@ -80,8 +83,9 @@ def test_offline_matches_live_audit_of_the_same_run(case):
 
 
 def test_every_torch_version_has_recorded_ranks():
-    assert {p.name for p in RANKS} == {f"ranks-{c}-torch-{v}.0" for c in ("consistent",
-                                       "divergent") for v in VERSIONS}
+    assert {p.name for p in RANKS} == {
+        f"ranks-{c}-torch-{v}.0" for c in ("consistent", "divergent") for v in VERSIONS
+    }
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -98,25 +102,32 @@ def test_divergent_ranks_exact_findings(version):
     assert code == 1
     branch = _line(TP_RANKS, "if self.rank == 1 and x.shape[0] <= THRESHOLD")
     norm = _line(DECODER, "return self.weight * xf.to(x.dtype)")
-    add1, add2 = _line(DECODER, "hidden = hidden + residual"), _line(DECODER,
-                                                                     "return hidden + residual")
-    assert _key(report["findings"]) == sorted(_compiler(version, "divergent") + [
-        ("ARF102", "tp_ranks.py", branch, (1,)),     # the rank-dependent branch: rank 1 only
-        ("ARF104", "tp_ranks.py", branch, (1,)),
-        ("ARF201", "tp_decoder.py", add1, (1,)),     # rank 1 compiled without the pass
-        ("ARF201", "tp_decoder.py", add2, (1,)),
-        ("ARF301", "tp_ranks.py", branch - 1, (0, 1)),  # forward: 1 compile vs 2
-        ("ARF302", "tp_ranks.py", branch, (0, 1)),
-        ("ARF303", "tp_decoder.py", norm, (0, 1)),
-        ("ARF304", "tp_decoder.py", norm, (0, 1)),
-    ])
+    add1, add2 = (
+        _line(DECODER, "hidden = hidden + residual"),
+        _line(DECODER, "return hidden + residual"),
+    )
+    assert _key(report["findings"]) == sorted(
+        _compiler(version, "divergent")
+        + [
+            ("ARF102", "tp_ranks.py", branch, (1,)),  # the rank-dependent branch: rank 1 only
+            ("ARF104", "tp_ranks.py", branch, (1,)),
+            ("ARF201", "tp_decoder.py", add1, (1,)),  # rank 1 compiled without the pass
+            ("ARF201", "tp_decoder.py", add2, (1,)),
+            ("ARF301", "tp_ranks.py", branch - 1, (0, 1)),  # forward: 1 compile vs 2
+            ("ARF302", "tp_ranks.py", branch, (0, 1)),
+            ("ARF303", "tp_decoder.py", norm, (0, 1)),
+            ("ARF304", "tp_decoder.py", norm, (0, 1)),
+        ]
+    )
     by = {f["code"]: f for f in report["findings"] if f["code"].startswith("ARF3")}
     assert "rank 0: 1 compile(s) (0/0); rank 1: 2 compile(s) (0/0, 0/1)" in by["ARF301"]["message"]
     assert by["ARF301"]["compile_id"] == "0/1"
     assert "`x.size()[0] <= 1024` on rank(s) 1 but not on rank(s) 0" in by["ARF302"]["message"]
     assert "rank 0: 2 fused op(s); rank 1: 0 fused op(s)" in by["ARF303"]["message"]
-    assert ("collective #1 is rank 0: arfuse.fused_allreduce_rmsnorm; rank 1: "
-            "_c10d_functional.all_reduce_") in by["ARF304"]["message"]
+    assert (
+        "collective #1 is rank 0: arfuse.fused_allreduce_rmsnorm; rank 1: "
+        "_c10d_functional.all_reduce_"
+    ) in by["ARF304"]["message"]
     assert all(by[c]["compile_id"] == "0/0" for c in ("ARF302", "ARF303", "ARF304"))
 
 
@@ -138,7 +149,7 @@ def test_truncated_last_line_is_a_note(tmp_path):
     data = read_bytes(DATA / "torch-2.13.0-branch.log.gz")
     whole = _key(_offline(DATA / "torch-2.13.0-branch.log.gz")[1]["findings"])
     cut = data.rstrip(b"\n")
-    cut = cut[:cut.rfind(b"\n") + 40]  # the job died 40 bytes into its last line
+    cut = cut[: cut.rfind(b"\n") + 40]  # the job died 40 bytes into its last line
     log = tmp_path / "dedicated_log_torch_trace_crashed.log"
     log.write_bytes(cut)
     code, report = _offline(log)
@@ -153,20 +164,34 @@ def test_streaming_parse_equals_whole_parse():
         whole = parse_bytes(data)
         for chunk in (997, 1 << 16):
             streamed = parse_stream(io.BytesIO(data), chunk_size=chunk, slim=False)
-            assert [(e.line_no, e.kind) for e in streamed.events] == \
-                [(e.line_no, e.kind) for e in whole.events]
+            assert [(e.line_no, e.kind) for e in streamed.events] == [
+                (e.line_no, e.kind) for e in whole.events
+            ]
         slim = parse_stream(io.BytesIO(data), chunk_size=4096)
         assert slim.truncated_line is None
-        assert [f.to_json() for f in analyze({0: slim}).findings] == \
-            [f.to_json() for f in analyze({0: whole}).findings]
+        assert [f.to_json() for f in analyze({0: slim}).findings] == [
+            f.to_json() for f in analyze({0: whole}).findings
+        ]
 
 
-_AMBIGUOUS = "\n".join(
-    'V1127 14:36:18.743000 1 torch/fx/experimental/symbolic_shapes.py:1] ' + json.dumps(
-        {"create_symbol": {"symbol": sym, "val": val, "vr": "[2, int_oo]", "source": src},
-         "frame_id": 0, "frame_compile_id": 0, "attempt": 0})
-    for sym, val, src in [("s0", "4", "L['input_ids'].size()[0]"),
-                          ("s1", "128", "L['input_ids'].size()[1]")]) + "\n"
+_AMBIGUOUS = (
+    "\n".join(
+        "V1127 14:36:18.743000 1 torch/fx/experimental/symbolic_shapes.py:1] "
+        + json.dumps(
+            {
+                "create_symbol": {"symbol": sym, "val": val, "vr": "[2, int_oo]", "source": src},
+                "frame_id": 0,
+                "frame_compile_id": 0,
+                "attempt": 0,
+            }
+        )
+        for sym, val, src in [
+            ("s0", "4", "L['input_ids'].size()[0]"),
+            ("s1", "128", "L['input_ids'].size()[1]"),
+        ]
+    )
+    + "\n"
+)
 
 
 def test_ambiguous_token_symbol_is_a_usage_error(tmp_path):
@@ -183,8 +208,9 @@ def test_ambiguous_token_symbol_is_a_usage_error(tmp_path):
 
 
 def test_token_source_overrides_the_heuristic():
-    code, report = _offline(DATA / "torch-2.13.0-branch.log.gz",
-                            "--token-source", "L['other'].size()[0]")
+    code, report = _offline(
+        DATA / "torch-2.13.0-branch.log.gz", "--token-source", "L['other'].size()[0]"
+    )
     assert code == 0 and report["findings"] == []
 
 
@@ -194,8 +220,10 @@ def test_token_source_needs_trace():
 
 
 def test_html_per_rank(tmp_path):
-    res = CliRunner().invoke(audit_cmd, ["--trace", str(_case("divergent")), "--html",
-                                         str(tmp_path / "html"), "--no-progress"])
+    res = CliRunner().invoke(
+        audit_cmd,
+        ["--trace", str(_case("divergent")), "--html", str(tmp_path / "html"), "--no-progress"],
+    )
     assert res.exit_code == 1, res.output
     if "tlparse not found" in res.output:
         pytest.skip("tlparse is not installed")
@@ -218,43 +246,60 @@ def test_python_api_and_log_choice(tmp_path):
     def src(name, mtime):
         return TraceSource(name, None if "rank" not in name else int(name[-5]), 1, mtime, None)
 
-    chosen, notes = pick_per_rank([src("dedicated_log_torch_trace_ab.log", 9),  # API server
-                                   src("old_rank_0.log", 1), src("new_rank_0.log", 2),
-                                   src("x_rank_1.log", 1)])
+    chosen, notes = pick_per_rank(
+        [
+            src("dedicated_log_torch_trace_ab.log", 9),  # API server
+            src("old_rank_0.log", 1),
+            src("new_rank_0.log", 2),
+            src("x_rank_1.log", 1),
+        ]
+    )
     assert {r: s.name for r, s in chosen.items()} == {0: "new_rank_0.log", 1: "x_rank_1.log"}
     assert len(notes) == 2 and "no rank in its name" in notes[0] and "old_rank_0" in notes[1]
 
 
 def _aot_log(ops):
-    head = ('V1127 14:36:18.743000 1 torch/_functorch/x.py:1] {"aot_inference_graph": {}, '
-            '"frame_id": 0, "frame_compile_id": 0, "attempt": 0, "has_payload": "0"}\n')
-    body = "".join(f"\t        # File: /m/model.py:{10 + i} in forward, code: y{i} = comm(x)\n"
-                   f'\t        c{i}: "f32[s0, 4]" = torch.ops._c10d_functional.{op}.default(arg0_1)\n'
-                   for i, op in enumerate(ops))
-    tail = ('V1127 14:36:18.800000 1 torch/_dynamo/utils.py:1] {"compilation_metrics": '
-            '{"compile_id": "0/0", "co_name": "forward", "co_filename": "/m/model.py", '
-            '"co_firstlineno": 9}, "frame_id": 0, "frame_compile_id": 0, "attempt": 0}\n')
+    head = (
+        'V1127 14:36:18.743000 1 torch/_functorch/x.py:1] {"aot_inference_graph": {}, '
+        '"frame_id": 0, "frame_compile_id": 0, "attempt": 0, "has_payload": "0"}\n'
+    )
+    body = "".join(
+        f"\t        # File: /m/model.py:{10 + i} in forward, code: y{i} = comm(x)\n"
+        f'\t        c{i}: "f32[s0, 4]" = torch.ops._c10d_functional.{op}.default(arg0_1)\n'
+        for i, op in enumerate(ops)
+    )
+    tail = (
+        'V1127 14:36:18.800000 1 torch/_dynamo/utils.py:1] {"compilation_metrics": '
+        '{"compile_id": "0/0", "co_name": "forward", "co_filename": "/m/model.py", '
+        '"co_firstlineno": 9}, "frame_id": 0, "frame_compile_id": 0, "attempt": 0}\n'
+    )
     return (head + body + tail).encode()
 
 
 def test_collective_mismatch_from_aot_graphs_without_inductor():
     """aot_eager logs no post-grad graph: ARF304 compares AOTAutograd's graphs."""
     for slim in (False, True):
-        traces = {r: parse_stream(io.BytesIO(_aot_log(ops)), slim=slim) for r, ops in
-                  {0: ["all_reduce", "all_gather_into_tensor"],
-                   1: ["all_reduce", "reduce_scatter_tensor"]}.items()}
+        traces = {
+            r: parse_stream(io.BytesIO(_aot_log(ops)), slim=slim)
+            for r, ops in {
+                0: ["all_reduce", "all_gather_into_tensor"],
+                1: ["all_reduce", "reduce_scatter_tensor"],
+            }.items()
+        }
         (f,) = analyze(traces, select=["ARF3"]).findings
         assert (f.code, f.path, f.line, f.ranks) == ("ARF304", "/m/model.py", 11, [0, 1])
-        assert ("collective #2 is rank 0: _c10d_functional.all_gather_into_tensor; rank 1: "
-                "_c10d_functional.reduce_scatter_tensor") in f.message
+        assert (
+            "collective #2 is rank 0: _c10d_functional.all_gather_into_tensor; rank 1: "
+            "_c10d_functional.reduce_scatter_tensor"
+        ) in f.message
 
 
 def test_a_crashed_rank_is_audited_up_to_its_last_line(tmp_path):
     for p in _case("divergent").glob("*.log.gz"):
         data = gzip.decompress(p.read_bytes())
         if "_rank_1_" in p.name:
-            data = data[:len(data) // 2]
-            data = data[:data.rfind(b"\n") + 25]  # killed mid-line, half-way through the job
+            data = data[: len(data) // 2]
+            data = data[: data.rfind(b"\n") + 25]  # killed mid-line, half-way through the job
         (tmp_path / p.name.removesuffix(".gz")).write_bytes(data)
     code, report = _offline(tmp_path)
     assert code == 1

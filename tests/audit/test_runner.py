@@ -20,7 +20,7 @@ from arfuse.cli import main
 
 pytestmark = pytest.mark.timeout(300)
 
-BLOCKING = '''
+BLOCKING = """
 import os, time
 from pathlib import Path
 
@@ -44,9 +44,9 @@ def build():
         return (torch.randn(n, 4),)
 
     return Model(), make_inputs, {"backend": "aot_eager"}
-'''
+"""
 
-FLOOD = '''
+FLOOD = """
 import os, sys
 
 
@@ -57,7 +57,7 @@ def build():
     sys.stdout.write("\\nthe last words before the crash\\n")
     sys.stdout.flush()
     os._exit(7)
-'''
+"""
 
 
 def _leftovers(tmp: Path) -> list[str]:
@@ -74,9 +74,14 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
 
 def _audit(args: list[str], tmp: Path, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "TMPDIR": str(tmp)}
-    return subprocess.Popen([sys.executable, "-m", "arfuse", "audit", *args, "--no-progress"],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "arfuse", "audit", *args, "--no-progress"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _gone(pid: int) -> bool:
@@ -107,14 +112,21 @@ def test_missing_target_file_fails_before_any_worker_or_directory(tmp_path, monk
 def test_an_unwritable_keep_dir_is_a_usage_error(tmp_path):
     (tmp_path / "file").write_text("")
     (tmp_path / "t.py").write_text("def build(): pass\n")
-    res = CliRunner().invoke(main, ["audit", f"{tmp_path}/t.py:build", "--keep",
-                                    str(tmp_path / "file" / "k"), "--no-progress"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "audit",
+            f"{tmp_path}/t.py:build",
+            "--keep",
+            str(tmp_path / "file" / "k"),
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 2, res.output
     assert f"cannot write the audit's run directory (--keep {tmp_path}/file/k)" in res.output
 
 
-def test_a_flooding_target_is_read_from_its_tail_and_its_directory_removed(tmp_path,
-                                                                           monkeypatch):
+def test_a_flooding_target_is_read_from_its_tail_and_its_directory_removed(tmp_path, monkeypatch):
     target = tmp_path / "flood.py"
     target.write_text(FLOOD)
     runs = tmp_path / "runs"
@@ -138,12 +150,14 @@ def test_a_flooding_target_is_read_from_its_tail_and_its_directory_removed(tmp_p
 def test_two_audits_sharing_a_keep_dir_do_not_clobber(tmp_path):
     (tmp_path / "blocking.py").write_text(BLOCKING)
     keep = tmp_path / "keep"
-    first = _audit(["blocking.py:build", "--sizes", "2,16", "--keep", str(keep)], tmp_path,
-                   tmp_path)
+    first = _audit(
+        ["blocking.py:build", "--sizes", "2,16", "--keep", str(keep)], tmp_path, tmp_path
+    )
     try:
         _wait_for(tmp_path / "ready", first)
-        second = _audit(["blocking.py:build", "--sizes", "2", "--keep", str(keep)], tmp_path,
-                        tmp_path)
+        second = _audit(
+            ["blocking.py:build", "--sizes", "2", "--keep", str(keep)], tmp_path, tmp_path
+        )
         out, err = second.communicate(timeout=60)
         assert second.returncode == 2, (out, err)
         assert f"--keep {keep} is in use by another running audit (pid {first.pid})" in err
@@ -209,9 +223,11 @@ def test_progress_shows_phases_and_waits_for_whole_lines(tmp_path):
     path = tmp_path / "progress.jsonl"
     show = _Recorder()
     assert _read_progress(path, 0, show) == 0  # not written yet
-    path.write_text('{"phase": "compiling", "num_tokens": 2}\n'
-                    '{"phase": "sweeping", "done": 1, "total": 8, "num_tokens": 2, '
-                    '"seconds": 6.5, "ok": true}\n{"phase": "sweep')
+    path.write_text(
+        '{"phase": "compiling", "num_tokens": 2}\n'
+        '{"phase": "sweeping", "done": 1, "total": 8, "num_tokens": 2, '
+        '"seconds": 6.5, "ok": true}\n{"phase": "sweep'
+    )
     offset = _read_progress(path, 0, show)
     assert show.seen == ["compiling (num_tokens=2)", "sweeping 1/8 (num_tokens=2, 6.5 s)"]
     with path.open("a") as fh:

@@ -12,17 +12,29 @@ from hypothesis import strategies as st
 
 from arfuse.audit.api import analyze
 from arfuse.audit.trace import (
-    ChromiumEvent, CompilationMetrics, CompileId, CreateSymbol, GuardAddedFast,
-    MalformedLine, SymbolicShapeSpecialization, TraceFormatError, TraceReadError, UnknownEvent,
-    parse_bytes, parse_file, parse_stream, read_bytes,
+    ChromiumEvent,
+    CompilationMetrics,
+    CompileId,
+    CreateSymbol,
+    GuardAddedFast,
+    MalformedLine,
+    SymbolicShapeSpecialization,
+    TraceFormatError,
+    TraceReadError,
+    UnknownEvent,
+    parse_bytes,
+    parse_file,
+    parse_stream,
+    read_bytes,
 )
 
 DATA = Path(__file__).resolve().parent / "data"
 VERSIONS = ["2.11.0", "2.13.0"]
 
 
-def _env(kind: str, body: dict, *, frame=0, fcid=0, payload: str | None = None,
-         rank: int | None = None) -> bytes:
+def _env(
+    kind: str, body: dict, *, frame=0, fcid=0, payload: str | None = None, rank: int | None = None
+) -> bytes:
     meta = {kind: body, "frame_id": frame, "frame_compile_id": fcid, "attempt": 0}
     if rank is not None:
         meta["rank"] = rank
@@ -81,9 +93,12 @@ def test_compile_id_parse_and_str():
 
 
 def test_truncated_last_line_and_garbage_are_kept_as_malformed():
-    data = (_env("guard_added_fast", {"expr": "s0 <= 8"}) + b"garbage line here\n"
-            + _env("guard_added_fast", {"expr": "s0 > 8"})
-            + b'V1127 14:36:18.7 1 x.py:1] {"guard_added')
+    data = (
+        _env("guard_added_fast", {"expr": "s0 <= 8"})
+        + b"garbage line here\n"
+        + _env("guard_added_fast", {"expr": "s0 > 8"})
+        + b'V1127 14:36:18.7 1 x.py:1] {"guard_added'
+    )
     trace = parse_bytes(data)
     assert [g.expr for g in trace.of(GuardAddedFast)] == ["s0 <= 8", "s0 > 8"]
     assert len(trace.malformed) == 2
@@ -93,8 +108,11 @@ def test_truncated_last_line_and_garbage_are_kept_as_malformed():
 
 def test_huge_payload_is_sliced_not_copied_line_by_line():
     big = "x" * 5_000_000
-    data = (_env("artifact", {"name": "inductor_post_grad_graph", "encoding": "string"},
-                 payload=big + "\nsecond line") + _env("guard_added_fast", {"expr": "s0 < 3"}))
+    data = _env(
+        "artifact",
+        {"name": "inductor_post_grad_graph", "encoding": "string"},
+        payload=big + "\nsecond line",
+    ) + _env("guard_added_fast", {"expr": "s0 < 3"})
     trace = parse_bytes(data)
     (art,) = list(trace.artifacts("inductor_post_grad_graph"))
     assert art.payload == big + "\nsecond line"
@@ -102,8 +120,10 @@ def test_huge_payload_is_sliced_not_copied_line_by_line():
 
 
 def test_missing_string_id_and_unknown_kind():
-    data = (_env("guard_added_fast", {"expr": "s0 <= 8", "user_stack": [
-        {"line": 3, "name": "f", "filename": 99}]}) + _env("brand_new_event", {"a": 1}))
+    data = _env(
+        "guard_added_fast",
+        {"expr": "s0 <= 8", "user_stack": [{"line": 3, "name": "f", "filename": 99}]},
+    ) + _env("brand_new_event", {"a": 1})
     trace = parse_bytes(data)
     g = next(trace.of(GuardAddedFast))
     assert g.user_stack[0].filename == "<unknown file #99>"
@@ -119,12 +139,18 @@ def test_gzip_and_non_file_errors(tmp_path):
         parse_file(tmp_path)
 
 
-_events = st.lists(st.tuples(
-    st.sampled_from(["guard_added_fast", "create_symbol", "artifact", "compilation_metrics",
-                     "mystery"]),
-    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30),
-    st.integers(0, 3), st.integers(0, 5), st.one_of(st.none(), st.text(max_size=200))),
-    max_size=25)
+_events = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["guard_added_fast", "create_symbol", "artifact", "compilation_metrics", "mystery"]
+        ),
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30),
+        st.integers(0, 3),
+        st.integers(0, 5),
+        st.one_of(st.none(), st.text(max_size=200)),
+    ),
+    max_size=25,
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -132,8 +158,13 @@ _events = st.lists(st.tuples(
 def test_fuzz_generated_events_roundtrip(events):
     data = b""
     for kind, text, frame, fcid, payload in events:
-        body = {"expr": text} if kind == "guard_added_fast" else \
-            {"name": text, "encoding": "string"} if kind == "artifact" else {"x": text}
+        body = (
+            {"expr": text}
+            if kind == "guard_added_fast"
+            else {"name": text, "encoding": "string"}
+            if kind == "artifact"
+            else {"x": text}
+        )
         data += _env(kind, body, frame=frame, fcid=fcid, payload=payload)
     trace = parse_bytes(data)
     assert trace.malformed == []
@@ -150,7 +181,7 @@ def test_fuzz_generated_events_roundtrip(events):
 @given(st.binary(max_size=2000), st.integers(0, 2000))
 def test_fuzz_arbitrary_bytes_never_raise(noise, cut):
     real = _env("guard_added_fast", {"expr": "s0 <= 4"}, payload="p")
-    data = real + noise + real[:cut % (len(real) + 1)]
+    data = real + noise + real[: cut % (len(real) + 1)]
     trace = parse_bytes(data)
     assert trace.events and isinstance(trace.events[0], GuardAddedFast)
     assert all(isinstance(m, MalformedLine) for m in trace.malformed)
@@ -171,15 +202,29 @@ def test_rank_prefixed_lines_and_first_line_envelope():
 FIXTURE = read_bytes(DATA / "torch-2.13.0-branch.log.gz")
 _LINES = FIXTURE.split(b"\n")
 # envelope lines of kinds no rule reads (the reader skips them; mutating one changes nothing)
-_UNREAD_KINDS = (b'{"chromium_event"', b'{"describe_storage"', b'{"dynamo_cpp_guards_str"',
-                 b'{"dynamo_output_graph"')
+_UNREAD_KINDS = (
+    b'{"chromium_event"',
+    b'{"describe_storage"',
+    b'{"dynamo_cpp_guards_str"',
+    b'{"dynamo_output_graph"',
+)
 _UNREAD = [i for i, line in enumerate(_LINES) if any(k in line[:200] for k in _UNREAD_KINDS)]
 # the end of the last line a rule reads: cutting the log after it loses no evidence
-_LAST_READ = max(i for i, line in enumerate(_LINES)
-                 if any(k in line[:200] for k in (b'{"guard_added_fast"', b'{"artifact"',
-                                                  b'{"compilation_metrics"', b'{"create_symbol"',
-                                                  b'{"symbolic_shape_specialization"')))
-_EVIDENCE_END = sum(len(line) + 1 for line in _LINES[:_LAST_READ + 1])
+_LAST_READ = max(
+    i
+    for i, line in enumerate(_LINES)
+    if any(
+        k in line[:200]
+        for k in (
+            b'{"guard_added_fast"',
+            b'{"artifact"',
+            b'{"compilation_metrics"',
+            b'{"create_symbol"',
+            b'{"symbolic_shape_specialization"',
+        )
+    )
+)
+_EVIDENCE_END = sum(len(line) + 1 for line in _LINES[: _LAST_READ + 1])
 
 
 def _keys(trace):
@@ -230,8 +275,12 @@ def test_truncations_never_crash_and_keep_findings(cut, chunk):
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.sampled_from(_UNREAD), st.sampled_from(["delete", "duplicate", "garble"]),
-       st.binary(min_size=1, max_size=200), _chunks)
+@given(
+    st.sampled_from(_UNREAD),
+    st.sampled_from(["delete", "duplicate", "garble"]),
+    st.binary(min_size=1, max_size=200),
+    _chunks,
+)
 def test_mutating_lines_no_rule_reads_never_turns_findings_into_a_pass(i, op, junk, chunk):
     lines = list(_LINES)
     if op == "delete":
@@ -244,19 +293,26 @@ def test_mutating_lines_no_rule_reads_never_turns_findings_into_a_pass(i, op, ju
     assert trace is None or _keys(trace) == FULL  # refused (exit 2) or the same findings
 
 
-@pytest.mark.parametrize("frames", [
-    [{"line": 3, "name": "f", "filename": 1, "loc": 'a = b["stack"]  # ], "stack": ['}],
-    [{"name": "f", "line": 3, "filename": 1}, {"line": 4, "name": "g", "filename": 1,
-                                                "loc": None, "extra": [1]}],
-    [],
-])
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [{"line": 3, "name": "f", "filename": 1, "loc": 'a = b["stack"]  # ], "stack": ['}],
+        [
+            {"name": "f", "line": 3, "filename": 1},
+            {"line": 4, "name": "g", "filename": 1, "loc": None, "extra": [1]},
+        ],
+        [],
+    ],
+)
 def test_stacks_read_as_bytes_equal_the_json_parse(frames):
     strings = 'V1127 14:36:18.743000 1 x.py:1] {"str": ["/m/model.py", 1]}\n'
     for order in (("user_stack", "stack"), ("stack", "user_stack")):
         body = {"symbol": "s0", "sources": ["L['x'].size()[0]"], "value": "8"}
         body.update({order[0]: frames, order[1]: frames[::-1]})
-        data = (strings + f"V1127 14:36:18.743000 1 x.py:1] "
-                f"{json.dumps({'symbolic_shape_specialization': body, 'frame_id': 0})}\n").encode()
+        data = (
+            strings + f"V1127 14:36:18.743000 1 x.py:1] "
+            f"{json.dumps({'symbolic_shape_specialization': body, 'frame_id': 0})}\n"
+        ).encode()
         full = next(parse_bytes(data).of(SymbolicShapeSpecialization))
         streamed = next(parse_stream(io.BytesIO(data)).of(SymbolicShapeSpecialization))
         assert streamed.user_stack == full.user_stack and streamed.stack == full.stack
@@ -265,8 +321,9 @@ def test_stacks_read_as_bytes_equal_the_json_parse(frames):
 
 def test_json_the_fast_parser_rejects_still_parses():
     # torch's json.dumps writes NaN/Infinity and big ints; orjson refuses them, the stdlib not
-    data = _env("compilation_metrics", {"fail_type": "E", "x": float("nan"), "n": 2 ** 70}) + \
-        _env("guard_added_fast", {"expr": "s0 < oo", "weight": float("inf")})
+    data = _env("compilation_metrics", {"fail_type": "E", "x": float("nan"), "n": 2**70}) + _env(
+        "guard_added_fast", {"expr": "s0 < oo", "weight": float("inf")}
+    )
     assert b"NaN" in data and b"Infinity" in data
     for trace in (parse_bytes(data), parse_stream(io.BytesIO(data))):
         assert next(trace.of(CompilationMetrics)).fail_type == "E"

@@ -44,8 +44,13 @@ def _rel_l2(a, b) -> float:
 def _meta(t):
     if t is None:
         return None
-    return {"shape": list(t.shape), "stride": list(t.stride()), "offset": t.storage_offset(),
-            "ptr_mod_256": t.data_ptr() % 256, "dtype": str(t.dtype)}
+    return {
+        "shape": list(t.shape),
+        "stride": list(t.stride()),
+        "offset": t.storage_offset(),
+        "ptr_mod_256": t.data_ptr() % 256,
+        "dtype": str(t.dtype),
+    }
 
 
 class _Recorder:
@@ -55,18 +60,52 @@ class _Recorder:
         self.sync, self.rows, self.original = sync, [], fb.launch
 
     def __enter__(self):
-        def launch(strategy, ws, input, residual, weight, scale, eps, weight_bias, norm_out,
-                   residual_out, quant_out=None):
+        def launch(
+            strategy,
+            ws,
+            input,
+            residual,
+            weight,
+            scale,
+            eps,
+            weight_bias,
+            norm_out,
+            residual_out,
+            quant_out=None,
+        ):
             if self.sync:
                 torch.cuda.synchronize()
-            self.original(strategy, ws, input, residual, weight, scale, eps, weight_bias,
-                          norm_out, residual_out, quant_out)
-            self.rows.append({
-                "strategy": strategy, "tokens": input.numel() // input.shape[-1],
-                "input": _meta(input), "residual": _meta(residual), "weight": _meta(weight),
-                "eps": eps, "weight_bias": weight_bias,
-                "_saved": (input.clone(), None if residual is None else residual.clone(),
-                           weight.clone(), norm_out.clone(), residual_out.clone())})
+            self.original(
+                strategy,
+                ws,
+                input,
+                residual,
+                weight,
+                scale,
+                eps,
+                weight_bias,
+                norm_out,
+                residual_out,
+                quant_out,
+            )
+            self.rows.append(
+                {
+                    "strategy": strategy,
+                    "tokens": input.numel() // input.shape[-1],
+                    "input": _meta(input),
+                    "residual": _meta(residual),
+                    "weight": _meta(weight),
+                    "eps": eps,
+                    "weight_bias": weight_bias,
+                    "_saved": (
+                        input.clone(),
+                        None if residual is None else residual.clone(),
+                        weight.clone(),
+                        norm_out.clone(),
+                        residual_out.clone(),
+                    ),
+                }
+            )
             if self.sync:
                 torch.cuda.synchronize()
 
@@ -84,8 +123,11 @@ class _Recorder:
             xs = x.float()
             dist.all_reduce(xs)
             r = xs if res is None else xs + res.float()
-            n = r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + row["eps"]) * \
-                (w.float() + row["weight_bias"])
+            n = (
+                r
+                * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + row["eps"])
+                * (w.float() + row["weight_bias"])
+            )
             row["norm_rel_l2"] = _rel_l2(norm.float(), n)
             row["resid_rel_l2"] = _rel_l2(resid.float(), r)
             out.append(row)
@@ -96,8 +138,14 @@ class _Recorder:
 def _model():
     from arfuse.examples.tp_decoder import build_tp_decoder
 
-    model, make_cpu_inputs = build_tp_decoder(num_layers=1, hidden=HIDDEN, intermediate=2048,
-                                              num_heads=32, dtype=torch.bfloat16, device="cpu")
+    model, make_cpu_inputs = build_tp_decoder(
+        num_layers=1,
+        hidden=HIDDEN,
+        intermediate=2048,
+        num_heads=32,
+        dtype=torch.bfloat16,
+        device="cpu",
+    )
     return model.to("cuda"), (lambda n: make_cpu_inputs(n)[0].to("cuda"))
 
 
@@ -117,13 +165,18 @@ def run_mode(mode: str, tokens: list[int]) -> dict:
     fb.TWOSHOT_ENABLED = True
     fb.LAUNCH_WITH_PDL = mode != "ranges-nopdl"
     result: dict = {"mode": mode, "calls": {}}
-    with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True), \
-            fb.forced_strategy("twoshot"), _Recorder(sync=mode == "ranges-sync") as rec:
+    with (
+        torch.no_grad(),
+        torch._inductor.config.patch(force_disable_caches=True),
+        fb.forced_strategy("twoshot"),
+        _Recorder(sync=mode == "ranges-sync") as rec,
+    ):
         if mode == "eager":
             torch.manual_seed(0)
-            weights = [(torch.randn(HIDDEN, HIDDEN, device="cuda") / 64).to(torch.bfloat16)
-                       for _ in range(2)] + [torch.ones(HIDDEN, device="cuda",
-                                                        dtype=torch.bfloat16)]
+            weights = [
+                (torch.randn(HIDDEN, HIDDEN, device="cuda") / 64).to(torch.bfloat16)
+                for _ in range(2)
+            ] + [torch.ones(HIDDEN, device="cuda", dtype=torch.bfloat16)]
             for t in weights:
                 dist.broadcast(t, src=0)
             for n in tokens:
@@ -134,7 +187,8 @@ def run_mode(mode: str, tokens: list[int]) -> dict:
             model, make_input = _model()
             if mode == "bare":
                 compiled = torch.compile(
-                    model, options={"post_grad_custom_post_pass": arfuse.AllReduceFusionPass()})
+                    model, options={"post_grad_custom_post_pass": arfuse.AllReduceFusionPass()}
+                )
             else:
                 compiled = arfuse.compile(model, ranges="auto")
             first = make_input(2)
@@ -147,12 +201,16 @@ def run_mode(mode: str, tokens: list[int]) -> dict:
                 got = compiled(x)
                 torch.cuda.synchronize()
                 launches = rec.take()
-                result["calls"][n] = {"rel_l2_vs_eager": _rel_l2(got.float(), model(x).float()),
-                                      "launches": launches}
+                result["calls"][n] = {
+                    "rel_l2_vs_eager": _rel_l2(got.float(), model(x).float()),
+                    "launches": launches,
+                }
             if mode.startswith("ranges"):
                 result["ranges"] = [str(r) for r in compiled.ranges]
-                result["compiles"] = [{k: c[k] for k in ("range", "fused", "bounds_applied")}
-                                      for c in compiled.backend.compiles]
+                result["compiles"] = [
+                    {k: c[k] for k in ("range", "fused", "bounds_applied")}
+                    for c in compiled.backend.compiles
+                ]
     fb.release_workspaces(dist.group.WORLD)
     return result
 
@@ -167,12 +225,17 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     if not torch.cuda.is_available() or torch.cuda.device_count() < args.world:
-        sys.exit(f"needs {args.world} CUDA GPUs (this machine has "
-                 f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}) and "
-                 "FlashInfer: run it on the GPU machine after `source .device/setup.sh`")
+        sys.exit(
+            f"needs {args.world} CUDA GPUs (this machine has "
+            f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}) and "
+            "FlashInfer: run it on the GPU machine after `source .device/setup.sh`"
+        )
     tokens = [int(t) for t in args.tokens.split(",")]
-    env = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-           "NVSHMEM_DISABLE_NVLS": "1"}
+    env = {
+        "NCCL_NVLS_ENABLE": "0",
+        "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+        "NVSHMEM_DISABLE_NVLS": "1",
+    }
     report = {"world": args.world, "modes": []}
     with SpawnedGroup(world_size=args.world, backend="nccl", timeout=300, env=env) as group:
         for mode in args.modes.split(","):
@@ -183,12 +246,16 @@ def main() -> None:
             report["modes"].append(r)
             print(f"== TP{args.world} {mode}", file=sys.stderr)
             for n, call in r.get("calls", {}).items():
-                worst = max((max(l["norm_rel_l2"], l["resid_rel_l2"]) for l in call["launches"]),
-                            default=float("nan"))
-                print(f"  T={n}: out vs eager {call.get('rel_l2_vs_eager', float('nan')):.3g}; "
-                      f"{len(call['launches'])} launches "
-                      f"{[l['strategy'] for l in call['launches']]}, worst op err {worst:.3g}",
-                      file=sys.stderr)
+                worst = max(
+                    (max(l["norm_rel_l2"], l["resid_rel_l2"]) for l in call["launches"]),
+                    default=float("nan"),
+                )
+                print(
+                    f"  T={n}: out vs eager {call.get('rel_l2_vs_eager', float('nan')):.3g}; "
+                    f"{len(call['launches'])} launches "
+                    f"{[l['strategy'] for l in call['launches']]}, worst op err {worst:.3g}",
+                    file=sys.stderr,
+                )
             if "error" in r:
                 print("  " + r["error"][-1500:], file=sys.stderr)
     text = json.dumps(report, indent=1, default=str)

@@ -76,11 +76,16 @@ def _ran(before) -> str:
 def info() -> dict:
     import flashinfer
 
-    return {"rank": dist.get_rank(), "world": dist.get_world_size(),
-            "gpu": torch.cuda.get_device_name(), "cap": torch.cuda.get_device_capability(),
-            "torch": torch.__version__, "cuda": torch.version.cuda,
-            "nccl": ".".join(map(str, torch.cuda.nccl.version())),
-            "flashinfer": flashinfer.__version__}
+    return {
+        "rank": dist.get_rank(),
+        "world": dist.get_world_size(),
+        "gpu": torch.cuda.get_device_name(),
+        "cap": torch.cuda.get_device_capability(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "nccl": ".".join(map(str, torch.cuda.nccl.version())),
+        "flashinfer": flashinfer.__version__,
+    }
 
 
 def _one_call(T, hidden, dtype, residual_on, weight_bias, fp8, seed):
@@ -88,30 +93,42 @@ def _one_call(T, hidden, dtype, residual_on, weight_bias, fp8, seed):
     then the same strategy launched into NaN-poisoned preallocated outputs."""
     group = _group()
     torch.manual_seed(seed * 7919 + T * 31 + dist.get_rank())
-    x = torch.randn(T, hidden, device="cuda").to(dtype)       # differs per rank
+    x = torch.randn(T, hidden, device="cuda").to(dtype)  # differs per rank
     x_keep = x.clone()
     residual = _shared_randn((T, hidden), dtype) if residual_on else None
-    weight = (1.0 + 0.5 * _shared_randn((hidden,), torch.float32)).to(dtype) \
-        if weight_bias == 0.0 else (0.5 * _shared_randn((hidden,), torch.float32)).to(dtype)
+    weight = (
+        (1.0 + 0.5 * _shared_randn((hidden,), torch.float32)).to(dtype)
+        if weight_bias == 0.0
+        else (0.5 * _shared_randn((hidden,), torch.float32)).to(dtype)
+    )
     scale = torch.tensor([FP8_SCALE], device="cuda") if fp8 else None
     before = fb.stats.copy()
     if fp8:
         quant, norm, res = arfuse.ops.fused_allreduce_rmsnorm_fp8(
-            x, residual, weight, scale, EPS, group.group_name, weight_bias=weight_bias)
+            x, residual, weight, scale, EPS, group.group_name, weight_bias=weight_bias
+        )
     else:
-        norm, res = arfuse.ops.fused_allreduce_rmsnorm(x, residual, weight, EPS,
-                                                       group.group_name,
-                                                       weight_bias=weight_bias)
+        norm, res = arfuse.ops.fused_allreduce_rmsnorm(
+            x, residual, weight, EPS, group.group_name, weight_bias=weight_bias
+        )
         quant = None
     torch.cuda.synchronize()
     ran = _ran(before)
     n_ref, r_ref = _reference(x_keep, residual, weight, EPS, weight_bias)
-    row = {"T": T, "hidden": hidden, "dtype": str(dtype).split(".")[-1], "ran": ran,
-           "residual": residual_on, "weight_bias": weight_bias, "fp8": fp8,
-           "norm_rel_l2": _rel_l2(norm.float(), n_ref), "resid_rel_l2": _rel_l2(res.float(), r_ref),
-           "input_unchanged": bool(torch.equal(x, x_keep)),
-           "finite": bool(torch.isfinite(norm).all() and torch.isfinite(res).all()),
-           "xrank_identical": _same_on_all_ranks(norm, res)}
+    row = {
+        "T": T,
+        "hidden": hidden,
+        "dtype": str(dtype).split(".")[-1],
+        "ran": ran,
+        "residual": residual_on,
+        "weight_bias": weight_bias,
+        "fp8": fp8,
+        "norm_rel_l2": _rel_l2(norm.float(), n_ref),
+        "resid_rel_l2": _rel_l2(res.float(), r_ref),
+        "input_unchanged": bool(torch.equal(x, x_keep)),
+        "finite": bool(torch.isfinite(norm).all() and torch.isfinite(res).all()),
+        "xrank_identical": _same_on_all_ranks(norm, res),
+    }
     if fp8:
         deq = quant.float() * FP8_SCALE
         own = (norm.float() / FP8_SCALE).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
@@ -125,17 +142,30 @@ def _one_call(T, hidden, dtype, residual_on, weight_bias, fp8, seed):
         site = fb._site(x, group)
         poison = [torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))]
         q_out = torch.full_like(x, float("nan"), dtype=torch.float8_e4m3fn) if fp8 else None
-        fb.launch(ran, site.workspace, x_keep, residual, weight, scale, EPS, weight_bias,
-                  poison[0], poison[1], q_out)
+        fb.launch(
+            ran,
+            site.workspace,
+            x_keep,
+            residual,
+            weight,
+            scale,
+            EPS,
+            weight_bias,
+            poison[0],
+            poison[1],
+            q_out,
+        )
         torch.cuda.synchronize()
-        row["poisoned_all_written"] = bool(torch.isfinite(poison[0]).all()
-                                           and torch.isfinite(poison[1]).all()
-                                           and (q_out is None or not torch.isnan(
-                                               q_out.float()).any()))
-        row["poisoned_equals_op"] = bool(torch.equal(poison[0], norm)
-                                         and torch.equal(poison[1], res)
-                                         and (q_out is None or torch.equal(
-                                             q_out.view(torch.uint8), quant.view(torch.uint8))))
+        row["poisoned_all_written"] = bool(
+            torch.isfinite(poison[0]).all()
+            and torch.isfinite(poison[1]).all()
+            and (q_out is None or not torch.isnan(q_out.float()).any())
+        )
+        row["poisoned_equals_op"] = bool(
+            torch.equal(poison[0], norm)
+            and torch.equal(poison[1], res)
+            and (q_out is None or torch.equal(q_out.view(torch.uint8), quant.view(torch.uint8)))
+        )
     return row
 
 
@@ -162,8 +192,12 @@ def check_variants(strategy: str) -> list[dict]:
     ws = dist.get_world_size()
     with th.override(_big_enough_table()), fb.forced_strategy(strategy):
         for T in (1, ws + 1, 129, 512):
-            for residual_on, wb, fp8 in ((False, 0.0, False), (True, 1.0, False),
-                                         (True, 0.0, True), (False, 1.0, True)):
+            for residual_on, wb, fp8 in (
+                (False, 0.0, False),
+                (True, 1.0, False),
+                (True, 0.0, True),
+                (False, 1.0, True),
+            ):
                 rows.append(_one_call(T, 4096, torch.bfloat16, residual_on, wb, fp8, seed=2))
     fb.release_workspaces(_group())
     return rows
@@ -176,22 +210,33 @@ def check_thresholds(hidden: int, dtype_name: str) -> dict:
     lim = th.lookup(torch.cuda.get_device_capability(), dist.get_world_size(), dtype, hidden)
     rows = []
     for T in lim.token_counts():
-        expected, _ = fb.choose_strategy(T, dist.get_world_size(), lim.oneshot_max_tokens,
-                                         lim.fused_max_tokens, fb._workspace_tokens(lim))
+        expected, _ = fb.choose_strategy(
+            T,
+            dist.get_world_size(),
+            lim.oneshot_max_tokens,
+            lim.fused_max_tokens,
+            fb._workspace_tokens(lim),
+        )
         row = _one_call(T, hidden, dtype, True, 0.0, False, seed=3)
         row["expected"] = expected
         rows.append(row)
     fb.release_workspaces(_group())
-    return {"oneshot_max_tokens": lim.oneshot_max_tokens,
-            "fused_max_tokens": lim.fused_max_tokens, "rows": rows,
-            "reasons": dict(fb.fallback_reasons)}
+    return {
+        "oneshot_max_tokens": lim.oneshot_max_tokens,
+        "fused_max_tokens": lim.fused_max_tokens,
+        "rows": rows,
+        "reasons": dict(fb.fallback_reasons),
+    }
 
 
 def check_fallbacks() -> dict:
     """Shapes the kernel does not take run the fast unfused path, exactly."""
     rows = []
-    for T, hidden, dtype in ((16, 4096, torch.float32), (16, 4100, torch.bfloat16),
-                             (33, 1028, torch.float16)):
+    for T, hidden, dtype in (
+        (16, 4096, torch.float32),
+        (16, 4100, torch.bfloat16),
+        (33, 1028, torch.float16),
+    ):
         rows.append(_one_call(T, hidden, dtype, True, 0.0, False, seed=4))
     return {"rows": rows, "reasons": dict(fb.fallback_reasons)}
 
@@ -237,13 +282,18 @@ def check_cuda_graph_op(strategy: str, T: int) -> dict:
             dist.barrier(group=group)
             g.replay()
             torch.cuda.synchronize()
-            eager = arfuse.ops.fused_allreduce_rmsnorm(x, residual, weight, EPS,
-                                                       group.group_name)
+            eager = arfuse.ops.fused_allreduce_rmsnorm(x, residual, weight, EPS, group.group_name)
             torch.cuda.synchronize()
             n_ref, _ = _reference(x, residual, weight, EPS, 0.0)
-            results.append({"equal_to_eager": bool(torch.equal(out.norm, eager.norm)
-                                                   and torch.equal(out.residual, eager.residual)),
-                            "norm_rel_l2": _rel_l2(out.norm.float(), n_ref)})
+            results.append(
+                {
+                    "equal_to_eager": bool(
+                        torch.equal(out.norm, eager.norm)
+                        and torch.equal(out.residual, eager.residual)
+                    ),
+                    "norm_rel_l2": _rel_l2(out.norm.float(), n_ref),
+                }
+            )
         del g
     fb.release_workspaces(group)
     return {"ran": ran, "trials": results}
@@ -259,11 +309,23 @@ def check_model(T: int = 64, T2: int = 300) -> dict:
     fb.force_strategy(None)
     out: dict = {}
     # built on CPU, then moved: build_tp_decoder's init_weights mixes devices for device="cuda"
-    model, make_cpu_inputs = build_tp_decoder(num_layers=2, hidden=2048, intermediate=4096,
-                                              num_heads=16, dtype=torch.bfloat16, device="cpu")
+    model, make_cpu_inputs = build_tp_decoder(
+        num_layers=2,
+        hidden=2048,
+        intermediate=4096,
+        num_heads=16,
+        dtype=torch.bfloat16,
+        device="cpu",
+    )
     model = model.to("cuda")
-    model32, _ = build_tp_decoder(num_layers=2, hidden=2048, intermediate=4096, num_heads=16,
-                                  dtype=torch.float32, device="cpu")  # same seed: same weights
+    model32, _ = build_tp_decoder(
+        num_layers=2,
+        hidden=2048,
+        intermediate=4096,
+        num_heads=16,
+        dtype=torch.float32,
+        device="cpu",
+    )  # same seed: same weights
     model32 = model32.to("cuda")
 
     def make_inputs(n):
@@ -281,11 +343,13 @@ def check_model(T: int = 64, T2: int = 300) -> dict:
             before = fb.stats.copy()
             got = compiled(x)
             torch.cuda.synchronize()
-            out[f"T{n}"] = {"rel_l2_vs_eager": _rel_l2(got.float(), eager.float()),
-                            "fused_rel_l2_vs_fp32_model": _rel_l2(got.float(), ref32),
-                            "eager_rel_l2_vs_fp32_model": _rel_l2(eager.float(), ref32),
-                            "ran": dict(fb.stats - before),
-                            "xrank_identical": _same_on_all_ranks(got)}
+            out[f"T{n}"] = {
+                "rel_l2_vs_eager": _rel_l2(got.float(), eager.float()),
+                "fused_rel_l2_vs_fp32_model": _rel_l2(got.float(), ref32),
+                "eager_rel_l2_vs_fp32_model": _rel_l2(eager.float(), ref32),
+                "ran": dict(fb.stats - before),
+                "xrank_identical": _same_on_all_ranks(got),
+            }
         out["num_matches"] = fusion.num_matches
         # CUDA graph of the compiled model (static input buffer, shape T)
         (static_x,) = make_inputs(T)
@@ -314,9 +378,13 @@ def check_model(T: int = 64, T2: int = 300) -> dict:
             direct = compiled(new_x)
             ref = model(new_x)
             torch.cuda.synchronize()
-            replays.append({"equal_to_compiled": bool(torch.equal(static_out, direct)),
-                            "rel_l2_vs_compiled": _rel_l2(static_out.float(), direct.float()),
-                            "rel_l2_vs_eager": _rel_l2(static_out.float(), ref.float())})
+            replays.append(
+                {
+                    "equal_to_compiled": bool(torch.equal(static_out, direct)),
+                    "rel_l2_vs_compiled": _rel_l2(static_out.float(), direct.float()),
+                    "rel_l2_vs_eager": _rel_l2(static_out.float(), ref.float()),
+                }
+            )
         out["graph_replays"] = replays
         del g
     out["reasons"] = dict(fb.fallback_reasons)
@@ -337,18 +405,30 @@ def check_ranges() -> dict:
     torch._dynamo.reset()
     fb.force_strategy(None)
     hidden = 4096
-    model, make_cpu_inputs = build_tp_decoder(num_layers=1, hidden=hidden, intermediate=2048,
-                                              num_heads=32, dtype=torch.bfloat16, device="cpu")
+    model, make_cpu_inputs = build_tp_decoder(
+        num_layers=1,
+        hidden=hidden,
+        intermediate=2048,
+        num_heads=32,
+        dtype=torch.bfloat16,
+        device="cpu",
+    )
     model = model.to("cuda")
-    lim = th.lookup(torch.cuda.get_device_capability(), dist.get_world_size(), torch.bfloat16,
-                    hidden)
-    out: dict = {"oneshot_max_tokens": lim.oneshot_max_tokens,
-                 "fused_max_tokens": lim.fused_max_tokens, "calls": {},
-                 # with two-shot off (ARFUSE_TWOSHOT=0) only the one-shot range fuses
-                 "effective_max_tokens": lim.fused_max_tokens if fb.TWOSHOT_ENABLED
-                 else lim.oneshot_max_tokens}
-    sizes = sorted({2, *(t for s in (lim.oneshot_max_tokens, lim.fused_max_tokens)
-                         for t in (s, s + 1))})
+    lim = th.lookup(
+        torch.cuda.get_device_capability(), dist.get_world_size(), torch.bfloat16, hidden
+    )
+    out: dict = {
+        "oneshot_max_tokens": lim.oneshot_max_tokens,
+        "fused_max_tokens": lim.fused_max_tokens,
+        "calls": {},
+        # with two-shot off (ARFUSE_TWOSHOT=0) only the one-shot range fuses
+        "effective_max_tokens": lim.fused_max_tokens
+        if fb.TWOSHOT_ENABLED
+        else lim.oneshot_max_tokens,
+    }
+    sizes = sorted(
+        {2, *(t for s in (lim.oneshot_max_tokens, lim.fused_max_tokens) for t in (s, s + 1))}
+    )
     with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True):
         compiled = arfuse.compile(model, ranges="auto")
         for n in sizes:
@@ -357,12 +437,17 @@ def check_ranges() -> dict:
             got = compiled(x)
             torch.cuda.synchronize()
             identical, spread = _xrank(got)
-            out["calls"][n] = {"rel_l2_vs_eager": _rel_l2(got.float(), model(x).float()),
-                               "ran": dict(fb.stats - before),
-                               "xrank_identical": identical, "xrank_rel_l2": spread}
+            out["calls"][n] = {
+                "rel_l2_vs_eager": _rel_l2(got.float(), model(x).float()),
+                "ran": dict(fb.stats - before),
+                "xrank_identical": identical,
+                "xrank_rel_l2": spread,
+            }
     out["captures"] = compiled.backend.captures
     out["ranges"] = [str(r) for r in compiled.ranges]
-    out["compiles"] = [{k: c[k] for k in ("range", "fused", "left_to_inductor",
-                                          "bounds_applied")} for c in compiled.backend.compiles]
+    out["compiles"] = [
+        {k: c[k] for k in ("range", "fused", "left_to_inductor", "bounds_applied")}
+        for c in compiled.backend.compiles
+    ]
     fb.release_workspaces(_group())
     return out

@@ -42,8 +42,13 @@ def _audit(name: str, tmp_path: Path):
     return report
 
 
-@pytest.mark.parametrize("name", ["llama_block", pytest.param(
-    "hf_llama", marks=pytest.mark.skipif(not HAS_HF, reason="needs transformers"))])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "llama_block",
+        pytest.param("hf_llama", marks=pytest.mark.skipif(not HAS_HF, reason="needs transformers")),
+    ],
+)
 def test_clean_models_pass_on_gpu(name, tmp_path):
     report = _audit(name, tmp_path)
     assert report.errors == []
@@ -62,7 +67,9 @@ def test_gemma3_sliding_window_is_found_at_the_mask_line(tmp_path):
     # masking_utils.py), with the exact flip at the window
     (window,) = [f for f in report.findings if f.code == "ARF102"]
     assert Path(window.path).name in ("cache_utils.py", "masking_utils.py"), report.render("text")
-    assert f"{SLIDING - 1} -> {SLIDING}" in window.message or \
-        f"{SLIDING - 2} -> {SLIDING - 1}" in window.message, window.message
+    assert (
+        f"{SLIDING - 1} -> {SLIDING}" in window.message
+        or f"{SLIDING - 2} -> {SLIDING - 1}" in window.message
+    ), window.message
     # nothing from the compiler itself: its guards are judged harmless or folded
     assert not [f for f in report.findings if f.code == "ARF106" or "_inductor" in f.path]

@@ -23,10 +23,13 @@ if importlib.util.find_spec("flashinfer") is None:  # not imported here: see gpu
 from arfuse.testing import SpawnedGroup  # noqa: E402
 from tests.gpu import gpu_checks as gc  # noqa: E402
 
-SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-            "NVSHMEM_DISABLE_NVLS": "1"}
-TOL = 8e-3          # relative L2 vs the fp32 reference (bf16 rounding; the probe saw 2.9e-3)
-FP8_TOL = 4e-2      # dequantized e4m3 vs the fp32 reference
+SAFE_ENV = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
+TOL = 8e-3  # relative L2 vs the fp32 reference (bf16 rounding; the probe saw 2.9e-3)
+FP8_TOL = 4e-2  # dequantized e4m3 vs the fp32 reference
 
 
 def _world_sizes() -> list[int]:
@@ -85,8 +88,10 @@ def test_forced_strategy_matches_fp32_reference(ranks, hidden, dtype, strategy):
         expected = "oneshot" if strategy == "oneshot" or row["T"] <= world else "twoshot"
         assert row["ran"] == expected, row
         _assert_row(row)
-    print(f"\n[tp{world} {strategy} H={hidden} {dtype}] worst norm rel_l2 "
-          f"{max(r['norm_rel_l2'] for r in rows[0]):.2e}")
+    print(
+        f"\n[tp{world} {strategy} H={hidden} {dtype}] worst norm rel_l2 "
+        f"{max(r['norm_rel_l2'] for r in rows[0]):.2e}"
+    )
 
 
 @pytest.mark.parametrize("strategy", ["oneshot", "twoshot"])
@@ -95,8 +100,10 @@ def test_no_residual_gemma_and_fp8(ranks, strategy):
     for row in rows[0]:
         assert row["ran"] in ("oneshot", "twoshot"), row
         _assert_row(row)
-    print(f"\n[tp{_world(ranks)} variants {strategy}] worst fp8 rel_l2 "
-          f"{max(r.get('fp8_rel_l2', 0) for r in rows[0]):.2e}")
+    print(
+        f"\n[tp{_world(ranks)} variants {strategy}] worst fp8 rel_l2 "
+        f"{max(r.get('fp8_rel_l2', 0) for r in rows[0]):.2e}"
+    )
 
 
 @pytest.mark.parametrize("hidden", [4096, 8192])
@@ -107,9 +114,11 @@ def test_default_thresholds_pick_the_table_strategy(ranks, hidden, dtype):
     for row in out["rows"]:
         assert row["ran"] == row["expected"], row
         _assert_row(row)
-    print(f"\n[tp{_world(ranks)} H={hidden} {dtype}] one-shot <= {out['oneshot_max_tokens']}, "
-          f"fused <= {out['fused_max_tokens']}: " +
-          ", ".join(f"{r['T']}->{r['ran']}" for r in out["rows"]))
+    print(
+        f"\n[tp{_world(ranks)} H={hidden} {dtype}] one-shot <= {out['oneshot_max_tokens']}, "
+        f"fused <= {out['fused_max_tokens']}: "
+        + ", ".join(f"{r['T']}->{r['ran']}" for r in out["rows"])
+    )
 
 
 def test_unsupported_shapes_take_the_fast_unfused_path(ranks):
@@ -139,14 +148,15 @@ def test_fused_op_cuda_graph_replay(ranks, strategy, tokens):
 def test_compiled_decoder_fused_and_cuda_graph(ranks):
     out = ranks.run(gc.check_model, timeout=420)[0]
     print(f"\n[tp{_world(ranks)} model] {out}")
-    assert out["num_matches"] >= 4, out          # 2 layers x 2 chains (per compiled graph)
+    assert out["num_matches"] >= 4, out  # 2 layers x 2 chains (per compiled graph)
     for key in ("T64", "T300"):
         assert out[key]["ran"].get("oneshot", 0) + out[key]["ran"].get("twoshot", 0) == 4, out
         # bf16 eager vs compiled differ by bf16 rounding amplified through 2 random layers
         # (~3e-2 seen); hold the fused model to the float32 model at least as well as eager
         row = out[key]
-        assert row["fused_rel_l2_vs_fp32_model"] <= 1.25 * row["eager_rel_l2_vs_fp32_model"] \
-            + 2e-3, out
+        assert (
+            row["fused_rel_l2_vs_fp32_model"] <= 1.25 * row["eager_rel_l2_vs_fp32_model"] + 2e-3
+        ), out
         assert row["rel_l2_vs_eager"] < 6e-2, out
         assert row["xrank_identical"], out
     for replay in out["graph_replays"]:
@@ -165,14 +175,14 @@ def test_compile_ranges_fuse_below_the_threshold_and_leave_the_rest_to_inductor(
     for c in r["compiles"]:
         lo = int(c["range"].strip("[]").split(",")[0])
         if lo <= limit:
-            assert c["fused"] == 2 and c["left_to_inductor"] == [], c   # 1 layer: 2 chains
+            assert c["fused"] == 2 and c["left_to_inductor"] == [], c  # 1 layer: 2 chains
         else:
             assert c["fused"] == 0 and len(c["left_to_inductor"]) == 2, c
     for n, call in r["calls"].items():
         assert call["rel_l2_vs_eager"] < 3e-2, (n, call)
         kernel = sum(v for k, v in call["ran"].items() if k in ("oneshot", "twoshot"))
         if n <= limit:
-            assert kernel == 2, (n, call)       # both chains ran the fused kernel
+            assert kernel == 2, (n, call)  # both chains ran the fused kernel
             assert call["xrank_identical"], (n, call)
         else:
             assert call["ran"] == {}, (n, call)  # no arfuse op at all: plain Inductor

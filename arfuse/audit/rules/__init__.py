@@ -15,8 +15,9 @@ Families (one module each):
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from arfuse.audit.context import AuditContext
@@ -29,7 +30,7 @@ class Rule:
     name: str
     summary: str
     docs: str
-    check: Callable[["AuditContext"], Iterable["Finding"]]
+    check: Callable[[AuditContext], Iterable[Finding]]
     fix: str = ""
     scope: str = "rank"  # "rank": once per rank's trace; "ranks": once over all ranks
     # what it reads from a trace, in `arfuse.audit.slim`'s names; empty: its family's default
@@ -43,16 +44,31 @@ class Rule:
 _REGISTRY: dict[str, Rule] = {}
 
 
-def rule(code: str, name: str, summary: str, docs: str, fix: str = "",
-         scope: str = "rank", needs: Iterable[str] = ()) -> Callable:
+def rule(
+    code: str,
+    name: str,
+    summary: str,
+    docs: str,
+    fix: str = "",
+    scope: str = "rank",
+    needs: Iterable[str] = (),
+) -> Callable:
     """Register `check` as rule `code`; `docs` is markdown (dedented). `scope="ranks"`: the
     check compares ranks and gets a `RanksContext` instead of one rank's `AuditContext`."""
 
-    def register(check: Callable[["AuditContext"], Iterable["Finding"]]) -> Callable:
+    def register(check: Callable[[AuditContext], Iterable[Finding]]) -> Callable:
         if code in _REGISTRY:
             raise AssertionError(f"rule {code} registered twice")
-        _REGISTRY[code] = Rule(code, name, summary, textwrap.dedent(docs).strip(), check,
-                               textwrap.dedent(fix).strip(), scope, frozenset(needs))
+        _REGISTRY[code] = Rule(
+            code,
+            name,
+            summary,
+            textwrap.dedent(docs).strip(),
+            check,
+            textwrap.dedent(fix).strip(),
+            scope,
+            frozenset(needs),
+        )
         return check
 
     return register
@@ -60,7 +76,10 @@ def rule(code: str, name: str, summary: str, docs: str, fix: str = "",
 
 def all_rules() -> list[Rule]:
     from arfuse.audit.rules import (  # noqa: F401 - registers rules
-        compiled, fusion, ranks, specialization,
+        compiled,
+        fusion,
+        ranks,
+        specialization,
     )
 
     return [_REGISTRY[c] for c in sorted(_REGISTRY)]
@@ -75,12 +94,16 @@ def get_rule(code: str) -> Rule:
 
 def select_rules(select: Iterable[str] = (), ignore: Iterable[str] = ()) -> list[Rule]:
     """Ruff-style prefix selection: `select=["ARF1"]`, `ignore=["ARF103"]`."""
-    select, ignore = [s.strip().upper() for s in select if s.strip()], \
-        [s.strip().upper() for s in ignore if s.strip()]
+    select, ignore = (
+        [s.strip().upper() for s in select if s.strip()],
+        [s.strip().upper() for s in ignore if s.strip()],
+    )
     rules = all_rules()
     for prefix in [*select, *ignore]:
         if not prefix.startswith("ARF") or not any(r.code.startswith(prefix) for r in rules):
-            raise ValueError(f"{prefix!r} matches no rule; use a code or prefix such as ARF1, "
-                             f"ARF103 (see `arfuse rules`)")
+            raise ValueError(
+                f"{prefix!r} matches no rule; use a code or prefix such as ARF1, "
+                f"ARF103 (see `arfuse rules`)"
+            )
     chosen = [r for r in rules if not select or any(r.code.startswith(s) for s in select)]
     return [r for r in chosen if not any(r.code.startswith(i) for i in ignore)]

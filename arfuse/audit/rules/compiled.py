@@ -8,7 +8,7 @@ Evidence: `dynamo_graph_break_reason` artifacts (the break's line and Dynamo's r
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from arfuse.audit.context import AuditContext
 from arfuse.audit.findings import Finding, Location
@@ -25,10 +25,12 @@ def _first_line(text: str) -> str:
     return next((x.strip() for x in text.strip().splitlines() if x.strip()), "")
 
 
-@rule("ARF107", "graph-break",
-      "Dynamo breaks the graph: the code around the break runs eagerly and the rest compiles "
-      "as separate frames",
-      """
+@rule(
+    "ARF107",
+    "graph-break",
+    "Dynamo breaks the graph: the code around the break runs eagerly and the rest compiles "
+    "as separate frames",
+    """
       ## What it does
       Reports every graph break Dynamo logged while compiling the audited model, at the line
       of the break, with Dynamo's reason (`print`, `.item()`, `.tolist()`, numpy on a tensor,
@@ -52,7 +54,8 @@ def _first_line(text: str) -> str:
       Remove the break (no host syncs, prints or numpy on the token path), or move it out of
       the compiled region; `torch.compile(..., fullgraph=True)` turns any break into an error.
       """,
-      fix="remove the host-side call at this line, or keep it outside the compiled region")
+    fix="remove the host-side call at this line, or keep it outside the compiled region",
+)
 def check_graph_break(ctx: AuditContext) -> Iterable[Finding]:
     seen: dict[tuple[str, int], Finding] = {}
     for art in ctx.trace.artifacts(BREAK_ARTIFACT):
@@ -63,8 +66,14 @@ def check_graph_break(ctx: AuditContext) -> Iterable[Finding]:
         path, line = ctx.resolve_path(m.group(1).strip()), int(m.group(2))
         reason = _REASON.search(text)
         explanation = _EXPLANATION.search(text)
-        why = " - ".join(x for x in (reason.group(1).strip().rstrip(":") if reason else "",
-                                     explanation.group(1).strip() if explanation else "") if x)
+        why = " - ".join(
+            x
+            for x in (
+                reason.group(1).strip().rstrip(":") if reason else "",
+                explanation.group(1).strip() if explanation else "",
+            )
+            if x
+        )
         key = (path, line)
         if key in seen:
             if art.compile_id is not None and str(art.compile_id) not in seen[key].details[-1]:
@@ -73,18 +82,24 @@ def check_graph_break(ctx: AuditContext) -> Iterable[Finding]:
         size = ctx.compile_sizes.get(art.compile_id) if art.compile_id else None
         frame = Frame(path, line)
         seen[key] = Finding(
-            code="ARF107", name="graph-break",
+            code="ARF107",
+            name="graph-break",
             message=f"graph break: {why or 'Dynamo stopped the graph here'}; the model runs "
-                    f"eagerly around this line and compiles the rest as separate frames",
-            location=Location.of(frame), compile_id=str(art.compile_id or ""),
-            frames=[Location.of(frame)], details=[f"in compile {art.compile_id}"],
-            num_tokens=[size] if size is not None else [])
+            f"eagerly around this line and compiles the rest as separate frames",
+            location=Location.of(frame),
+            compile_id=str(art.compile_id or ""),
+            frames=[Location.of(frame)],
+            details=[f"in compile {art.compile_id}"],
+            num_tokens=[size] if size is not None else [],
+        )
     yield from seen.values()
 
 
-@rule("ARF108", "frame-not-compiled",
-      "Dynamo could not compile a frame (or nothing at all): it runs eagerly at every num_tokens",
-      """
+@rule(
+    "ARF108",
+    "frame-not-compiled",
+    "Dynamo could not compile a frame (or nothing at all): it runs eagerly at every num_tokens",
+    """
       ## What it does
       Reports frames whose compile failed (`compilation_metrics.fail_type`, other than the
       `ConstraintViolationError` of ARF105), at the line Dynamo blamed, with its reason; and
@@ -105,7 +120,8 @@ def check_graph_break(ctx: AuditContext) -> Iterable[Finding]:
       Fix the construct Dynamo names in the reason (see the log), or compile a smaller region
       that Dynamo supports.
       """,
-      fix="fix the construct Dynamo names in the reason, or compile a region it supports")
+    fix="fix the construct Dynamo names in the reason, or compile a region it supports",
+)
 def check_not_compiled(ctx: AuditContext) -> Iterable[Finding]:
     metrics = list(ctx.trace.of(CompilationMetrics))
     found: list[Finding] = []
@@ -123,21 +139,31 @@ def check_not_compiled(ctx: AuditContext) -> Iterable[Finding]:
         frame = Frame(str(path), line, str(d.get("co_name") or ""))
         cid = m.metrics_compile_id or m.compile_id
         size = ctx.compile_sizes.get(cid) if cid else None
-        found.append(Finding(
-            code="ARF108", name="frame-not-compiled",
-            message=f"Dynamo could not compile {d.get('co_name') or 'this frame'} "
-                    f"({fail}: {_first_line(m.fail_reason or '')}); it runs eagerly",
-            location=Location.of(frame), compile_id=str(cid or ""),
-            frames=[Location.of(frame)], details=[x for x in (m.fail_reason or "").strip().splitlines()[:6] if x.strip()],
-            num_tokens=[size] if size is not None else []))
+        found.append(
+            Finding(
+                code="ARF108",
+                name="frame-not-compiled",
+                message=f"Dynamo could not compile {d.get('co_name') or 'this frame'} "
+                f"({fail}: {_first_line(m.fail_reason or '')}); it runs eagerly",
+                location=Location.of(frame),
+                compile_id=str(cid or ""),
+                frames=[Location.of(frame)],
+                details=[x for x in (m.fail_reason or "").strip().splitlines()[:6] if x.strip()],
+                num_tokens=[size] if size is not None else [],
+            )
+        )
     if not metrics and ctx.run.calls:
         yield Finding(
-            code="ARF108", name="frame-not-compiled",
+            code="ARF108",
+            name="frame-not-compiled",
             message=f"nothing compiled: {len(ctx.run.calls)} call(s) ran and none compiled a "
-                    f"graph (a torch.compiler.disable, or a model that is not the compiled "
-                    f"one); no verdict on num_tokens is possible",
-            location=Location.of(Frame("<target>", 0)))
+            f"graph (a torch.compiler.disable, or a model that is not the compiled "
+            f"one); no verdict on num_tokens is possible",
+            location=Location.of(Frame("<target>", 0)),
+        )
     if found and not ok:
-        found[0].message += (f"; nothing compiled: all {len(metrics)} compile(s) failed, so "
-                             f"every call ran eagerly and no verdict on num_tokens is possible")
+        found[0].message += (
+            f"; nothing compiled: all {len(metrics)} compile(s) failed, so "
+            f"every call ran eagerly and no verdict on num_tokens is possible"
+        )
     yield from found

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 from arfuse import optable
 from arfuse.audit.attribution import is_framework
-from arfuse.audit.context import AuditContext
+from arfuse.audit.context import AuditContext, pretty_source
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.graph import Graph, Node, parse_graph
 from arfuse.audit.rules import rule
 from arfuse.audit.rules.fusion import configured_ops, frame_of, fusion_reports, post_grad_graphs
-from arfuse.audit.context import pretty_source
-from arfuse.audit.verdicts import decisions
 from arfuse.audit.trace import AOT_GRAPHS, CompilationMetrics, CompileId, Frame, GraphDump
-
+from arfuse.audit.verdicts import decisions
 
 
 class RanksContext:
@@ -54,8 +52,11 @@ class RanksContext:
             ctx = self.contexts[rank]
             graphs = dict(post_grad_graphs(ctx))
             if not graphs:
-                graphs = {e.compile_id: parse_graph(e.payload or "")
-                          for e in ctx.trace.of(GraphDump) if e.graph_kind in AOT_GRAPHS}
+                graphs = {
+                    e.compile_id: parse_graph(e.payload or "")
+                    for e in ctx.trace.of(GraphDump)
+                    if e.graph_kind in AOT_GRAPHS
+                }
             self._graphs[rank] = graphs
         return self._graphs[rank]
 
@@ -86,16 +87,34 @@ def _user_frame(nodes: Iterable[Node]) -> Frame | None:
     return (user or frames or [None])[0]
 
 
-def _finding(code: str, name: str, message: str, where: Frame, ranks: list[int],
-             compile_ids: list[str], details: list[str], expr: str = "") -> Finding:
-    return Finding(code=code, name=name, message=message, location=Location.of(where),
-                   expr=expr, compile_id=compile_ids[0] if compile_ids else "",
-                   frames=[Location.of(where)], details=details, ranks=sorted(ranks))
+def _finding(
+    code: str,
+    name: str,
+    message: str,
+    where: Frame,
+    ranks: list[int],
+    compile_ids: list[str],
+    details: list[str],
+    expr: str = "",
+) -> Finding:
+    return Finding(
+        code=code,
+        name=name,
+        message=message,
+        location=Location.of(where),
+        expr=expr,
+        compile_id=compile_ids[0] if compile_ids else "",
+        frames=[Location.of(where)],
+        details=details,
+        ranks=sorted(ranks),
+    )
 
 
-@rule("ARF301", "rank-compile-count-mismatch",
-      "ranks compiled a frame a different number of times",
-      """
+@rule(
+    "ARF301",
+    "rank-compile-count-mismatch",
+    "ranks compiled a frame a different number of times",
+    """
       ## What it does
       Counts the compiles of every compiled frame on every rank of one run (from each rank's
       `compilation_metrics`) and reports frames whose count differs between ranks, naming the
@@ -118,11 +137,11 @@ def _finding(code: str, name: str, message: str, where: Frame, ranks: list[int],
       Remove the rank-dependent decision (see ARF302 at the guard's line), or make it a value
       every rank computes the same way.
       """,
-      fix="make every rank take the same decisions (see ARF302/ARF304 for the line)",
-      scope="ranks")
+    fix="make every rank take the same decisions (see ARF302/ARF304 for the line)",
+    scope="ranks",
+)
 def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
-    by_frame: dict[int, dict[int, list[CompileId]]] = defaultdict(lambda: {r: [] for r in
-                                                                          rc.ranks})
+    by_frame: dict[int, dict[int, list[CompileId]]] = defaultdict(lambda: {r: [] for r in rc.ranks})
     for r in rc.ranks:
         for cid in rc.compiles(r):
             by_frame[cid.frame_id][r].append(cid)
@@ -132,21 +151,36 @@ def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
             continue
         first = next(c[0] for c in per_rank.values() if c)
         where = rc.frame(first)
-        text = _ranks_text(per_rank, lambda cids: f"{len(cids)} compile(s)" + (
-            f" ({', '.join(map(str, cids))})" if cids else ""))
+        text = _ranks_text(
+            per_rank,
+            lambda cids: (
+                f"{len(cids)} compile(s)" + (f" ({', '.join(map(str, cids))})" if cids else "")
+            ),
+        )
         fn = f" {where.name}" if where.name else ""
-        extra = sorted({str(c) for cids in per_rank.values() for c in cids}
-                       - set.intersection(*[{str(c) for c in cids}
-                                            for cids in per_rank.values()]))
-        details = [f"rank {r}: {', '.join(map(str, c)) or 'not compiled'}"
-                   for r, c in per_rank.items()]
-        details += [f"rank {r}'s log is cut short (line {ctx.trace.truncated_line}): a compile "
-                    f"in progress when the job died is not counted"
-                    for r, ctx in rc.contexts.items() if ctx.trace.truncated_line is not None]
-        yield _finding("ARF301", "rank-compile-count-mismatch",
-                       f"frame {frame_id}{fn} compiled a different number of times per rank: "
-                       f"{text}", where, rc.ranks, extra or [str(first)], details,
-                       expr=f"frame {frame_id}")
+        extra = sorted(
+            {str(c) for cids in per_rank.values() for c in cids}
+            - set.intersection(*[{str(c) for c in cids} for cids in per_rank.values()])
+        )
+        details = [
+            f"rank {r}: {', '.join(map(str, c)) or 'not compiled'}" for r, c in per_rank.items()
+        ]
+        details += [
+            f"rank {r}'s log is cut short (line {ctx.trace.truncated_line}): a compile "
+            f"in progress when the job died is not counted"
+            for r, ctx in rc.contexts.items()
+            if ctx.trace.truncated_line is not None
+        ]
+        yield _finding(
+            "ARF301",
+            "rank-compile-count-mismatch",
+            f"frame {frame_id}{fn} compiled a different number of times per rank: {text}",
+            where,
+            rc.ranks,
+            extra or [str(first)],
+            details,
+            expr=f"frame {frame_id}",
+        )
 
 
 def _token_guards(ctx: AuditContext) -> dict[CompileId | None, dict[str, Frame]]:
@@ -162,9 +196,11 @@ def _token_guards(ctx: AuditContext) -> dict[CompileId | None, dict[str, Frame]]
     return out
 
 
-@rule("ARF302", "rank-token-guard-mismatch",
-      "the same compiled graph guards num_tokens differently on different ranks",
-      """
+@rule(
+    "ARF302",
+    "rank-token-guard-mismatch",
+    "the same compiled graph guards num_tokens differently on different ranks",
+    """
       ## What it does
       Compares, for every compiled graph (compile id) that several ranks compiled, the guards
       on the token count each rank added, and reports guards that only some ranks have - at
@@ -188,8 +224,9 @@ def _token_guards(ctx: AuditContext) -> dict[CompileId | None, dict[str, Frame]]
       Make the decision the same on every rank (a config value all ranks share, not the rank
       id), or move it into an opaque custom op (see ARF102).
       """,
-      fix="make the decision identical on every rank, or move it into a custom op",
-      scope="ranks")
+    fix="make the decision identical on every rank, or move it into a custom op",
+    scope="ranks",
+)
 def check_token_guards(rc: RanksContext) -> Iterable[Finding]:
     guards = {r: _token_guards(ctx) for r, ctx in rc.contexts.items()}
     common = set.intersection(*[set(rc.compiles(r)) for r in rc.ranks])
@@ -204,18 +241,26 @@ def check_token_guards(rc: RanksContext) -> Iterable[Finding]:
                 having = [q for q in rc.ranks if text in per_rank[q]]
                 lacking = [q for q in rc.ranks if q not in having]
                 key = (where.filename, where.line)
-                detail = (f"graph {cid}: `{text}` on rank(s) {', '.join(map(str, having))}, "
-                          f"not on {', '.join(map(str, lacking))}")
+                detail = (
+                    f"graph {cid}: `{text}` on rank(s) {', '.join(map(str, having))}, "
+                    f"not on {', '.join(map(str, lacking))}"
+                )
                 if key in found:
                     if detail not in found[key].details:
                         found[key].details.append(detail)
                     continue
                 found[key] = _finding(
-                    "ARF302", "rank-token-guard-mismatch",
+                    "ARF302",
+                    "rank-token-guard-mismatch",
                     f"compiled graph {cid} guards num_tokens with `{text}` on rank(s) "
                     f"{', '.join(map(str, having))} but not on rank(s) "
-                    f"{', '.join(map(str, lacking))}", where, rc.ranks, [str(cid)], [detail],
-                    expr=text)
+                    f"{', '.join(map(str, lacking))}",
+                    where,
+                    rc.ranks,
+                    [str(cid)],
+                    [detail],
+                    expr=text,
+                )
     return found.values()
 
 
@@ -228,9 +273,11 @@ def _placement(n: Node) -> str:
     return f"{n.op}{where}"
 
 
-@rule("ARF303", "rank-fusion-mismatch",
-      "the fusion pass fused different allreduce chains on different ranks",
-      """
+@rule(
+    "ARF303",
+    "rank-fusion-mismatch",
+    "the fusion pass fused different allreduce chains on different ranks",
+    """
       ## What it does
       Compares, for every compiled graph that several ranks compiled, where the fused
       `arfuse.fused_allreduce_*` ops are in each rank's Inductor post-grad graph (and the
@@ -255,11 +302,14 @@ def _placement(n: Node) -> str:
       Compile every rank with the same pass and the same `FusionConfig` and thresholds table;
       remove rank-dependent branches in the model.
       """,
-      fix="compile every rank with the same fusion pass, FusionConfig and thresholds",
-      scope="ranks")
+    fix="compile every rank with the same fusion pass, FusionConfig and thresholds",
+    scope="ranks",
+)
 def check_fusion(rc: RanksContext) -> Iterable[Finding]:
-    matches = {r: {a.compile_id: p.get("matches") for a, p in fusion_reports(ctx)}
-               for r, ctx in rc.contexts.items()}
+    matches = {
+        r: {a.compile_id: p.get("matches") for a, p in fusion_reports(ctx)}
+        for r, ctx in rc.contexts.items()
+    }
     common = set.intersection(*[set(rc.graphs(r)) for r in rc.ranks])
     for cid in sorted(common, key=lambda c: (c is None, c or CompileId(0, 0))):
         fused = {r: _fused(rc.graphs(r)[cid]) for r in rc.ranks}
@@ -269,19 +319,36 @@ def check_fusion(rc: RanksContext) -> Iterable[Finding]:
             continue
         # the first position where the ranks differ: its node's line is the finding's line
         longest = max(len(p) for p in placement.values())
-        pos = next((i for i in range(longest) if len({p[i] if i < len(p) else None
-                                                       for p in placement.values()}) > 1), 0)
-        where = _user_frame(nodes[pos] for nodes in fused.values() if pos < len(nodes)) \
-            or rc.frame(cid)
+        pos = next(
+            (
+                i
+                for i in range(longest)
+                if len({p[i] if i < len(p) else None for p in placement.values()}) > 1
+            ),
+            0,
+        )
+        where = _user_frame(nodes[pos] for nodes in fused.values() if pos < len(nodes)) or rc.frame(
+            cid
+        )
         text = _ranks_text(placement, lambda p: f"{len(p)} fused op(s)")
         yield _finding(
-            "ARF303", "rank-fusion-mismatch",
-            f"compiled graph {cid} has different fused allreduce ops per rank: {text}", where,
-            rc.ranks, [str(cid)],
-            [f"graph {cid} rank {r}: {', '.join(p) or 'no fused op'}"
-             + (f" (fusion pass: {counts[r]} match(es))" if counts[r] is not None else
-                " (fusion pass did not run)") for r, p in placement.items()],
-            expr=f"graph {cid}")
+            "ARF303",
+            "rank-fusion-mismatch",
+            f"compiled graph {cid} has different fused allreduce ops per rank: {text}",
+            where,
+            rc.ranks,
+            [str(cid)],
+            [
+                f"graph {cid} rank {r}: {', '.join(p) or 'no fused op'}"
+                + (
+                    f" (fusion pass: {counts[r]} match(es))"
+                    if counts[r] is not None
+                    else " (fusion pass did not run)"
+                )
+                for r, p in placement.items()
+            ],
+            expr=f"graph {cid}",
+        )
 
 
 def _collectives(graph: Graph, extra: tuple[str, ...] = ()) -> list[Node]:
@@ -289,9 +356,11 @@ def _collectives(graph: Graph, extra: tuple[str, ...] = ()) -> list[Node]:
     return [n for n in graph.nodes.values() if optable.is_collective(n.target, extra)]
 
 
-@rule("ARF304", "rank-collective-mismatch",
-      "the same compiled graph issues different collectives on different ranks (a hang)",
-      """
+@rule(
+    "ARF304",
+    "rank-collective-mismatch",
+    "the same compiled graph issues different collectives on different ranks (a hang)",
+    """
       ## What it does
       Lists the collectives (all_reduce, all_gather, reduce_scatter, all_to_all, broadcast,
       `arfuse.all_reduce`, the fused allreduce ops) of every compiled graph in each rank's
@@ -318,25 +387,38 @@ def _collectives(graph: Graph, extra: tuple[str, ...] = ()) -> list[Node]:
       Make every rank issue the same collectives in the same order: remove rank-dependent
       branches around collectives, compile every rank with the same passes (ARF303).
       """,
-      fix="make every rank issue the same collectives in the same order",
-      scope="ranks")
+    fix="make every rank issue the same collectives in the same order",
+    scope="ranks",
+)
 def check_collectives(rc: RanksContext) -> Iterable[Finding]:
     common = set.intersection(*[set(rc.graphs(r)) for r in rc.ranks])
-    extra = tuple(dict.fromkeys(op for ctx in rc.contexts.values()
-                                for op in configured_ops(ctx)[0]))
+    extra = tuple(
+        dict.fromkeys(op for ctx in rc.contexts.values() for op in configured_ops(ctx)[0])
+    )
     for cid in sorted(common, key=lambda c: (c is None, c or CompileId(0, 0))):
         nodes = {r: _collectives(rc.graphs(r)[cid], extra) for r in rc.ranks}
         seqs = {r: [n.op for n in ns] for r, ns in nodes.items()}
         if len({tuple(s) for s in seqs.values()}) < 2:
             continue
         longest = max(len(s) for s in seqs.values())
-        pos = next(i for i in range(longest)
-                   if len({s[i] if i < len(s) else None for s in seqs.values()}) > 1)
+        pos = next(
+            i
+            for i in range(longest)
+            if len({s[i] if i < len(s) else None for s in seqs.values()}) > 1
+        )
         at = {r: (s[pos] if pos < len(s) else "nothing") for r, s in seqs.items()}
         where = _user_frame(ns[pos] for ns in nodes.values() if pos < len(ns)) or rc.frame(cid)
         yield _finding(
-            "ARF304", "rank-collective-mismatch",
+            "ARF304",
+            "rank-collective-mismatch",
             f"compiled graph {cid} issues different collectives per rank (a hang): collective "
-            f"#{pos + 1} is {_ranks_text(at, str)}", where, rc.ranks, [str(cid)],
-            [f"graph {cid} rank {r}: {len(s)} collective(s): {', '.join(s) or 'none'}"
-             for r, s in seqs.items()], expr=f"graph {cid} collective #{pos + 1}")
+            f"#{pos + 1} is {_ranks_text(at, str)}",
+            where,
+            rc.ranks,
+            [str(cid)],
+            [
+                f"graph {cid} rank {r}: {len(s)} collective(s): {', '.join(s) or 'none'}"
+                for r, s in seqs.items()
+            ],
+            expr=f"graph {cid} collective #{pos + 1}",
+        )

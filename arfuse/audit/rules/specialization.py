@@ -12,8 +12,8 @@ where the compiled graph stops being valid.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from arfuse.audit.attribution import Attribution, is_framework, short_path
 from arfuse.audit.context import AuditContext, pretty_source
@@ -77,28 +77,43 @@ def _finding(ctx: AuditContext, line: _Line, name: str, message: str) -> Finding
     for d in line.decisions:
         size = ctx.compile_sizes.get(d.compile_id) if d.compile_id else None
         at = f" (compiled at num_tokens={size:,})" if size is not None else ""
-        details.append(f"compile {d.compile_id}{at}: `{d.verdict.expr}` - "
-                       f"{d.verdict.describe()}")
+        details.append(f"compile {d.compile_id}{at}: `{d.verdict.expr}` - {d.verdict.describe()}")
         for g in d.folded:
             f = g.where.decision
             who = "re-checked by the compiler" if g.where.by == "compiler" else "implied"
             details.append(f"also {who} at {short_path(f.filename)}:{f.line}: `{g.expr}`")
     if a.by == "compiler":
-        details.append(f"added by the compiler itself in {a.decision.name or 'torch'} "
-                       f"(no model line decided it)")
-    sizes = sorted({ctx.compile_sizes[d.compile_id] for d in line.decisions
-                    if d.compile_id in ctx.compile_sizes})
+        details.append(
+            f"added by the compiler itself in {a.decision.name or 'torch'} "
+            f"(no model line decided it)"
+        )
+    sizes = sorted(
+        {
+            ctx.compile_sizes[d.compile_id]
+            for d in line.decisions
+            if d.compile_id in ctx.compile_sizes
+        }
+    )
     first = line.decisions[0]
     return Finding(
-        code=line.code, name=name, message=message, location=Location.of(a.decision),
-        expr="; ".join(line.exprs), symbol=first.guards[0].symbol,
+        code=line.code,
+        name=name,
+        message=message,
+        location=Location.of(a.decision),
+        expr="; ".join(line.exprs),
+        symbol=first.guards[0].symbol,
         compile_id=str(first.compile_id) if first.compile_id else "",
-        frames=[Location.of(f) for f in a.frames], details=details, num_tokens=sizes)
+        frames=[Location.of(f) for f in a.frames],
+        details=details,
+        num_tokens=sizes,
+    )
 
 
-@rule("ARF101", "num-tokens-pinned",
-      "the compiled graph holds for one num_tokens only (or for every count but a few)",
-      """
+@rule(
+    "ARF101",
+    "num-tokens-pinned",
+    "the compiled graph holds for one num_tokens only (or for every count but a few)",
+    """
       ## What it does
       Finds source lines whose guards on the token count hold for a single count inside the
       token domain (`Eq(s0, 16)`, a `symbolic_shape_specialization`, `[0] * n`,
@@ -125,7 +140,8 @@ def _finding(ctx: AuditContext, line: _Line, name: str, message: str) -> Finding
       must not), or compute the value with torch ops on the symbolic size
       (`torch.sym_max`, `//`) instead of Python `int`/`numpy` on it.
       """,
-      fix="move the comparison into a custom op's real kernel, or keep the size symbolic")
+    fix="move the comparison into a custom op's real kernel, or keep the size symbolic",
+)
 def check_pinned(ctx: AuditContext) -> Iterable[Finding]:
     for line in _lines(ctx, PIN):
         verdicts = [d.verdict for d in line.decisions]
@@ -133,18 +149,28 @@ def check_pinned(ctx: AuditContext) -> Iterable[Finding]:
         excluded = sorted({x for v in verdicts if v.shape == "except" for x in v.excluded})
         parts = []
         if points:
-            parts.append(f"valid for num_tokens={', '.join(f'{p:,}' for p in points)} only"
-                         + (" (one graph per count)" if len(points) > 1 else ""))
+            parts.append(
+                f"valid for num_tokens={', '.join(f'{p:,}' for p in points)} only"
+                + (" (one graph per count)" if len(points) > 1 else "")
+            )
         if excluded:
-            parts.append(f"valid for every num_tokens except {', '.join(f'{x:,}' for x in excluded)}")
+            parts.append(
+                f"valid for every num_tokens except {', '.join(f'{x:,}' for x in excluded)}"
+            )
         parts += [v.describe() for v in verdicts if v.shape == "unknown"][:1]
-        yield _finding(ctx, line, "num-tokens-pinned",
-                       f"{line.source} is compared with a constant here: {'; '.join(parts)}")
+        yield _finding(
+            ctx,
+            line,
+            "num-tokens-pinned",
+            f"{line.source} is compared with a constant here: {'; '.join(parts)}",
+        )
 
 
-@rule("ARF102", "num-tokens-range-guard",
-      "a threshold on num_tokens inside the token domain: the graph recompiles when crossed",
-      """
+@rule(
+    "ARF102",
+    "num-tokens-range-guard",
+    "a threshold on num_tokens inside the token domain: the graph recompiles when crossed",
+    """
       ## What it does
       Finds source lines whose guards on the token count hold on one or a few contiguous runs
       of the token domain (`s0 <= 2048`, `-s0 > -4095` from `keys[-4095:]`,
@@ -171,28 +197,40 @@ def check_pinned(ctx: AuditContext) -> Iterable[Finding]:
       (its fake kernel returns the same shapes for every size), or compile one artifact per
       range on purpose (`arfuse.compile(model, ranges="auto")`).
       """,
-      fix="branch at run time inside a custom op's real kernel, or compile per range on purpose")
+    fix="branch at run time inside a custom op's real kernel, or compile per range on purpose",
+)
 def check_range(ctx: AuditContext) -> Iterable[Finding]:
     for line in _lines(ctx, RANGE):
         judged = [d.verdict for d in line.decisions if d.verdict.shape != "unknown"]
         if judged and line.flips:
-            valid = list(dict.fromkeys(
-                " & ".join(f"[{a:,}, {b:,}]" for a, b in v.runs[:3]) for v in judged))
+            valid = list(
+                dict.fromkeys(" & ".join(f"[{a:,}, {b:,}]" for a, b in v.runs[:3]) for v in judged)
+            )
             graphs = "graphs compiled here are" if len(valid) > 1 else "graph compiled here is"
-            what = (f"the {graphs} valid for num_tokens in {' and '.join(valid)}: "
-                    f"{_recompiles_at(line.flips)}")
+            what = (
+                f"the {graphs} valid for num_tokens in {' and '.join(valid)}: "
+                f"{_recompiles_at(line.flips)}"
+            )
         elif judged:
             what = f"the graph compiled here {judged[0].describe()}"
         else:
-            what = (f"{line.decisions[0].verdict.describe()}: the graph recompiles when "
-                    f"num_tokens crosses `{line.exprs[0]}`")
-        yield _finding(ctx, line, "num-tokens-range-guard",
-                       f"{line.source} is compared with a threshold here: {what}")
+            what = (
+                f"{line.decisions[0].verdict.describe()}: the graph recompiles when "
+                f"num_tokens crosses `{line.exprs[0]}`"
+            )
+        yield _finding(
+            ctx,
+            line,
+            "num-tokens-range-guard",
+            f"{line.source} is compared with a threshold here: {what}",
+        )
 
 
-@rule("ARF103", "num-tokens-divisibility-guard",
-      "the compiled graph holds only for some remainders of num_tokens inside the domain",
-      """
+@rule(
+    "ARF103",
+    "num-tokens-divisibility-guard",
+    "the compiled graph holds only for some remainders of num_tokens inside the domain",
+    """
       ## What it does
       Finds source lines whose guards hold only for a residue class of the token count
       inside the token domain (`Eq(Mod(s0, 4), 0)`: valid only for num_tokens % 4 == 0),
@@ -214,20 +252,27 @@ def check_range(ctx: AuditContext) -> Iterable[Finding]:
       Pad the token dim to a multiple outside the compiled region, or reshape along a dim
       that does not involve num_tokens.
       """,
-      fix="pad num_tokens outside the compiled region, or reshape a dim that is not num_tokens")
+    fix="pad num_tokens outside the compiled region, or reshape a dim that is not num_tokens",
+)
 def check_divisibility(ctx: AuditContext) -> Iterable[Finding]:
     for line in _lines(ctx, DIVISIBILITY):
         what = "; ".join(dict.fromkeys(d.verdict.describe() for d in line.decisions))
-        yield _finding(ctx, line, "num-tokens-divisibility-guard",
-                       f"{line.source} must be divisible here: {what}")
+        yield _finding(
+            ctx,
+            line,
+            "num-tokens-divisibility-guard",
+            f"{line.source} must be divisible here: {what}",
+        )
 
 
 _INT32_MAX = "2147483647"
 
 
-@rule("ARF106", "compiler-num-tokens-switch",
-      "torch's compiler itself switches code at a num_tokens inside the domain",
-      """
+@rule(
+    "ARF106",
+    "compiler-num-tokens-switch",
+    "torch's compiler itself switches code at a num_tokens inside the domain",
+    """
       ## What it does
       Reports guards on the token count that no model line decided - Inductor added them
       for its own code generation - and that fail somewhere inside the token domain. The
@@ -254,25 +299,29 @@ _INT32_MAX = "2147483647"
       warm the compile at a size above it before serving (one extra compile), split the
       tensor (chunked logits), or narrow `--max-tokens` to the domain you really serve.
       """,
-      fix="warm the second compile before serving, chunk the large tensor, or narrow "
-          "--max-tokens to what you serve")
+    fix="warm the second compile before serving, chunk the large tensor, or narrow "
+    "--max-tokens to what you serve",
+)
 def check_compiler_switch(ctx: AuditContext) -> Iterable[Finding]:
     for line in _lines(ctx, COMPILER):
         a = line.where.decision
         flips = line.flips
         if any(_INT32_MAX in e for e in line.exprs) or "32bit" in (a.name or ""):
             above = flips[0] if flips else None
-            what = (f"Inductor switches to 64-bit indexing above {above:,} tokens: one "
-                    f"recompile there" if above is not None else
-                    "Inductor's 32-bit indexing check fails inside the domain")
+            what = (
+                f"Inductor switches to 64-bit indexing above {above:,} tokens: one recompile there"
+                if above is not None
+                else "Inductor's 32-bit indexing check fails inside the domain"
+            )
         else:
             v = line.decisions[0].verdict
             where = f"{a.name} in {a.filename.rsplit('/', 1)[-1]}" if a.name else "Inductor"
-            what = (f"Inductor ({where}) picks different code across num_tokens: "
-                    f"{v.describe()}")
+            what = f"Inductor ({where}) picks different code across num_tokens: {v.describe()}"
             if flips and v.shape == "interval":
-                what = (f"Inductor ({where}) picks different code above {flips[0]:,} tokens: "
-                        f"{_recompiles_at(flips)}")
+                what = (
+                    f"Inductor ({where}) picks different code above {flips[0]:,} tokens: "
+                    f"{_recompiles_at(flips)}"
+                )
         yield _finding(ctx, line, "compiler-num-tokens-switch", f"[compiler] {what}")
 
 
@@ -280,9 +329,13 @@ def check_compiler_switch(ctx: AuditContext) -> Iterable[Finding]:
 _LOC = re.compile(r"([^\s(]+?\.py):(\d+) in ([\w<>.]+)(?: \(([^()]*)\))?")
 # where Dynamo evaluates a guard on behalf of the traced line: never the decision
 _EVAL_PLUMBING = re.compile(r"_dynamo/variables/|fx/experimental/|_dynamo/symbolic_convert")
-_MISMATCH = re.compile(r"tensor '([^']+)' size mismatch at index (\d+)\. expected (\d+), actual (\d+)")
-_TORCH_REL = re.compile(r"^(_dynamo|_inductor|fx|_subclasses|_library|_functorch|_prims|_refs|"
-                        r"_decomp|nn|distributed|_higher_order_ops)/")
+_MISMATCH = re.compile(
+    r"tensor '([^']+)' size mismatch at index (\d+)\. expected (\d+), actual (\d+)"
+)
+_TORCH_REL = re.compile(
+    r"^(_dynamo|_inductor|fx|_subclasses|_library|_functorch|_prims|_refs|"
+    r"_decomp|nn|distributed|_higher_order_ops)/"
+)
 
 
 def _reason_entries(payload: object) -> list[str]:
@@ -311,7 +364,7 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
     out, compiler = [], []
     for m in _LOC.finditer(text):
         path, line, name, paren = m.groups()
-        if text[m.end(3):].lstrip().startswith("(user code shown"):
+        if text[m.end(3) :].lstrip().startswith("(user code shown"):
             continue
         inner = _LOC.search(paren or "")
         frame = _user_frame(ctx, *inner.groups()[:3]) if inner else None
@@ -324,9 +377,11 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
     return out or compiler[:1]
 
 
-@rule("ARF104", "num-tokens-recompile",
-      "a new num_tokens value failed a guard and recompiled the model",
-      """
+@rule(
+    "ARF104",
+    "num-tokens-recompile",
+    "a new num_tokens value failed a guard and recompiled the model",
+    """
       ## What it does
       Reads the `recompile_reasons` of every recompile during the sweep and reports those
       caused by a guard on the token count, at the line that added the failing guard.
@@ -346,12 +401,14 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
       ## Fix
       Remove the guard named in the finding (see ARF101-ARF103 at the same line).
       """,
-      fix="remove the guard at this line (see the ARF101-ARF103 finding at the same line)")
+    fix="remove the guard at this line (see the ARF101-ARF103 finding at the same line)",
+)
 def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
     groups: dict[tuple[str, int], tuple[Frame, list[tuple[CompileId, str]], list[int]]] = {}
     pins = {d.compile_id: d.where for d in decisions(ctx) if d.code == PIN}
-    code_of = {m.metrics_compile_id or m.compile_id: m.metrics for m in
-               ctx.trace.of(CompilationMetrics)}
+    code_of = {
+        m.metrics_compile_id or m.compile_id: m.metrics for m in ctx.trace.of(CompilationMetrics)
+    }
     for art in ctx.trace.artifacts("recompile_reasons"):
         cid = art.compile_id
         n = ctx.compile_sizes.get(cid) if cid else None
@@ -373,8 +430,13 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
                 else:
                     m = code_of.get(failed) or {}
                     if m.get("co_filename"):
-                        frames = [Frame(m["co_filename"], int(m.get("co_firstlineno") or 0),
-                                        str(m.get("co_name", "")))]
+                        frames = [
+                            Frame(
+                                m["co_filename"],
+                                int(m.get("co_firstlineno") or 0),
+                                str(m.get("co_name", "")),
+                            )
+                        ]
             elif any(name in text for name in ctx.token_source_names):
                 frames = _reason_lines(ctx, text)
             guard = text.split("  #")[0].strip()
@@ -384,30 +446,46 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
                     g[1].append((cid, guard))
                 if n is not None and n not in g[2]:
                     g[2].append(n)
-    limit_hits = sorted(n for m in ctx.trace.of(CompilationMetrics)
-                        if "recompile limit" in (m.fail_reason or "").lower()
-                        for n in [ctx.compile_sizes.get(m.metrics_compile_id or m.compile_id)]
-                        if n is not None)
-    limit = (f"; torch._dynamo's recompile limit was hit at num_tokens={limit_hits[0]}: from "
-             f"there on new sizes run EAGERLY (not compiled)") if limit_hits else ""
+    limit_hits = sorted(
+        n
+        for m in ctx.trace.of(CompilationMetrics)
+        if "recompile limit" in (m.fail_reason or "").lower()
+        for n in [ctx.compile_sizes.get(m.metrics_compile_id or m.compile_id)]
+        if n is not None
+    )
+    limit = (
+        (
+            f"; torch._dynamo's recompile limit was hit at num_tokens={limit_hits[0]}: from "
+            f"there on new sizes run EAGERLY (not compiled)"
+        )
+        if limit_hits
+        else ""
+    )
     for frame, events, sizes in groups.values():
         cids = list(dict.fromkeys(c for c, _ in events))
         at = f" at num_tokens={', '.join(map(str, sorted(sizes)))}" if sizes else ""
         yield Finding(
-            code="ARF104", name="num-tokens-recompile",
+            code="ARF104",
+            name="num-tokens-recompile",
             message=f"recompiled {len(cids)} time(s){at} because a guard from this line "
-                    f"failed{limit}",
+            f"failed{limit}",
             location=Location.of(frame),
             expr="; ".join(dict.fromkeys(g for _, g in events)),
-            compile_id=str(cids[0]) if cids else "", frames=[Location.of(frame)],
-            details=[f"recompile {c} (num_tokens={ctx.compile_sizes.get(c, '?')}): "
-                     f"failed `{g}`" for c, g in events],
-            num_tokens=sorted(sizes))
+            compile_id=str(cids[0]) if cids else "",
+            frames=[Location.of(frame)],
+            details=[
+                f"recompile {c} (num_tokens={ctx.compile_sizes.get(c, '?')}): failed `{g}`"
+                for c, g in events
+            ],
+            num_tokens=sorted(sizes),
+        )
 
 
-@rule("ARF105", "num-tokens-constraint-violation",
-      "torch raised ConstraintViolationError: num_tokens was marked dynamic but specialized",
-      """
+@rule(
+    "ARF105",
+    "num-tokens-constraint-violation",
+    "torch raised ConstraintViolationError: num_tokens was marked dynamic but specialized",
+    """
       ## What it does
       Reports compiles that failed with `ConstraintViolationError` - the token dim was marked
       dynamic (`torch._dynamo.mark_dynamic`, `--strict`) and code specialized it - at the
@@ -426,7 +504,8 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
       ## Fix
       Remove the specialization at the reported line (see ARF101).
       """,
-      fix="remove the specialization at this line (see ARF101)")
+    fix="remove the specialization at this line (see ARF101)",
+)
 def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
     cve = _cve_compiles(ctx)
     metrics = {m.metrics_compile_id or m.compile_id: m for m in ctx.trace.of(CompilationMetrics)}
@@ -441,27 +520,39 @@ def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
         f = seen.get(key)
         if f is None:
             seen[key] = Finding(
-                code="ARF105", name="num-tokens-constraint-violation",
-                message=f"ConstraintViolationError: {why}" if why else
-                "ConstraintViolationError: num_tokens was specialized",
-                location=Location.of(where.decision), expr=expr, symbol=sym,
-                compile_id=str(cid), frames=[Location.of(x) for x in where.frames],
-                details=[f"guard `{expr}`"], num_tokens=[n for n in [ctx.compile_sizes.get(cid)]
-                                                         if n is not None],
-                )
+                code="ARF105",
+                name="num-tokens-constraint-violation",
+                message=f"ConstraintViolationError: {why}"
+                if why
+                else "ConstraintViolationError: num_tokens was specialized",
+                location=Location.of(where.decision),
+                expr=expr,
+                symbol=sym,
+                compile_id=str(cid),
+                frames=[Location.of(x) for x in where.frames],
+                details=[f"guard `{expr}`"],
+                num_tokens=[n for n in [ctx.compile_sizes.get(cid)] if n is not None],
+            )
         elif f"guard `{expr}`" not in f.details:
             f.details.append(f"guard `{expr}`")
     # A failed compile whose trace names no pin: attribute to the frame torch blamed.
     for cid in cve - {CompileId.parse(f.compile_id) for f in seen.values()}:
         m = metrics[cid].metrics
         path, line = m.get("fail_user_frame_filename"), m.get("fail_user_frame_lineno")
-        frame = Frame(path or m.get("co_filename") or "<unknown>",
-                      int(line or m.get("co_firstlineno") or 0), str(m.get("co_name", "")))
+        frame = Frame(
+            path or m.get("co_filename") or "<unknown>",
+            int(line or m.get("co_firstlineno") or 0),
+            str(m.get("co_name", "")),
+        )
         seen[(frame.filename, frame.line)] = Finding(
-            code="ARF105", name="num-tokens-constraint-violation",
+            code="ARF105",
+            name="num-tokens-constraint-violation",
             message="ConstraintViolationError: "
-                    + (m.get("fail_reason") or "").strip().splitlines()[0:1][0]
-            if m.get("fail_reason") else "ConstraintViolationError",
-            location=Location.of(frame), compile_id=str(cid), frames=[Location.of(frame)],
-            )
+            + (m.get("fail_reason") or "").strip().splitlines()[0:1][0]
+            if m.get("fail_reason")
+            else "ConstraintViolationError",
+            location=Location.of(frame),
+            compile_id=str(cid),
+            frames=[Location.of(frame)],
+        )
     yield from seen.values()

@@ -16,15 +16,24 @@ import transformers as tf
 
 MODELS = {  # name -> (config class, model class, extra config); all tiny
     "llama": (tf.LlamaConfig, tf.LlamaForCausalLM, {}),
-    "gpt2": (tf.GPT2Config, tf.GPT2LMHeadModel, {"n_embd": 64, "n_layer": 2, "n_head": 4,
-                                                  "vocab_size": 128, "n_positions": 256}),
+    "gpt2": (
+        tf.GPT2Config,
+        tf.GPT2LMHeadModel,
+        {"n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 128, "n_positions": 256},
+    ),
     "bert": (tf.BertConfig, tf.BertModel, {}),
     "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, {}),
     "mistral": (tf.MistralConfig, tf.MistralForCausalLM, {}),
 }
-SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128,
-         "max_position_embeddings": 256}
+SMALL = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 128,
+    "max_position_embeddings": 256,
+}
 
 
 def main() -> None:
@@ -34,8 +43,9 @@ def main() -> None:
     torch.set_num_threads(1)
     for name in names:
         cfg_cls, model_cls, extra = MODELS[name]
-        kwargs = extra or {k: v for k, v in SMALL.items() if k != "num_key_value_heads"
-                           or name != "bert"}
+        kwargs = extra or {
+            k: v for k, v in SMALL.items() if k != "num_key_value_heads" or name != "bert"
+        }
         model = model_cls(cfg_cls(**kwargs)).eval()
         compiled = torch.compile(model, backend=backend, dynamic=True)
         with torch.no_grad():

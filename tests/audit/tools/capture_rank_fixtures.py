@@ -30,9 +30,25 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             keep = Path(tmp) / "keep"
             proc = subprocess.run(
-                [sys.executable, "-m", "arfuse", "audit", f"tests/audit/fixtures/tp_ranks.py:{case}",
-                 "--keep", str(keep), "--format", "json", "-o", str(dest / "live.json"),
-                 "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                [
+                    sys.executable,
+                    "-m",
+                    "arfuse",
+                    "audit",
+                    f"tests/audit/fixtures/tp_ranks.py:{case}",
+                    "--keep",
+                    str(keep),
+                    "--format",
+                    "json",
+                    "-o",
+                    str(dest / "live.json"),
+                    "--no-progress",
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
             if proc.returncode not in (0, 1):
                 sys.exit(f"{case}: audit failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
             for log in sorted((keep / "trace").glob("*.log")):
