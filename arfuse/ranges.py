@@ -1,17 +1,24 @@
 """Compile ranges: one Dynamo capture, one Inductor compile per num_tokens range.
 
-`arfuse.compile(model, ranges=...)` captures the model once with the token dim dynamic (marked
-unbacked, so no 0/1 specialization and no guard on its value), then compiles the captured graph
-once per range of num_tokens with the fusion pass configured for that range: fused where the
-thresholds say fusion wins, left to Inductor's own add+RMSNorm fusion where it does not. At run
-time a bisect over the split points (O(log ranges), outside any traced code) picks the compiled
-artifact, so the threshold never becomes a guard, a pinned constant or a recompile.
+`arfuse.compile(model, ranges=...)` captures the model once with its token dims dynamic (marked
+with `maybe_mark_dynamic` and captured size-oblivious, so 1 token shares the capture; guards the
+model or the compiler add on them stay guards, and `arfuse audit` finds them), then compiles the
+captured graph once per range of num_tokens with the fusion pass configured for that range:
+fused where the thresholds say fusion wins, left to Inductor's own add+RMSNorm fusion where it
+does not. At run time a bisect over the split points (O(log ranges), outside any traced code)
+picks the compiled artifact, so the threshold never becomes a guard, a pinned constant or a
+recompile.
 
     compiled = arfuse.compile(model, ranges="auto")        # split points from the thresholds
     compiled = arfuse.compile(model, ranges=[128, 2048])   # [1,128] [129,2048] [2049,inf)
+    out = compiled(input_ids=ids, attention_mask=mask)     # HF models: keyword tensors
 
-Within a range the token symbol's value range is narrowed to the range's bounds while Inductor
-compiles (`bound_symbols=True`), so Inductor may drop checks that the bounds make moot.
+num_tokens, the range key, is the number of rows that reach the allreduce: the product of the
+token argument's dims up to its token dim (`[batch, seq]` input_ids: batch * seq). Within a range
+the token symbol's value range is narrowed to the range's bounds while Inductor compiles
+(`bound_symbols=True`), so Inductor may drop checks that the bounds make moot; when batch is
+dynamic too (rows = batch * seq, two symbols) the ranges still dispatch and fuse by rows, but
+compile without narrowed bounds.
 """
 
 from __future__ import annotations
@@ -19,16 +26,21 @@ from __future__ import annotations
 import bisect
 import copy
 import dataclasses
+import inspect
+import math
 import numbers
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import sympy
 import torch
 
+from arfuse import optable
 from arfuse.config import FusionConfig
 from arfuse.fusion import AllReduceFusionPass
+from arfuse.policy import FusionPolicy
 
 
 @dataclass(frozen=True)
@@ -75,42 +87,149 @@ def split_points(ranges: Any) -> list[int] | str:
 
 
 def auto_splits(hidden: int, dtype: torch.dtype, world_size: int,
-                device: torch.device | None = None) -> list[int]:
-    """Where the thresholds in force change strategy (one-shot max, fusion max) in tokens."""
-    from arfuse import thresholds
-
+                device: torch.device | None = None,
+                policy: FusionPolicy | None = None) -> list[int]:
+    """Where the policy's thresholds change strategy (one-shot max, fusion max) in tokens."""
     if device is None or device.type != "cuda":
         return []
-    limits = thresholds.lookup(torch.cuda.get_device_capability(device), world_size, dtype,
-                               hidden)
+    policy = policy or FusionPolicy.current()
+    limits = policy.limits(torch.cuda.get_device_capability(device), world_size, dtype, hidden)
     if limits is None:
         return []
-    return sorted({t for t in (limits.oneshot_max_tokens, limits.fused_max_tokens) if t >= 1})
+    return sorted({t for t in (limits.oneshot_max_tokens, policy.fused_max_tokens(limits))
+                   if t >= 1})
+
+
+# HF argument names -> the dims that follow the sequence, given the tensor's rank. The first
+# name here that a call passes is the token argument (the range key); the others are marked so
+# their sizes follow num_tokens without recompiling.
+def _last(ndim: int) -> list[int]:
+    return [ndim - 1] if ndim >= 1 else []
+
+
+HF_TOKEN_DIMS: dict[str, Callable[[int], list[int]]] = {
+    "input_ids": _last,                                    # [batch, seq] or [seq]
+    "inputs_embeds": lambda ndim: [ndim - 2] if ndim >= 2 else [],   # [batch, seq, hidden]
+    "hidden_states": lambda ndim: [ndim - 2] if ndim >= 2 else [],   # [(batch,) tokens, hidden]
+    "position_ids": _last,                                 # [batch, seq] or [seq]
+    "token_type_ids": _last,
+    "labels": _last,
+    "cache_position": _last,                               # [seq]
+    "attention_mask": lambda ndim: [1] if ndim == 2 else [2, 3] if ndim == 4 else [],
+}
+_KEY_NAMES = ("input_ids", "inputs_embeds", "hidden_states")
+
+
+@dataclass(frozen=True)
+class TokenArg:
+    """The argument whose rows are num_tokens: its name (None: positional only), its index
+    among the positional args (None: passed by keyword), and its token dim."""
+
+    name: str | None
+    index: int | None
+    dim: int
+
+    def __str__(self) -> str:
+        return self.name if self.name is not None else f"positional arg {self.index}"
+
+
+def _bind(model: Callable, args: tuple, kwargs: dict) -> list[tuple[str | None, int | None, Any]]:
+    """(name, positional index, value) for every argument of one call."""
+    names: list[str | None] = [None] * len(args)
+    try:
+        params = list(inspect.signature(model).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    for i, p in enumerate(params[:len(args)]):
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names[i] = p.name
+    return ([(names[i], i, a) for i, a in enumerate(args)]
+            + [(k, None, v) for k, v in kwargs.items()])
+
+
+def mark_token_dims(model: Callable, args: tuple, kwargs: dict,
+                    token_dims: Mapping[int | str, int | Sequence[int] | None] | None
+                    ) -> TokenArg:
+    """Mark every token dim of one call dynamic (`maybe_mark_dynamic`) and return the token
+    argument, or raise a ValueError naming what could not be found.
+
+    token_dims: argument name or positional index -> token dim(s), None for "not a token
+    argument". Arguments it does not name: the HF names above by their layout, other
+    positional tensors dim 0 (when token_dims is None)."""
+    given = dict(token_dims or {})
+    bound = _bind(model, args, kwargs)
+    passed = {k for name, i, _ in bound for k in (name, i) if k is not None}
+    missing = [k for k in given if k not in passed]
+    if missing:
+        raise ValueError(f"arfuse.compile: token_dims names {missing}, which this call does not "
+                         f"pass; arguments passed: {sorted(map(str, passed))}")
+    key: TokenArg | None = None
+    key_rank = len(_KEY_NAMES) + 2
+    for name, index, value in bound:
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            continue
+        label = name if name is not None else f"positional arg {index}"
+        if name in given or index in given:
+            dims = given[name] if name in given else given[index]
+            rank = 0  # named by the caller: the token argument if it is the first so named
+        elif name in HF_TOKEN_DIMS:
+            dims = HF_TOKEN_DIMS[name](value.dim())
+            rank = 1 + _KEY_NAMES.index(name) if name in _KEY_NAMES else None
+        elif index is not None:
+            dims, rank = 0, len(_KEY_NAMES) + 1
+        else:
+            continue
+        dims = [] if dims is None else [dims] if isinstance(dims, int) else list(dims)
+        for d in dims:
+            if not -value.dim() <= d < value.dim():
+                raise ValueError(f"arfuse.compile: token dim {d} of {label} is out of range for "
+                                 f"its shape {tuple(value.shape)}; fix token_dims={{{label!r}: "
+                                 "dim}}")
+            torch._dynamo.maybe_mark_dynamic(value, d % value.dim())
+        if dims and rank is not None and rank < key_rank:
+            key, key_rank = TokenArg(name, index, max(d % value.dim() for d in dims)), rank
+    if key is None:
+        shown = {(n if n is not None else f"arg {i}"): tuple(v.shape) for n, i, v in bound
+                 if isinstance(v, torch.Tensor)}
+        raise ValueError(
+            "arfuse.compile: cannot tell which argument carries num_tokens; tensor arguments "
+            f"of this call: {shown}. Name it: token_dims={{'input_ids': 1}} (argument name -> "
+            "token dim), or pass it as input_ids= / inputs_embeds= / hidden_states=")
+    return key
 
 
 class RangedBackend:
     """A Dynamo backend compiling the captured graph once per TokenRange (see module doc)."""
 
     def __init__(self, ranges: Sequence[int] | str, fusion: FusionConfig | None,
-                 options: dict[str, Any] | None, lazy: bool, bound_symbols: bool) -> None:
+                 options: dict[str, Any] | None, lazy: bool, bound_symbols: bool,
+                 policy: FusionPolicy | None = None) -> None:
         if isinstance(ranges, str) and ranges != "auto":
             raise ValueError(f"ranges={ranges!r}: give 'auto' or a list of split points "
                              "(token counts)")
         self.requested = ranges
         self.fusion = fusion or FusionConfig()
+        self.policy = policy or FusionPolicy.current()
         self.options = dict(options or {})
         self.lazy = lazy
         self.bound_symbols = bound_symbols
         self.captures = 0          # Dynamo graphs received (1 when nothing recompiles)
         self.compiles: list[dict[str, Any]] = []   # one entry per range compiled
         self.dispatch = None
+        self.token_arg: TokenArg | None = None     # set by arfuse.compile before the capture
 
     def __repr__(self) -> str:
         return f"arfuse.ranges.backend({self.requested!r})"
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
         self.captures += 1
-        self.dispatch = _Dispatch(self, gm, example_inputs)
+        compiles = len(self.compiles)
+        try:
+            self.dispatch = _Dispatch(self, gm, example_inputs)
+        except torch._dynamo.exc.RestartAnalysis:  # Dynamo captures again: not a new capture
+            self.captures -= 1
+            del self.compiles[compiles:]
+            raise
         return self.dispatch
 
 
@@ -120,31 +239,40 @@ class _Dispatch:
         self.gm = gm
         self.example_inputs = example_inputs
         self.context = torch._guards.TracingContext.try_get()
-        self.symbol, self.locate = _token_symbol(gm)
-        if self.symbol is None:
-            static = _static_tokens(gm)
-            if backend.captures == 1 or static is None:
+        rows, self.locate, where = _token_rows(gm, backend.token_arg)
+        self.rows = str(rows)  # num_tokens as the capture sees it, e.g. 2*s27
+        self.symbol, self.scale = _single_symbol(rows)
+        if self.symbol is not None and _other_symbols(gm, self.symbol):
+            # narrowing one symbol among several (dynamic=True: batch, mask dims...) moved
+            # hints that other sizes' facts depend on: compile those ranges without bounds
+            self.symbol = None
+        if not isinstance(rows, torch.SymInt):
+            if backend.captures == 1 or rows is None:
                 raise ValueError(
-                    "arfuse.compile: no input has a dynamic token dim; pass tensors whose dim 0 "
-                    "is num_tokens, or name the dim with token_dims={arg_index: dim}")
+                    f"arfuse.compile: {where} has no dynamic token dim in the capture (Dynamo "
+                    "specialised it); pass the token dim with token_dims={'input_ids': 1} "
+                    "(argument name -> dim) and do not compile with dynamic=False")
             # a guard of an earlier capture failed (e.g. the model's own `num_tokens != 1`):
             # Dynamo specialised this capture to one size, so it gets one range of that size
             warnings.warn(
                 f"arfuse.compile: Dynamo captured the model again, specialised to num_tokens="
-                f"{static} (a guard from an earlier capture failed; `arfuse audit` names the "
+                f"{rows} (a guard from an earlier capture failed; `arfuse audit` names the "
                 "line); this capture is compiled for exactly that size", stacklevel=2)
-            self.splits, self.ranges = [], [TokenRange(static, static)]
-            self.locate = lambda args: static
+            self.splits, self.ranges = [], [TokenRange(rows, rows)]
+            self.locate = lambda args, n=rows: n
         else:
             splits = backend.requested
             if splits == "auto":
-                splits = _auto_from_graph(gm, example_inputs)
+                splits = _auto_from_graph(gm, backend.policy, backend.fusion.allreduce_ops)
             self.splits = sorted(set(int(s) for s in splits))
             self.ranges = ranges_from_splits(self.splits)
         self.compiled: list[Callable | None] = [None] * len(self.ranges)
         self.captured = False
-        if not backend.lazy:
-            for i in range(len(self.ranges)):
+        # lazy: the capture's own range still compiles here, inside Dynamo, which restarts the
+        # capture when a compile asks it to (dynamic=True's float inputs do)
+        own = bisect.bisect_left(self.splits, self.locate(example_inputs))
+        for i in range(len(self.ranges)):
+            if not backend.lazy or i == own:
                 self._compile(i)
         self.captured = True
 
@@ -155,13 +283,14 @@ class _Dispatch:
         env = getattr(torch._guards.detect_fake_mode(self.example_inputs), "shape_env", None)
         guards_before = len(env.guards) if env is not None else 0
         config = dataclasses.replace(self.backend.fusion, token_range=(r.lo, r.hi))
-        fusion = AllReduceFusionPass(config)
+        fusion = AllReduceFusionPass(config, self.backend.policy)
         options = {**self.backend.options, "post_grad_custom_post_pass": fusion}
         start = time.perf_counter()
         with torch._guards.tracing(self.context), self._bounded(r) as bounded:
             compiled = compile_fx(copy.deepcopy(self.gm), self.example_inputs,
                                   config_patches=options)
-        self.backend.compiles.append({"range": str(r), "fused": fusion.num_matches,
+        self.backend.compiles.append({"range": str(r), "tokens": self.rows,
+                                      "fused": fusion.num_matches,
                                       "bounds_applied": bool(getattr(bounded, "applied", False)),
                                       "hint": getattr(bounded, "hint_used", None),
                                       "skipped": [reason for reason, _ in fusion.skipped],
@@ -192,7 +321,10 @@ class _Dispatch:
 
         if not self.backend.bound_symbols or self.symbol is None:
             return contextlib.nullcontext()
-        return _narrowed(self.example_inputs, self.symbol, r)
+        # rows = scale * symbol: the symbol's bounds are the range's divided by the scale
+        lo = -(-r.lo // self.scale)
+        hi = None if r.hi is None else r.hi // self.scale
+        return _narrowed(self.example_inputs, self.symbol, TokenRange(lo, hi))
 
     def __call__(self, *args: Any) -> Any:
         tokens = self.locate(args)
@@ -245,7 +377,9 @@ class _narrowed:
             return self
         if self.hint is not None and not lo <= self.hint <= hi:
             self.moved_hint = lo if self.hint < lo else hi
-            self.vals[self.symbol] = type(self.hint)(self.moved_hint)
+            # a sympy hint (1 is sympy's singleton One) stays sympy, a Python int an int
+            self.vals[self.symbol] = (sympy.Integer(self.moved_hint)
+                                      if isinstance(self.hint, sympy.Basic) else self.moved_hint)
         self.env.var_to_range[self.symbol] = ValueRanges(lo, hi)
         self.applied = True
         _drop_cached_evaluations(self.env)
@@ -270,34 +404,98 @@ def _drop_cached_evaluations(env) -> None:
     env._version_counter += 1
 
 
-def _token_symbol(gm: torch.fx.GraphModule):
-    """The token symbol and a function reading its value from the runtime args in O(1)
-    ((None, None) when no input has one).
+def _token_rows(gm: torch.fx.GraphModule, token: TokenArg | None):
+    """(rows, locate, where): num_tokens of the capture (a SymInt, or an int when Dynamo
+    specialised it, None when no tensor input has a dim), a function reading it from the
+    runtime args in O(1), and a name for messages.
 
     Dynamo hands backends real example tensors; the symbolic shapes live on the placeholders'
-    `example_value`. The token symbol is dim 0 of the first tensor input whose dim 0 is
-    symbolic; a lifted SymInt input carrying it is read directly."""
-    values = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
-    for i, x in enumerate(values):
-        if isinstance(x, torch.Tensor) and x.dim() > 0 and isinstance(x.shape[0], torch.SymInt):
-            symbol = x.shape[0].node.expr
-            for j, y in enumerate(values):
-                if isinstance(y, torch.SymInt) and y.node.expr == symbol:
-                    return symbol, lambda args, j=j: int(args[j])
-            return symbol, lambda args, i=i: args[i].shape[0]
+    `example_value`, and each placeholder's source names its argument (`L['input_ids']`).
+    Without a named token argument among the inputs (the bare backend, or a graph after a
+    graph break), the first tensor input with a symbolic dim is it: rows are the product of
+    the dims but the last (hidden) one of a 3-D [batch, seq, hidden] input, else its first
+    symbolic dim ([tokens, hidden])."""
+    inputs = [(i, n) for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")
+              if isinstance(n.meta.get("example_value"), torch.Tensor)]
+    found = None
+    if token is not None and token.name is not None:
+        # the model's own frame, or a `(*args, **kwargs)` wrapper around it (HF decorators)
+        sources = {f"L['{token.name}']", f"L['kwargs']['{token.name}']"}
+        found = next(((i, token.dim) for i, n in inputs if getattr(
+            getattr(n.meta.get("grapharg"), "source", None), "name", None) in sources), None)
+    if found is None:
+        for i, n in inputs:
+            shape = n.meta["example_value"].shape
+            dims = [d for d, size in enumerate(shape) if isinstance(size, torch.SymInt)]
+            if dims:
+                found = (i, len(shape) - 2 if len(shape) >= 3 else dims[0])
+                break
+    if found is None:
+        for i, n in inputs:
+            if n.meta["example_value"].dim() > 0:
+                found = (i, 0 if token is None else token.dim)
+                break
+    where = str(token) if token is not None else "no tensor input"
+    if found is None:
+        return None, None, where
+    i, dim = found
+    shape = inputs[[j for j, _ in inputs].index(i)][1].meta["example_value"].shape
+    rows = math.prod(shape[:dim + 1])
+    if dim == 0:
+        return rows, lambda args, i=i: args[i].shape[0], where
+    return rows, lambda args, i=i, end=dim + 1: args[i].shape[:end].numel(), where
+
+
+def _single_symbol(rows: Any) -> tuple[Any, int]:
+    """(symbol, scale) when rows = scale * symbol (a static batch times a dynamic seq), else
+    (None, 1): with batch dynamic too no single symbol carries the range's bounds."""
+    if not isinstance(rows, torch.SymInt):
+        return None, 1
+    expr = rows.node.expr
+    if len(expr.free_symbols) != 1:
+        return None, 1
+    (symbol,) = expr.free_symbols
+    scale = expr / symbol
+    return (symbol, int(scale)) if scale.is_Integer and int(scale) >= 1 else (None, 1)
+
+
+def _other_symbols(gm: torch.fx.GraphModule, symbol: Any) -> set:
+    """Free symbols of the capture's input sizes other than `symbol` (after the shape env's
+    replacements, so sizes Dynamo proved equal to it do not count)."""
+    out: set = set()
+    for n in gm.graph.nodes:
+        val = n.meta.get("example_value") if n.op == "placeholder" else None
+        sizes = list(val.shape) if isinstance(val, torch.Tensor) else \
+            [val] if isinstance(val, torch.SymInt) else []
+        for size in sizes:
+            if isinstance(size, torch.SymInt):
+                node = size.node
+                out |= node.shape_env.replace(node.expr).free_symbols
+    return out - {symbol}
+
+
+def _allreduced(gm: torch.fx.GraphModule, extra: Iterable[str] = ()):
+    """(activation, world size or None) of the first allreduce in a Dynamo graph: a functional
+    or custom allreduce op, or a DTensor redistributed from Partial (TP's RowwiseParallel)."""
+    for node in gm.graph.nodes:
+        val = node.meta.get("example_value")
+        if node.op not in ("call_function", "call_method") or not isinstance(val, torch.Tensor):
+            continue
+        target = node.target if isinstance(node.target, str) else \
+            getattr(node.target, "__name__", str(node.target))
+        if optable.is_allreduce(str(node.target), extra) or target == "all_reduce":
+            # the collective's own group when its name is an argument, else WORLD
+            names = [a for a in node.args if isinstance(a, str) and a != "sum"]
+            return val, names[-1] if names else None
+        src = node.args[0].meta.get("example_value") if node.args and isinstance(
+            node.args[0], torch.fx.Node) else None
+        if target == "redistribute" and any(p.is_partial() for p in getattr(src, "placements", ())) \
+                and not any(p.is_partial() for p in getattr(val, "placements", ())):
+            return val, val.device_mesh.get_group().group_name
     return None, None
 
 
-def _static_tokens(gm: torch.fx.GraphModule) -> int | None:
-    """num_tokens of a capture without a token symbol: dim 0 of its first tensor input."""
-    for n in gm.graph.nodes:
-        x = n.meta.get("example_value") if n.op == "placeholder" else None
-        if isinstance(x, torch.Tensor) and x.dim() > 0 and isinstance(x.shape[0], int):
-            return x.shape[0]
-    return None
-
-
-def _auto_from_graph(gm, example_inputs) -> list[int]:
+def _auto_from_graph(gm, policy: FusionPolicy, extra: Iterable[str] = ()) -> list[int]:
     """Split points for ranges='auto': the thresholds at the first allreduced activation."""
     import torch.distributed as dist
 
@@ -305,38 +503,36 @@ def _auto_from_graph(gm, example_inputs) -> list[int]:
         return []
     from arfuse import kernels
 
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and "all_reduce" in str(node.target):
-            val = node.meta.get("example_value")
-            if isinstance(val, torch.Tensor):
-                # the collective's own group when its name is an argument, else WORLD
-                names = [a for a in node.args if isinstance(a, str) and a != "sum"]
-                try:
-                    world = kernels.resolve_group(names[-1]).size() if names else None
-                except ValueError:
-                    world = None
-                return auto_splits(val.shape[-1], val.dtype, world or dist.get_world_size(),
-                                   val.device)
-    return []
+    val, group = _allreduced(gm, extra)
+    if val is None:
+        return []
+    try:
+        world = kernels.resolve_group(group).size() if group else dist.get_world_size()
+    except ValueError:
+        world = dist.get_world_size()
+    return auto_splits(val.shape[-1], val.dtype, world, val.device, policy)
 
 
 def backend(ranges: Sequence[int] | str = "auto", *, fusion: FusionConfig | None = None,
             options: dict[str, Any] | None = None, lazy: bool = False,
-            bound_symbols: bool = True) -> RangedBackend:
+            bound_symbols: bool = True, policy: FusionPolicy | None = None) -> RangedBackend:
     """The compile-ranges backend alone, for `torch.compile(model, backend=...)` where the
     caller marks the token dims itself (e.g. an `arfuse audit` target's compile kwargs)."""
     ranges = split_points(ranges)
-    return RangedBackend(ranges, fusion, options, lazy, bound_symbols)
+    return RangedBackend(ranges, fusion, options, lazy, bound_symbols, policy)
 
 
 class RangedModule:
-    """What `arfuse.compile` returns: call it like the model."""
+    """What `arfuse.compile` returns: call it like the model (positional or keyword tensors)."""
 
-    def __init__(self, model, backend: RangedBackend, token_dims, compiled) -> None:
+    def __init__(self, model, backend: RangedBackend, token_dims, compiled,
+                 size_oblivious: bool = True) -> None:
         self.model = model
         self.backend = backend
         self.token_dims = token_dims
         self._compiled = compiled
+        self._size_oblivious = size_oblivious
+        self._signature_of = model.forward if isinstance(model, torch.nn.Module) else model
 
     @property
     def ranges(self) -> list[TokenRange]:
@@ -345,39 +541,53 @@ class RangedModule:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.backend.dispatch is not None:  # captured: Dynamo's guards take any size now
             return self._compiled(*args, **kwargs)
-        for i, x in enumerate(args):
-            if isinstance(x, torch.Tensor) and x.dim() > 0:
-                dim = self.token_dims.get(i, 0) if self.token_dims is not None else 0
-                if dim is not None:
-                    torch._dynamo.maybe_mark_dynamic(x, dim)
-        # size-oblivious backed symbols: no 0/1 specialization, so 1 token shares the capture
-        with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        self.backend.token_arg = mark_token_dims(self._signature_of, args, kwargs,
+                                                 self.token_dims)
+        # size-oblivious backed symbols: no 0/1 specialization, so 1 token shares the capture.
+        # Not under dynamic=True: a batch of 1 would become a symbol too, which DTensor's
+        # sharding propagation cannot take (`2//s0` local sizes)
+        with torch.fx.experimental._config.patch(backed_size_oblivious=self._size_oblivious):
             return self._compiled(*args, **kwargs)
 
 
 def compile(model: Callable, ranges: Sequence[int] | str = "auto", *,
-            fusion: FusionConfig | None = None, token_dims: dict[int, int | None] | None = None,
-            lazy: bool = False, bound_symbols: bool = True, **torch_compile_kwargs: Any
-            ) -> RangedModule:
+            fusion: FusionConfig | None = None,
+            token_dims: Mapping[int | str, int | Sequence[int] | None] | None = None,
+            lazy: bool = False, bound_symbols: bool = True, policy: FusionPolicy | None = None,
+            **torch_compile_kwargs: Any) -> RangedModule:
     """torch.compile with the fusion pass and one Inductor compile per num_tokens range.
 
     ranges: 'auto' (split points where the thresholds in force switch strategy for the
         model's hidden size, dtype and world size) or a list of split points in tokens.
     fusion: the FusionConfig for every range (its token_range is set per range).
-    token_dims: positional arg index -> token dim (None: not a token arg); default dim 0 of
-        every tensor arg.
+    token_dims: argument name or positional index -> token dim(s) (None: not a token
+        argument), e.g. {"input_ids": 1}. Unnamed arguments: the usual HF names by their
+        layout (input_ids/position_ids/attention_mask [batch, seq] -> 1, inputs_embeds
+        [batch, seq, hidden] -> 1, cache_position -> 0, ...), other positional tensors dim 0.
+        The first of input_ids / inputs_embeds / hidden_states (else the first argument named
+        here, else the first positional tensor) is the token argument: num_tokens is the
+        product of its dims up to the token dim (batch * seq).
     lazy: False (default): compile every range at capture, inside Dynamo, so any guard a range's
         compile adds is installed; True: compile a range on its first use (faster start; a
         guard added then cannot be enforced and is warned about).
-    Other keyword arguments (e.g. options={...}, fullgraph=True) pass through to torch.compile.
+    policy: the thresholds and two-shot switch deciding fusion per range (default: in force).
+    Other keyword arguments (e.g. options={...}, fullgraph=True, dynamic=True) pass through to
+    torch.compile. dynamic=None (default) makes only the token dims dynamic, 1 token included:
+    a new batch size captures once more, with batch dynamic too. dynamic=True makes every dim
+    dynamic but 0/1 specialises as torch.compile does (a batch of 1, a 1-token call: one more
+    capture each). dynamic=False is refused: it would pin num_tokens.
     """
     if "backend" in torch_compile_kwargs:
         raise ValueError("arfuse.compile sets the backend itself; drop backend=")
+    if torch_compile_kwargs.get("dynamic", None) is False:
+        raise ValueError("arfuse.compile needs num_tokens dynamic; drop dynamic=False (None "
+                         "marks the token dims only, True every dim)")
     options = torch_compile_kwargs.pop("options", None)
     if options and "post_grad_custom_post_pass" in options:
         raise ValueError("arfuse.compile installs the fusion pass itself; configure it with "
                          "fusion=FusionConfig(...) instead of post_grad_custom_post_pass")
     ranged = backend(ranges, fusion=fusion, options=options, lazy=lazy,
-                     bound_symbols=bound_symbols)
+                     bound_symbols=bound_symbols, policy=policy)
     compiled = torch.compile(model, backend=ranged, **torch_compile_kwargs)
-    return RangedModule(model, ranged, token_dims, compiled)
+    return RangedModule(model, ranged, token_dims, compiled,
+                        size_oblivious=torch_compile_kwargs.get("dynamic") is not True)

@@ -519,3 +519,69 @@ def check_release_workspaces_per_group() -> dict:
         fi._workspaces.update(saved_ws)
         fi._sites.clear()
         fi._sites.update(saved_sites)
+
+
+# ---- Hugging Face models under DTensor TP (arfuse.examples.hf_models) -------------------------
+
+def _hf_model(name: str, num_layers: int = 2, dtype=torch.float32):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from arfuse.examples import hf_models
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    return hf_models.build(name, mesh, num_layers=num_layers, dtype=dtype)
+
+
+def _hf_call(model, batch: int, seq: int):
+    ids = torch.randint(0, 128, (batch, seq), generator=torch.Generator().manual_seed(seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    return model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+
+def check_hf_fused(name: str, dtype_name: str = "fp32", sizes=(5, 12)) -> dict:
+    """A tiny HF model under DTensor TP, keyword call, at graph level: chains fused, numerics
+    vs the unfused eager model."""
+    model = _hf_model(name, dtype=DTYPES[dtype_name])
+    compiled, fusion, capture = _compile_capture(model)
+    errors = {}
+    with torch.no_grad():
+        for seq in sizes:
+            ids = torch.randint(0, 128, (1, seq), generator=torch.Generator().manual_seed(seq))
+            torch._dynamo.maybe_mark_dynamic(ids, 1)
+            got = compiled(input_ids=ids, use_cache=False).last_hidden_state
+            want = model(input_ids=ids, use_cache=False).last_hidden_state
+            errors[seq] = rel_l2(got.float(), want.float())
+    return {"before": [dict(c) for c in fusion.before], "after": [dict(c) for c in fusion.after],
+            "matched": dict(fusion.matched), "skipped": fusion.skipped, "errors": errors,
+            "graphs": len(capture.graphs)}
+
+
+def check_hf_compile(mode: str, calls=((1, 3), (1, 9), (1, 17))) -> dict:
+    """arfuse.compile on a 1-layer tiny HF Llama under DTensor TP, called with keyword tensors
+    (input_ids, attention_mask). mode: 'none' (dynamic=None), 'true' (dynamic=True),
+    'mark' (the caller's own mark_dynamic on the seq dim)."""
+    from torch._inductor import config as inductor_config
+
+    inductor_config.force_disable_caches = True
+    model = _hf_model("llama", num_layers=1)
+    torch._dynamo.reset()
+    kwargs = {"dynamic": True} if mode == "true" else {}
+    compiled = arfuse.compile(model, ranges=[8], lazy=mode != "none",
+                              fusion=arfuse.FusionConfig(fused_max_tokens=8), **kwargs)
+    errors, captures = {}, []
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        for batch, seq in calls:
+            ids = torch.randint(0, 128, (batch, seq), generator=torch.Generator().manual_seed(seq))
+            mask = torch.ones(batch, seq, dtype=torch.long)
+            if mode == "mark":
+                torch._dynamo.mark_dynamic(ids, 1)
+            got = compiled(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            want = model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            errors[(batch, seq)] = rel_l2(got, want)
+            captures.append(compiled.backend.captures)
+    return {"captures": captures, "errors": errors, "token_arg": str(compiled.backend.token_arg),
+            "compiles": [{k: c[k] for k in ("range", "tokens", "fused", "bounds_applied",
+                                             "skipped", "guards_added")}
+                         | {"left": len(c["left_to_inductor"])} for c in compiled.backend.compiles],
+            "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)]}

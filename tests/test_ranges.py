@@ -26,7 +26,7 @@ def test_every_boundary_dispatches_to_its_range_and_fuses_only_below_the_thresho
     assert r["captures"] == 1
     assert r["ranges"] == ["[1, 8]", "[9, 64]", "[65, inf]"]
     by_range = {c["range"]: c for c in r["compiles"]}
-    assert len(r["compiles"]) == 3  # lazily, each range exactly once
+    assert len(r["compiles"]) == 3  # at capture (lazy=False), each range exactly once
     assert by_range["[1, 8]"]["fused"] == 2 and by_range["[1, 8]"]["skipped"] == []
     # every range compiles with its bounds, and for an example size inside them: the
     # capture's (7) where the range holds it, else the nearest size the range holds
@@ -147,3 +147,60 @@ def test_a_range_without_the_capture_size_compiles_for_its_nearest_size():
     with _narrowed([x], s0, TokenRange(1, 1)) as n:                # below what env knows
         assert not n.applied and hints[s0] == 2
     assert env.guards == []
+
+
+class _KeywordModel:
+    """Stands in for an HF model's call signature (no compile happens: marking fails first)."""
+
+    def __call__(self, input_ids=None, attention_mask=None, foo=None):
+        raise AssertionError("not reached")
+
+
+def test_token_arg_errors_name_the_argument():
+    import torch
+
+    import arfuse
+
+    ids = torch.zeros(1, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"token dim 2 of input_ids is out of range for its "
+                                         r"shape \(1, 5\)"):
+        arfuse.compile(_KeywordModel(), token_dims={"input_ids": 2})(input_ids=ids)
+    with pytest.raises(ValueError, match=r"token_dims names \['ids'\], which this call does not "
+                                         r"pass"):
+        arfuse.compile(_KeywordModel(), token_dims={"ids": 1})(input_ids=ids)
+    with pytest.raises(ValueError, match=r"cannot tell which argument carries num_tokens; "
+                                         r"tensor arguments of this call: \{'foo': \(1, 5\)\}"):
+        arfuse.compile(_KeywordModel())(foo=ids)
+    with pytest.raises(ValueError, match="drop dynamic=False"):
+        arfuse.compile(_KeywordModel(), dynamic=False)
+
+
+def test_token_dims_of_a_call():
+    """Which dims get marked and which argument is the range key, by name and position."""
+    import torch
+
+    from arfuse.ranges import TokenArg, mark_token_dims
+
+    def hf(input_ids=None, attention_mask=None, position_ids=None, cache_position=None,
+           inputs_embeds=None):
+        pass
+
+    def marks(t):
+        return sorted(getattr(t, "_dynamo_weak_dynamic_indices", set()))
+
+    ids, mask, pos = (torch.zeros(2, 5, dtype=torch.long) for _ in range(3))
+    cache, mask4 = torch.arange(5), torch.zeros(2, 1, 5, 5)
+    key = mark_token_dims(hf, (ids,), {"attention_mask": mask, "position_ids": pos,
+                                       "cache_position": cache}, None)
+    assert key == TokenArg("input_ids", 0, 1)
+    assert [marks(t) for t in (ids, mask, pos, cache)] == [[1], [1], [1], [0]]
+    assert mark_token_dims(hf, (), {"attention_mask": mask4,
+                                    "inputs_embeds": torch.zeros(2, 5, 8)}, None) == \
+        TokenArg("inputs_embeds", None, 1)
+    assert marks(mask4) == [2, 3]
+    # a plain [num_tokens, hidden] model: positional dim 0, as before
+    x = torch.zeros(5, 8)
+    assert mark_token_dims(lambda x, w: None, (x, torch.zeros(8)), {}, None) == TokenArg("x", 0, 0)
+    # named by the caller wins over the HF default
+    e = torch.zeros(1, 5, 8)
+    assert mark_token_dims(hf, (), {"inputs_embeds": e}, {"inputs_embeds": 1}).dim == 1

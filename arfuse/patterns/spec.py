@@ -8,9 +8,10 @@ A variant is a point in the product of four independent axes:
     custom        gemma    res+ar
                   custom_op
 
-`all_specs()` enumerates them (72); the matcher (`arfuse.patterns.match`) recognises each axis
-on its own and composes the result, so adding a norm form means adding one recogniser, not a
-class per combination. dtype (bf16/fp16/fp32), eps and 2-D/3-D shapes are not axes: the matcher
+`all_specs()` enumerates them (72); the matcher (`arfuse.patterns.match`) has one recogniser per
+axis (`match_allreduce`, `match_norm`, `match_quant`) and composes their results, so adding a
+norm form means a branch in `match_norm` plus its name here, not a class per combination.
+dtype (bf16/fp16/fp32), eps and 2-D/3-D shapes are not axes: the matcher
 reads them off the graph.
 """
 
