@@ -57,7 +57,8 @@ def _case(name: str) -> None:
         import torch.distributed as dist
         import torch.distributed._functional_collectives as funcol
 
-        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29533", rank=0, world_size=1)
+        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29533", rank=0,
+                                world_size=1)
 
         class TP(torch.nn.Module):
             def __init__(self):
@@ -75,9 +76,7 @@ def _case(name: str) -> None:
     compiled = torch.compile(model, backend=backend)
     with torch.no_grad():
         for n in sizes:
-            args = [torch.randn(n, 64)] + (
-                [torch.randn(n, 64)] if name == "funcol_inductor" else []
-            )
+            args = [torch.randn(n, 64)] + ([torch.randn(n, 64)] if name == "funcol_inductor" else [])
             for a in args:
                 mark(a, 0)
             try:
@@ -96,13 +95,10 @@ def main() -> None:
     for case in CASES:
         tmp = tempfile.mkdtemp()
         env = dict(os.environ, TORCH_TRACE=tmp, TORCHINDUCTOR_FORCE_DISABLE_CACHES="1")
-        subprocess.run(
-            [sys.executable, __file__, "--case", case], env=env, timeout=200, check=False
-        )
+        subprocess.run([sys.executable, __file__, "--case", case], env=env, timeout=200,
+                       check=False)
         for i, log in enumerate(sorted(glob.glob(os.path.join(tmp, "*.log")))):
-            shutil.copy(
-                log, os.path.join(out, f"torch-{version}-{case}{'-' + str(i) if i else ''}.log")
-            )
+            shutil.copy(log, os.path.join(out, f"torch-{version}-{case}{'-' + str(i) if i else ''}.log"))
         shutil.rmtree(tmp, ignore_errors=True)
 
 
