@@ -215,7 +215,8 @@ class RangedBackend:
         self.bound_symbols = bound_symbols
         self.captures = 0          # Dynamo graphs received (1 when nothing recompiles)
         self.compiles: list[dict[str, Any]] = []   # one entry per range compiled
-        self.dispatch = None
+        self.dispatch = None                       # the latest capture's
+        self.dispatches: list[_Dispatch] = []      # every capture's, in order
         self.token_arg: TokenArg | None = None     # set by arfuse.compile before the capture
 
     def __repr__(self) -> str:
@@ -230,6 +231,7 @@ class RangedBackend:
             self.captures -= 1
             del self.compiles[compiles:]
             raise
+        self.dispatches.append(self.dispatch)
         return self.dispatch
 
 
@@ -247,17 +249,20 @@ class _Dispatch:
             # hints that other sizes' facts depend on: compile those ranges without bounds
             self.symbol = None
         if not isinstance(rows, torch.SymInt):
-            if backend.captures == 1 or rows is None:
+            if rows is None or (backend.captures == 1 and rows > 1):
                 raise ValueError(
                     f"arfuse.compile: {where} has no dynamic token dim in the capture (Dynamo "
                     "specialised it); pass the token dim with token_dims={'input_ids': 1} "
                     "(argument name -> dim) and do not compile with dynamic=False")
-            # a guard of an earlier capture failed (e.g. the model's own `num_tokens != 1`):
-            # Dynamo specialised this capture to one size, so it gets one range of that size
+            # a guard of an earlier capture failed (e.g. the model's own `num_tokens != 1`), or
+            # a first call of 1 token that the model specialises: Dynamo specialised this
+            # capture to one size, so it gets one range of that size
+            why = ("a guard from an earlier capture failed; `arfuse audit` names the line"
+                   if backend.captures > 1 else "the first call had 1 token and the model "
+                   "specialises it; call with more tokens first to share one capture")
             warnings.warn(
-                f"arfuse.compile: Dynamo captured the model again, specialised to num_tokens="
-                f"{rows} (a guard from an earlier capture failed; `arfuse audit` names the "
-                "line); this capture is compiled for exactly that size", stacklevel=2)
+                f"arfuse.compile: Dynamo captured the model specialised to num_tokens={rows} "
+                f"({why}); this capture is compiled for exactly that size", stacklevel=2)
             self.splits, self.ranges = [], [TokenRange(rows, rows)]
             self.locate = lambda args, n=rows: n
         else:
@@ -536,7 +541,12 @@ class RangedModule:
 
     @property
     def ranges(self) -> list[TokenRange]:
-        return self.backend.dispatch.ranges if self.backend.dispatch else []
+        """The ranges of the first capture with num_tokens dynamic (a capture specialised to
+        one size has the single range of that size)."""
+        dispatches = self.backend.dispatches
+        dynamic = [d for d in dispatches if d.symbol is not None or d.splits or
+                   d.ranges[0].hi is None]
+        return (dynamic or dispatches)[0].ranges if dispatches else []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.backend.dispatch is not None:  # captured: Dynamo's guards take any size now

@@ -101,3 +101,21 @@ def test_bench_cpu_smoke_run(tmp_path):
 def test_decoder_bench_rejects_bad_split_points(value, message):
     r = CliRunner().invoke(main, ["bench", "--decoder", "--ranges", value])
     assert r.exit_code == 2 and message in r.output and "--ranges" in r.output, r.output
+
+
+def test_bench_without_gpus_refuses_instead_of_a_long_gloo_sweep():
+    import torch
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("GPUs visible: the real sweep would run")
+    r = CliRunner().invoke(main, ["bench"])
+    assert r.exit_code == 2 and "needs 2+ GPUs" in r.output and "--backend gloo" in r.output
+    r = CliRunner().invoke(main, ["bench", "--decoder", "--model", "llama"])
+    assert r.exit_code == 2 and "needs 2+ GPUs" in r.output
+
+
+def test_hf_model_names_agree():
+    from arfuse.bench.cli import HF_MODELS
+    from arfuse.examples.hf_models import MODELS
+
+    assert HF_MODELS == MODELS

@@ -12,6 +12,8 @@ import click
 
 from arfuse.bench.strategies import ALL
 
+HF_MODELS = ("llama", "qwen3", "gemma3", "mistral")  # arfuse.examples.hf_models.MODELS
+
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
     try:
@@ -38,7 +40,8 @@ def run_bench_worker(cases, tokens, strategies, command, n_inner, reps):
 @click.option("--tokens", default=None,
               help="token counts (default: 1..16384, powers of two and the 1.5x points "
                    "between); every threshold +-1 is added on GPU")
-@click.option("--hidden", default="4096,8192", show_default=True, help="hidden sizes")
+@click.option("--hidden", default=None,
+              help="hidden sizes [default: 4096,8192; 64 for a --backend gloo smoke run]")
 @click.option("--dtype", "dtypes", default="bf16", show_default=True,
               help="comma-separated: bf16, fp16, fp32")
 @click.option("--residual", type=click.Choice(["on", "off", "both"]), default="on",
@@ -51,7 +54,9 @@ def run_bench_worker(cases, tokens, strategies, command, n_inner, reps):
               default=Path("bench/results"), show_default=True)
 @click.option("--name", default=None, help="file stem (default: <card>_tp<N>_<date>)")
 @click.option("--backend", type=click.Choice(["auto", "nccl", "gloo"]), default="auto",
-              show_default=True, help="auto: nccl with GPUs, else gloo (CPU smoke run)")
+              show_default=True,
+              help="auto: nccl with 2+ GPUs, else refuse; gloo: a short CPU smoke run of the "
+                   "harness (no GPU kernel, numbers mean nothing)")
 @click.option("--reps", type=int, default=20, show_default=True, help="timed graph replays")
 @click.option("--n-inner", type=int, default=16, show_default=True,
               help="calls captured per CUDA graph")
@@ -61,12 +66,20 @@ def run_bench_worker(cases, tokens, strategies, command, n_inner, reps):
               help="instead: time a decode step of a TP decoder stack (Llama-8B-like shapes), "
                    "torch.compile with vs without arfuse, at --tokens (default powers of 2 up to "
                    "1024, and 8192)")
-@click.option("--layers", type=int, default=4, show_default=True, help="with --decoder")
+@click.option("--model", type=click.Choice(["example", *HF_MODELS]), default="example",
+              show_default=True,
+              help="with --decoder: arfuse's TP decoder, or an HF transformers model under "
+                   "DTensor TP (random weights, 8B/12B-class shapes; needs transformers)")
+@click.option("--model-size", type=click.Choice(["real", "tiny"]), default=None,
+              help="with --decoder --model: real shapes [default] or tiny ones (the default "
+                   "with --backend gloo)")
+@click.option("--layers", type=int, default=None,
+              help="with --decoder [default: 4; 1 with --backend gloo]")
 @click.option("--ranges", "split_points", default="auto", show_default=True,
               help="with --decoder: arfuse.compile's split points, e.g. 32,256,1025 (each "
                    "fusion threshold must be one of them)")
 def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_dir, name,
-          backend, reps, n_inner, timeout, decoder, layers, split_points):
+          backend, reps, n_inner, timeout, decoder, model, model_size, layers, split_points):
     """Time allreduce + add + RMSNorm: unfused (eager / compiled) vs fused one-shot / two-shot
     vs arfuse's dispatch, per token count; write markdown + JSON + PNG.
 
@@ -79,8 +92,18 @@ def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_d
 
     from arfuse.bench.sweep import DEFAULT_TOKENS
 
-    token_counts = _ints(tokens, "--tokens") if tokens else DEFAULT_TOKENS
-    hiddens = _ints(hidden, "--hidden")
+    splits = "auto" if split_points == "auto" else _ints(split_points, "--ranges")
+    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    gpus = torch.cuda.device_count()
+    if not torchrun and backend == "auto" and gpus < 2:
+        raise click.UsageError(
+            f"arfuse bench times the fused GPU kernel and needs 2+ GPUs; {gpus} visible. For a "
+            "short CPU smoke run of the harness (gloo, small sizes, numbers mean nothing) add "
+            "--backend gloo")
+    smoke = backend == "gloo" and not torchrun
+    token_counts = _ints(tokens, "--tokens") if tokens else \
+        (1, 8, 64) if smoke else DEFAULT_TOKENS
+    hiddens = _ints(hidden or ("64" if smoke else "4096,8192"), "--hidden")
     dtype_names = [d.strip() for d in dtypes.split(",") if d.strip()]
     bad = [d for d in dtype_names if d not in DTYPES]
     if bad or not dtype_names:
@@ -97,19 +120,18 @@ def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_d
     command = "arfuse bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     args = (cases, token_counts, chosen, command, n_inner, reps)
     if decoder:
-        decode_tokens = token_counts if tokens else (1, 2, 4, 8, 16, 32, 64, 128, 256, 512,
-                                                      1024, 8192)
-        splits = "auto" if split_points == "auto" else _ints(split_points, "--ranges")
-        return _decoder_bench(world_size, backend, decode_tokens, layers, splits, out_dir, name,
-                              command, timeout)
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun
+        decode_tokens = token_counts if tokens else (1, 4) if smoke else (
+            1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 8192)
+        size = model_size or ("tiny" if smoke else "real")
+        return _decoder_bench(world_size, backend, decode_tokens, layers or (1 if smoke else 4),
+                              splits, out_dir, name, command, timeout, model, size, smoke)
+    if torchrun:
         result = _under_torchrun(backend, args)
         if result is None:
             return
     else:
         from arfuse.process_group import SpawnedGroup
 
-        gpus = torch.cuda.device_count()
         if backend == "auto":
             backend = "nccl" if gpus >= 2 else "gloo"
         world = world_size or (gpus if backend == "nccl" else 2)
@@ -137,13 +159,15 @@ def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_d
         click.echo("no plot: matplotlib is not installed (pip install 'arfuse[plot]')", err=True)
 
 
-def run_decoder_worker(tokens, layers, splits):
+def run_decoder_worker(tokens, layers, splits, model, size, smoke):
     from arfuse.bench.decoder import run_decoder_sweep
 
-    return run_decoder_sweep(tokens, layers, ranges=splits)
+    shapes = {"hidden": 256, "intermediate": 512, "heads": 4} if smoke else {}
+    return run_decoder_sweep(tokens, layers, ranges=splits, model=model, size=size, **shapes)
 
 
-def _decoder_bench(world_size, backend, tokens, layers, splits, out_dir, name, command, timeout):
+def _decoder_bench(world_size, backend, tokens, layers, splits, out_dir, name, command, timeout,
+                   model="example", size="real", smoke=False):
     import torch
 
     from arfuse.bench.sweep import environment
@@ -155,13 +179,16 @@ def _decoder_bench(world_size, backend, tokens, layers, splits, out_dir, name, c
     env = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
            "NVSHMEM_DISABLE_NVLS": "1"}
     os.environ.update(env)
+    click.echo(f"arfuse bench --decoder: {model} ({size if model != 'example' else 'example'}), "
+               f"{layers} layer(s), tokens {list(tokens)}, {world} ranks ({backend}); 4 "
+               "compiled variants per size", err=True)
     with SpawnedGroup(world, backend=backend, timeout=timeout, env=env) as group:
-        rows = group.run(run_decoder_worker, tokens, layers, splits)[0]
+        rows = group.run(run_decoder_worker, tokens, layers, splits, model, size, smoke)[0]
     device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
     result = {"env": environment(device, world, command), "rows": rows}
     e = result["env"]
     lines = [f"# Decode step, TP decoder stack: {e.get('card')} x{world}", "",
-             f"- {layers} layers, hidden 4096, intermediate 14336, 32 heads, bf16, random weights",
+             f"- {layers} layers, {rows[0].get('shapes')}, bf16, random weights",
              f"- torch {e['torch']}, FlashInfer {e.get('flashinfer', 'n/a')}, date {e['date']}",
              f"- command: `{command}`",
              "- us per step: median over " + ("CUDA-graph replays of the compiled call"
@@ -185,7 +212,8 @@ def _decoder_bench(world_size, backend, tokens, layers, splits, out_dir, name, c
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     click.echo(text)
-    stem = name or f"decoder_tp{world}_{e['date'][:10]}"
+    stem = name or (f"decoder_tp{world}_{e['date'][:10]}" if model == "example" else
+                    f"decoder_{model}_tp{world}_{e['date'][:10]}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.md").write_text(text)
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
