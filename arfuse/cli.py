@@ -12,7 +12,7 @@ import importlib
 import click
 
 # name -> ("module:attribute" of a click command, the first sentence of its docstring)
-_COMMANDS = {
+_COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("arfuse.audit.cli:audit", "Prove a compiled model stays dynamic in num_tokens."),
     "bench": (
         "arfuse.bench.cli:bench",
@@ -60,7 +60,8 @@ class _LazyGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         limit = formatter.width - 6 - max(map(len, _COMMANDS))
         rows = [
-            (name, click.utils.make_default_short_help(summary, limit))
+            # click's own shortening (click.utils.make_default_short_help is deprecated)
+            (name, click.Command(name, help=summary).get_short_help_str(limit))
             for name, (_, summary) in sorted(_COMMANDS.items())
         ]
         with formatter.section("Commands"):

@@ -12,6 +12,7 @@ instead of eating the CI budget.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
@@ -155,10 +156,8 @@ class SpawnedGroup:
     def close(self, force: bool = False) -> None:
         if not force:
             for q in self._tasks:
-                try:
+                with contextlib.suppress(ValueError, OSError):
                     q.put(None)
-                except (ValueError, OSError):
-                    pass
             for p in self._procs:
                 p.join(timeout=10)
         for p in self._procs:

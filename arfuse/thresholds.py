@@ -114,7 +114,8 @@ class Limits:
 
 
 DEFAULT_TABLE: dict[str, dict[int, Thresholds]] = {
-    # SM90 TP2/TP4: `arfuse tune bench/results/h200_tp2_bench.json bench/results/h200_tp4_bench.json`
+    # SM90 TP2/TP4:
+    # `arfuse tune bench/results/h200_tp2_bench.json bench/results/h200_tp4_bench.json`
     # (H200, bf16, residual on, 2026-11-27). The general entry serves hidden sizes not measured.
     "sm90": {
         2: Thresholds(

@@ -114,13 +114,15 @@ def thresholds(
 
         torch_dtype = getattr(torch, _DTYPES[dtype])
     for a, per_world in sorted(shown.items(), key=lambda kv: int(kv[0][2:])):
-        for ws, e in sorted(per_world.items()):
+        for ws, limits in sorted(per_world.items()):
             line = (
-                f"{a} TP{ws}: one-shot <= {_fmt_mb(e.oneshot_max_mb)}, "
-                f"fused <= {_fmt_mb(e.fused_max_mb)}"
+                f"{a} TP{ws}: one-shot <= {_fmt_mb(limits.oneshot_max_mb)}, "
+                f"fused <= {_fmt_mb(limits.fused_max_mb)}"
             )
-            if hidden is not None:
+            lim = None  # without --hidden; with it, never None: (a, ws) is in the table
+            if hidden is not None and torch_dtype is not None:
                 lim = th.lookup(a, ws, torch_dtype, hidden)
+            if lim is not None:
                 two = (
                     f"two-shot {lim.oneshot_max_tokens + 1}..{lim.fused_max_tokens}"
                     if lim.fused_max_tokens > lim.oneshot_max_tokens
@@ -131,8 +133,8 @@ def thresholds(
                     f"tokens, {two}, unfused > {lim.fused_max_tokens}"
                 )
             click.echo(line)
-            click.echo(f"    source: {e.source}")
-            for h, sub in e.hidden:
+            click.echo(f"    source: {limits.source}")
+            for h, sub in limits.hidden:
                 click.echo(
                     f"    hidden {h}: one-shot <= {_fmt_mb(sub.oneshot_max_mb)}, "
                     f"fused <= {_fmt_mb(sub.fused_max_mb)}  ({sub.source})"

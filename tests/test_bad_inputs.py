@@ -71,7 +71,8 @@ def _negate_all(result):
     [
         (
             _broken(lambda r: r["rows"][2]["times_us"].update(unfused_compiled=0)),
-            "row 2: times_us['unfused_compiled'] is 0; each time is a positive number of microseconds",
+            "row 2: times_us['unfused_compiled'] is 0; "
+            "each time is a positive number of microseconds",
         ),
         (_broken(lambda r: r["rows"][1].pop("times_us")), "row 1: has no times_us"),
         (

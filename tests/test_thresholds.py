@@ -142,12 +142,14 @@ def test_env_file_override(tmp_path, monkeypatch):
         ),
         (
             '{"sm90": {"2": {"oneshot_max_mb": 1e999, "fused_max_mb": 1}}}',
-            r"entry sm90/2: oneshot_max_mb must be a finite number of MB in \[0, 1048576\].*got inf",
+            r"entry sm90/2: oneshot_max_mb must be a finite number of MB in \[0, 1048576\]"
+            r".*got inf",
         ),
         (
             '{"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 1, "hidden": {"8192": '
             '{"oneshot_max_mb": 1, "fused_max_mb": 1048577}}}}}',
-            r"entry sm90/2/hidden 8192: fused_max_mb must be a finite number of MB in \[0, 1048576\]",
+            r"entry sm90/2/hidden 8192: "
+            r"fused_max_mb must be a finite number of MB in \[0, 1048576\]",
         ),
         ('{"sm90": {"2": {"oneshot_max_mb": true, "fused_max_mb": 1}}}', "got True"),
     ],

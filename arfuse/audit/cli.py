@@ -43,7 +43,7 @@ def _write(path: Path, text: str) -> None:
     try:
         atomic_write(path, text)
     except OSError as exc:
-        raise _fail(f"cannot write {path} ({exc.strerror or exc}); it was left as it was")
+        raise _fail(f"cannot write {path} ({exc.strerror or exc}); it was left as it was") from exc
 
 
 def _domain(lo: int | None, hi: int | None, run: Any) -> Any:
@@ -215,9 +215,9 @@ def audit(
         chosen = select_rules(sel, ign)  # validate before spending a minute compiling
         from arfuse.audit.files import check_writable
 
-        for path in [write_baseline, output, *(p for _, p in extra)]:
-            if path is not None:
-                check_writable(path)  # before the audit, not after it
+        for dest in [write_baseline, output, *(p for _, p in extra)]:
+            if dest is not None:
+                check_writable(dest)  # before the audit, not after it
         if baseline is not None and not baseline.exists():
             raise ValueError(
                 f"--baseline {baseline} does not exist; create it with --write-baseline {baseline}"
@@ -295,8 +295,8 @@ def audit(
         _write(write_baseline, text)
         click.echo(f"wrote {len(report.findings)} finding(s) to {write_baseline}", err=True)
         raise click.exceptions.Exit(0)
-    for kind, path in extra:
-        _write(path, report.render(kind))
+    for kind, dest in extra:
+        _write(dest, report.render(kind))
     text = report.render(fmt, verbose=verbose)
     if output is not None:
         _write(output, text)

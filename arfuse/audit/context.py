@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from arfuse.audit.domain import DEFAULT_MAX_TOKENS, DEFAULT_MIN_TOKENS, TokenDomain
-from arfuse.audit.slim import FUSION_REPORT as FUSION_ARTIFACT
 from arfuse.audit.trace import (
-    Artifact, CompileId, CreateSymbol, GuardAdded, SymbolicShapeSpecialization, Trace,
+    Artifact,
+    CompileId,
+    CreateSymbol,
+    GuardAdded,
+    SymbolicShapeSpecialization,
+    Trace,
     UnknownEvent,
 )
 
@@ -43,9 +47,14 @@ class CallResult:
     rank: int = 0
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "CallResult":
-        return cls(**{k: d[k] for k in ("index", "num_tokens", "ok", "error_type", "error", "rank")
-                      if k in d})
+    def from_json(cls, d: dict[str, Any]) -> CallResult:
+        return cls(
+            **{
+                k: d[k]
+                for k in ("index", "num_tokens", "ok", "error_type", "error", "rank")
+                if k in d
+            }
+        )
 
 
 @dataclass
@@ -63,7 +72,7 @@ class RunInfo:
     strict: bool = False
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-    min_tokens: int = DEFAULT_MIN_TOKENS   # the token domain the model must serve
+    min_tokens: int = DEFAULT_MIN_TOKENS  # the token domain the model must serve
     max_tokens: int = DEFAULT_MAX_TOKENS
 
     @property
@@ -76,14 +85,14 @@ class RunInfo:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "RunInfo":
+    def from_json(cls, d: dict[str, Any]) -> RunInfo:
         d = dict(d)
         d["calls"] = [CallResult.from_json(c) for c in d.get("calls", [])]
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunInfo":
+    def load(cls, path: str | Path) -> RunInfo:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
@@ -128,7 +137,8 @@ class AuditContext:
             elif e.name == "describe_source" and key in tensors and e.compile_id not in out:
                 for d, n in enumerate(tensors[key]):
                     if isinstance(n, int) and self.is_token_source(
-                            f"{meta.get('source')}.size()[{d}]"):
+                        f"{meta.get('source')}.size()[{d}]"
+                    ):
                         out[e.compile_id] = n
                         break
         return out
@@ -138,16 +148,14 @@ class AuditContext:
         if self.run.token_sources:
             return source in self.run.token_sources
         m = _SIZE_SOURCE.search(source)
-        return bool(m) and m.group(1) == "0" and source.startswith("L[")
+        return m is not None and m.group(1) == "0" and source.startswith("L[")
 
     @cached_property
     def token_symbols(self) -> dict[tuple[CompileId | None, str], str]:
         """(compile id, symbol) -> the token source it stands for."""
         out: dict[tuple[CompileId | None, str], str] = {}
         for e in self.trace.of(CreateSymbol):
-            if self.is_token_source(e.source):
-                out[(e.compile_id, e.symbol)] = e.source
-            elif self._fallback_token(e) or self._int_token(e):
+            if self.is_token_source(e.source) or self._fallback_token(e) or self._int_token(e):
                 out[(e.compile_id, e.symbol)] = e.source
         for e in self.trace.of(GuardAdded):  # TORCH_DTRACE: symbol -> source maps
             for sym, src in e.symbol_to_sources.items():
@@ -167,14 +175,13 @@ class AuditContext:
         m = _SIZE_SOURCE.search(e.source)
         n = self.compile_sizes.get(e.compile_id) if e.compile_id else None
         dims = {d for ds in self.run.token_dims.values() for d in ds}
-        return bool(m) and int(m.group(1)) in dims and n is not None and e.val == str(n)
+        return m is not None and int(m.group(1)) in dims and n is not None and e.val == str(n)
 
     def _int_token(self, e: CreateSymbol) -> bool:
         """An int argument equal to num_tokens (`x[:num_valid]` with num_valid == n): the same
         number as the token dim, whatever its name. Needs a size above 2 to tell them apart."""
         n = self.compile_sizes.get(e.compile_id) if e.compile_id else None
-        return (bool(_INT_ARG_SOURCE.match(e.source)) and n is not None and n > 2
-                and e.val == str(n))
+        return bool(_INT_ARG_SOURCE.match(e.source)) and n is not None and n > 2 and e.val == str(n)
 
     def symbol_values(self, cid: CompileId | None) -> dict[str, int]:
         """Every symbol's value in the compile that created it (its example size)."""

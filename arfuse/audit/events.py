@@ -3,8 +3,8 @@
 A trace is a glog-prefixed line per event whose tail is one JSON object naming the event kind,
 optionally followed by payload lines that start with a tab:
 
-    V1127 14:36:18.743000 2893 torch/fx/experimental/symbolic_shapes.py:8058] {"guard_added_fast": {...}, "frame_id": 0, "frame_compile_id": 1, "attempt": 0}
-    V1127 14:36:18.872000 2893 torch/_dynamo/guards.py:5400] {"artifact": {"name": "recompile_reasons", "encoding": "json"}, ..., "has_payload": "18ac..."}
+    V1127 14:36:18.743000 2893 torch/.../symbolic_shapes.py:8058] {"guard_added_fast": {...}, ...}
+    V1127 14:36:18.872000 2893 torch/.../guards.py:5400] {"artifact": {"name": "recompile_reas...
     \t[
     \t"0/1: (x.size()[0] % 4) == 0  # ..."
     \t]

@@ -596,8 +596,9 @@ def parse_stream(
 ) -> Trace:
     """Parse a trace from a binary file object chunk by chunk (working memory: one chunk plus
     what the policy keeps). `slim=True` keeps what `policy` says (what every rule family reads
-    by default, `slim.DEFAULT`, when None); `slim=False` keeps everything. `progress(bytes_read)` is called after every chunk. A
-    last line without its newline (a job killed while writing) sets `trace.truncated_line`.
+    by default, `slim.DEFAULT`, when None); `slim=False` keeps everything.
+    `progress(bytes_read)` is called after every chunk. A last line without its newline (a job
+    killed while writing) sets `trace.truncated_line`.
     `strict` raises `TraceFormatError` / `TraceReadError` on bad input (see the module doc)."""
     if slim and policy is None:
         policy = DEFAULT

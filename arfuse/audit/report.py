@@ -217,14 +217,15 @@ def to_sarif(report: Report, root: Path) -> str:
     index = {r.code: i for i, r in enumerate(rules)}
     results = []
     for i, f in enumerate(report.findings):
+        region: dict[str, Any] = {"startLine": max(f.line, 1)}
+        if f.location.code:
+            region["snippet"] = {"text": f.location.code}
         loc = {
             "physicalLocation": {
                 "artifactLocation": sarif_location(f.path, root),
-                "region": {"startLine": max(f.line, 1)},
+                "region": region,
             }
         }
-        if f.location.code:
-            loc["physicalLocation"]["region"]["snippet"] = {"text": f.location.code}
         result = {
             "ruleId": f.code,
             "ruleIndex": index.get(f.code, 0),

@@ -69,7 +69,7 @@ FAMILY_READS = {
 #: A rule of an unknown family reads all of the above.
 _EVERYTHING_KNOWN = frozenset().union(*FAMILY_READS.values())
 
-FUSION_REPORT = "arfuse_fusion"  # the pass's per-graph report (context.FUSION_ARTIFACT is this)
+FUSION_REPORT = "arfuse_fusion"  # the fusion pass's per-graph report artifact
 _COMPRESS_OVER = 4096
 _METRIC_STR_MAX = 500  # config dumps are longer; fail_reason is kept whole
 _METRIC_KEEP = frozenset({"restart_reasons", "fail_reason", "fail_user_frame_filename"})

@@ -213,9 +213,10 @@ def token_sources(
     """Dynamo source strings of every token dim, e.g. ["L['x'].size()[0]"]."""
     import torch
 
+    assert target.model is not None, "token_sources reads a materialize()d target"
     names = arg_names(target.model, len(args))
     sources, dims_by_name = [], {}
-    for i, (name, arg) in enumerate(zip(names, args)):
+    for i, (name, arg) in enumerate(zip(names, args, strict=False)):  # fewer names: no *args
         if not isinstance(arg, torch.Tensor):
             continue
         dims = token_dims_of(target, i, arg.dim())

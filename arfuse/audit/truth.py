@@ -1,10 +1,10 @@
 """The exact truth of a guard, as torch prints it, at every num_tokens of a token domain.
 
-    judge("s0 <= 2048", {"s0"}, TokenDomain(1, 32768))      -> holds on [2, 2048]: flips 2048 -> 2049
-    judge("-s0 > -4095", {"s0"}, ...)                         -> holds on [2, 4094]: flips 4094 -> 4095
-    judge("Ne(s0, 8)", {"s0"}, ...)                           -> holds everywhere except 8
-    judge("s0 <= 8*(((s0 + 7)//8))", {"s0"}, ...)             -> always holds: not a finding
-    judge("64*s0 <= 2147483647", {"s0"}, ...)                 -> always holds below 33,554,432
+    judge("s0 <= 2048", {"s0"}, TokenDomain(1, 32768))  -> holds on [2, 2048]: flips 2048 -> 2049
+    judge("-s0 > -4095", {"s0"}, ...)                     -> holds on [2, 4094]: flips 4094 -> 4095
+    judge("Ne(s0, 8)", {"s0"}, ...)                       -> holds everywhere except 8
+    judge("s0 <= 8*(((s0 + 7)//8))", {"s0"}, ...)         -> always holds: not a finding
+    judge("64*s0 <= 2147483647", {"s0"}, ...)             -> always holds below 33,554,432
 
 Vectorised with numpy: 32,768 points cost well under a millisecond per operator. Every token
 symbol stands for num_tokens itself (a second input sized by the token count, or an int argument
@@ -112,7 +112,7 @@ _CMPS: dict[type, Callable[[Any, Any], Any]] = {
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse(expr: str) -> ast.expression:
+def _parse(expr: str) -> ast.Expression:
     try:
         return ast.parse(expr.strip(), mode="eval")
     except SyntaxError as exc:
@@ -159,11 +159,11 @@ def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
         return _BINOPS[type(node.op)](a, b)
     if isinstance(node, ast.BoolOp):
         vals = [_eval(v, env) for v in node.values]
-        op = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
-        return functools.reduce(op, vals)
+        combine = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
+        return functools.reduce(combine, vals)
     if isinstance(node, ast.Compare):
         left, out = _eval(node.left, env), True
-        for op, right_node in zip(node.ops, node.comparators):
+        for op, right_node in zip(node.ops, node.comparators, strict=True):
             if type(op) not in _CMPS:
                 break
             right = _eval(right_node, env)
@@ -231,7 +231,9 @@ def verdict_of(expr: str, holds: np.ndarray, first: int, domain: TokenDomain) ->
     flips = tuple(int(first + i) for i in change)
     edges = np.concatenate(([0], change + 1, [len(holds)]))
     runs = tuple(
-        (int(first + a), int(first + b - 1)) for a, b in zip(edges[:-1], edges[1:]) if holds[a]
+        (int(first + a), int(first + b - 1))
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
+        if holds[a]
     )
     failing = np.flatnonzero(~holds)
     if len(runs) == 1 and runs[0][0] == runs[0][1]:

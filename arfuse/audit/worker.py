@@ -47,7 +47,7 @@ def _audit_config() -> contextlib.ExitStack:
         if hasattr(dynamo_config, n)
     }
     if pgo:
-        stack.enter_context(dynamo_config.patch(**pgo))
+        stack.enter_context(dynamo_config.patch(pgo))
     return stack
 
 

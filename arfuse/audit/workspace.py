@@ -15,6 +15,7 @@ audit sharing it fails at once instead of deleting the first one's trace.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -39,17 +40,13 @@ def watch(proc: subprocess.Popen) -> None:
 
 def kill(proc: subprocess.Popen, reap: bool = True) -> None:
     """Kill the worker and every rank it spawned (one process group) and reap the worker."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     if reap:
         proc.wait()
     else:  # in a signal handler: Popen.wait may deadlock on the lock the interrupted poll holds
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(proc.pid, 0)
-        except ChildProcessError:
-            pass
     _LIVE.discard(proc)
 
 

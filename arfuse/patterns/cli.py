@@ -42,7 +42,16 @@ def patterns(fmt: str, disable: tuple[str, ...]) -> None:
                 param_hint="--disable",
             )
         off.setdefault(axis, set()).add(form)
-    config = FusionConfig(**{axis: set(AXES[axis]) - forms for axis, forms in off.items()})
+
+    def kept(axis: str) -> frozenset[str]:
+        return frozenset(AXES[axis]) - off.get(axis, set())
+
+    config = FusionConfig(
+        allreduce=kept("allreduce"),
+        norm=kept("norm"),
+        residual=kept("residual"),
+        quant=kept("quant"),
+    )
     specs = list(all_specs())
     if fmt == "json":
         click.echo(

@@ -3,7 +3,10 @@
 from arfuse.audit.graph import parse_graph
 from arfuse.audit.rules.fusion import unfused_chains
 
-HEADER = 'class <lambda>(torch.nn.Module):\n    def forward(self, arg0_1: "f32[s0, 64]", arg1_1: "f32[64]", arg2_1: "f32[s0, 64]"):\n'
+HEADER = (
+    "class <lambda>(torch.nn.Module):\n"
+    '    def forward(self, arg0_1: "f32[s0, 64]", arg1_1: "f32[64]", arg2_1: "f32[s0, 64]"):\n'
+)
 
 
 def _graph(body: str):

@@ -169,7 +169,7 @@ def test_fuzz_generated_events_roundtrip(events):
     trace = parse_bytes(data)
     assert trace.malformed == []
     assert len(trace.events) == len(events)
-    for e, (kind, text, frame, fcid, payload) in zip(trace.events, events):
+    for e, (kind, text, frame, fcid, payload) in zip(trace.events, events, strict=True):
         assert e.compile_id == CompileId(frame, fcid)
         if kind == "guard_added_fast":
             assert e.expr == text

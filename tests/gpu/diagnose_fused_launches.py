@@ -247,13 +247,13 @@ def main() -> None:
             print(f"== TP{args.world} {mode}", file=sys.stderr)
             for n, call in r.get("calls", {}).items():
                 worst = max(
-                    (max(l["norm_rel_l2"], l["resid_rel_l2"]) for l in call["launches"]),
+                    (max(x["norm_rel_l2"], x["resid_rel_l2"]) for x in call["launches"]),
                     default=float("nan"),
                 )
                 print(
                     f"  T={n}: out vs eager {call.get('rel_l2_vs_eager', float('nan')):.3g}; "
                     f"{len(call['launches'])} launches "
-                    f"{[l['strategy'] for l in call['launches']]}, worst op err {worst:.3g}",
+                    f"{[x['strategy'] for x in call['launches']]}, worst op err {worst:.3g}",
                     file=sys.stderr,
                 )
             if "error" in r:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from arfuse.audit.context import AuditContext
     from arfuse.audit.findings import Finding
+
+# a check function: takes an AuditContext (scope "rank") or a RanksContext (scope "ranks")
+_Check = TypeVar("_Check", bound="Callable[[Any], Iterable[Finding]]")
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class Rule:
     name: str
     summary: str
     docs: str
-    check: Callable[[AuditContext], Iterable[Finding]]
+    check: Callable[[Any], Iterable[Finding]]  # AuditContext or RanksContext, as `scope` says
     fix: str = ""
     scope: str = "rank"  # "rank": once per rank's trace; "ranks": once over all ranks
     # what it reads from a trace, in `arfuse.audit.slim`'s names; empty: its family's default
@@ -52,11 +54,11 @@ def rule(
     fix: str = "",
     scope: str = "rank",
     needs: Iterable[str] = (),
-) -> Callable:
+) -> Callable[[_Check], _Check]:
     """Register `check` as rule `code`; `docs` is markdown (dedented). `scope="ranks"`: the
     check compares ranks and gets a `RanksContext` instead of one rank's `AuditContext`."""
 
-    def register(check: Callable[[AuditContext], Iterable[Finding]]) -> Callable:
+    def register(check: _Check) -> _Check:
         if code in _REGISTRY:
             raise AssertionError(f"rule {code} registered twice")
         _REGISTRY[code] = Rule(

@@ -14,26 +14,40 @@ ARF203 reports them.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterable
+from collections.abc import Iterable
 
 from arfuse import optable
 from arfuse.audit.attribution import is_framework
-from arfuse.audit.context import FUSION_ARTIFACT, AuditContext
+from arfuse.audit.context import AuditContext
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.graph import Graph, Node, parse_graph
 from arfuse.audit.rules import rule
+from arfuse.audit.slim import FUSION_REPORT
 from arfuse.audit.trace import Artifact, CompilationMetrics, CompileId, Frame
 
-_PASS_THROUGH = {"_c10d_functional.wait_tensor", "c10d_functional.wait_tensor", "aten.view",
-                 "aten.reshape", "aten._unsafe_view", "aten.squeeze", "aten.unsqueeze",
-                 "prims.convert_element_type", "aten.clone", "aten._to_copy", "aten.alias",
-                 "aten.contiguous", "aten.expand"}
+_PASS_THROUGH = {
+    "_c10d_functional.wait_tensor",
+    "c10d_functional.wait_tensor",
+    "aten.view",
+    "aten.reshape",
+    "aten._unsafe_view",
+    "aten.squeeze",
+    "aten.unsqueeze",
+    "prims.convert_element_type",
+    "aten.clone",
+    "aten._to_copy",
+    "aten.alias",
+    "aten.contiguous",
+    "aten.expand",
+}
 _RSQRT = {"aten.rsqrt", "aten.reciprocal"}
 
 
 def post_grad_graphs(ctx: AuditContext) -> list[tuple[CompileId | None, Graph]]:
-    return [(a.compile_id, parse_graph(a.payload or ""))
-            for a in ctx.trace.artifacts("inductor_post_grad_graph")]
+    return [
+        (a.compile_id, parse_graph(a.payload or ""))
+        for a in ctx.trace.artifacts("inductor_post_grad_graph")
+    ]
 
 
 def left_by_range(ctx: AuditContext) -> set[int]:
@@ -59,8 +73,9 @@ def _forward(graph: Graph, node: Node) -> list[Node]:
     return out
 
 
-def _norm_after(graph: Graph, starts: list[Node], norm_ops: Iterable[str] = (),
-                depth: int = 8) -> list[Node]:
+def _norm_after(
+    graph: Graph, starts: list[Node], norm_ops: Iterable[str] = (), depth: int = 8
+) -> list[Node]:
     """The RMSNorm fed by any of `starts`: an rms_norm op, or mean -> ... -> rsqrt."""
     seen: dict[str, int] = {}
     queue = deque((s, 0) for s in starts)
@@ -80,8 +95,9 @@ def _norm_after(graph: Graph, starts: list[Node], norm_ops: Iterable[str] = (),
     return chain if "aten.mean" in ops and ops & _RSQRT else []
 
 
-def unfused_chains(graph: Graph, allreduce_ops: Iterable[str] = (), norm_ops: Iterable[str] = ()
-                   ) -> Iterable[tuple[Node, Node | None, list[Node]]]:
+def unfused_chains(
+    graph: Graph, allreduce_ops: Iterable[str] = (), norm_ops: Iterable[str] = ()
+) -> Iterable[tuple[Node, Node | None, list[Node]]]:
     """(all_reduce, residual add or None, norm nodes) for every unfused chain; `allreduce_ops`
     and `norm_ops` are the extra ops a FusionConfig named (qualified names)."""
     allreduce_ops, norm_ops = tuple(allreduce_ops), tuple(norm_ops)
@@ -103,9 +119,11 @@ def _where(nodes: list[Node]) -> tuple[Frame | None, list[Frame]]:
     return (ordered[0] if ordered else None), ordered
 
 
-@rule("ARF201", "allreduce-norm-unfused",
-      "an all_reduce followed by a residual add and/or RMSNorm was left unfused",
-      """
+@rule(
+    "ARF201",
+    "allreduce-norm-unfused",
+    "an all_reduce followed by a residual add and/or RMSNorm was left unfused",
+    """
       ## What it does
       Reads the Inductor post-grad graph of every compiled graph and finds an all_reduce
       (`_c10d_functional.all_reduce` + `wait_tensor`, or `arfuse.all_reduce`) whose result
@@ -129,7 +147,8 @@ def _where(nodes: list[Node]) -> tuple[Frame | None, list[Frame]]:
       ARF202/ARF203 for why it left this chain alone (dtype, hidden size, a form it does not
       match).
       """,
-      fix="compile with arfuse.AllReduceFusionPass(), or see ARF202/ARF203 for why it skipped")
+    fix="compile with arfuse.AllReduceFusionPass(), or see ARF202/ARF203 for why it skipped",
+)
 def check_unfused(ctx: AuditContext) -> Iterable[Finding]:
     found: dict[tuple[str, int], Finding] = {}
     intended = left_by_range(ctx)
@@ -139,34 +158,47 @@ def check_unfused(ctx: AuditContext) -> Iterable[Finding]:
             continue  # a compile range above the fusion threshold: unfused by design
         cid, graph = art.compile_id, parse_graph(art.payload or "")
         for ar, add, norm in unfused_chains(graph, allreduce_ops, norm_ops):
-            parts = [ar.target.rsplit(".", 1)[0]] + (["add"] if add else []) + \
-                (["RMSNorm"] if norm else [])
+            parts = (
+                [ar.target.rsplit(".", 1)[0]]
+                + (["add"] if add else [])
+                + (["RMSNorm"] if norm else [])
+            )
             chain = " -> ".join(parts)
             # the model line: the add/norm a user wrote, else the collective's own line
             where, frames = _where(([add] if add else []) + norm + [ar])
             if where is None:
                 continue
-            _grouped(found, (where.filename, where.line), f"{cid}: {chain} (node {ar.name})",
-                     lambda: Finding(
-                         code="ARF201", name="allreduce-norm-unfused",
-                         message=f"{chain} left unfused in compiled graph {cid}",
-                         location=Location.of(where), expr=chain, compile_id=str(cid or ""),
-                         frames=[Location.of(f) for f in frames]))
+            _grouped(
+                found,
+                (where.filename, where.line),
+                f"{cid}: {chain} (node {ar.name})",
+                Finding(
+                    code="ARF201",
+                    name="allreduce-norm-unfused",
+                    message=f"{chain} left unfused in compiled graph {cid}",
+                    location=Location.of(where),
+                    expr=chain,
+                    compile_id=str(cid or ""),
+                    frames=[Location.of(f) for f in frames],
+                ),
+            )
     return found.values()
 
 
-def _grouped(found: dict, key: tuple, detail: str, make: Callable[[], Finding]) -> None:
-    """One finding per key (a source line, say); every further hit adds a detail line."""
-    if key not in found:
-        found[key] = make()
-    found[key].details.append(detail)
+def _grouped(found: dict, key: tuple, detail: str, first: Finding) -> None:
+    """One finding per key (a source line, say; `first` is it if the key is new); every hit
+    adds a detail line."""
+    found.setdefault(key, first).details.append(detail)
 
 
 def frame_of(ctx: AuditContext, cid: CompileId | None) -> Frame:
     for m in ctx.trace.of(CompilationMetrics):
         if (m.metrics_compile_id or m.compile_id) == cid and m.metrics.get("co_filename"):
-            return Frame(m.metrics["co_filename"], int(m.metrics.get("co_firstlineno") or 0),
-                         str(m.metrics.get("co_name", "")))
+            return Frame(
+                m.metrics["co_filename"],
+                int(m.metrics.get("co_firstlineno") or 0),
+                str(m.metrics.get("co_name", "")),
+            )
     return Frame("<compiled graph>", 0)
 
 
@@ -180,21 +212,20 @@ def configured_ops(ctx: AuditContext) -> tuple[tuple[str, ...], tuple[str, ...]]
     return tuple(allreduce), tuple(norm)
 
 
-_frame_of = frame_of  # the committed rules/ranks.py still imports the old name
-
-
 def fusion_reports(ctx: AuditContext) -> list[tuple[Artifact, dict]]:
     out = []
-    for a in ctx.trace.artifacts(FUSION_ARTIFACT):
+    for a in ctx.trace.artifacts(FUSION_REPORT):
         p = a.payload_json()
         if isinstance(p, dict):
             out.append((a, p))
     return out
 
 
-@rule("ARF202", "fusion-pass-disabled",
-      "the fusion pass ran but disabled itself (the reason is in the finding)",
-      """
+@rule(
+    "ARF202",
+    "fusion-pass-disabled",
+    "the fusion pass ran but disabled itself (the reason is in the finding)",
+    """
       ## What it does
       Reports every compiled graph for which `arfuse.AllReduceFusionPass` logged that it was
       disabled, with the reason it gave (no process group, a group it cannot use, world size 1).
@@ -213,7 +244,8 @@ def fusion_reports(ctx: AuditContext) -> list[tuple[Artifact, dict]]:
       Act on the reason in the message (initialize the process group before compiling, pass
       the tensor-parallel group, compile at the real world size).
       """,
-      fix="act on the reason in the message")
+    fix="act on the reason in the message",
+)
 def check_disabled(ctx: AuditContext) -> Iterable[Finding]:
     found: dict[str, Finding] = {}
     for art, p in fusion_reports(ctx):
@@ -225,16 +257,23 @@ def check_disabled(ctx: AuditContext) -> Iterable[Finding]:
             continue
         frame = frame_of(ctx, art.compile_id)
         found[reason] = Finding(
-            code="ARF202", name="fusion-pass-disabled",
-            message=f"fusion pass disabled: {reason}", location=Location.of(frame),
-            expr=str(reason), compile_id=str(art.compile_id or ""),
-            frames=[Location.of(frame)], details=[f"graph {art.compile_id}"])
+            code="ARF202",
+            name="fusion-pass-disabled",
+            message=f"fusion pass disabled: {reason}",
+            location=Location.of(frame),
+            expr=str(reason),
+            compile_id=str(art.compile_id or ""),
+            frames=[Location.of(frame)],
+            details=[f"graph {art.compile_id}"],
+        )
     return found.values()
 
 
-@rule("ARF203", "fusion-candidate-skipped",
-      "the fusion pass saw an allreduce chain and skipped it (the reason is in the finding)",
-      """
+@rule(
+    "ARF203",
+    "fusion-candidate-skipped",
+    "the fusion pass saw an allreduce chain and skipped it (the reason is in the finding)",
+    """
       ## What it does
       Reports every candidate chain the fusion pass logged under `skipped`, with its reason
       (dtype, hidden size, a norm form or residual layout it does not fuse).
@@ -254,7 +293,8 @@ def check_disabled(ctx: AuditContext) -> Iterable[Finding]:
       Act on the reason in the message: enable the form in `FusionConfig`, or change the
       model (dtype, hidden size, contiguous residual).
       """,
-      fix="act on the reason in the message")
+    fix="act on the reason in the message",
+)
 def check_skipped(ctx: AuditContext) -> Iterable[Finding]:
     graphs = dict(post_grad_graphs(ctx))
     found: dict[tuple[str, int, str], Finding] = {}
@@ -268,11 +308,18 @@ def check_skipped(ctx: AuditContext) -> Iterable[Finding]:
             g = graphs.get(art.compile_id)
             src = g.nodes[node].source if g and node in g.nodes else None
             frame = src or frame_of(ctx, art.compile_id)
-            _grouped(found, (frame.filename, frame.line, reason),
-                     f"graph {art.compile_id}: node {node}",
-                     lambda: Finding(
-                         code="ARF203", name="fusion-candidate-skipped",
-                         message=f"fusion pass skipped node {node}: {reason}",
-                         location=Location.of(frame), expr=reason,
-                         compile_id=str(art.compile_id or ""), frames=[Location.of(frame)]))
+            _grouped(
+                found,
+                (frame.filename, frame.line, reason),
+                f"graph {art.compile_id}: node {node}",
+                Finding(
+                    code="ARF203",
+                    name="fusion-candidate-skipped",
+                    message=f"fusion pass skipped node {node}: {reason}",
+                    location=Location.of(frame),
+                    expr=reason,
+                    compile_id=str(art.compile_id or ""),
+                    frames=[Location.of(frame)],
+                ),
+            )
     return found.values()

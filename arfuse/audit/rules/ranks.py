@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 from arfuse import optable
 from arfuse.audit.attribution import is_framework
@@ -69,7 +70,10 @@ class RanksContext:
         return Frame("<compiled graph>", 0)
 
 
-def _ranks_text(by_rank: dict[int, object], fmt) -> str:
+_V = TypeVar("_V")
+
+
+def _ranks_text(by_rank: Mapping[int, _V], fmt: Callable[[_V], str]) -> str:
     """'rank 0: X; rank 1: Y', ranks with the same value grouped ('ranks 0, 2: X')."""
     groups: dict[str, list[int]] = defaultdict(list)
     for r, v in by_rank.items():
@@ -84,7 +88,9 @@ def _ranks_text(by_rank: dict[int, object], fmt) -> str:
 def _user_frame(nodes: Iterable[Node]) -> Frame | None:
     frames = [n.source for n in nodes if n is not None and n.source is not None]
     user = [f for f in frames if not is_framework(f.filename)]
-    return (user or frames or [None])[0]
+    if user:
+        return user[0]
+    return frames[0] if frames else None
 
 
 def _finding(
@@ -158,10 +164,10 @@ def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
             ),
         )
         fn = f" {where.name}" if where.name else ""
-        extra = sorted(
-            {str(c) for cids in per_rank.values() for c in cids}
-            - set.intersection(*[{str(c) for c in cids} for cids in per_rank.values()])
+        on_every_rank: set[str] = set.intersection(
+            *[{str(c) for c in cids} for cids in per_rank.values()]
         )
+        extra = sorted({str(c) for cids in per_rank.values() for c in cids} - on_every_rank)
         details = [
             f"rank {r}: {', '.join(map(str, c)) or 'not compiled'}" for r, c in per_rank.items()
         ]
@@ -234,7 +240,7 @@ def check_token_guards(rc: RanksContext) -> Iterable[Finding]:
     for cid in sorted(common):
         per_rank = {r: guards[r].get(cid, {}) for r in rc.ranks}
         every = set.intersection(*[set(g) for g in per_rank.values()])
-        for r, g in per_rank.items():
+        for g in per_rank.values():
             for text, where in g.items():
                 if text in every:
                     continue
