@@ -11,8 +11,9 @@ def _frozen(values, axis: str) -> frozenset[str]:
     values = frozenset([values] if isinstance(values, str) else values)
     unknown = values - set(AXES[axis])
     if unknown:
-        raise ValueError(f"FusionConfig: unknown {axis} form(s) {sorted(unknown)}; "
-                         f"valid: {list(AXES[axis])}")
+        raise ValueError(
+            f"FusionConfig: unknown {axis} form(s) {sorted(unknown)}; valid: {list(AXES[axis])}"
+        )
     return values
 
 
@@ -20,8 +21,10 @@ def _qualified(names, what: str) -> tuple[str, ...]:
     names = tuple([names] if isinstance(names, str) else names)
     for name in names:
         if name.count("::") != 1 or not all(name.split("::")):
-            raise ValueError(f"FusionConfig.{what}: {name!r} is not a qualified op name; "
-                             "write it as 'namespace::op_name' (e.g. 'vllm::all_reduce')")
+            raise ValueError(
+                f"FusionConfig.{what}: {name!r} is not a qualified op name; "
+                "write it as 'namespace::op_name' (e.g. 'vllm::all_reduce')"
+            )
     return tuple(sorted(set(names)))
 
 
@@ -59,15 +62,19 @@ class FusionConfig:
         if self.token_range is not None:
             lo, hi = self.token_range
             if lo < 1 or (hi is not None and hi < lo):
-                raise ValueError(f"FusionConfig.token_range {self.token_range} must be (lo, hi) "
-                                 "with 1 <= lo <= hi, or (lo, None) for no upper bound")
+                raise ValueError(
+                    f"FusionConfig.token_range {self.token_range} must be (lo, hi) "
+                    "with 1 <= lo <= hi, or (lo, None) for no upper bound"
+                )
             object.__setattr__(self, "token_range", (int(lo), None if hi is None else int(hi)))
         if self.fused_max_tokens is not None and self.fused_max_tokens < 0:
-            raise ValueError(f"FusionConfig.fused_max_tokens must be >= 0, got "
-                             f"{self.fused_max_tokens}")
+            raise ValueError(
+                f"FusionConfig.fused_max_tokens must be >= 0, got {self.fused_max_tokens}"
+            )
         if self.hidden_multiple < 1:
-            raise ValueError(f"FusionConfig.hidden_multiple must be >= 1, got "
-                             f"{self.hidden_multiple}")
+            raise ValueError(
+                f"FusionConfig.hidden_multiple must be >= 1, got {self.hidden_multiple}"
+            )
 
     def enables(self, spec: FusionSpec) -> bool:
         return all(getattr(spec, axis) in getattr(self, axis) for axis in AXES)
@@ -75,7 +82,11 @@ class FusionConfig:
     def key(self) -> str:
         """A stable text of every field, for the pass's cache key."""
         parts = [f"{axis}={sorted(getattr(self, axis))}" for axis in AXES]
-        parts += [f"allreduce_ops={list(self.allreduce_ops)}", f"norm_ops={list(self.norm_ops)}",
-                  f"hidden_multiple={self.hidden_multiple}", f"token_range={self.token_range}",
-                  f"fused_max_tokens={self.fused_max_tokens}"]
+        parts += [
+            f"allreduce_ops={list(self.allreduce_ops)}",
+            f"norm_ops={list(self.norm_ops)}",
+            f"hidden_multiple={self.hidden_multiple}",
+            f"token_range={self.token_range}",
+            f"fused_max_tokens={self.fused_max_tokens}",
+        ]
         return ";".join(parts)

@@ -33,8 +33,10 @@ from typing import NamedTuple
 import torch
 
 from arfuse import kernels, optable
-from arfuse.kernels.exact import quant_fp8_static  # noqa: F401 - public here too
-from arfuse.kernels.exact import rms_norm_f32
+from arfuse.kernels.exact import (
+    quant_fp8_static,  # noqa: F401 - public here too
+    rms_norm_f32,
+)
 
 LIB = torch.library.Library("arfuse", "DEF")
 
@@ -42,19 +44,25 @@ LIB.define("all_reduce(Tensor input, str group_name) -> Tensor")
 LIB.define("rms_norm(Tensor input, Tensor weight, float eps) -> Tensor")
 LIB.define(
     "fused_allreduce_rmsnorm(Tensor input, Tensor? residual, Tensor weight, float eps, "
-    "float weight_bias, str group_name) -> (Tensor norm_out, Tensor residual_out)")
+    "float weight_bias, str group_name) -> (Tensor norm_out, Tensor residual_out)"
+)
 LIB.define(
     "fused_allreduce_rmsnorm_fp8(Tensor input, Tensor? residual, Tensor weight, Tensor scale, "
     "float eps, float weight_bias, str group_name) "
-    "-> (Tensor quant_out, Tensor norm_out, Tensor residual_out)")
+    "-> (Tensor quant_out, Tensor norm_out, Tensor residual_out)"
+)
 
-_FUSED = ("Tensor input, Tensor? residual, Tensor weight, {scale}{eps} eps, float weight_bias, "
-          "str group_name")
+_FUSED = (
+    "Tensor input, Tensor? residual, Tensor weight, {scale}{eps} eps, float weight_bias, "
+    "str group_name"
+)
 _OUT = "(Tensor norm_out, Tensor residual_out)"
 _OUT_FP8 = "(Tensor quant_out, Tensor norm_out, Tensor residual_out)"
 LIB.define(f"fused_allreduce_rmsnorm.eps_tensor({_FUSED.format(scale='', eps='Tensor')}) -> {_OUT}")
-LIB.define(f"fused_allreduce_rmsnorm_fp8.eps_tensor("
-           f"{_FUSED.format(scale='Tensor scale, ', eps='Tensor')}) -> {_OUT_FP8}")
+LIB.define(
+    f"fused_allreduce_rmsnorm_fp8.eps_tensor("
+    f"{_FUSED.format(scale='Tensor scale, ', eps='Tensor')}) -> {_OUT_FP8}"
+)
 
 SUPPORTED_DTYPES = tuple(getattr(torch, name) for name in optable.SUPPORTED_DTYPES)
 FP8_DTYPE = getattr(torch, optable.FP8_DTYPE)
@@ -71,55 +79,76 @@ class FusedFP8Outputs(NamedTuple):
     residual: torch.Tensor
 
 
-def _check_activation(op: str, input: torch.Tensor, residual: torch.Tensor | None,
-                      weight: torch.Tensor, eps: float) -> None:
+def _check_activation(
+    op: str, input: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> None:
     # a SymFloat eps (no value at compile time) is checked when the real kernel runs
     if isinstance(eps, (int, float)) and not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"arfuse::{op}: eps {eps!r} must be a finite number >= 0 (the "
-                         "RMSNorm epsilon, e.g. 1e-6)")
+        raise ValueError(
+            f"arfuse::{op}: eps {eps!r} must be a finite number >= 0 (the "
+            "RMSNorm epsilon, e.g. 1e-6)"
+        )
     if input.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"arfuse::{op}: input dtype {input.dtype} is not supported; "
-                         "use bfloat16, float16 or float32")
+        raise ValueError(
+            f"arfuse::{op}: input dtype {input.dtype} is not supported; "
+            "use bfloat16, float16 or float32"
+        )
     if input.dim() < 1 or input.shape[-1] == 0:
-        raise ValueError(f"arfuse::{op}: input must have a non-empty last (hidden) dim, "
-                         f"got shape {tuple(input.shape)}")
+        raise ValueError(
+            f"arfuse::{op}: input must have a non-empty last (hidden) dim, "
+            f"got shape {tuple(input.shape)}"
+        )
     hidden = input.shape[-1]
     if weight.dim() != 1 or weight.shape[0] != hidden:
-        raise ValueError(f"arfuse::{op}: weight shape {tuple(weight.shape)} does not match the "
-                         f"hidden size {hidden} of input {tuple(input.shape)}; pass a 1-D weight "
-                         f"of {hidden} elements")
+        raise ValueError(
+            f"arfuse::{op}: weight shape {tuple(weight.shape)} does not match the "
+            f"hidden size {hidden} of input {tuple(input.shape)}; pass a 1-D weight "
+            f"of {hidden} elements"
+        )
     if weight.dtype != input.dtype:
-        raise ValueError(f"arfuse::{op}: weight dtype {weight.dtype} differs from input dtype "
-                         f"{input.dtype}; cast the weight to {input.dtype}")
+        raise ValueError(
+            f"arfuse::{op}: weight dtype {weight.dtype} differs from input dtype "
+            f"{input.dtype}; cast the weight to {input.dtype}"
+        )
     _check_contiguous(op, "weight", weight)
     _check_contiguous(op, "input", input)
     if residual is not None:
         if residual.shape != input.shape:
-            raise ValueError(f"arfuse::{op}: residual shape {tuple(residual.shape)} differs "
-                             f"from input shape {tuple(input.shape)}")
+            raise ValueError(
+                f"arfuse::{op}: residual shape {tuple(residual.shape)} differs "
+                f"from input shape {tuple(input.shape)}"
+            )
         if residual.dtype != input.dtype:
-            raise ValueError(f"arfuse::{op}: residual dtype {residual.dtype} differs from input "
-                             f"dtype {input.dtype}")
+            raise ValueError(
+                f"arfuse::{op}: residual dtype {residual.dtype} differs from input "
+                f"dtype {input.dtype}"
+            )
         _check_contiguous(op, "residual", residual)
 
 
 def _check_contiguous(op: str, name: str, t: torch.Tensor) -> None:
     if not t.is_contiguous():
-        raise ValueError(f"arfuse::{op}: {name} (strides {t.stride()}) is not contiguous; "
-                         "call .contiguous() first")
+        raise ValueError(
+            f"arfuse::{op}: {name} (strides {t.stride()}) is not contiguous; "
+            "call .contiguous() first"
+        )
 
 
 def _check_scale(scale: torch.Tensor) -> None:
     if scale.numel() != 1:
-        raise ValueError("arfuse::fused_allreduce_rmsnorm_fp8: static per-tensor FP8 needs a "
-                         f"scale with exactly one element, got shape {tuple(scale.shape)}; "
-                         "per-token or per-channel scales are not supported")
+        raise ValueError(
+            "arfuse::fused_allreduce_rmsnorm_fp8: static per-tensor FP8 needs a "
+            f"scale with exactly one element, got shape {tuple(scale.shape)}; "
+            "per-token or per-channel scales are not supported"
+        )
     if scale.dtype != torch.float32:
-        raise ValueError(f"arfuse::fused_allreduce_rmsnorm_fp8: scale dtype {scale.dtype} must be "
-                         "torch.float32")
+        raise ValueError(
+            f"arfuse::fused_allreduce_rmsnorm_fp8: scale dtype {scale.dtype} must be torch.float32"
+        )
 
 
 # ---- fake kernels (shape/dtype propagation and validation at compile time) -------------------
+
 
 @torch.library.register_fake("arfuse::all_reduce", lib=LIB)
 def _all_reduce_fake(input, group_name):
@@ -142,14 +171,19 @@ def _fused_fake(input, residual, weight, eps, weight_bias, group_name):
 def _fused_fp8_fake(input, residual, weight, scale, eps, weight_bias, group_name):
     _check_activation("fused_allreduce_rmsnorm_fp8", input, residual, weight, eps)
     _check_scale(scale)
-    return (torch.empty_like(input, dtype=FP8_DTYPE), torch.empty_like(input),
-            torch.empty_like(input))
+    return (
+        torch.empty_like(input, dtype=FP8_DTYPE),
+        torch.empty_like(input),
+        torch.empty_like(input),
+    )
 
 
 def _check_eps(eps: torch.Tensor) -> None:
     if eps.dim() != 0 or not eps.dtype.is_floating_point:
-        raise ValueError(f"arfuse: eps must be a float or a 0-d float tensor, got shape "
-                         f"{tuple(eps.shape)} {eps.dtype}")
+        raise ValueError(
+            f"arfuse: eps must be a float or a 0-d float tensor, got shape "
+            f"{tuple(eps.shape)} {eps.dtype}"
+        )
 
 
 @torch.library.register_fake("arfuse::fused_allreduce_rmsnorm.eps_tensor", lib=LIB)
@@ -165,6 +199,7 @@ def _fused_fp8_eps_tensor_fake(input, residual, weight, scale, eps, weight_bias,
 
 
 # ---- real kernels -----------------------------------------------------------------------------
+
 
 @torch.library.impl(LIB, "all_reduce", "CompositeExplicitAutograd")
 def _all_reduce_impl(input, group_name):
@@ -195,6 +230,7 @@ def _fused_fp8_impl(input, residual, weight, scale, eps, weight_bias, group_name
 
 # ---- Python entry points with named results ---------------------------------------------------
 
+
 def all_reduce(input: torch.Tensor, group_name: str) -> torch.Tensor:
     return torch.ops.arfuse.all_reduce(input, group_name)
 
@@ -203,18 +239,37 @@ def rms_norm(input: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
     return torch.ops.arfuse.rms_norm(input, weight, eps)
 
 
-def fused_allreduce_rmsnorm(input: torch.Tensor, residual: torch.Tensor | None,
-                            weight: torch.Tensor, eps: float, group_name: str, *,
-                            weight_bias: float = 0.0) -> FusedOutputs:
-    return FusedOutputs(*torch.ops.arfuse.fused_allreduce_rmsnorm(
-        input, residual, weight, eps, weight_bias, group_name))
+def fused_allreduce_rmsnorm(
+    input: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    group_name: str,
+    *,
+    weight_bias: float = 0.0,
+) -> FusedOutputs:
+    return FusedOutputs(
+        *torch.ops.arfuse.fused_allreduce_rmsnorm(
+            input, residual, weight, eps, weight_bias, group_name
+        )
+    )
 
 
-def fused_allreduce_rmsnorm_fp8(input: torch.Tensor, residual: torch.Tensor | None,
-                                weight: torch.Tensor, scale: torch.Tensor, eps: float,
-                                group_name: str, *, weight_bias: float = 0.0) -> FusedFP8Outputs:
-    return FusedFP8Outputs(*torch.ops.arfuse.fused_allreduce_rmsnorm_fp8(
-        input, residual, weight, scale, eps, weight_bias, group_name))
+def fused_allreduce_rmsnorm_fp8(
+    input: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    group_name: str,
+    *,
+    weight_bias: float = 0.0,
+) -> FusedFP8Outputs:
+    return FusedFP8Outputs(
+        *torch.ops.arfuse.fused_allreduce_rmsnorm_fp8(
+            input, residual, weight, scale, eps, weight_bias, group_name
+        )
+    )
 
 
 # eps as a 0-d tensor (a CPU scalar when Dynamo lifted a float: reading it does not sync)

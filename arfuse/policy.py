@@ -9,8 +9,9 @@ another.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -34,8 +35,9 @@ class FusionPolicy:
 
         return cls(thresholds.table(), flashinfer.TWOSHOT_ENABLED)
 
-    def limits(self, capability: Any, world_size: int, dtype: torch.dtype,
-               hidden: int) -> Limits | None:
+    def limits(
+        self, capability: Any, world_size: int, dtype: torch.dtype, hidden: int
+    ) -> Limits | None:
         return thresholds.lookup(capability, world_size, dtype, hidden, self.table)
 
     def fused_max_tokens(self, limits: Limits) -> int:
@@ -44,5 +46,6 @@ class FusionPolicy:
 
     def key(self) -> str:
         """A stable text of the policy, for the pass's cache key."""
-        return json.dumps({"thresholds": thresholds.to_json(self.table),
-                           "twoshot": self.twoshot}, sort_keys=True)
+        return json.dumps(
+            {"thresholds": thresholds.to_json(self.table), "twoshot": self.twoshot}, sort_keys=True
+        )

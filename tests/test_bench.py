@@ -12,25 +12,42 @@ from arfuse.cli import main
 
 
 def _row(tokens, hidden, one, two, eager, compiled):
-    return {"tokens": tokens, "hidden": hidden, "dtype": "bf16", "residual": True,
-            "quant": "none", "mb": tokens * hidden * 2 / 2**20, "picked": "",
-            "times_us": {"unfused_eager": eager, "unfused_compiled": compiled,
-                         "fused_oneshot": one, "fused_twoshot": two, "arfuse": None},
-            "notes": {}}
+    return {
+        "tokens": tokens,
+        "hidden": hidden,
+        "dtype": "bf16",
+        "residual": True,
+        "quant": "none",
+        "mb": tokens * hidden * 2 / 2**20,
+        "picked": "",
+        "times_us": {
+            "unfused_eager": eager,
+            "unfused_compiled": compiled,
+            "fused_oneshot": one,
+            "fused_twoshot": two,
+            "arfuse": None,
+        },
+        "notes": {},
+    }
 
 
 # TP4-like: one-shot wins small, two-shot from 512 tokens, unfused from 2048 (hidden 4096)
-TP4 = [_row(1, 4096, 5, None, 15, 12), _row(64, 4096, 10, 24, 21, 17),
-       _row(256, 4096, 25, 30, 38, 35), _row(512, 4096, 48, 40, 52, 47),
-       _row(1024, 4096, 97, 67, 75, 71), _row(2048, 4096, 191, 123, 121, 116),
-       _row(4096, 4096, 379, 237, 218, 205)]
+TP4 = [
+    _row(1, 4096, 5, None, 15, 12),
+    _row(64, 4096, 10, 24, 21, 17),
+    _row(256, 4096, 25, 30, 38, 35),
+    _row(512, 4096, 48, 40, 52, 47),
+    _row(1024, 4096, 97, 67, 75, 71),
+    _row(2048, 4096, 191, 123, 121, 116),
+    _row(4096, 4096, 379, 237, 218, 205),
+]
 
 
 def test_tune_picks_the_crossovers():
     c = choose(TP4, "sm90", 4)
     assert c.within_tolerance
-    assert c.oneshot_max_mb == pytest.approx(2.0, rel=1e-6)   # 256 tokens x 4096 x 2 B
-    assert c.fused_max_mb == pytest.approx(8.0, rel=1e-6)      # 1024 tokens x 4096 x 2 B
+    assert c.oneshot_max_mb == pytest.approx(2.0, rel=1e-6)  # 256 tokens x 4096 x 2 B
+    assert c.fused_max_mb == pytest.approx(8.0, rel=1e-6)  # 1024 tokens x 4096 x 2 B
     assert c.worst_ratio <= 1.02
 
 
@@ -48,7 +65,9 @@ def test_tune_file_and_cli_diff(tmp_path):
     out = tmp_path / "thr.json"
     r = CliRunner().invoke(main, ["tune", str(bench_json), "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert "sm90 TP4 all hidden: one-shot max / fused max" in r.output and "->  2 / 8 MB" in r.output
+    assert (
+        "sm90 TP4 all hidden: one-shot max / fused max" in r.output and "->  2 / 8 MB" in r.output
+    )
     assert "sm90 TP4 hidden 4096: one-shot max / fused max" in r.output
     table = json.loads(out.read_text())
     assert table["sm90"]["4"]["fused_max_mb"] == pytest.approx(8.0)
@@ -70,19 +89,46 @@ def test_report_names_its_baseline():
     d = report.derived(TP4[0])
     assert d["best_unfused"] == "unfused_compiled"
     assert d["fused_speedup"] == pytest.approx(12 / 5)
-    md = report.markdown({"env": {"card": "NVIDIA H100 80GB HBM3", "capability": "9.0",
-                                  "world_size": 4, "torch": "2.11", "python": "3.12",
-                                  "date": "2026-11-27", "command": "arfuse bench"},
-                          "rows": TP4})
+    md = report.markdown(
+        {
+            "env": {
+                "card": "NVIDIA H100 80GB HBM3",
+                "capability": "9.0",
+                "world_size": 4,
+                "torch": "2.11",
+                "python": "3.12",
+                "date": "2026-11-27",
+                "command": "arfuse bench",
+            },
+            "rows": TP4,
+        }
+    )
     assert "NVIDIA H100 80GB HBM3" in md and "`best unfused` = faster of" in md
     assert "| 1 | 0.00781 | 15.0 | 12.0 | 5.0 | n/a | n/a | n/a | unfused_compiled | 2.40x |" in md
 
 
 @pytest.mark.timeout(300)
 def test_bench_cpu_smoke_run(tmp_path):
-    r = CliRunner().invoke(main, ["bench", "--tokens", "1,8", "--hidden", "64", "--backend",
-                                  "gloo", "--strategies", "unfused_eager,fused_oneshot,arfuse",
-                                  "--out", str(tmp_path), "--name", "smoke", "--timeout", "240"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--tokens",
+            "1,8",
+            "--hidden",
+            "64",
+            "--backend",
+            "gloo",
+            "--strategies",
+            "unfused_eager,fused_oneshot,arfuse",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "smoke",
+            "--timeout",
+            "240",
+        ],
+    )
     assert r.exit_code == 0, r.output
     result = json.loads((tmp_path / "smoke.json").read_text())
     assert result["env"]["world_size"] == 2 and "gloo" in result["env"]["card"]
@@ -96,8 +142,9 @@ def test_bench_cpu_smoke_run(tmp_path):
     assert (tmp_path / "smoke.md").exists() and (tmp_path / "smoke.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("value, message", [("abc", "give comma-separated integers"),
-                                            ("0,32", "give integers >= 1")])
+@pytest.mark.parametrize(
+    "value, message", [("abc", "give comma-separated integers"), ("0,32", "give integers >= 1")]
+)
 def test_decoder_bench_rejects_bad_split_points(value, message):
     r = CliRunner().invoke(main, ["bench", "--decoder", "--ranges", value])
     assert r.exit_code == 2 and message in r.output and "--ranges" in r.output, r.output

@@ -13,14 +13,17 @@ pytestmark = pytest.mark.timeout(600)
 FUSED = "arfuse.fused_allreduce_rmsnorm.default"
 
 
-@pytest.mark.parametrize("name,dtype,spec", [
-    ("llama", "fp32", "c10d/hf/res+ar/none"),
-    ("qwen3", "fp32", "c10d/hf/res+ar/none"),
-    ("mistral", "fp32", "c10d/hf/res+ar/none"),
-    # Gemma 3 norms the attention/MLP output before the residual add (post-norms)
-    ("gemma3", "fp32", "c10d/gemma/none/none"),
-    ("llama", "bf16", "c10d/hf/res+ar/none"),
-])
+@pytest.mark.parametrize(
+    "name,dtype,spec",
+    [
+        ("llama", "fp32", "c10d/hf/res+ar/none"),
+        ("qwen3", "fp32", "c10d/hf/res+ar/none"),
+        ("mistral", "fp32", "c10d/hf/res+ar/none"),
+        # Gemma 3 norms the attention/MLP output before the residual add (post-norms)
+        ("gemma3", "fp32", "c10d/gemma/none/none"),
+        ("llama", "bf16", "c10d/hf/res+ar/none"),
+    ],
+)
 def test_tp_model_is_fully_fused_and_exact(group2, name, dtype, spec):
     r0, r1 = group2.run(dc.check_hf_fused, name, dtype)
     assert r0["graphs"] == 1 and r0["skipped"] == []
@@ -43,14 +46,17 @@ def test_arfuse_compile_takes_keyword_calls_with_one_capture_across_ranges(group
     assert r["warnings"] == []
     first = r["compiles"][:2]
     assert [(c["range"], c["fused"], c["left"]) for c in first] == [
-        ("[1, 8]", 2, 0), ("[9, inf]", 0, 2)]
+        ("[1, 8]", 2, 0),
+        ("[9, inf]", 0, 2),
+    ]
     assert all(c["bounds_applied"] and c["guards_added"] == [] for c in first)
     # the batch-2 capture has batch dynamic too: num_tokens = batch * seq, two symbols, so its
     # ranges dispatch and fuse by rows but compile without narrowed bounds
     second = r["compiles"][2:]
     assert [(c["range"], c["fused"]) for c in second] == [("[1, 8]", 2), ("[9, inf]", 0)]
-    assert all(re.fullmatch(r"s\d+\*s\d+", c["tokens"]) and not c["bounds_applied"]
-               for c in second), second
+    assert all(
+        re.fullmatch(r"s\d+\*s\d+", c["tokens"]) and not c["bounds_applied"] for c in second
+    ), second
     assert all(e <= 1e-5 for e in r["errors"].values()), r["errors"]
 
 

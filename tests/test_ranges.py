@@ -12,7 +12,10 @@ pytestmark = pytest.mark.timeout(400)
 
 def test_ranges_from_splits():
     assert ranges_from_splits([2048, 128, 128]) == [
-        TokenRange(1, 128), TokenRange(129, 2048), TokenRange(2049, None)]
+        TokenRange(1, 128),
+        TokenRange(129, 2048),
+        TokenRange(2049, None),
+    ]
     assert ranges_from_splits([]) == [TokenRange(1, None)]
     assert str(TokenRange(2049, None)) == "[2049, inf]"
     with pytest.raises(ValueError, match="split points must be >= 1"):
@@ -32,7 +35,10 @@ def test_every_boundary_dispatches_to_its_range_and_fuses_only_below_the_thresho
     # capture's (7) where the range holds it, else the nearest size the range holds
     assert all(c["bounds_applied"] for c in r["compiles"])
     assert {c["range"]: c["hint"] for c in r["compiles"]} == {
-        "[1, 8]": 7, "[9, 64]": 9, "[65, inf]": 65}
+        "[1, 8]": 7,
+        "[9, 64]": 9,
+        "[65, inf]": 65,
+    }
     # Inductor's view lowering asks `num_tokens > 1` where the range holds 1 (a guard that 1
     # token fails: its call is captured again, see the next test); elsewhere the bounds decide
     added = {c["range"]: c["guards_added"] for c in r["compiles"]}
@@ -41,8 +47,10 @@ def test_every_boundary_dispatches_to_its_range_and_fuses_only_below_the_thresho
     for above in ("[9, 64]", "[65, inf]"):
         assert by_range[above]["fused"] == 0 and by_range[above]["skipped"] == []
         assert len(by_range[above]["left_to_inductor"]) == 2
-        assert all("lies above the fusion threshold (8 tokens)" in s
-                   for s in by_range[above]["left_to_inductor"])
+        assert all(
+            "lies above the fusion threshold (8 tokens)" in s
+            for s in by_range[above]["left_to_inductor"]
+        )
     assert set(r["errors"]) == set(tokens)
     assert all(e <= 1e-5 for e in r["errors"].values()), r["errors"]
 
@@ -55,7 +63,7 @@ def test_one_token_after_a_larger_capture_gets_its_own_static_capture(group2):
     assert "error" not in r, r.get("error")
     assert r["captures"] == 2
     assert [c["range"] for c in r["compiles"]] == ["[1, 8]", "[9, 64]", "[65, inf]", "[1, 1]"]
-    assert r["compiles"][-1]["fused"] == 2           # 1 token is below the threshold: fused
+    assert r["compiles"][-1]["fused"] == 2  # 1 token is below the threshold: fused
     assert all(e <= 1e-5 for e in r["errors"].values()), r["errors"]
 
 
@@ -94,7 +102,8 @@ def test_audit_of_compile_ranges_sees_one_capture_no_guard_and_fusion_per_range(
     assert s["fusion"]["ranges"] == [
         {"range": [1, 64], "fused": 4, "left_to_inductor": 0},
         {"range": [65, 1024], "fused": 0, "left_to_inductor": 4},
-        {"range": [1025, None], "fused": 0, "left_to_inductor": 4}]
+        {"range": [1025, None], "fused": 0, "left_to_inductor": 4},
+    ]
 
 
 def _symbolic_tokens():
@@ -102,13 +111,13 @@ def _symbolic_tokens():
     import torch
     from torch._dynamo.source import ConstantSource
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.experimental.symbolic_shapes import (DimDynamic, ShapeEnv,
-                                                       StatelessSymbolicContext)
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
     env = ShapeEnv()
     context = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
-    x = FakeTensorMode(shape_env=env).from_tensor(torch.empty(2, 8), symbolic_context=context,
-                                                  source=ConstantSource("x"))
+    x = FakeTensorMode(shape_env=env).from_tensor(
+        torch.empty(2, 8), symbolic_context=context, source=ConstantSource("x")
+    )
     return env, x, x.shape[0].node.expr
 
 
@@ -122,11 +131,11 @@ def test_narrowed_bounds_neither_leak_into_the_next_range_nor_hide_behind_cached
 
     env, x, s0 = _symbolic_tokens()
     at_most_256 = sympy.Le(s0, 256)
-    assert env._maybe_evaluate_static(at_most_256) is None      # cached: unknown
+    assert env._maybe_evaluate_static(at_most_256) is None  # cached: unknown
     with _narrowed([x], s0, TokenRange(1, 256)) as n:
         assert n.applied
         assert env._maybe_evaluate_static(at_most_256) == sympy.true
-    assert env._maybe_evaluate_static(at_most_256) is None      # no leak into [257, ...]
+    assert env._maybe_evaluate_static(at_most_256) is None  # no leak into [257, ...]
     assert str(env.var_to_range[s0]) == "VR[2, int_oo]"
 
 
@@ -135,16 +144,16 @@ def test_a_range_without_the_capture_size_compiles_for_its_nearest_size():
 
     from arfuse.ranges import _narrowed
 
-    env, x, s0 = _symbolic_tokens()                               # hint 2
+    env, x, s0 = _symbolic_tokens()  # hint 2
     hints = env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val
     with _narrowed([x], s0, TokenRange(257, 1025)) as n:
         assert n.applied and n.moved_hint == 257 and hints[s0] == 257
         assert str(env.var_to_range[s0]) == "VR[257, 1025]"
         assert env._maybe_evaluate_static(sympy.Gt(s0, 256)) == sympy.true
-        assert x.shape[0] > 256                                    # no guard needed
+        assert x.shape[0] > 256  # no guard needed
     assert hints[s0] == 2 and str(env.var_to_range[s0]) == "VR[2, int_oo]"
     assert env._maybe_evaluate_static(sympy.Gt(s0, 256)) is None
-    with _narrowed([x], s0, TokenRange(1, 1)) as n:                # below what env knows
+    with _narrowed([x], s0, TokenRange(1, 1)) as n:  # below what env knows
         assert not n.applied and hints[s0] == 2
     assert env.guards == []
 
@@ -162,14 +171,23 @@ def test_token_arg_errors_name_the_argument():
     import arfuse
 
     ids = torch.zeros(1, 5, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"token dim 2 of input_ids is out of range for its "
-                                         r"shape \(1, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"token dim 2 of input_ids is out of range for its "
+        r"shape \(1, 5\)",
+    ):
         arfuse.compile(_KeywordModel(), token_dims={"input_ids": 2})(input_ids=ids)
-    with pytest.raises(ValueError, match=r"token_dims names \['ids'\], which this call does not "
-                                         r"pass"):
+    with pytest.raises(
+        ValueError,
+        match=r"token_dims names \['ids'\], which this call does not "
+        r"pass",
+    ):
         arfuse.compile(_KeywordModel(), token_dims={"ids": 1})(input_ids=ids)
-    with pytest.raises(ValueError, match=r"cannot tell which argument carries num_tokens; "
-                                         r"tensor arguments of this call: \{'foo': \(1, 5\)\}"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot tell which argument carries num_tokens; "
+        r"tensor arguments of this call: \{'foo': \(1, 5\)\}",
+    ):
         arfuse.compile(_KeywordModel())(foo=ids)
     with pytest.raises(ValueError, match="drop dynamic=False"):
         arfuse.compile(_KeywordModel(), dynamic=False)
@@ -181,8 +199,13 @@ def test_token_dims_of_a_call():
 
     from arfuse.ranges import TokenArg, mark_token_dims
 
-    def hf(input_ids=None, attention_mask=None, position_ids=None, cache_position=None,
-           inputs_embeds=None):
+    def hf(
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cache_position=None,
+        inputs_embeds=None,
+    ):
         pass
 
     def marks(t):
@@ -190,13 +213,14 @@ def test_token_dims_of_a_call():
 
     ids, mask, pos = (torch.zeros(2, 5, dtype=torch.long) for _ in range(3))
     cache, mask4 = torch.arange(5), torch.zeros(2, 1, 5, 5)
-    key = mark_token_dims(hf, (ids,), {"attention_mask": mask, "position_ids": pos,
-                                       "cache_position": cache}, None)
+    key = mark_token_dims(
+        hf, (ids,), {"attention_mask": mask, "position_ids": pos, "cache_position": cache}, None
+    )
     assert key == TokenArg("input_ids", 0, 1)
     assert [marks(t) for t in (ids, mask, pos, cache)] == [[1], [1], [1], [0]]
-    assert mark_token_dims(hf, (), {"attention_mask": mask4,
-                                    "inputs_embeds": torch.zeros(2, 5, 8)}, None) == \
-        TokenArg("inputs_embeds", None, 1)
+    assert mark_token_dims(
+        hf, (), {"attention_mask": mask4, "inputs_embeds": torch.zeros(2, 5, 8)}, None
+    ) == TokenArg("inputs_embeds", None, 1)
     assert marks(mask4) == [2, 3]
     # a plain [num_tokens, hidden] model: positional dim 0, as before
     x = torch.zeros(5, 8)

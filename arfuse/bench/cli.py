@@ -19,12 +19,12 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     try:
         values = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
     except ValueError:
-        raise click.BadParameter(f"{text!r}: give comma-separated integers", param_hint=what)
+        raise click.BadParameter(
+            f"{text!r}: give comma-separated integers", param_hint=what
+        ) from None
     if not values or min(values) < 1:
         raise click.BadParameter(f"{text!r}: give integers >= 1", param_hint=what)
     return values
-
-
 
 
 def run_bench_worker(cases, tokens, strategies, command, n_inner, reps):
@@ -34,52 +34,116 @@ def run_bench_worker(cases, tokens, strategies, command, n_inner, reps):
 
 
 @click.command()
-@click.option("--world-size", type=int, default=None,
-              help="ranks to spawn (default: every visible GPU; 2 on CPU). Ignored under "
-                   "torchrun, which sets it")
-@click.option("--tokens", default=None,
-              help="token counts (default: 1..16384, powers of two and the 1.5x points "
-                   "between); every threshold +-1 is added on GPU")
-@click.option("--hidden", default=None,
-              help="hidden sizes [default: 4096,8192; 64 for a --backend gloo smoke run]")
-@click.option("--dtype", "dtypes", default="bf16", show_default=True,
-              help="comma-separated: bf16, fp16, fp32")
-@click.option("--residual", type=click.Choice(["on", "off", "both"]), default="on",
-              show_default=True)
-@click.option("--quant", type=click.Choice(["none", "fp8", "both"]), default="none",
-              show_default=True)
-@click.option("--strategies", default=",".join(ALL), show_default=True,
-              help="which of: " + ", ".join(ALL))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("bench/results"), show_default=True)
+@click.option(
+    "--world-size",
+    type=int,
+    default=None,
+    help="ranks to spawn (default: every visible GPU; 2 on CPU). Ignored under "
+    "torchrun, which sets it",
+)
+@click.option(
+    "--tokens",
+    default=None,
+    help="token counts (default: 1..16384, powers of two and the 1.5x points "
+    "between); every threshold +-1 is added on GPU",
+)
+@click.option(
+    "--hidden",
+    default=None,
+    help="hidden sizes [default: 4096,8192; 64 for a --backend gloo smoke run]",
+)
+@click.option(
+    "--dtype", "dtypes", default="bf16", show_default=True, help="comma-separated: bf16, fp16, fp32"
+)
+@click.option(
+    "--residual", type=click.Choice(["on", "off", "both"]), default="on", show_default=True
+)
+@click.option(
+    "--quant", type=click.Choice(["none", "fp8", "both"]), default="none", show_default=True
+)
+@click.option(
+    "--strategies", default=",".join(ALL), show_default=True, help="which of: " + ", ".join(ALL)
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench/results"),
+    show_default=True,
+)
 @click.option("--name", default=None, help="file stem (default: <card>_tp<N>_<date>)")
-@click.option("--backend", type=click.Choice(["auto", "nccl", "gloo"]), default="auto",
-              show_default=True,
-              help="auto: nccl with 2+ GPUs, else refuse; gloo: a short CPU smoke run of the "
-                   "harness (no GPU kernel, numbers mean nothing)")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "nccl", "gloo"]),
+    default="auto",
+    show_default=True,
+    help="auto: nccl with 2+ GPUs, else refuse; gloo: a short CPU smoke run of the "
+    "harness (no GPU kernel, numbers mean nothing)",
+)
 @click.option("--reps", type=int, default=20, show_default=True, help="timed graph replays")
-@click.option("--n-inner", type=int, default=16, show_default=True,
-              help="calls captured per CUDA graph")
-@click.option("--timeout", type=float, default=3600, show_default=True,
-              help="seconds before a hung sweep is killed")
-@click.option("--decoder", is_flag=True,
-              help="instead: time a decode step of a TP decoder stack (Llama-8B-like shapes), "
-                   "torch.compile with vs without arfuse, at --tokens (default powers of 2 up to "
-                   "1024, and 8192)")
-@click.option("--model", type=click.Choice(["example", *HF_MODELS]), default="example",
-              show_default=True,
-              help="with --decoder: arfuse's TP decoder, or an HF transformers model under "
-                   "DTensor TP (random weights, 8B/12B-class shapes; needs transformers)")
-@click.option("--model-size", type=click.Choice(["real", "tiny"]), default=None,
-              help="with --decoder --model: real shapes [default] or tiny ones (the default "
-                   "with --backend gloo)")
-@click.option("--layers", type=int, default=None,
-              help="with --decoder [default: 4; 1 with --backend gloo]")
-@click.option("--ranges", "split_points", default="auto", show_default=True,
-              help="with --decoder: arfuse.compile's split points, e.g. 32,256,1025 (each "
-                   "fusion threshold must be one of them)")
-def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_dir, name,
-          backend, reps, n_inner, timeout, decoder, model, model_size, layers, split_points):
+@click.option(
+    "--n-inner", type=int, default=16, show_default=True, help="calls captured per CUDA graph"
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=3600,
+    show_default=True,
+    help="seconds before a hung sweep is killed",
+)
+@click.option(
+    "--decoder",
+    is_flag=True,
+    help="instead: time a decode step of a TP decoder stack (Llama-8B-like shapes), "
+    "torch.compile with vs without arfuse, at --tokens (default powers of 2 up to "
+    "1024, and 8192)",
+)
+@click.option(
+    "--model",
+    type=click.Choice(["example", *HF_MODELS]),
+    default="example",
+    show_default=True,
+    help="with --decoder: arfuse's TP decoder, or an HF transformers model under "
+    "DTensor TP (random weights, 8B/12B-class shapes; needs transformers)",
+)
+@click.option(
+    "--model-size",
+    type=click.Choice(["real", "tiny"]),
+    default=None,
+    help="with --decoder --model: real shapes [default] or tiny ones (the default "
+    "with --backend gloo)",
+)
+@click.option(
+    "--layers", type=int, default=None, help="with --decoder [default: 4; 1 with --backend gloo]"
+)
+@click.option(
+    "--ranges",
+    "split_points",
+    default="auto",
+    show_default=True,
+    help="with --decoder: arfuse.compile's split points, e.g. 32,256,1025 (each "
+    "fusion threshold must be one of them)",
+)
+def bench(
+    world_size,
+    tokens,
+    hidden,
+    dtypes,
+    residual,
+    quant,
+    strategies,
+    out_dir,
+    name,
+    backend,
+    reps,
+    n_inner,
+    timeout,
+    decoder,
+    model,
+    model_size,
+    layers,
+    split_points,
+):
     """Time allreduce + add + RMSNorm: unfused (eager / compiled) vs fused one-shot / two-shot
     vs arfuse's dispatch, per token count; write markdown + JSON + PNG.
 
@@ -88,9 +152,7 @@ def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_d
     import torch
 
     from arfuse.bench import report
-    from arfuse.bench.sweep import DTYPES, Case
-
-    from arfuse.bench.sweep import DEFAULT_TOKENS
+    from arfuse.bench.sweep import DEFAULT_TOKENS, DTYPES, Case
 
     splits = "auto" if split_points == "auto" else _ints(split_points, "--ranges")
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -99,32 +161,53 @@ def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_d
         raise click.UsageError(
             f"arfuse bench times the fused GPU kernel and needs 2+ GPUs; {gpus} visible. For a "
             "short CPU smoke run of the harness (gloo, small sizes, numbers mean nothing) add "
-            "--backend gloo")
+            "--backend gloo"
+        )
     smoke = backend == "gloo" and not torchrun
-    token_counts = _ints(tokens, "--tokens") if tokens else \
-        (1, 8, 64) if smoke else DEFAULT_TOKENS
+    token_counts = _ints(tokens, "--tokens") if tokens else (1, 8, 64) if smoke else DEFAULT_TOKENS
     hiddens = _ints(hidden or ("64" if smoke else "4096,8192"), "--hidden")
     dtype_names = [d.strip() for d in dtypes.split(",") if d.strip()]
     bad = [d for d in dtype_names if d not in DTYPES]
     if bad or not dtype_names:
-        raise click.BadParameter(f"{bad or dtypes!r}: choose from {list(DTYPES)}",
-                                 param_hint="--dtype")
+        raise click.BadParameter(
+            f"{bad or dtypes!r}: choose from {list(DTYPES)}", param_hint="--dtype"
+        )
     chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
     if not chosen or set(chosen) - set(ALL):
-        raise click.BadParameter(f"unknown {sorted(set(chosen) - set(ALL))}; choose from {ALL}",
-                                 param_hint="--strategies")
+        raise click.BadParameter(
+            f"unknown {sorted(set(chosen) - set(ALL))}; choose from {ALL}",
+            param_hint="--strategies",
+        )
     residuals = {"on": [True], "off": [False], "both": [True, False]}[residual]
     quants = {"none": ["none"], "fp8": ["fp8"], "both": ["none", "fp8"]}[quant]
-    cases = [Case(h, d, r, q) for h in hiddens for d in dtype_names for r in residuals
-             for q in quants]
+    cases = [
+        Case(h, d, r, q) for h in hiddens for d in dtype_names for r in residuals for q in quants
+    ]
     command = "arfuse bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     args = (cases, token_counts, chosen, command, n_inner, reps)
     if decoder:
-        decode_tokens = token_counts if tokens else (1, 4) if smoke else (
-            1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 8192)
+        decode_tokens = (
+            token_counts
+            if tokens
+            else (1, 4)
+            if smoke
+            else (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 8192)
+        )
         size = model_size or ("tiny" if smoke else "real")
-        return _decoder_bench(world_size, backend, decode_tokens, layers or (1 if smoke else 4),
-                              splits, out_dir, name, command, timeout, model, size, smoke)
+        return _decoder_bench(
+            world_size,
+            backend,
+            decode_tokens,
+            layers or (1 if smoke else 4),
+            splits,
+            out_dir,
+            name,
+            command,
+            timeout,
+            model,
+            size,
+            smoke,
+        )
     if torchrun:
         result = _under_torchrun(backend, args)
         if result is None:
@@ -139,18 +222,26 @@ def bench(world_size, tokens, hidden, dtypes, residual, quant, strategies, out_d
             raise click.UsageError(f"--world-size {world} but only {gpus} GPUs are visible")
         if world < 2:
             raise click.UsageError("allreduce needs --world-size >= 2")
-        env = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-               "NVSHMEM_DISABLE_NVLS": "1"}
+        env = {
+            "NCCL_NVLS_ENABLE": "0",
+            "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+            "NVSHMEM_DISABLE_NVLS": "1",
+        }
         os.environ.update(env)
-        click.echo(f"arfuse bench: {len(cases)} case(s) x {len(token_counts)}+ token counts x "
-                   f"{len(chosen)} strategies on {world} ranks ({backend})", err=True)
+        click.echo(
+            f"arfuse bench: {len(cases)} case(s) x {len(token_counts)}+ token counts x "
+            f"{len(chosen)} strategies on {world} ranks ({backend})",
+            err=True,
+        )
         with SpawnedGroup(world, backend=backend, timeout=timeout, env=env) as group:
             result = group.run(run_bench_worker, *args)[0]
     report.print_table(result)
     env = result["env"]
     stem = name or "{}_tp{}_{}".format(
         env.get("card", "cpu").split("(")[0].strip().replace(" ", "-").lower(),
-        env["world_size"], env["date"][:10])
+        env["world_size"],
+        env["date"][:10],
+    )
     marks = _threshold_marks(result)
     paths = report.write(result, out_dir, stem, marks)
     for path in paths:
@@ -166,8 +257,20 @@ def run_decoder_worker(tokens, layers, splits, model, size, smoke):
     return run_decoder_sweep(tokens, layers, ranges=splits, model=model, size=size, **shapes)
 
 
-def _decoder_bench(world_size, backend, tokens, layers, splits, out_dir, name, command, timeout,
-                   model="example", size="real", smoke=False):
+def _decoder_bench(
+    world_size,
+    backend,
+    tokens,
+    layers,
+    splits,
+    out_dir,
+    name,
+    command,
+    timeout,
+    model="example",
+    size="real",
+    smoke=False,
+):
     import torch
 
     from arfuse.bench.sweep import environment
@@ -176,35 +279,48 @@ def _decoder_bench(world_size, backend, tokens, layers, splits, out_dir, name, c
     gpus = torch.cuda.device_count()
     backend = ("nccl" if gpus >= 2 else "gloo") if backend == "auto" else backend
     world = world_size or (gpus if backend == "nccl" else 2)
-    env = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-           "NVSHMEM_DISABLE_NVLS": "1"}
+    env = {
+        "NCCL_NVLS_ENABLE": "0",
+        "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+        "NVSHMEM_DISABLE_NVLS": "1",
+    }
     os.environ.update(env)
-    click.echo(f"arfuse bench --decoder: {model} ({size if model != 'example' else 'example'}), "
-               f"{layers} layer(s), tokens {list(tokens)}, {world} ranks ({backend}); 4 "
-               "compiled variants per size", err=True)
+    click.echo(
+        f"arfuse bench --decoder: {model} ({size if model != 'example' else 'example'}), "
+        f"{layers} layer(s), tokens {list(tokens)}, {world} ranks ({backend}); 4 "
+        "compiled variants per size",
+        err=True,
+    )
     with SpawnedGroup(world, backend=backend, timeout=timeout, env=env) as group:
         rows = group.run(run_decoder_worker, tokens, layers, splits, model, size, smoke)[0]
     device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
     result = {"env": environment(device, world, command), "rows": rows}
     e = result["env"]
-    lines = [f"# Decode step, TP decoder stack: {e.get('card')} x{world}", "",
-             f"- {layers} layers, {rows[0].get('shapes')}, bf16, random weights",
-             f"- torch {e['torch']}, FlashInfer {e.get('flashinfer', 'n/a')}, date {e['date']}",
-             f"- command: `{command}`",
-             "- us per step: median over " + ("CUDA-graph replays of the compiled call"
-                                               if backend == "nccl" else "eager loops (CPU)")
-             + ", slowest rank",
-             f"- chains fused by arfuse over all compiled graphs: {rows[0].get('fused_ops')}",
-             "",
-             f"- arfuse.compile ranges ({splits!r}): {rows[0].get('ranges')}",
-             "- generated code (modules, persistent reductions, hash): " + "; ".join(
-                 f"{k}: {v['modules']}, {v['persistent_reductions']}, {v['sha1']}"
-                 for k, v in rows[0].get("codegen", {}).items()), "",
-             "rel L2: vs torch.compile's output. bounds off: `arfuse.compile(..., "
-             "bound_symbols=False)`.", "",
-             "| tokens | torch.compile | + arfuse pass | speedup | rel L2 | arfuse.compile "
-             "(ranges) | speedup | rel L2 | bounds off | speedup | rel L2 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Decode step, TP decoder stack: {e.get('card')} x{world}",
+        "",
+        f"- {layers} layers, {rows[0].get('shapes')}, bf16, random weights",
+        f"- torch {e['torch']}, FlashInfer {e.get('flashinfer', 'n/a')}, date {e['date']}",
+        f"- command: `{command}`",
+        "- us per step: median over "
+        + ("CUDA-graph replays of the compiled call" if backend == "nccl" else "eager loops (CPU)")
+        + ", slowest rank",
+        f"- chains fused by arfuse over all compiled graphs: {rows[0].get('fused_ops')}",
+        "",
+        f"- arfuse.compile ranges ({splits!r}): {rows[0].get('ranges')}",
+        "- generated code (modules, persistent reductions, hash): "
+        + "; ".join(
+            f"{k}: {v['modules']}, {v['persistent_reductions']}, {v['sha1']}"
+            for k, v in rows[0].get("codegen", {}).items()
+        ),
+        "",
+        "rel L2: vs torch.compile's output. bounds off: `arfuse.compile(..., "
+        "bound_symbols=False)`.",
+        "",
+        "| tokens | torch.compile | + arfuse pass | speedup | rel L2 | arfuse.compile "
+        "(ranges) | speedup | rel L2 | bounds off | speedup | rel L2 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         cells = [f"{r['tokens']}", f"{r['compile_us']:.1f}"]
         for v in ("compile+arfuse", "arfuse.compile", "arfuse.compile bounds off"):
@@ -212,8 +328,11 @@ def _decoder_bench(world_size, backend, tokens, layers, splits, out_dir, name, c
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     click.echo(text)
-    stem = name or (f"decoder_tp{world}_{e['date'][:10]}" if model == "example" else
-                    f"decoder_{model}_tp{world}_{e['date'][:10]}")
+    stem = name or (
+        f"decoder_tp{world}_{e['date'][:10]}"
+        if model == "example"
+        else f"decoder_{model}_tp{world}_{e['date'][:10]}"
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.md").write_text(text)
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
@@ -247,33 +366,47 @@ def _threshold_marks(result: dict) -> dict:
     found = thresholds.entry((major, minor), env["world_size"])
     if found is None:
         return {}
-    return {h: {"one-shot max": found.for_hidden(h).oneshot_max_mb,
-                "fused max": found.for_hidden(h).fused_max_mb}
-            for h in {r["hidden"] for r in result["rows"]}}
+    return {
+        h: {
+            "one-shot max": found.for_hidden(h).oneshot_max_mb,
+            "fused max": found.for_hidden(h).fused_max_mb,
+        }
+        for h in {r["hidden"] for r in result["rows"]}
+    }
 
 
 @click.command()
-@click.argument("results", nargs=-1, type=click.Path(exists=True, dir_okay=False,
-                                                     path_type=Path))
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="write the thresholds JSON here (load it with "
-                                 "ARFUSE_THRESHOLDS=PATH)")
-@click.option("--tolerance", type=float, default=0.02, show_default=True,
-              help="the dispatched strategy may be this much slower than the best, at most")
+@click.argument("results", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write the thresholds JSON here (load it with ARFUSE_THRESHOLDS=PATH)",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=0.02,
+    show_default=True,
+    help="the dispatched strategy may be this much slower than the best, at most",
+)
 def tune(results, out_file, tolerance):
     """Choose thresholds from `arfuse bench` JSON files; print the diff against the table in
     force; write the thresholds JSON the pass loads."""
     from arfuse import thresholds
-    from arfuse.bench.tune import load, to_table, tune as run_tune
+    from arfuse.bench.tune import load, to_table
+    from arfuse.bench.tune import tune as run_tune
 
     if not results:
-        raise click.UsageError("give one or more bench JSON files (`arfuse bench` writes them "
-                               "under bench/results/)")
+        raise click.UsageError(
+            "give one or more bench JSON files (`arfuse bench` writes them under bench/results/)"
+        )
     try:
         loaded, skipped = load(results)
         choices = run_tune([data for _, data in loaded], tolerance)
     except ValueError as e:
-        raise click.UsageError(str(e))
+        raise click.UsageError(str(e)) from e
     for note in skipped:
         click.echo(note, err=True)
     source = "tuned by arfuse tune from " + ", ".join(p.name for p, _ in loaded)
@@ -283,13 +416,18 @@ def tune(results, out_file, tolerance):
         old = current.get(c.arch, {}).get(str(c.world_size))
         if old and c.hidden is not None:
             old = old.get("hidden", {}).get(str(c.hidden), old)
-        was = (f"{old['oneshot_max_mb']:g} / {old['fused_max_mb']:g} MB" if old else "no entry")
-        flag = "" if c.within_tolerance else f"  (!) no thresholds keep every size within " \
-                                              f"{tolerance:.0%}"
+        was = f"{old['oneshot_max_mb']:g} / {old['fused_max_mb']:g} MB" if old else "no entry"
+        flag = (
+            ""
+            if c.within_tolerance
+            else f"  (!) no thresholds keep every size within {tolerance:.0%}"
+        )
         scope = "all hidden" if c.hidden is None else f"hidden {c.hidden}"
-        click.echo(f"{c.arch} TP{c.world_size} {scope}: one-shot max / fused max  {was}  ->  "
-                   f"{c.oneshot_max_mb:g} / {c.fused_max_mb:g} MB   worst {c.worst_ratio:.3f}x "
-                   f"of best at {c.worst_at} over {c.sizes} sizes{flag}")
+        click.echo(
+            f"{c.arch} TP{c.world_size} {scope}: one-shot max / fused max  {was}  ->  "
+            f"{c.oneshot_max_mb:g} / {c.fused_max_mb:g} MB   worst {c.worst_ratio:.3f}x "
+            f"of best at {c.worst_at} over {c.sizes} sizes{flag}"
+        )
     if out_file:
         out_file.write_text(json.dumps(table, indent=2) + "\n")
         click.echo(f"wrote {out_file}; use it with ARFUSE_THRESHOLDS={out_file}")

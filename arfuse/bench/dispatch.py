@@ -54,7 +54,10 @@ def main() -> None:
     r = measure(splits, args.calls)
     print(f"torch.compile:  {r['torch.compile']:.1f} us per call")
     print(f"arfuse.compile: {r['arfuse.compile']:.1f} us per call ({len(splits) + 1} ranges)")
-    print(f"dispatch overhead: {r['overhead']:.1f} us per call (fastest of 7 rounds x {args.calls} calls)")
+    print(
+        f"dispatch overhead: {r['overhead']:.1f} us per call "
+        f"(fastest of 7 rounds x {args.calls} calls)"
+    )
 
 
 if __name__ == "__main__":

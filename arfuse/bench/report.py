@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from arfuse.bench.strategies import ALL, FUSED, UNFUSED
 
@@ -54,25 +55,30 @@ def _fmt(v: float | None, unit: str = "") -> str:
 
 def markdown(result: dict) -> str:
     env = result["env"]
-    lines = [f"# arfuse bench: {env.get('card')} x{env['world_size']} (TP={env['world_size']})",
-             "",
-             f"- card: {env.get('card')} (compute capability {env.get('capability', 'n/a')}), "
-             f"world size {env['world_size']}",
-             f"- torch {env['torch']}, CUDA {env.get('cuda', 'n/a')}, FlashInfer "
-             f"{env.get('flashinfer', 'n/a')}, Python {env['python']}",
-             f"- date {env['date']}",
-             f"- command: `{env['command']}`",
-             "- method: us per call, median over CUDA-graph replays of 16 calls on rotating "
-             "buffers (slowest rank), after warm-up; `best unfused` = faster of unfused_eager "
-             "and unfused_compiled at that size; speedups divide the best unfused time by the "
-             "fused (or arfuse) time; `pick/best` = fastest measured strategy / arfuse's pick "
-             "(1.00x = arfuse picked the best).", ""]
+    lines = [
+        f"# arfuse bench: {env.get('card')} x{env['world_size']} (TP={env['world_size']})",
+        "",
+        f"- card: {env.get('card')} (compute capability {env.get('capability', 'n/a')}), "
+        f"world size {env['world_size']}",
+        f"- torch {env['torch']}, CUDA {env.get('cuda', 'n/a')}, FlashInfer "
+        f"{env.get('flashinfer', 'n/a')}, Python {env['python']}",
+        f"- date {env['date']}",
+        f"- command: `{env['command']}`",
+        "- method: us per call, median over CUDA-graph replays of 16 calls on rotating "
+        "buffers (slowest rank), after warm-up; `best unfused` = faster of unfused_eager "
+        "and unfused_compiled at that size; speedups divide the best unfused time by the "
+        "fused (or arfuse) time; `pick/best` = fastest measured strategy / arfuse's pick "
+        "(1.00x = arfuse picked the best).",
+        "",
+    ]
     for (hidden, dtype, residual, quant), rows in group_rows(result["rows"]).items():
-        lines += [f"## hidden {hidden}, {dtype}, residual {'on' if residual else 'off'}, "
-                  f"quant {quant}", "",
-                  "| tokens | MB | " + " | ".join(ALL) + " | arfuse ran | best unfused | "
-                  "best fused speedup | arfuse speedup | pick/best |",
-                  "|" + "---|" * (len(ALL) + 7)]
+        lines += [
+            f"## hidden {hidden}, {dtype}, residual {'on' if residual else 'off'}, quant {quant}",
+            "",
+            "| tokens | MB | " + " | ".join(ALL) + " | arfuse ran | best unfused | "
+            "best fused speedup | arfuse speedup | pick/best |",
+            "|" + "---|" * (len(ALL) + 7),
+        ]
         for r in rows:
             d = derived(r)
             lines.append(
@@ -80,7 +86,8 @@ def markdown(result: dict) -> str:
                 + " | ".join(_fmt(r["times_us"].get(n)) for n in ALL)
                 + f" | {r.get('picked') or 'n/a'} | {d['best_unfused'] or 'n/a'} | "
                 f"{_fmt(d.get('fused_speedup'), 'x')} | {_fmt(d.get('arfuse_speedup'), 'x')} | "
-                f"{_fmt(d.get('arfuse_vs_best'), 'x')} |")
+                f"{_fmt(d.get('arfuse_vs_best'), 'x')} |"
+            )
         notes = sorted({f"{n}: {msg}" for r in rows for n, msg in r.get("notes", {}).items()})
         if notes:
             lines += ["", "Not measured: " + "; ".join(notes[:6])]
@@ -94,16 +101,23 @@ def print_table(result: dict) -> None:
 
     console = Console()
     for (hidden, dtype, residual, quant), rows in group_rows(result["rows"]).items():
-        table = Table(title=f"us per call - hidden {hidden}, {dtype}, residual "
-                            f"{'on' if residual else 'off'}, quant {quant} "
-                            f"({result['env'].get('card')}, TP={result['env']['world_size']})")
+        table = Table(
+            title=f"us per call - hidden {hidden}, {dtype}, residual "
+            f"{'on' if residual else 'off'}, quant {quant} "
+            f"({result['env'].get('card')}, TP={result['env']['world_size']})"
+        )
         for col in ("tokens", "MB", *ALL, "ran", "fused/unfused", "pick/best"):
             table.add_column(col, justify="right")
         for r in rows:
             d = derived(r)
-            table.add_row(str(r["tokens"]), f"{r['mb']:.3g}",
-                          *(_fmt(r["times_us"].get(n)) for n in ALL), r.get("picked") or "",
-                          _fmt(d.get("fused_speedup"), "x"), _fmt(d.get("arfuse_vs_best"), "x"))
+            table.add_row(
+                str(r["tokens"]),
+                f"{r['mb']:.3g}",
+                *(_fmt(r["times_us"].get(n)) for n in ALL),
+                r.get("picked") or "",
+                _fmt(d.get("fused_speedup"), "x"),
+                _fmt(d.get("arfuse_vs_best"), "x"),
+            )
         console.print(table)
 
 
@@ -119,12 +133,13 @@ def plot(result: dict, path: Path, thresholds_mb: dict | None = None) -> Path | 
         return None
     groups = group_rows(result["rows"])
     fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.8), squeeze=False)
-    for ax, ((hidden, dtype, residual, quant), rows) in zip(axes[0], groups.items()):
+    for ax, ((hidden, dtype, residual, quant), rows) in zip(axes[0], groups.items(), strict=True):
         for name in ALL:
-            pts = [(r["mb"], r["times_us"][name]) for r in rows
-                   if r["times_us"].get(name) is not None]
+            pts = [
+                (r["mb"], r["times_us"][name]) for r in rows if r["times_us"].get(name) is not None
+            ]
             if pts:
-                ax.plot(*zip(*pts), marker="o", markersize=3, label=name)
+                ax.plot(*zip(*pts, strict=True), marker="o", markersize=3, label=name)
         at: dict[float, list[str]] = {}
         for label, mb in (thresholds_mb or {}).get(hidden, {}).items():
             at.setdefault(mb, []).append(label)
@@ -132,19 +147,28 @@ def plot(result: dict, path: Path, thresholds_mb: dict | None = None) -> Path | 
             label = " = ".join(labels)
             if mb and mb > 0:
                 ax.axvline(mb, linestyle="--", color="grey", linewidth=1)
-                ax.text(mb, ax.get_ylim()[1] if ax.lines else 1, f" {label}", rotation=90,
-                        va="top", fontsize=7, color="grey")
+                ax.text(
+                    mb,
+                    ax.get_ylim()[1] if ax.lines else 1,
+                    f" {label}",
+                    rotation=90,
+                    va="top",
+                    fontsize=7,
+                    color="grey",
+                )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("activation per rank (MB)")
         ax.set_ylabel("us per call (median, slowest rank)")
-        ax.set_title(f"hidden {hidden}, {dtype}, residual {'on' if residual else 'off'}, "
-                     f"{quant}", fontsize=9)
+        ax.set_title(
+            f"hidden {hidden}, {dtype}, residual {'on' if residual else 'off'}, {quant}", fontsize=9
+        )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     env = result["env"]
-    fig.suptitle(f"allreduce + add + RMSNorm: {env.get('card')}, TP={env['world_size']}",
-                 fontsize=10)
+    fig.suptitle(
+        f"allreduce + add + RMSNorm: {env.get('card')}, TP={env['world_size']}", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

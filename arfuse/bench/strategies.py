@@ -15,8 +15,8 @@ not apply here (CPU, FlashInfer missing, two-shot at tokens <= world size).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -45,22 +45,32 @@ class Buffers:
         return len(self.xs)
 
     def refill(self) -> None:
-        for x, x0 in zip(self.xs, self.xs0):
+        for x, x0 in zip(self.xs, self.xs0, strict=True):
             x.copy_(x0)
 
 
-def make_buffers(tokens: int, hidden: int, dtype: torch.dtype, device: torch.device,
-                 residual: bool, fp8: bool, l2_bytes: int = 50 * 2**20) -> Buffers:
+def make_buffers(
+    tokens: int,
+    hidden: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    residual: bool,
+    fp8: bool,
+    l2_bytes: int = 50 * 2**20,
+) -> Buffers:
     set_bytes = 4 * tokens * hidden * torch.empty((), dtype=dtype).element_size()
     count = 2
     while count < 16 and count * set_bytes < 2 * l2_bytes:  # rotate past the L2 cache
         count *= 2
     gen = torch.Generator(device=device).manual_seed(1234 + dist.get_rank())
     shared = torch.Generator(device=device).manual_seed(99)
-    xs0 = [torch.randn(tokens, hidden, generator=gen, device=device).to(dtype)
-           for _ in range(count)]
-    residuals = [torch.randn(tokens, hidden, generator=shared, device=device).to(dtype)
-                 if residual else None for _ in range(count)]
+    xs0 = [
+        torch.randn(tokens, hidden, generator=gen, device=device).to(dtype) for _ in range(count)
+    ]
+    residuals = [
+        torch.randn(tokens, hidden, generator=shared, device=device).to(dtype) if residual else None
+        for _ in range(count)
+    ]
     weight = (1 + 0.1 * torch.randn(hidden, generator=shared, device=device)).to(dtype)
     scale = torch.tensor(0.05, device=device) if fp8 else None
     return Buffers([x.clone() for x in xs0], xs0, residuals, weight, scale)
@@ -93,8 +103,10 @@ def strategy_context(name: str, big_table: dict | None) -> Iterator[None]:
     from arfuse import thresholds
     from arfuse.kernels import flashinfer
 
-    with thresholds.override(big_table or {}), \
-            flashinfer.forced_strategy(name.removeprefix("fused_")):
+    with (
+        thresholds.override(big_table or {}),
+        flashinfer.forced_strategy(name.removeprefix("fused_")),
+    ):
         yield
 
 
@@ -102,9 +114,11 @@ def build(name: str, buffers: Buffers, group: dist.ProcessGroup) -> Callable[[in
     b = buffers
     tokens = b.xs[0].shape[0]
     if name == "unfused_eager":
+
         def step(i):
             dist.all_reduce(b.xs[i], group=group)
             _epilogue(b.xs[i], b.residuals[i], b.weight, b.scale)
+
         return step
     if name == "unfused_compiled":
         epilogue = _compiled()
@@ -112,6 +126,7 @@ def build(name: str, buffers: Buffers, group: dist.ProcessGroup) -> Callable[[in
         def step(i):
             dist.all_reduce(b.xs[i], group=group)
             epilogue(b.xs[i], b.residuals[i], b.weight, b.scale)
+
         return step
     if name in FUSED:
         if not b.xs[0].is_cuda:
@@ -124,13 +139,18 @@ def build(name: str, buffers: Buffers, group: dist.ProcessGroup) -> Callable[[in
             return "two-shot needs tokens > world size"
     group_name = group.group_name
     if b.scale is None:
+
         def step(i):
-            torch.ops.arfuse.fused_allreduce_rmsnorm(b.xs[i], b.residuals[i], b.weight, EPS, 0.0,
-                                                     group_name)
+            torch.ops.arfuse.fused_allreduce_rmsnorm(
+                b.xs[i], b.residuals[i], b.weight, EPS, 0.0, group_name
+            )
     else:
+
         def step(i):
-            torch.ops.arfuse.fused_allreduce_rmsnorm_fp8(b.xs[i], b.residuals[i], b.weight,
-                                                         b.scale, EPS, 0.0, group_name)
+            torch.ops.arfuse.fused_allreduce_rmsnorm_fp8(
+                b.xs[i], b.residuals[i], b.weight, b.scale, EPS, 0.0, group_name
+            )
+
     return step
 
 

@@ -28,18 +28,20 @@ class Case:
 
     @property
     def label(self) -> str:
-        return (f"hidden {self.hidden}, {self.dtype}, residual {'on' if self.residual else 'off'}"
-                f", quant {self.quant}")
+        return (
+            f"hidden {self.hidden}, {self.dtype}, residual {'on' if self.residual else 'off'}"
+            f", quant {self.quant}"
+        )
 
 
 @dataclass
 class Row:
     case: Case
     tokens: int
-    mb: float                      # per-rank activation entering the allreduce, MiB
+    mb: float  # per-rank activation entering the allreduce, MiB
     times_us: dict[str, float | None] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
-    picked: str = ""               # what arfuse's dispatch ran
+    picked: str = ""  # what arfuse's dispatch ran
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -54,18 +56,29 @@ def token_counts(case: Case, tokens: tuple[int, ...], world_size: int, device) -
         from arfuse import thresholds
 
         cap = torch.cuda.get_device_capability(device)
-        counts |= {t for t in thresholds.threshold_token_counts(
-            cap, world_size, DTYPES[case.dtype], case.hidden) if 1 <= t <= max(tokens)}
+        counts |= {
+            t
+            for t in thresholds.threshold_token_counts(
+                cap, world_size, DTYPES[case.dtype], case.hidden
+            )
+            if 1 <= t <= max(tokens)
+        }
     return sorted(counts)
 
 
 def environment(device: torch.device, world_size: int, command: str) -> dict[str, Any]:
-    env = {"world_size": world_size, "torch": torch.__version__, "python": sys.version.split()[0],
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "command": command, "host": platform.node(), "device": str(device)}
+    env = {
+        "world_size": world_size,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "host": platform.node(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         env["card"] = torch.cuda.get_device_name(device)
-        env["capability"] = "%d.%d" % torch.cuda.get_device_capability(device)
+        env["capability"] = "{}.{}".format(*torch.cuda.get_device_capability(device))
         env["cuda"] = torch.version.cuda
         from importlib import metadata
 
@@ -84,18 +97,34 @@ def big_table(device: torch.device, world_size: int, mb: float) -> dict:
     from arfuse import thresholds
 
     arch = thresholds.arch_of(torch.cuda.get_device_capability(device))
-    return {arch: {world_size: {"oneshot_max_mb": mb, "fused_max_mb": mb,
-                                "source": "arfuse bench: forced kernel runs"}}}
+    return {
+        arch: {
+            world_size: {
+                "oneshot_max_mb": mb,
+                "fused_max_mb": mb,
+                "source": "arfuse bench: forced kernel runs",
+            }
+        }
+    }
 
 
-def run_sweep(cases: list[Case], tokens: tuple[int, ...], strategies: tuple[str, ...],
-              command: str, n_inner: int = 16, reps: int = 30) -> dict[str, Any]:
+def run_sweep(
+    cases: list[Case],
+    tokens: tuple[int, ...],
+    strategies: tuple[str, ...],
+    command: str,
+    n_inner: int = 16,
+    reps: int = 30,
+) -> dict[str, Any]:
     """Runs on every rank of the default group; returns {"env", "rows"} (slowest rank)."""
     group = dist.group.WORLD
     world = dist.get_world_size()
     rank = dist.get_rank()
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
-        and dist.get_backend() == "nccl" else torch.device("cpu")
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available() and dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
     on_gpu = device.type == "cuda"
     plan = [(case, token_counts(case, tokens, world, device)) for case in cases]
     total = sum(len(counts) for _, counts in plan) * len(strategies)
@@ -126,10 +155,12 @@ def run_sweep(cases: list[Case], tokens: tuple[int, ...], strategies: tuple[str,
     return {"env": environment(device, world, command), "rows": [r.to_json() for r in rows]}
 
 
-def _measure(row: Row, name: str, case: Case, dtype, device, group, on_gpu: bool,
-             n_inner: int, reps: int) -> None:
-    buffers = st.make_buffers(row.tokens, case.hidden, dtype, device, case.residual,
-                              case.quant == "fp8")
+def _measure(
+    row: Row, name: str, case: Case, dtype, device, group, on_gpu: bool, n_inner: int, reps: int
+) -> None:
+    buffers = st.make_buffers(
+        row.tokens, case.hidden, dtype, device, case.residual, case.quant == "fp8"
+    )
     step = st.build(name, buffers, group)
     # every rank must agree to skip, or the collectives below would hang
     skip = torch.tensor([isinstance(step, str)], dtype=torch.int32, device=device)
@@ -159,12 +190,22 @@ class _progress:
     """Rank 0's progress line (rich), so a long sweep shows where it is."""
 
     def __init__(self, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-            TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
-        self._p = Progress(TextColumn("[bold]bench[/]"), BarColumn(), MofNCompleteColumn(),
-                           TimeElapsedColumn(), TextColumn("{task.description}"),
-                           transient=False)
+        self._p = Progress(
+            TextColumn("[bold]bench[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            transient=False,
+        )
         self._p.start()
         self._task = self._p.add_task("", total=total)
 

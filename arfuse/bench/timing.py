@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -24,9 +24,15 @@ def slowest(value_us: float, group: dist.ProcessGroup, device: torch.device) -> 
     return float(t.item())
 
 
-def time_cuda_graph(step: Callable[[int], None], buffers: int, group: dist.ProcessGroup,
-                    n_inner: int = 16, reps: int = 30, warm_replays: int = 3,
-                    refill: Callable[[], None] | None = None) -> float:
+def time_cuda_graph(
+    step: Callable[[int], None],
+    buffers: int,
+    group: dist.ProcessGroup,
+    n_inner: int = 16,
+    reps: int = 30,
+    warm_replays: int = 3,
+    refill: Callable[[], None] | None = None,
+) -> float:
     """Median microseconds per `step(i)` call; `step(i)` uses buffer set i % buffers."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -57,12 +63,19 @@ def time_cuda_graph(step: Callable[[int], None], buffers: int, group: dist.Proce
         ends[r].record()
     torch.cuda.synchronize()
     del graph
-    return statistics.median(s.elapsed_time(e) * 1000.0 / n_inner for s, e in zip(starts, ends))
+    return statistics.median(
+        s.elapsed_time(e) * 1000.0 / n_inner for s, e in zip(starts, ends, strict=True)
+    )
 
 
-def time_eager(step: Callable[[int], None], buffers: int, group: dist.ProcessGroup,
-               n_inner: int = 4, reps: int = 5, refill: Callable[[], None] | None = None
-               ) -> float:
+def time_eager(
+    step: Callable[[int], None],
+    buffers: int,
+    group: dist.ProcessGroup,
+    n_inner: int = 4,
+    reps: int = 5,
+    refill: Callable[[], None] | None = None,
+) -> float:
     """CPU fallback: median microseconds per call of eager loops (smoke runs only)."""
     for i in range(buffers):
         step(i)

@@ -37,47 +37,66 @@ def load(paths: Iterable[Path | str]) -> tuple[list[tuple[Path, dict]], list[str
         except OSError as e:
             raise ValueError(f"{path}: cannot read it ({e.strerror})") from None
         except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); give the JSON file "
-                             "`arfuse bench` wrote") from None
+            raise ValueError(
+                f"{path}: not UTF-8 text (byte {e.start}); give the JSON file `arfuse bench` wrote"
+            ) from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column "
-                             f"{e.colno}); give the JSON file `arfuse bench` wrote") from None
+            raise ValueError(
+                f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column "
+                f"{e.colno}); give the JSON file `arfuse bench` wrote"
+            ) from None
         if _is_decoder(data):
-            skipped.append(f"skipped {path}: an `arfuse bench --decoder` result (decode-step "
-                           "times, no per-strategy times to tune from)")
+            skipped.append(
+                f"skipped {path}: an `arfuse bench --decoder` result (decode-step "
+                "times, no per-strategy times to tune from)"
+            )
             continue
         check(data, str(path))
         loaded.append((path, data))
     if not loaded:
-        raise ValueError("no `arfuse bench` strategy sweep among the files given (only "
-                         "`--decoder` results); run `arfuse bench` without --decoder first")
+        raise ValueError(
+            "no `arfuse bench` strategy sweep among the files given (only "
+            "`--decoder` results); run `arfuse bench` without --decoder first"
+        )
     return loaded, skipped
 
 
 def _is_decoder(data: Any) -> bool:
     rows = data.get("rows") if isinstance(data, dict) else None
-    return (isinstance(rows, list) and bool(rows)
-            and all(isinstance(r, dict) and "layers" in r and "times_us" not in r for r in rows))
+    return (
+        isinstance(rows, list)
+        and bool(rows)
+        and all(isinstance(r, dict) and "layers" in r and "times_us" not in r for r in rows)
+    )
 
 
 def check(result: Any, where: str) -> None:
     """ValueError naming `where` and the row when `result` is not a usable bench result."""
-    if not (isinstance(result, dict) and isinstance(result.get("env"), dict)
-            and isinstance(result.get("rows"), list)):
-        raise ValueError(f'{where}: not an `arfuse bench` JSON result (an object with "env" '
-                         'and "rows")')
+    if not (
+        isinstance(result, dict)
+        and isinstance(result.get("env"), dict)
+        and isinstance(result.get("rows"), list)
+    ):
+        raise ValueError(
+            f'{where}: not an `arfuse bench` JSON result (an object with "env" and "rows")'
+        )
     env = result["env"]
     if "capability" not in env:
-        raise ValueError(f"{where}: bench result has no GPU capability (a CPU smoke run?); tune "
-                         "needs GPU measurements")
+        raise ValueError(
+            f"{where}: bench result has no GPU capability (a CPU smoke run?); tune "
+            "needs GPU measurements"
+        )
     cap = env["capability"]
     parts = cap.split(".") if isinstance(cap, str) else []
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise ValueError(f'{where}: env.capability is {cap!r}; write it as "major.minor", '
-                         'e.g. "9.0"')
+        raise ValueError(
+            f'{where}: env.capability is {cap!r}; write it as "major.minor", e.g. "9.0"'
+        )
     if not _positive_int(env.get("world_size")):
-        raise ValueError(f"{where}: env.world_size is {env.get('world_size')!r}; it must be the "
-                         "number of ranks (an integer >= 1)")
+        raise ValueError(
+            f"{where}: env.world_size is {env.get('world_size')!r}; it must be the "
+            "number of ranks (an integer >= 1)"
+        )
     for i, row in enumerate(result["rows"]):
         problem = _row_problem(row)
         if problem:
@@ -89,8 +108,7 @@ def _positive_int(v: Any) -> bool:
 
 
 def _positive_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            and v > 0)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 def _row_problem(row: Any) -> str | None:
@@ -102,11 +120,14 @@ def _row_problem(row: Any) -> str | None:
     if not _positive_number(row.get("mb")):
         return f"mb is {row.get('mb')!r}; it must be the activation size in MB, a number > 0"
     if not isinstance(row.get("dtype"), str):
-        return f"dtype is {row.get('dtype')!r}; it must be a name such as \"bf16\""
+        return f'dtype is {row.get("dtype")!r}; it must be a name such as "bf16"'
     times = row.get("times_us")
     if not isinstance(times, dict):
-        return (f"times_us is {times!r}; it must map strategy names to times ({_TIMES})"
-                if "times_us" in row else f"has no times_us ({_TIMES})")
+        return (
+            f"times_us is {times!r}; it must map strategy names to times ({_TIMES})"
+            if "times_us" in row
+            else f"has no times_us ({_TIMES})"
+        )
     for name, t in times.items():
         if t is not None and not _positive_number(t):
             return f"times_us[{name!r}] is {t!r}; {_TIMES}"
@@ -117,11 +138,11 @@ def _row_problem(row: Any) -> str | None:
 class Choice:
     arch: str
     world_size: int
-    hidden: int | None        # None: the entry for every hidden size without its own
+    hidden: int | None  # None: the entry for every hidden size without its own
     oneshot_max_mb: float
     fused_max_mb: float
-    worst_ratio: float        # policy time / best measured time, worst over measured sizes
-    worst_at: str             # where the worst ratio occurs
+    worst_ratio: float  # policy time / best measured time, worst over measured sizes
+    worst_at: str  # where the worst ratio occurs
     within_tolerance: bool
     sizes: int
 
@@ -143,8 +164,9 @@ def _best(row: dict) -> float:
     return min(vals) if vals else math.inf
 
 
-def choose(rows: list[dict], arch: str, world: int, tolerance: float = 0.02,
-           hidden: int | None = None) -> Choice:
+def choose(
+    rows: list[dict], arch: str, world: int, tolerance: float = 0.02, hidden: int | None = None
+) -> Choice:
     """Search every (oneshot_max, fused_max) pair over the measured sizes."""
     rows = [r for r in rows if _best(r) < math.inf]
     if not rows:
@@ -152,8 +174,7 @@ def choose(rows: list[dict], arch: str, world: int, tolerance: float = 0.02,
     sizes = sorted({0.0} | {r["mb"] for r in rows})
     best_key, best = None, None
     for one, fused in itertools.combinations_with_replacement(sizes, 2):
-        ratios = [(_policy_time(r, world, one * SLACK, fused * SLACK) / _best(r), r)
-                  for r in rows]
+        ratios = [(_policy_time(r, world, one * SLACK, fused * SLACK) / _best(r), r) for r in rows]
         worst, at = max(ratios, key=lambda x: x[0])
         if math.isinf(worst):
             continue
@@ -163,13 +184,22 @@ def choose(rows: list[dict], arch: str, world: int, tolerance: float = 0.02,
         key = (violates, worst if violates else total, total, -fused)
         if best_key is None or key < best_key:
             best_key = key
-            best = Choice(arch, world, hidden, round(one * SLACK, 9) if one else 0.0,
-                          round(fused * SLACK, 9) if fused else 0.0, worst,
-                          f"{at['tokens']} tokens, hidden {at['hidden']}, {at['dtype']}",
-                          worst <= 1 + tolerance, len(rows))
+            best = Choice(
+                arch,
+                world,
+                hidden,
+                round(one * SLACK, 9) if one else 0.0,
+                round(fused * SLACK, 9) if fused else 0.0,
+                worst,
+                f"{at['tokens']} tokens, hidden {at['hidden']}, {at['dtype']}",
+                worst <= 1 + tolerance,
+                len(rows),
+            )
     if best is None:
-        raise ValueError(f"{arch} TP{world}: no threshold pair gives a finite time at every "
-                         "size (a strategy failed at every size?)")
+        raise ValueError(
+            f"{arch} TP{world}: no threshold pair gives a finite time at every "
+            "size (a strategy failed at every size?)"
+        )
     return best
 
 
@@ -180,8 +210,10 @@ def tune(results: list[dict], tolerance: float = 0.02) -> list[Choice]:
     from arfuse import thresholds
 
     if not (math.isfinite(tolerance) and tolerance >= 0):
-        raise ValueError(f"tolerance {tolerance!r}: give a fraction >= 0 (0.02 = 2% slower than "
-                         "the best at most)")
+        raise ValueError(
+            f"tolerance {tolerance!r}: give a fraction >= 0 (0.02 = 2% slower than "
+            "the best at most)"
+        )
     groups: dict[tuple[str, int], list[dict]] = {}
     for result in results:
         env = result["env"]
@@ -192,8 +224,9 @@ def tune(results: list[dict], tolerance: float = 0.02) -> list[Choice]:
     for (arch, world), rows in sorted(groups.items()):
         choices.append(choose(rows, arch, world, tolerance))
         for hidden in sorted({r["hidden"] for r in rows}):
-            choices.append(choose([r for r in rows if r["hidden"] == hidden], arch, world,
-                                  tolerance, hidden))
+            choices.append(
+                choose([r for r in rows if r["hidden"] == hidden], arch, world, tolerance, hidden)
+            )
     return choices
 
 
@@ -201,8 +234,11 @@ def to_table(choices: list[Choice], source: str) -> dict:
     """The override-file JSON (`ARFUSE_THRESHOLDS`) for the choices."""
     table: dict = {}
     for c in choices:
-        entry = {"oneshot_max_mb": c.oneshot_max_mb, "fused_max_mb": c.fused_max_mb,
-                 "source": f"{source}; worst {c.worst_ratio:.3f}x of best at {c.worst_at}"}
+        entry = {
+            "oneshot_max_mb": c.oneshot_max_mb,
+            "fused_max_mb": c.fused_max_mb,
+            "source": f"{source}; worst {c.worst_ratio:.3f}x of best at {c.worst_at}",
+        }
         per_world = table.setdefault(c.arch, {})
         if c.hidden is None:
             per_world[str(c.world_size)] = {**entry, **per_world.get(str(c.world_size), {})}

@@ -28,10 +28,18 @@ def _build(name: str):
     def make_inputs(n: int):
         return (torch.randint(0, vocab, (1, n)),)
 
-    return model, make_inputs, {"options": {
-        "post_grad_custom_post_pass": arfuse.AllReduceFusionPass()}}
+    return (
+        model,
+        make_inputs,
+        {"options": {"post_grad_custom_post_pass": arfuse.AllReduceFusionPass()}},
+    )
 
 
 def llama_tp() -> AuditTarget:
-    return AuditTarget(build=lambda: _build("llama"), world_size=2, token_dims={0: 1},
-                       sizes=[16, 255, 256, 2047], name="HF Llama (tiny), DTensor TP2")
+    return AuditTarget(
+        build=lambda: _build("llama"),
+        world_size=2,
+        token_dims={0: 1},
+        sizes=[16, 255, 256, 2047],
+        name="HF Llama (tiny), DTensor TP2",
+    )

@@ -57,8 +57,14 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, hidden_size: int = 64, intermediate_size: int = 128, num_heads: int = 4,
-                 eps: float = 1e-6, dtype=torch.float32) -> None:
+    def __init__(
+        self,
+        hidden_size: int = 64,
+        intermediate_size: int = 128,
+        num_heads: int = 4,
+        eps: float = 1e-6,
+        dtype=torch.float32,
+    ) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(hidden_size, num_heads, dtype)
         self.mlp = LlamaMLP(hidden_size, intermediate_size, dtype)
@@ -81,8 +87,9 @@ class LlamaStack(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(LlamaDecoderLayer(**layer_kwargs) for _ in range(num_layers))
         hidden = layer_kwargs.get("hidden_size", 64)
-        self.norm = LlamaRMSNorm(hidden, layer_kwargs.get("eps", 1e-6),
-                                 layer_kwargs.get("dtype", torch.float32))
+        self.norm = LlamaRMSNorm(
+            hidden, layer_kwargs.get("eps", 1e-6), layer_kwargs.get("dtype", torch.float32)
+        )
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -95,8 +102,12 @@ def tp_plan(prefix: str = "") -> dict:
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
     plan = {f"self_attn.{p}": ColwiseParallel() for p in ("q_proj", "k_proj", "v_proj")}
-    plan |= {"mlp.gate_proj": ColwiseParallel(), "mlp.up_proj": ColwiseParallel(),
-             "self_attn.o_proj": RowwiseParallel(), "mlp.down_proj": RowwiseParallel()}
+    plan |= {
+        "mlp.gate_proj": ColwiseParallel(),
+        "mlp.up_proj": ColwiseParallel(),
+        "self_attn.o_proj": RowwiseParallel(),
+        "mlp.down_proj": RowwiseParallel(),
+    }
     return {prefix + k: v for k, v in plan.items()}
 
 

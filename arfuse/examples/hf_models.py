@@ -22,23 +22,59 @@ MODELS = ("llama", "qwen3", "gemma3", "mistral")
 
 # name -> (config class, model class, real shapes: "8b"-class checkpoints' dimensions)
 _KINDS = {
-    "llama": ("LlamaConfig", "LlamaModel",
-              {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
-               "num_key_value_heads": 8}),
-    "qwen3": ("Qwen3Config", "Qwen3Model",
-              {"hidden_size": 4096, "intermediate_size": 12288, "num_attention_heads": 32,
-               "num_key_value_heads": 8, "head_dim": 128}),
-    "gemma3": ("Gemma3TextConfig", "Gemma3TextModel",
-               {"hidden_size": 3840, "intermediate_size": 15360, "num_attention_heads": 16,
-                "num_key_value_heads": 8, "head_dim": 256}),
-    "mistral": ("MistralConfig", "MistralModel",
-                {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
-                 "num_key_value_heads": 8}),
+    "llama": (
+        "LlamaConfig",
+        "LlamaModel",
+        {
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+        },
+    ),
+    "qwen3": (
+        "Qwen3Config",
+        "Qwen3Model",
+        {
+            "hidden_size": 4096,
+            "intermediate_size": 12288,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+        },
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3TextModel",
+        {
+            "hidden_size": 3840,
+            "intermediate_size": 15360,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 256,
+        },
+    ),
+    "mistral": (
+        "MistralConfig",
+        "MistralModel",
+        {
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+        },
+    ),
 }
 
 #: A tiny configuration of every model: seconds to compile on CPU.
-TINY = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 128}
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 128,
+}
 
 
 def config(name: str, size: str = "tiny", num_layers: int = 2, **overrides: Any):
@@ -72,8 +108,15 @@ def tp_plan(cfg) -> dict[str, Any]:
     return {k: styles[v]() for k, v in (cfg.base_model_tp_plan or {}).items() if v in styles}
 
 
-def build(name: str, mesh, size: str = "tiny", num_layers: int = 2,
-          dtype: torch.dtype = torch.float32, seed: int = 0, **overrides: Any) -> torch.nn.Module:
+def build(
+    name: str,
+    mesh,
+    size: str = "tiny",
+    num_layers: int = 2,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    **overrides: Any,
+) -> torch.nn.Module:
     """The base model `name` with random weights (same on every rank), sharded over the 1-D
     `mesh` with its TP plan, in eval mode."""
     import transformers

@@ -11,7 +11,7 @@ Works at any world size (gloo on CPU, NCCL on GPU); the process group must be in
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist

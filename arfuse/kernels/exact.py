@@ -14,8 +14,9 @@ from arfuse.optable import FP8_DTYPE, FP8_MAX
 FP8 = getattr(torch, FP8_DTYPE)
 
 
-def rms_norm_f32(x: torch.Tensor, weight: torch.Tensor, eps: float,
-                 weight_bias: float) -> torch.Tensor:
+def rms_norm_f32(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, weight_bias: float
+) -> torch.Tensor:
     xf = x.to(torch.float32)
     normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return normed * (weight.to(torch.float32) + weight_bias)
@@ -32,9 +33,14 @@ def quant_fp8_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (x.to(torch.float32) / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
 
-def epilogue(reduced: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
-             scale: torch.Tensor | None, eps: float, weight_bias: float
-             ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+def epilogue(
+    reduced: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    scale: torch.Tensor | None,
+    eps: float,
+    weight_bias: float,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """What follows the allreduce: (quant_out or None, norm_out, residual_out)."""
     if residual is None:
         residual_out = reduced
@@ -46,8 +52,14 @@ def epilogue(reduced: torch.Tensor, residual: torch.Tensor | None, weight: torch
     return quant_fp8_static(norm_out, scale), norm_out, residual_out
 
 
-def fused(input: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
-          scale: torch.Tensor | None, eps: float, weight_bias: float,
-          group: dist.ProcessGroup) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+def fused(
+    input: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    scale: torch.Tensor | None,
+    eps: float,
+    weight_bias: float,
+    group: dist.ProcessGroup,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Returns (quant_out or None, norm_out, residual_out)."""
     return epilogue(all_reduce(input, group), residual, weight, scale, eps, weight_bias)

@@ -35,8 +35,9 @@ import os
 import types
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -64,8 +65,9 @@ fallback_reasons: dict[str, str] = {}
 def _check_strategy(name: str | None) -> str:
     name = (name or "auto").strip().lower()
     if name not in STRATEGIES:
-        raise ValueError(f"{STRATEGY_ENV}/force_strategy: unknown strategy {name!r}; "
-                         f"choose one of {STRATEGIES}")
+        raise ValueError(
+            f"{STRATEGY_ENV}/force_strategy: unknown strategy {name!r}; choose one of {STRATEGIES}"
+        )
     return name
 
 
@@ -111,8 +113,8 @@ def _fallback(key: str, message: str, level: int = logging.INFO) -> None:
 
 # ---- FlashInfer, imported lazily ------------------------------------------------------------
 
-_comm: Any = None        # flashinfer.comm, once imported
-_module: Any = None      # the loaded trtllm_comm kernel module
+_comm: Any = None  # flashinfer.comm, once imported
+_module: Any = None  # the loaded trtllm_comm kernel module
 _import_error: str | None = None
 
 
@@ -135,14 +137,19 @@ def _flashinfer() -> tuple[Any, Any] | None:
             module = get_trtllm_comm_module()
     except Exception as e:  # noqa: BLE001 - ImportError, JIT/load failures: all mean "not here"
         _import_error = f"{type(e).__name__}: {e}"
-        _fallback("flashinfer-missing", f"FlashInfer's allreduce-fusion kernel is unavailable "
-                  f"({_import_error[:300]}); install flashinfer-python>=0.6.3", logging.WARNING)
+        _fallback(
+            "flashinfer-missing",
+            f"FlashInfer's allreduce-fusion kernel is unavailable "
+            f"({_import_error[:300]}); install flashinfer-python>=0.6.3",
+            logging.WARNING,
+        )
         return None
     _comm, _module = comm, module
     return _comm, _module
 
 
 # ---- workspaces ----------------------------------------------------------------------------
+
 
 @dataclass
 class Workspace:
@@ -156,8 +163,8 @@ class Workspace:
     dtype: torch.dtype
     max_tokens: int
     ipc_handles: list
-    ptrs: torch.Tensor                # int64 device tensor the kernel reads
-    zeros: torch.Tensor               # [max_tokens, hidden] residual_in for no-residual chains
+    ptrs: torch.Tensor  # int64 device tensor the kernel reads
+    zeros: torch.Tensor  # [max_tokens, hidden] residual_in for no-residual chains
     released: bool = False
 
     @property
@@ -172,24 +179,27 @@ def _dtype_code(dtype: torch.dtype) -> int:
     return {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}.get(dtype, 0)
 
 
-def _check_ranks_agree(group: dist.ProcessGroup, device: torch.device, hidden: int,
-                       dtype: torch.dtype, max_tokens: int) -> None:
+def _check_ranks_agree(
+    group: dist.ProcessGroup, device: torch.device, hidden: int, dtype: torch.dtype, max_tokens: int
+) -> None:
     """Every rank must ask for the same workspace; a mismatch is a clear error, not a hang."""
     world = dist.get_world_size(group)
-    mine = torch.tensor([hidden, _dtype_code(dtype), max_tokens], dtype=torch.int64,
-                        device=device)
+    mine = torch.tensor([hidden, _dtype_code(dtype), max_tokens], dtype=torch.int64, device=device)
     every = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(every, mine, group=group)
     rows = [t.tolist() for t in every]
     if any(row != rows[0] for row in rows):
-        raise ValueError("arfuse: ranks disagree on the fused allreduce workspace "
-                         f"[hidden, dtype code, max tokens] per rank = {rows}; every rank of "
-                         "the TP group must run the same model shapes and thresholds "
-                         "(same ARFUSE_THRESHOLDS file on every rank)")
+        raise ValueError(
+            "arfuse: ranks disagree on the fused allreduce workspace "
+            f"[hidden, dtype code, max tokens] per rank = {rows}; every rank of "
+            "the TP group must run the same model shapes and thresholds "
+            "(same ARFUSE_THRESHOLDS file on every rank)"
+        )
 
 
-def create_workspace(group: dist.ProcessGroup, hidden: int, dtype: torch.dtype,
-                     max_tokens: int) -> Workspace:
+def create_workspace(
+    group: dist.ProcessGroup, hidden: int, dtype: torch.dtype, max_tokens: int
+) -> Workspace:
     """Create (collectively, on every rank of `group`) or return the workspace for this key."""
     key = (group.group_name, hidden, dtype, max_tokens)
     ws = _workspaces.get(key)
@@ -200,24 +210,40 @@ def create_workspace(group: dist.ProcessGroup, hidden: int, dtype: torch.dtype,
         raise RuntimeError(f"FlashInfer is unavailable: {_import_error}")
     comm, _ = fi
     if torch.cuda.is_current_stream_capturing():
-        raise RuntimeError("arfuse: cannot create a FlashInfer workspace during CUDA-graph "
-                           "capture; run the model once eagerly first (or call "
-                           "arfuse.kernels.flashinfer.prepare) before capturing")
+        raise RuntimeError(
+            "arfuse: cannot create a FlashInfer workspace during CUDA-graph "
+            "capture; run the model once eagerly first (or call "
+            "arfuse.kernels.flashinfer.prepare) before capturing"
+        )
     device = torch.device("cuda", torch.cuda.current_device())
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     _check_ranks_agree(group, device, hidden, dtype, max_tokens)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as noise:
         warnings.simplefilter("ignore", DeprecationWarning)
         handles, ptrs, _meta = comm.trtllm_create_ipc_workspace_for_all_reduce_fusion(
-            rank, world, max_tokens, hidden, use_fp32_lamport=False, group=group,
-            create_metadata=True)
+            rank,
+            world,
+            max_tokens,
+            hidden,
+            use_fp32_lamport=False,
+            group=group,
+            create_metadata=True,
+        )
     log.debug("flashinfer workspace output: %s", noise.getvalue())
     zeros = torch.zeros(max_tokens, hidden, dtype=dtype, device=device)
-    ws = Workspace(group, group.group_name, rank, world, hidden, dtype, max_tokens, handles, ptrs,
-                   zeros)
+    ws = Workspace(
+        group, group.group_name, rank, world, hidden, dtype, max_tokens, handles, ptrs, zeros
+    )
     _workspaces[key] = ws
-    log.info("arfuse: FlashInfer workspace for group %s rank %d/%d hidden %d %s, up to %d "
-             "tokens", group.group_name, rank, world, hidden, dtype, max_tokens)
+    log.info(
+        "arfuse: FlashInfer workspace for group %s rank %d/%d hidden %d %s, up to %d tokens",
+        group.group_name,
+        rank,
+        world,
+        hidden,
+        dtype,
+        max_tokens,
+    )
     return ws
 
 
@@ -239,8 +265,7 @@ def release_workspaces(group: dist.ProcessGroup | None = None) -> int:
         flag_ptr = int(ws.ptrs[-1].item())  # the 5-int flag block the create call mallocs
         comm, _ = _flashinfer()
         with contextlib.redirect_stdout(io.StringIO()):
-            comm.trtllm_destroy_ipc_workspace_for_all_reduce_fusion(ws.ipc_handles,
-                                                                    group=ws.group)
+            comm.trtllm_destroy_ipc_workspace_for_all_reduce_fusion(ws.ipc_handles, group=ws.group)
         from flashinfer.comm.cuda_ipc import cudart
 
         cudart.cudaFree(ctypes.c_void_p(flag_ptr))
@@ -263,25 +288,31 @@ atexit.register(_release_at_exit)
 
 # ---- per-call planning ---------------------------------------------------------------------
 
+
 @dataclass
 class _Site:
     """What one (device, group, hidden, dtype) needs, resolved once (per thresholds change)."""
 
-    reason: tuple[str, str] | None    # (key, message) when the kernel never applies here
-    limits: Optional[th.Limits] = None
+    reason: tuple[str, str] | None  # (key, message) when the kernel never applies here
+    limits: th.Limits | None = None
     world_size: int = 0
     rank: int = 0
-    workspace: Optional[Workspace] = None
+    workspace: Workspace | None = None
     generation: int = -1
 
 
 _sites: dict[tuple, _Site] = {}
 
 
-def choose_strategy(tokens: int, world_size: int, oneshot_max_tokens: int,
-                    fused_max_tokens: int, workspace_tokens: int,
-                    forced: str = "auto", twoshot: bool | None = None
-                    ) -> tuple[str, tuple[str, str] | None]:
+def choose_strategy(
+    tokens: int,
+    world_size: int,
+    oneshot_max_tokens: int,
+    fused_max_tokens: int,
+    workspace_tokens: int,
+    forced: str = "auto",
+    twoshot: bool | None = None,
+) -> tuple[str, tuple[str, str] | None]:
     """Pure decision: ('oneshot'|'twoshot'|'unfused', None or (reason key, message)).
     `twoshot`: whether the thresholds' two-shot window may run two-shot (default:
     TWOSHOT_ENABLED); a forced 'twoshot' always may."""
@@ -290,19 +321,27 @@ def choose_strategy(tokens: int, world_size: int, oneshot_max_tokens: int,
     if forced == "unfused":
         return "unfused", ("forced", f"forced by {STRATEGY_ENV}/force_strategy")
     if forced == "auto" and tokens > fused_max_tokens:
-        return "unfused", ("threshold", f"{tokens} tokens exceed the fusion threshold "
-                           f"({fused_max_tokens} tokens for this hidden/dtype/world size; "
-                           "`arfuse thresholds`)")
+        return "unfused", (
+            "threshold",
+            f"{tokens} tokens exceed the fusion threshold "
+            f"({fused_max_tokens} tokens for this hidden/dtype/world size; "
+            "`arfuse thresholds`)",
+        )
     if tokens > workspace_tokens:
-        return "unfused", ("workspace", f"{tokens} tokens exceed the workspace "
-                           f"({workspace_tokens} tokens, sized from the thresholds)")
+        return "unfused", (
+            "workspace",
+            f"{tokens} tokens exceed the workspace "
+            f"({workspace_tokens} tokens, sized from the thresholds)",
+        )
     if forced == "oneshot" or (forced == "auto" and tokens <= oneshot_max_tokens):
         return "oneshot", None
     if tokens <= world_size:
         return "oneshot", None
     if forced == "auto" and not (TWOSHOT_ENABLED if twoshot is None else twoshot):
-        return "unfused", ("twoshot-off", f"{tokens} tokens fall in the two-shot window, and "
-                           f"two-shot is off ({TWOSHOT_ENV}=0)")
+        return "unfused", (
+            "twoshot-off",
+            f"{tokens} tokens fall in the two-shot window, and two-shot is off ({TWOSHOT_ENV}=0)",
+        )
     return "twoshot", None
 
 
@@ -313,16 +352,22 @@ def _site_reason(input: torch.Tensor, group: dist.ProcessGroup) -> tuple[str, st
     if hidden % HIDDEN_MULTIPLE:
         return ("hidden", f"hidden {hidden} is not a multiple of {HIDDEN_MULTIPLE}")
     if input.device.index != torch.cuda.current_device():
-        return ("device", f"input on {input.device} but the current device is "
-                f"cuda:{torch.cuda.current_device()}; call torch.cuda.set_device(local_rank)")
+        return (
+            "device",
+            f"input on {input.device} but the current device is "
+            f"cuda:{torch.cuda.current_device()}; call torch.cuda.set_device(local_rank)",
+        )
     world = dist.get_world_size(group)
     if world not in SUPPORTED_WORLD_SIZES:
         return ("world", f"world size {world}: the kernel supports {SUPPORTED_WORLD_SIZES}")
     cap = torch.cuda.get_device_capability(input.device)
     arch = th.arch_of(cap)
     if arch not in SUPPORTED_ARCHS:
-        return ("arch", f"compute capability {cap[0]}.{cap[1]} ({arch}): the kernel runs on "
-                "SM90 (Hopper) and SM100 (Blackwell)")
+        return (
+            "arch",
+            f"compute capability {cap[0]}.{cap[1]} ({arch}): the kernel runs on "
+            "SM90 (Hopper) and SM100 (Blackwell)",
+        )
     if _flashinfer() is None:
         return ("flashinfer-missing", f"FlashInfer unavailable: {_import_error}")
     return None
@@ -341,8 +386,11 @@ def _site(input: torch.Tensor, group: dist.ProcessGroup) -> _Site:
         world = dist.get_world_size(group)
         limits = th.lookup(cap, world, input.dtype, input.shape[-1])
         if limits is None or limits.fused_max_tokens < 1:
-            site.reason = ("no-entry", f"no fused range in the thresholds table for "
-                           f"{th.arch_of(cap)} TP{world} at hidden {input.shape[-1]}")
+            site.reason = (
+                "no-entry",
+                f"no fused range in the thresholds table for "
+                f"{th.arch_of(cap)} TP{world} at hidden {input.shape[-1]}",
+            )
         else:
             site.limits, site.world_size, site.rank = limits, world, dist.get_rank(group)
     _sites[key] = site
@@ -354,14 +402,16 @@ def _workspace_tokens(limits: th.Limits) -> int:
     return max(1, min(limits.fused_max_tokens, cap))
 
 
-def _ensure_workspace(site: _Site, group: dist.ProcessGroup, input: torch.Tensor
-                      ) -> Workspace | None:
+def _ensure_workspace(
+    site: _Site, group: dist.ProcessGroup, input: torch.Tensor
+) -> Workspace | None:
     if site.workspace is not None and not site.workspace.released:
         return site.workspace
     if torch.cuda.is_current_stream_capturing():
         return None
-    site.workspace = create_workspace(group, input.shape[-1], input.dtype,
-                                      _workspace_tokens(site.limits))
+    site.workspace = create_workspace(
+        group, input.shape[-1], input.dtype, _workspace_tokens(site.limits)
+    )
     return site.workspace
 
 
@@ -388,11 +438,14 @@ def _epilogue(has_residual: bool, has_scale: bool, dtype: torch.dtype):
     key = (has_residual, has_scale, dtype)
     fn = _epilogues.get(key)
     if fn is None:
-        tag = f"_epilogue_{'r' if has_residual else 'n'}{'q' if has_scale else ''}_" \
-              f"{str(dtype).split('.')[-1]}"
+        tag = (
+            f"_epilogue_{'r' if has_residual else 'n'}{'q' if has_scale else ''}_"
+            f"{str(dtype).split('.')[-1]}"
+        )
         code = exact.epilogue.__code__.replace(co_name=tag)
-        fn = torch.compile(types.FunctionType(code, exact.epilogue.__globals__, tag),
-                           dynamic=True, fullgraph=True)
+        fn = torch.compile(
+            types.FunctionType(code, exact.epilogue.__globals__, tag), dynamic=True, fullgraph=True
+        )
         _epilogues[key] = fn
     return fn
 
@@ -405,21 +458,35 @@ def unfused(input, residual, weight, scale, eps, weight_bias, group):
     if not _eager_epilogue:
         try:
             return _epilogue(residual is not None, scale is not None, input.dtype)(
-                reduced, residual, weight, scale, eps, weight_bias)
+                reduced, residual, weight, scale, eps, weight_bias
+            )
         except Exception as e:  # noqa: BLE001 - compile trouble must not fail the model
             _eager_epilogue = True
-            _fallback("epilogue-compile", f"compiling the add+RMSNorm epilogue failed "
-                      f"({type(e).__name__}: {str(e)[:200]}); running it eagerly",
-                      logging.WARNING)
+            _fallback(
+                "epilogue-compile",
+                f"compiling the add+RMSNorm epilogue failed "
+                f"({type(e).__name__}: {str(e)[:200]}); running it eagerly",
+                logging.WARNING,
+            )
     return exact.epilogue(reduced, residual, weight, scale, eps, weight_bias)
 
 
 # ---- the fused kernel ----------------------------------------------------------------------
 
-def launch(strategy: str, ws: Workspace, input: torch.Tensor, residual: torch.Tensor | None,
-           weight: torch.Tensor, scale: torch.Tensor | None, eps: float, weight_bias: float,
-           norm_out: torch.Tensor, residual_out: torch.Tensor,
-           quant_out: torch.Tensor | None = None) -> None:
+
+def launch(
+    strategy: str,
+    ws: Workspace,
+    input: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    scale: torch.Tensor | None,
+    eps: float,
+    weight_bias: float,
+    norm_out: torch.Tensor,
+    residual_out: torch.Tensor,
+    quant_out: torch.Tensor | None = None,
+) -> None:
     """One kernel launch into preallocated outputs (tests poison them first)."""
     _, module = _flashinfer()
     hidden = input.shape[-1]
@@ -435,12 +502,28 @@ def launch(strategy: str, ws: Workspace, input: torch.Tensor, residual: torch.Te
     if not gamma.is_contiguous():
         gamma = gamma.contiguous()
     module.trtllm_allreduce_fusion(
-        allreduce_in=input, world_size=ws.world_size, world_rank=ws.rank, token_num=tokens,
-        hidden_dim=hidden, workspace_ptrs=ws.ptrs, launch_with_pdl=LAUNCH_WITH_PDL,
-        use_oneshot=strategy == "oneshot", trigger_completion_at_end=True, fp32_acc=True,
-        pattern_code=pattern, allreduce_out=None, residual_in=residual,
-        residual_out=residual_out, norm_out=norm_out, quant_out=quant_out, scale_out=None,
-        rms_gamma=gamma, rms_eps=float(eps), scale_factor=scale, layout_code=None)
+        allreduce_in=input,
+        world_size=ws.world_size,
+        world_rank=ws.rank,
+        token_num=tokens,
+        hidden_dim=hidden,
+        workspace_ptrs=ws.ptrs,
+        launch_with_pdl=LAUNCH_WITH_PDL,
+        use_oneshot=strategy == "oneshot",
+        trigger_completion_at_end=True,
+        fp32_acc=True,
+        pattern_code=pattern,
+        allreduce_out=None,
+        residual_in=residual,
+        residual_out=residual_out,
+        norm_out=norm_out,
+        quant_out=quant_out,
+        scale_out=None,
+        rms_gamma=gamma,
+        rms_eps=float(eps),
+        scale_factor=scale,
+        layout_code=None,
+    )
 
 
 def _pattern(fp8: bool):
@@ -456,32 +539,63 @@ def backend(input, residual, weight, scale, eps, weight_bias, group):
         return None
     site = _site(input, group)
     if site.reason is not None:
-        _fallback(*site.reason, logging.WARNING if site.reason[0] in
-                  ("flashinfer-missing", "arch", "device") else logging.INFO)
+        _fallback(
+            *site.reason,
+            logging.WARNING
+            if site.reason[0] in ("flashinfer-missing", "arch", "device")
+            else logging.INFO,
+        )
         return unfused(input, residual, weight, scale, eps, weight_bias, group)
     ws = _ensure_workspace(site, group, input)
     if ws is None:
-        _fallback("capture", "the first call for this group/hidden/dtype came during CUDA-graph "
-                  "capture, where no workspace can be created; run once eagerly before "
-                  "capturing (or call arfuse.kernels.flashinfer.prepare)", logging.WARNING)
+        _fallback(
+            "capture",
+            "the first call for this group/hidden/dtype came during CUDA-graph "
+            "capture, where no workspace can be created; run once eagerly before "
+            "capturing (or call arfuse.kernels.flashinfer.prepare)",
+            logging.WARNING,
+        )
         return unfused(input, residual, weight, scale, eps, weight_bias, group)
     lim = site.limits
     tokens = input.numel() // input.shape[-1]
-    strategy, why = choose_strategy(tokens, site.world_size, lim.oneshot_max_tokens,
-                                    lim.fused_max_tokens, ws.max_tokens, _forced)
+    strategy, why = choose_strategy(
+        tokens,
+        site.world_size,
+        lim.oneshot_max_tokens,
+        lim.fused_max_tokens,
+        ws.max_tokens,
+        _forced,
+    )
     if strategy == "unfused":
         _fallback(*why)
         return unfused(input, residual, weight, scale, eps, weight_bias, group)
-    misaligned = [name for name, t in (("input", input), ("residual", residual),
-                                       ("weight", weight)) if t is not None and t.data_ptr() % 16]
+    misaligned = [
+        name
+        for name, t in (("input", input), ("residual", residual), ("weight", weight))
+        if t is not None and t.data_ptr() % 16
+    ]
     if misaligned:  # the kernel moves 16-byte vectors; a view at an odd offset would corrupt
-        _fallback("alignment", f"{', '.join(misaligned)} not 16-byte aligned (a view at an "
-                  "offset?): the fused kernel needs aligned tensors")
+        _fallback(
+            "alignment",
+            f"{', '.join(misaligned)} not 16-byte aligned (a view at an "
+            "offset?): the fused kernel needs aligned tensors",
+        )
         return unfused(input, residual, weight, scale, eps, weight_bias, group)
     stats[strategy] += 1
     norm_out = torch.empty_like(input)
     residual_out = torch.empty_like(input)
     quant_out = None if scale is None else torch.empty_like(input, dtype=exact.FP8)
-    launch(strategy, ws, input, residual, weight, scale, eps, weight_bias, norm_out,
-           residual_out, quant_out)
+    launch(
+        strategy,
+        ws,
+        input,
+        residual,
+        weight,
+        scale,
+        eps,
+        weight_bias,
+        norm_out,
+        residual_out,
+        quant_out,
+    )
     return quant_out, norm_out, residual_out

@@ -18,8 +18,8 @@ reads them off the graph.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 ALLREDUCE_FORMS = ("c10d", "arfuse", "custom")
 NORM_FORMS = ("hf", "rms_norm", "gemma", "custom_op")
@@ -71,11 +71,13 @@ class FusionSpec:
         return f"arfuse::fused_allreduce_rmsnorm{suffix}"
 
     @classmethod
-    def parse(cls, name: str) -> "FusionSpec":
+    def parse(cls, name: str) -> FusionSpec:
         parts = name.split("/")
         if len(parts) != 4:
-            raise ValueError(f"pattern name {name!r} must look like 'c10d/hf/ar+res/none' "
-                             "(allreduce/norm/residual/quant)")
+            raise ValueError(
+                f"pattern name {name!r} must look like 'c10d/hf/ar+res/none' "
+                "(allreduce/norm/residual/quant)"
+            )
         return cls(*parts)
 
 
