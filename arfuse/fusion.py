@@ -47,15 +47,23 @@ from arfuse.config import FusionConfig
 from arfuse.patterns.match import ChainMatch, Miss, custom_allreduce_ops, match_chain
 from arfuse.policy import FusionPolicy
 
-_WARNED: set[str] = set()
-_SOURCES = tuple(str(Path(__file__).parent / rel) for rel in (
-    "fusion.py", "config.py", "policy.py", "optable.py", "ops.py", "patterns/spec.py",
-    "patterns/match.py"))
+_SOURCES = tuple(
+    str(Path(__file__).parent / rel)
+    for rel in (
+        "fusion.py",
+        "config.py",
+        "policy.py",
+        "optable.py",
+        "ops.py",
+        "patterns/spec.py",
+        "patterns/match.py",
+    )
+)
 
 
-def _warn_once(reason: str) -> None:
-    if reason not in _WARNED:
-        _WARNED.add(reason)
+def _warn_once(reason: str, warned: set[str]) -> None:
+    if reason not in warned:
+        warned.add(reason)
         warnings.warn(f"arfuse: not fusing: {reason}", stacklevel=3)
 
 
@@ -65,8 +73,9 @@ def _val(node: Any) -> Any:
 
 def _same_shape(a: torch.Tensor, b: torch.Tensor) -> bool:
     # statically_known_true: never add a guard (on num_tokens, say) just to decide a match
-    return a.dim() == b.dim() and all(statically_known_true(x == y)
-                                      for x, y in zip(a.shape, b.shape))
+    return a.dim() == b.dim() and all(
+        statically_known_true(x == y) for x, y in zip(a.shape, b.shape, strict=True)
+    )
 
 
 class AllReduceFusionPass(CustomGraphPass):
@@ -81,10 +90,17 @@ class AllReduceFusionPass(CustomGraphPass):
     above the fusion threshold (intended, not warned).
     """
 
-    def __init__(self, config: FusionConfig | None = None,
-                 policy: FusionPolicy | None = None) -> None:
+    def __init__(
+        self,
+        config: FusionConfig | None = None,
+        policy: FusionPolicy | None = None,
+        *,
+        warned: set[str] | None = None,
+    ) -> None:
         self.config = config or FusionConfig()
         self.policy = policy or FusionPolicy.current()
+        # each skip reason is warned once per pass, or per set shared by several passes
+        self._warned = set() if warned is None else warned
         self.num_matches = 0
         self.matched: Counter[str] = Counter()
         self.skipped: list[tuple[str, str]] = []
@@ -131,8 +147,9 @@ class AllReduceFusionPass(CustomGraphPass):
                 skipped.append((found.reason, found.node))
                 continue
             if not self.config.enables(found.spec):
-                skipped.append((f"pattern {found.spec.name} is disabled in FusionConfig",
-                                found.norm_out.name))
+                skipped.append(
+                    (f"pattern {found.spec.name} is disabled in FusionConfig", found.norm_out.name)
+                )
                 continue
             why = _group_unusable(found.group_name)
             if why is not None:
@@ -156,14 +173,17 @@ class AllReduceFusionPass(CustomGraphPass):
         self.skipped.extend(skipped)
         self.by_range.extend(by_range)
         for reason, _ in skipped:
-            _warn_once(reason)
-        return {"matches": len(matches), "specs": [m.spec.name for m in matches],
-                "disabled": disabled,
-                "skipped": [{"reason": r, "node": n} for r, n in skipped],
-                "token_range": self.config.token_range,
-                "by_range": [{"reason": r, "node": n} for r, n in by_range],
-                "allreduce_ops": list(self.config.allreduce_ops),
-                "norm_ops": list(self.config.norm_ops)}
+            _warn_once(reason, self._warned)
+        return {
+            "matches": len(matches),
+            "specs": [m.spec.name for m in matches],
+            "disabled": disabled,
+            "skipped": [{"reason": r, "node": n} for r, n in skipped],
+            "token_range": self.config.token_range,
+            "by_range": [{"reason": r, "node": n} for r, n in by_range],
+            "allreduce_ops": list(self.config.allreduce_ops),
+            "norm_ops": list(self.config.norm_ops),
+        }
 
     def _outside_fused_range(self, m: ChainMatch) -> str | None:
         """With a token range: why this range must not fuse, or None. A range that straddles
@@ -175,13 +195,16 @@ class AllReduceFusionPass(CustomGraphPass):
         if limit is None or (hi is not None and hi <= limit):
             return None
         if lo > limit:
-            return (f"num_tokens range [{lo}, {hi if hi is not None else 'inf'}] lies above the "
-                    f"fusion threshold ({limit} tokens): the unfused path is faster there")
+            return (
+                f"num_tokens range [{lo}, {hi if hi is not None else 'inf'}] lies above the "
+                f"fusion threshold ({limit} tokens): the unfused path is faster there"
+            )
         raise ValueError(
             f"arfuse: compile range [{lo}, {hi if hi is not None else 'inf'}] straddles the "
             f"fusion threshold at {limit} tokens (hidden {_val(m.norm_out).shape[-1]}, "
             f"{_val(m.allreduce_input).dtype}); add {limit} to the split points (or use "
-            "ranges='auto') so fusion is decided per range, not dropped for the whole range")
+            "ranges='auto') so fusion is decided per range, not dropped for the whole range"
+        )
 
     def _chain_unsupported(self, m: ChainMatch) -> str | None:
         act, out, weight = _val(m.allreduce_input), _val(m.norm_out), _val(m.weight)
@@ -189,20 +212,27 @@ class AllReduceFusionPass(CustomGraphPass):
             return "graph nodes lack shape metadata (meta['val'])"
         dtype = act.dtype
         if out.dtype != dtype or weight.dtype != dtype:
-            return (f"dtypes differ: activation {dtype}, weight {weight.dtype}, norm output "
-                    f"{out.dtype}; the fused kernel needs one dtype")
+            return (
+                f"dtypes differ: activation {dtype}, weight {weight.dtype}, norm output "
+                f"{out.dtype}; the fused kernel needs one dtype"
+            )
         if weight.dim() != 1 or not statically_known_true(weight.shape[0] == out.shape[-1]):
             return f"weight shape {tuple(weight.shape)} is not (hidden,)"
         hidden = _static_hidden(out, weight)
         if hidden is None:
-            return ("hidden size is dynamic with no example value; the fused kernel needs a "
-                    "known hidden size")
+            return (
+                "hidden size is dynamic with no example value; the fused kernel needs a "
+                "known hidden size"
+            )
         if hidden % self.config.hidden_multiple:
-            return (f"hidden size {hidden} is not a multiple of {self.config.hidden_multiple}, "
-                    "as the fused kernel needs")
+            return (
+                f"hidden size {hidden} is not a multiple of {self.config.hidden_multiple}, "
+                "as the fused kernel needs"
+            )
         residual = _val(m.residual)
         if not is_contiguous_or_false(act) or (
-                residual is not None and not is_contiguous_or_false(residual)):
+            residual is not None and not is_contiguous_or_false(residual)
+        ):
             return "allreduce input or residual is not contiguous"
         if residual is not None and not _same_shape(residual, _val(m.residual_out)):
             return "residual and allreduce output shapes differ (broadcasting add)"
@@ -228,9 +258,12 @@ def _fused_max_tokens(m: ChainMatch, config: FusionConfig, policy: FusionPolicy)
     act = _val(m.allreduce_input)
     if act.device.type != "cuda":
         return None
-    limits = policy.limits(torch.cuda.get_device_capability(act.device),
-                           kernels.resolve_group(m.group_name).size(), act.dtype,
-                           _static_hidden(_val(m.norm_out), _val(m.weight)))
+    limits = policy.limits(
+        torch.cuda.get_device_capability(act.device),
+        kernels.resolve_group(m.group_name).size(),
+        act.dtype,
+        _static_hidden(_val(m.norm_out), _val(m.weight)),
+    )
     # with two-shot off its window runs the unfused path: leave it to Inductor instead
     return None if limits is None else policy.fused_max_tokens(limits)
 
@@ -250,11 +283,13 @@ def _group_unusable(group_name: str) -> str | None:
 
 # ---- graph surgery ----------------------------------------------------------------------------
 
+
 def _fake_call(node: Node) -> None:
     """Fill node.meta['val'] by running its target on the fake values of its inputs."""
     args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: n.meta["val"])
-    mode = torch._guards.detect_fake_mode([a for a in torch.utils._pytree.tree_leaves(args)
-                                           if isinstance(a, torch.Tensor)])
+    mode = torch._guards.detect_fake_mode(
+        [a for a in torch.utils._pytree.tree_leaves(args) if isinstance(a, torch.Tensor)]
+    )
     if mode is None:
         node.meta["val"] = node.target(*args, **kwargs)
         return
@@ -275,12 +310,14 @@ def _rewrite(graph: Graph, m: ChainMatch) -> list[Node]:
         if m.scale is None:
             fused = graph.call_function(
                 getattr(torch.ops.arfuse.fused_allreduce_rmsnorm, overload),
-                (x, m.residual, m.weight, m.eps, m.weight_bias, m.group_name))
+                (x, m.residual, m.weight, m.eps, m.weight_bias, m.group_name),
+            )
             names = ("norm_out", "residual_out")
         else:
             fused = graph.call_function(
                 getattr(torch.ops.arfuse.fused_allreduce_rmsnorm_fp8, overload),
-                (x, m.residual, m.weight, m.scale, m.eps, m.weight_bias, m.group_name))
+                (x, m.residual, m.weight, m.scale, m.eps, m.weight_bias, m.group_name),
+            )
             names = ("quant_out", "norm_out", "residual_out")
         _fake_call(fused)
         outs = {}

@@ -31,8 +31,9 @@ import math
 import numbers
 import time
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import sympy
 import torch
@@ -65,9 +66,11 @@ def ranges_from_splits(splits: Iterable[int]) -> list[TokenRange]:
     return out
 
 
-_SPLIT_POINT = ("a split point is a positive int token count where a range ends; give 'auto' "
-                "or a list of split points, e.g. ranges=[128, 2048] ('auto': split points "
-                "from the thresholds)")
+_SPLIT_POINT = (
+    "a split point is a positive int token count where a range ends; give 'auto' "
+    "or a list of split points, e.g. ranges=[128, 2048] ('auto': split points "
+    "from the thresholds)"
+)
 
 
 def split_points(ranges: Any) -> list[int] | str:
@@ -86,9 +89,13 @@ def split_points(ranges: Any) -> list[int] | str:
     return sorted({int(p) for p in points})
 
 
-def auto_splits(hidden: int, dtype: torch.dtype, world_size: int,
-                device: torch.device | None = None,
-                policy: FusionPolicy | None = None) -> list[int]:
+def auto_splits(
+    hidden: int,
+    dtype: torch.dtype,
+    world_size: int,
+    device: torch.device | None = None,
+    policy: FusionPolicy | None = None,
+) -> list[int]:
     """Where the policy's thresholds change strategy (one-shot max, fusion max) in tokens."""
     if device is None or device.type != "cuda":
         return []
@@ -96,8 +103,9 @@ def auto_splits(hidden: int, dtype: torch.dtype, world_size: int,
     limits = policy.limits(torch.cuda.get_device_capability(device), world_size, dtype, hidden)
     if limits is None:
         return []
-    return sorted({t for t in (limits.oneshot_max_tokens, policy.fused_max_tokens(limits))
-                   if t >= 1})
+    return sorted(
+        {t for t in (limits.oneshot_max_tokens, policy.fused_max_tokens(limits)) if t >= 1}
+    )
 
 
 # HF argument names -> the dims that follow the sequence, given the tensor's rank. The first
@@ -108,13 +116,13 @@ def _last(ndim: int) -> list[int]:
 
 
 HF_TOKEN_DIMS: dict[str, Callable[[int], list[int]]] = {
-    "input_ids": _last,                                    # [batch, seq] or [seq]
-    "inputs_embeds": lambda ndim: [ndim - 2] if ndim >= 2 else [],   # [batch, seq, hidden]
-    "hidden_states": lambda ndim: [ndim - 2] if ndim >= 2 else [],   # [(batch,) tokens, hidden]
-    "position_ids": _last,                                 # [batch, seq] or [seq]
+    "input_ids": _last,  # [batch, seq] or [seq]
+    "inputs_embeds": lambda ndim: [ndim - 2] if ndim >= 2 else [],  # [batch, seq, hidden]
+    "hidden_states": lambda ndim: [ndim - 2] if ndim >= 2 else [],  # [(batch,) tokens, hidden]
+    "position_ids": _last,  # [batch, seq] or [seq]
     "token_type_ids": _last,
     "labels": _last,
-    "cache_position": _last,                               # [seq]
+    "cache_position": _last,  # [seq]
     "attention_mask": lambda ndim: [1] if ndim == 2 else [2, 3] if ndim == 4 else [],
 }
 _KEY_NAMES = ("input_ids", "inputs_embeds", "hidden_states")
@@ -140,16 +148,20 @@ def _bind(model: Callable, args: tuple, kwargs: dict) -> list[tuple[str | None, 
         params = list(inspect.signature(model).parameters.values())
     except (TypeError, ValueError):
         params = []
-    for i, p in enumerate(params[:len(args)]):
+    for i, p in enumerate(params[: len(args)]):
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
             names[i] = p.name
-    return ([(names[i], i, a) for i, a in enumerate(args)]
-            + [(k, None, v) for k, v in kwargs.items()])
+    return [(names[i], i, a) for i, a in enumerate(args)] + [
+        (k, None, v) for k, v in kwargs.items()
+    ]
 
 
-def mark_token_dims(model: Callable, args: tuple, kwargs: dict,
-                    token_dims: Mapping[int | str, int | Sequence[int] | None] | None
-                    ) -> TokenArg:
+def mark_token_dims(
+    model: Callable,
+    args: tuple,
+    kwargs: dict,
+    token_dims: Mapping[int | str, int | Sequence[int] | None] | None,
+) -> TokenArg:
     """Mark every token dim of one call dynamic (`maybe_mark_dynamic`) and return the token
     argument, or raise a ValueError naming what could not be found.
 
@@ -161,8 +173,10 @@ def mark_token_dims(model: Callable, args: tuple, kwargs: dict,
     passed = {k for name, i, _ in bound for k in (name, i) if k is not None}
     missing = [k for k in given if k not in passed]
     if missing:
-        raise ValueError(f"arfuse.compile: token_dims names {missing}, which this call does not "
-                         f"pass; arguments passed: {sorted(map(str, passed))}")
+        raise ValueError(
+            f"arfuse.compile: token_dims names {missing}, which this call does not "
+            f"pass; arguments passed: {sorted(map(str, passed))}"
+        )
     key: TokenArg | None = None
     key_rank = len(_KEY_NAMES) + 2
     for name, index, value in bound:
@@ -182,42 +196,56 @@ def mark_token_dims(model: Callable, args: tuple, kwargs: dict,
         dims = [] if dims is None else [dims] if isinstance(dims, int) else list(dims)
         for d in dims:
             if not -value.dim() <= d < value.dim():
-                raise ValueError(f"arfuse.compile: token dim {d} of {label} is out of range for "
-                                 f"its shape {tuple(value.shape)}; fix token_dims={{{label!r}: "
-                                 "dim}}")
+                raise ValueError(
+                    f"arfuse.compile: token dim {d} of {label} is out of range for "
+                    f"its shape {tuple(value.shape)}; fix token_dims={{{label!r}: "
+                    "dim}}"
+                )
             torch._dynamo.maybe_mark_dynamic(value, d % value.dim())
         if dims and rank is not None and rank < key_rank:
             key, key_rank = TokenArg(name, index, max(d % value.dim() for d in dims)), rank
     if key is None:
-        shown = {(n if n is not None else f"arg {i}"): tuple(v.shape) for n, i, v in bound
-                 if isinstance(v, torch.Tensor)}
+        shown = {
+            (n if n is not None else f"arg {i}"): tuple(v.shape)
+            for n, i, v in bound
+            if isinstance(v, torch.Tensor)
+        }
         raise ValueError(
             "arfuse.compile: cannot tell which argument carries num_tokens; tensor arguments "
             f"of this call: {shown}. Name it: token_dims={{'input_ids': 1}} (argument name -> "
-            "token dim), or pass it as input_ids= / inputs_embeds= / hidden_states=")
+            "token dim), or pass it as input_ids= / inputs_embeds= / hidden_states="
+        )
     return key
 
 
 class RangedBackend:
     """A Dynamo backend compiling the captured graph once per TokenRange (see module doc)."""
 
-    def __init__(self, ranges: Sequence[int] | str, fusion: FusionConfig | None,
-                 options: dict[str, Any] | None, lazy: bool, bound_symbols: bool,
-                 policy: FusionPolicy | None = None) -> None:
+    def __init__(
+        self,
+        ranges: Sequence[int] | str,
+        fusion: FusionConfig | None,
+        options: dict[str, Any] | None,
+        lazy: bool,
+        bound_symbols: bool,
+        policy: FusionPolicy | None = None,
+    ) -> None:
         if isinstance(ranges, str) and ranges != "auto":
-            raise ValueError(f"ranges={ranges!r}: give 'auto' or a list of split points "
-                             "(token counts)")
+            raise ValueError(
+                f"ranges={ranges!r}: give 'auto' or a list of split points (token counts)"
+            )
         self.requested = ranges
         self.fusion = fusion or FusionConfig()
         self.policy = policy or FusionPolicy.current()
         self.options = dict(options or {})
         self.lazy = lazy
         self.bound_symbols = bound_symbols
-        self.captures = 0          # Dynamo graphs received (1 when nothing recompiles)
-        self.compiles: list[dict[str, Any]] = []   # one entry per range compiled
-        self.dispatch = None                       # the latest capture's
-        self.dispatches: list[_Dispatch] = []      # every capture's, in order
-        self.token_arg: TokenArg | None = None     # set by arfuse.compile before the capture
+        self.captures = 0  # Dynamo graphs received (1 when nothing recompiles)
+        self.compiles: list[dict[str, Any]] = []  # one entry per range compiled
+        self.dispatch = None  # the latest capture's
+        self.dispatches: list[_Dispatch] = []  # every capture's, in order
+        self.token_arg: TokenArg | None = None  # set by arfuse.compile before the capture
+        self.warned: set[str] = set()  # skip reasons warned, over every range
 
     def __repr__(self) -> str:
         return f"arfuse.ranges.backend({self.requested!r})"
@@ -253,16 +281,22 @@ class _Dispatch:
                 raise ValueError(
                     f"arfuse.compile: {where} has no dynamic token dim in the capture (Dynamo "
                     "specialised it); pass the token dim with token_dims={'input_ids': 1} "
-                    "(argument name -> dim) and do not compile with dynamic=False")
+                    "(argument name -> dim) and do not compile with dynamic=False"
+                )
             # a guard of an earlier capture failed (e.g. the model's own `num_tokens != 1`), or
             # a first call of 1 token that the model specialises: Dynamo specialised this
             # capture to one size, so it gets one range of that size
-            why = ("a guard from an earlier capture failed; `arfuse audit` names the line"
-                   if backend.captures > 1 else "the first call had 1 token and the model "
-                   "specialises it; call with more tokens first to share one capture")
+            why = (
+                "a guard from an earlier capture failed; `arfuse audit` names the line"
+                if backend.captures > 1
+                else "the first call had 1 token and the model "
+                "specialises it; call with more tokens first to share one capture"
+            )
             warnings.warn(
                 f"arfuse.compile: Dynamo captured the model specialised to num_tokens={rows} "
-                f"({why}); this capture is compiled for exactly that size", stacklevel=2)
+                f"({why}); this capture is compiled for exactly that size",
+                stacklevel=2,
+            )
             self.splits, self.ranges = [], [TokenRange(rows, rows)]
             self.locate = lambda args, n=rows: n
         else:
@@ -288,22 +322,27 @@ class _Dispatch:
         env = getattr(torch._guards.detect_fake_mode(self.example_inputs), "shape_env", None)
         guards_before = len(env.guards) if env is not None else 0
         config = dataclasses.replace(self.backend.fusion, token_range=(r.lo, r.hi))
-        fusion = AllReduceFusionPass(config, self.backend.policy)
+        fusion = AllReduceFusionPass(config, self.backend.policy, warned=self.backend.warned)
         options = {**self.backend.options, "post_grad_custom_post_pass": fusion}
         start = time.perf_counter()
         with torch._guards.tracing(self.context), self._bounded(r) as bounded:
-            compiled = compile_fx(copy.deepcopy(self.gm), self.example_inputs,
-                                  config_patches=options)
-        self.backend.compiles.append({"range": str(r), "tokens": self.rows,
-                                      "fused": fusion.num_matches,
-                                      "bounds_applied": bool(getattr(bounded, "applied", False)),
-                                      "hint": getattr(bounded, "hint_used", None),
-                                      "skipped": [reason for reason, _ in fusion.skipped],
-                                      "left_to_inductor": [why for why, _ in fusion.by_range],
-                                      "seconds": time.perf_counter() - start})
+            compiled = compile_fx(
+                copy.deepcopy(self.gm), self.example_inputs, config_patches=options
+            )
+        self.backend.compiles.append(
+            {
+                "range": str(r),
+                "tokens": self.rows,
+                "fused": fusion.num_matches,
+                "bounds_applied": bool(getattr(bounded, "applied", False)),
+                "hint": getattr(bounded, "hint_used", None),
+                "skipped": [reason for reason, _ in fusion.skipped],
+                "left_to_inductor": [why for why, _ in fusion.by_range],
+                "seconds": time.perf_counter() - start,
+            }
+        )
         self.compiled[i] = compiled
-        new_guards = [str(g.expr) for g in (env.guards[guards_before:] if env is not None
-                                            else [])]
+        new_guards = [str(g.expr) for g in (env.guards[guards_before:] if env is not None else [])]
         self.backend.compiles[-1]["guards_added"] = new_guards
         if new_guards and self.captured:
             # Dynamo installed this frame's guards at capture: a later guard is not enforced
@@ -311,14 +350,18 @@ class _Dispatch:
                 f"arfuse.compile: compiling range {r} on first use added guard(s) "
                 f"{new_guards} that cannot be enforced any more; use "
                 "arfuse.compile(..., lazy=False) to compile every range at capture, where "
-                "Dynamo installs them", stacklevel=2)
+                "Dynamo installs them",
+                stacklevel=2,
+            )
         elif new_guards:
             # installed with the capture, for every range: a size that fails one recompiles
             warnings.warn(
                 f"arfuse.compile: compiling range {r} added guard(s) {new_guards}; Dynamo "
                 "installs them for every range, so a size that fails one recompiles "
                 "(`arfuse audit` shows where); bound_symbols=False compiles without the "
-                "range's bounds", stacklevel=2)
+                "range's bounds",
+                stacklevel=2,
+            )
         return compiled
 
     def _bounded(self, r: TokenRange):
@@ -383,8 +426,11 @@ class _narrowed:
         if self.hint is not None and not lo <= self.hint <= hi:
             self.moved_hint = lo if self.hint < lo else hi
             # a sympy hint (1 is sympy's singleton One) stays sympy, a Python int an int
-            self.vals[self.symbol] = (sympy.Integer(self.moved_hint)
-                                      if isinstance(self.hint, sympy.Basic) else self.moved_hint)
+            self.vals[self.symbol] = (
+                sympy.Integer(self.moved_hint)
+                if isinstance(self.hint, sympy.Basic)
+                else self.moved_hint
+            )
         self.env.var_to_range[self.symbol] = ValueRanges(lo, hi)
         self.applied = True
         _drop_cached_evaluations(self.env)
@@ -420,14 +466,23 @@ def _token_rows(gm: torch.fx.GraphModule, token: TokenArg | None):
     graph break), the first tensor input with a symbolic dim is it: rows are the product of
     the dims but the last (hidden) one of a 3-D [batch, seq, hidden] input, else its first
     symbolic dim ([tokens, hidden])."""
-    inputs = [(i, n) for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")
-              if isinstance(n.meta.get("example_value"), torch.Tensor)]
+    inputs = [
+        (i, n)
+        for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")
+        if isinstance(n.meta.get("example_value"), torch.Tensor)
+    ]
     found = None
     if token is not None and token.name is not None:
         # the model's own frame, or a `(*args, **kwargs)` wrapper around it (HF decorators)
         sources = {f"L['{token.name}']", f"L['kwargs']['{token.name}']"}
-        found = next(((i, token.dim) for i, n in inputs if getattr(
-            getattr(n.meta.get("grapharg"), "source", None), "name", None) in sources), None)
+        found = next(
+            (
+                (i, token.dim)
+                for i, n in inputs
+                if getattr(getattr(n.meta.get("grapharg"), "source", None), "name", None) in sources
+            ),
+            None,
+        )
     if found is None:
         for i, n in inputs:
             shape = n.meta["example_value"].shape
@@ -445,7 +500,7 @@ def _token_rows(gm: torch.fx.GraphModule, token: TokenArg | None):
         return None, None, where
     i, dim = found
     shape = inputs[[j for j, _ in inputs].index(i)][1].meta["example_value"].shape
-    rows = math.prod(shape[:dim + 1])
+    rows = math.prod(shape[: dim + 1])
     if dim == 0:
         return rows, lambda args, i=i: args[i].shape[0], where
     return rows, lambda args, i=i, end=dim + 1: args[i].shape[:end].numel(), where
@@ -470,8 +525,13 @@ def _other_symbols(gm: torch.fx.GraphModule, symbol: Any) -> set:
     out: set = set()
     for n in gm.graph.nodes:
         val = n.meta.get("example_value") if n.op == "placeholder" else None
-        sizes = list(val.shape) if isinstance(val, torch.Tensor) else \
-            [val] if isinstance(val, torch.SymInt) else []
+        sizes = (
+            list(val.shape)
+            if isinstance(val, torch.Tensor)
+            else [val]
+            if isinstance(val, torch.SymInt)
+            else []
+        )
         for size in sizes:
             if isinstance(size, torch.SymInt):
                 node = size.node
@@ -486,16 +546,25 @@ def _allreduced(gm: torch.fx.GraphModule, extra: Iterable[str] = ()):
         val = node.meta.get("example_value")
         if node.op not in ("call_function", "call_method") or not isinstance(val, torch.Tensor):
             continue
-        target = node.target if isinstance(node.target, str) else \
-            getattr(node.target, "__name__", str(node.target))
+        target = (
+            node.target
+            if isinstance(node.target, str)
+            else getattr(node.target, "__name__", str(node.target))
+        )
         if optable.is_allreduce(str(node.target), extra) or target == "all_reduce":
             # the collective's own group when its name is an argument, else WORLD
             names = [a for a in node.args if isinstance(a, str) and a != "sum"]
             return val, names[-1] if names else None
-        src = node.args[0].meta.get("example_value") if node.args and isinstance(
-            node.args[0], torch.fx.Node) else None
-        if target == "redistribute" and any(p.is_partial() for p in getattr(src, "placements", ())) \
-                and not any(p.is_partial() for p in getattr(val, "placements", ())):
+        src = (
+            node.args[0].meta.get("example_value")
+            if node.args and isinstance(node.args[0], torch.fx.Node)
+            else None
+        )
+        if (
+            target == "redistribute"
+            and any(p.is_partial() for p in getattr(src, "placements", ()))
+            and not any(p.is_partial() for p in getattr(val, "placements", ()))
+        ):
             return val, val.device_mesh.get_group().group_name
     return None, None
 
@@ -518,9 +587,15 @@ def _auto_from_graph(gm, policy: FusionPolicy, extra: Iterable[str] = ()) -> lis
     return auto_splits(val.shape[-1], val.dtype, world, val.device, policy)
 
 
-def backend(ranges: Sequence[int] | str = "auto", *, fusion: FusionConfig | None = None,
-            options: dict[str, Any] | None = None, lazy: bool = False,
-            bound_symbols: bool = True, policy: FusionPolicy | None = None) -> RangedBackend:
+def backend(
+    ranges: Sequence[int] | str = "auto",
+    *,
+    fusion: FusionConfig | None = None,
+    options: dict[str, Any] | None = None,
+    lazy: bool = False,
+    bound_symbols: bool = True,
+    policy: FusionPolicy | None = None,
+) -> RangedBackend:
     """The compile-ranges backend alone, for `torch.compile(model, backend=...)` where the
     caller marks the token dims itself (e.g. an `arfuse audit` target's compile kwargs)."""
     ranges = split_points(ranges)
@@ -530,8 +605,9 @@ def backend(ranges: Sequence[int] | str = "auto", *, fusion: FusionConfig | None
 class RangedModule:
     """What `arfuse.compile` returns: call it like the model (positional or keyword tensors)."""
 
-    def __init__(self, model, backend: RangedBackend, token_dims, compiled,
-                 size_oblivious: bool = True) -> None:
+    def __init__(
+        self, model, backend: RangedBackend, token_dims, compiled, size_oblivious: bool = True
+    ) -> None:
         self.model = model
         self.backend = backend
         self.token_dims = token_dims
@@ -544,15 +620,15 @@ class RangedModule:
         """The ranges of the first capture with num_tokens dynamic (a capture specialised to
         one size has the single range of that size)."""
         dispatches = self.backend.dispatches
-        dynamic = [d for d in dispatches if d.symbol is not None or d.splits or
-                   d.ranges[0].hi is None]
+        dynamic = [
+            d for d in dispatches if d.symbol is not None or d.splits or d.ranges[0].hi is None
+        ]
         return (dynamic or dispatches)[0].ranges if dispatches else []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.backend.dispatch is not None:  # captured: Dynamo's guards take any size now
             return self._compiled(*args, **kwargs)
-        self.backend.token_arg = mark_token_dims(self._signature_of, args, kwargs,
-                                                 self.token_dims)
+        self.backend.token_arg = mark_token_dims(self._signature_of, args, kwargs, self.token_dims)
         # size-oblivious backed symbols: no 0/1 specialization, so 1 token shares the capture.
         # Not under dynamic=True: a batch of 1 would become a symbol too, which DTensor's
         # sharding propagation cannot take (`2//s0` local sizes)
@@ -560,11 +636,17 @@ class RangedModule:
             return self._compiled(*args, **kwargs)
 
 
-def compile(model: Callable, ranges: Sequence[int] | str = "auto", *,
-            fusion: FusionConfig | None = None,
-            token_dims: Mapping[int | str, int | Sequence[int] | None] | None = None,
-            lazy: bool = False, bound_symbols: bool = True, policy: FusionPolicy | None = None,
-            **torch_compile_kwargs: Any) -> RangedModule:
+def compile(
+    model: Callable,
+    ranges: Sequence[int] | str = "auto",
+    *,
+    fusion: FusionConfig | None = None,
+    token_dims: Mapping[int | str, int | Sequence[int] | None] | None = None,
+    lazy: bool = False,
+    bound_symbols: bool = True,
+    policy: FusionPolicy | None = None,
+    **torch_compile_kwargs: Any,
+) -> RangedModule:
     """torch.compile with the fusion pass and one Inductor compile per num_tokens range.
 
     ranges: 'auto' (split points where the thresholds in force switch strategy for the
@@ -589,15 +671,30 @@ def compile(model: Callable, ranges: Sequence[int] | str = "auto", *,
     """
     if "backend" in torch_compile_kwargs:
         raise ValueError("arfuse.compile sets the backend itself; drop backend=")
-    if torch_compile_kwargs.get("dynamic", None) is False:
-        raise ValueError("arfuse.compile needs num_tokens dynamic; drop dynamic=False (None "
-                         "marks the token dims only, True every dim)")
+    if torch_compile_kwargs.get("dynamic") is False:
+        raise ValueError(
+            "arfuse.compile needs num_tokens dynamic; drop dynamic=False (None "
+            "marks the token dims only, True every dim)"
+        )
     options = torch_compile_kwargs.pop("options", None)
     if options and "post_grad_custom_post_pass" in options:
-        raise ValueError("arfuse.compile installs the fusion pass itself; configure it with "
-                         "fusion=FusionConfig(...) instead of post_grad_custom_post_pass")
-    ranged = backend(ranges, fusion=fusion, options=options, lazy=lazy,
-                     bound_symbols=bound_symbols, policy=policy)
+        raise ValueError(
+            "arfuse.compile installs the fusion pass itself; configure it with "
+            "fusion=FusionConfig(...) instead of post_grad_custom_post_pass"
+        )
+    ranged = backend(
+        ranges,
+        fusion=fusion,
+        options=options,
+        lazy=lazy,
+        bound_symbols=bound_symbols,
+        policy=policy,
+    )
     compiled = torch.compile(model, backend=ranged, **torch_compile_kwargs)
-    return RangedModule(model, ranged, token_dims, compiled,
-                        size_oblivious=torch_compile_kwargs.get("dynamic") is not True)
+    return RangedModule(
+        model,
+        ranged,
+        token_dims,
+        compiled,
+        size_oblivious=torch_compile_kwargs.get("dynamic") is not True,
+    )

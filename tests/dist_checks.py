@@ -55,11 +55,17 @@ def _test_rms_norm_fake(input, weight, eps=1e-6):
 
 CUSTOM_CONFIG = arfuse.FusionConfig(allreduce_ops=("arfuse_test::all_reduce",))
 
-ALLREDUCE_TARGETS = ("_c10d_functional.all_reduce.default", "_c10d_functional.all_reduce_.default",
-                     "_c10d_functional.wait_tensor.default", "arfuse.all_reduce.default",
-                     "arfuse_test.all_reduce.default")
-FUSED_TARGETS = ("arfuse.fused_allreduce_rmsnorm.default",
-                 "arfuse.fused_allreduce_rmsnorm_fp8.default")
+ALLREDUCE_TARGETS = (
+    "_c10d_functional.all_reduce.default",
+    "_c10d_functional.all_reduce_.default",
+    "_c10d_functional.wait_tensor.default",
+    "arfuse.all_reduce.default",
+    "arfuse_test.all_reduce.default",
+)
+FUSED_TARGETS = (
+    "arfuse.fused_allreduce_rmsnorm.default",
+    "arfuse.fused_allreduce_rmsnorm_fp8.default",
+)
 
 
 class CountingPass(arfuse.AllReduceFusionPass):
@@ -140,8 +146,15 @@ def _as_float(out, scale):
     return out
 
 
-def check_variant(spec_name: str, dtype_name: str, three_d: bool, residual_live: bool,
-                  tokens=(5, 33, 1), hidden: int = 64, eps: float = 1e-6) -> dict:
+def check_variant(
+    spec_name: str,
+    dtype_name: str,
+    three_d: bool,
+    residual_live: bool,
+    tokens=(5, 33, 1),
+    hidden: int = 64,
+    eps: float = 1e-6,
+) -> dict:
     """Fuse one variant; report op counts before/after, matches and errors vs eager."""
     spec = FusionSpec.parse(spec_name)
     dtype = DTYPES[dtype_name]
@@ -161,16 +174,23 @@ def check_variant(spec_name: str, dtype_name: str, three_d: bool, residual_live:
             want = chain(x, residual, weight, scale)
             got, want = (got, want) if residual_live else ((got,), (want,))
             errs = []
-            for g, w in zip(got, want):
+            for g, w in zip(got, want, strict=False):
                 assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, w.dtype, g.shape)
                 errs.append(rel_l2(_as_float(g, scale), _as_float(w, scale)))
             errors[t] = errs
-            outputs.append([g.float() if g.dtype != torch.float8_e4m3fn else g.view(torch.uint8)
-                            for g in got])
-    return {"before": [dict(c) for c in fusion.before], "after": [dict(c) for c in fusion.after],
-            "matched": dict(fusion.matched), "skipped": fusion.skipped,
-            "graphs": len(capture.graphs), "errors": errors, "outputs": outputs,
-            "tol": FP8_TOL if spec.quant == "fp8" else TOL[dtype]}
+            outputs.append(
+                [g.float() if g.dtype != torch.float8_e4m3fn else g.view(torch.uint8) for g in got]
+            )
+    return {
+        "before": [dict(c) for c in fusion.before],
+        "after": [dict(c) for c in fusion.after],
+        "matched": dict(fusion.matched),
+        "skipped": fusion.skipped,
+        "graphs": len(capture.graphs),
+        "errors": errors,
+        "outputs": outputs,
+        "tol": FP8_TOL if spec.quant == "fp8" else TOL[dtype],
+    }
 
 
 def count_allreduces(counts: dict) -> int:
@@ -200,18 +220,25 @@ def _run_sizes(model, compiled, make_inputs, tokens, token_dim=0):
     return errors, outputs
 
 
-def check_decoder(num_layers: int, dtype_name: str, norm: str = "hf", allreduce: str = "c10d",
-                  tokens=(7, 64, 1)) -> dict:
+def check_decoder(
+    num_layers: int, dtype_name: str, norm: str = "hf", allreduce: str = "c10d", tokens=(7, 64, 1)
+) -> dict:
     """The example TP decoder at graph level: fused count per graph and numerics vs eager."""
     from arfuse.examples import build_tp_decoder
 
-    model, make_inputs = build_tp_decoder(num_layers=num_layers, dtype=DTYPES[dtype_name],
-                                          norm=norm, allreduce=allreduce)
+    model, make_inputs = build_tp_decoder(
+        num_layers=num_layers, dtype=DTYPES[dtype_name], norm=norm, allreduce=allreduce
+    )
     compiled, fusion, capture = _compile_capture(model)
     errors, _ = _run_sizes(model, compiled, make_inputs, tokens)
-    return {"before": [dict(c) for c in fusion.before], "after": [dict(c) for c in fusion.after],
-            "matched": dict(fusion.matched), "num_matches": fusion.num_matches,
-            "errors": errors, "skipped": fusion.skipped}
+    return {
+        "before": [dict(c) for c in fusion.before],
+        "after": [dict(c) for c in fusion.after],
+        "matched": dict(fusion.matched),
+        "num_matches": fusion.num_matches,
+        "errors": errors,
+        "skipped": fusion.skipped,
+    }
 
 
 def check_no_pattern() -> dict:
@@ -226,8 +253,13 @@ def check_no_pattern() -> dict:
     torch._dynamo.maybe_mark_dynamic(x, 0)
     with torch.no_grad():
         err = rel_l2(compiled(x, w), fn(x, w))
-    return {"before": dict(fusion.before[0]), "after": dict(fusion.after[0]),
-            "num_matches": fusion.num_matches, "error": err, "skipped": fusion.skipped}
+    return {
+        "before": dict(fusion.before[0]),
+        "after": dict(fusion.after[0]),
+        "num_matches": fusion.num_matches,
+        "error": err,
+        "skipped": fusion.skipped,
+    }
 
 
 def check_extra_consumer(which: str) -> dict:
@@ -243,16 +275,21 @@ def check_extra_consumer(which: str) -> dict:
         return out, extra
 
     compiled, fusion, capture = _compile_capture(fn)
-    x, residual, weight = (torch.randn(6, 64, dtype=torch.bfloat16),
-                           torch.randn(6, 64, dtype=torch.bfloat16),
-                           torch.randn(64, dtype=torch.bfloat16))
+    x, residual, weight = (
+        torch.randn(6, 64, dtype=torch.bfloat16),
+        torch.randn(6, 64, dtype=torch.bfloat16),
+        torch.randn(64, dtype=torch.bfloat16),
+    )
     torch._dynamo.maybe_mark_dynamic(x, 0)
     torch._dynamo.maybe_mark_dynamic(residual, 0)
     with torch.no_grad():
         got, want = compiled(x, residual, weight), fn(x, residual, weight)
-    return {"after": dict(fusion.after[0]), "num_matches": fusion.num_matches,
-            "skipped": fusion.skipped,
-            "errors": [rel_l2(g.float(), w.float()) for g, w in zip(got, want)]}
+    return {
+        "after": dict(fusion.after[0]),
+        "num_matches": fusion.num_matches,
+        "skipped": fusion.skipped,
+        "errors": [rel_l2(g.float(), w.float()) for g, w in zip(got, want, strict=False)],
+    }
 
 
 def check_unsupported(case: str) -> dict:
@@ -270,14 +307,20 @@ def check_unsupported(case: str) -> dict:
         return F.rms_norm(h, (hidden,), weight, 1e-6), h
 
     compiled, fusion, capture = _compile_capture(fn)
-    x, residual, weight = (torch.randn(6, hidden, dtype=dtype), torch.randn(6, hidden, dtype=dtype),
-                           torch.randn(hidden, dtype=dtype))
+    x, residual, weight = (
+        torch.randn(6, hidden, dtype=dtype),
+        torch.randn(6, hidden, dtype=dtype),
+        torch.randn(hidden, dtype=dtype),
+    )
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         got, want = compiled(x, residual, weight), fn(x, residual, weight)
-    return {"num_matches": fusion.num_matches, "skipped": fusion.skipped,
-            "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)],
-            "errors": [rel_l2(g, w) for g, w in zip(got, want)]}
+    return {
+        "num_matches": fusion.num_matches,
+        "skipped": fusion.skipped,
+        "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)],
+        "errors": [rel_l2(g, w) for g, w in zip(got, want, strict=False)],
+    }
 
 
 def check_bad_op_inputs() -> dict:
@@ -285,19 +328,26 @@ def check_bad_op_inputs() -> dict:
     group = dist.group.WORLD.group_name
     x, w = torch.randn(4, 64, dtype=torch.bfloat16), torch.ones(64, dtype=torch.bfloat16)
     cases = {
-        "hidden": lambda: arfuse.ops.fused_allreduce_rmsnorm(x, None, torch.ones(32, dtype=w.dtype),
-                                                             1e-6, group),
+        "hidden": lambda: arfuse.ops.fused_allreduce_rmsnorm(
+            x, None, torch.ones(32, dtype=w.dtype), 1e-6, group
+        ),
         "residual_shape": lambda: arfuse.ops.fused_allreduce_rmsnorm(x, x[:2], w, 1e-6, group),
         "noncontiguous": lambda: arfuse.ops.fused_allreduce_rmsnorm(
-            torch.randn(64, 4, dtype=x.dtype).t(), None, w, 1e-6, group),
+            torch.randn(64, 4, dtype=x.dtype).t(), None, w, 1e-6, group
+        ),
         "group": lambda: arfuse.ops.fused_allreduce_rmsnorm(x, None, w, 1e-6, "no-such-group"),
         "scale_shape": lambda: arfuse.ops.fused_allreduce_rmsnorm_fp8(
-            x, None, w, torch.ones(64), 1e-6, group),
+            x, None, w, torch.ones(64), 1e-6, group
+        ),
         "weight_dtype": lambda: arfuse.ops.fused_allreduce_rmsnorm(x, None, w.float(), 1e-6, group),
         "compiled_hidden": lambda: torch.compile(
-            lambda a: arfuse.ops.fused_allreduce_rmsnorm(a, None, torch.ones(32, dtype=a.dtype),
-                                                         1e-6, group).norm,
-            backend="aot_eager")(x),
+            lambda a: (
+                arfuse.ops.fused_allreduce_rmsnorm(
+                    a, None, torch.ones(32, dtype=a.dtype), 1e-6, group
+                ).norm
+            ),
+            backend="aot_eager",
+        )(x),
     }
     out = {}
     for name, call in cases.items():
@@ -314,23 +364,31 @@ def check_fused_op_exact(dtype_name: str, tokens: int, residual: bool, fp8: bool
     dtype = DTYPES[dtype_name]
     rank, world = dist.get_rank(), dist.get_world_size()
     hidden = 64
-    xs = [torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(r + 10)).to(dtype)
-          for r in range(world)]
+    xs = [
+        torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(r + 10)).to(dtype)
+        for r in range(world)
+    ]
     gen = torch.Generator().manual_seed(99)
     res = torch.randn(tokens, hidden, generator=gen).to(dtype) if residual else None
     weight = (1 + 0.1 * torch.randn(hidden, generator=gen)).to(dtype)
     scale = torch.tensor(0.02)
     group = dist.group.WORLD.group_name
     if fp8:
-        q, norm, res_out = arfuse.ops.fused_allreduce_rmsnorm_fp8(xs[rank], res, weight, scale,
-                                                                  1e-6, group)
+        q, norm, res_out = arfuse.ops.fused_allreduce_rmsnorm_fp8(
+            xs[rank], res, weight, scale, 1e-6, group
+        )
     else:
-        (norm, res_out), q = arfuse.ops.fused_allreduce_rmsnorm(xs[rank], res, weight, 1e-6,
-                                                                group), None
+        (norm, res_out), q = (
+            arfuse.ops.fused_allreduce_rmsnorm(xs[rank], res, weight, 1e-6, group),
+            None,
+        )
     total = sum(x.double() for x in xs) + (res.double() if residual else 0)
     ref = total * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + 1e-6) * weight.double()
-    out = {"norm": rel_l2(norm, ref), "residual": rel_l2(res_out, total),
-           "dtypes": [str(norm.dtype), str(res_out.dtype)]}
+    out = {
+        "norm": rel_l2(norm, ref),
+        "residual": rel_l2(res_out, total),
+        "dtypes": [str(norm.dtype), str(res_out.dtype)],
+    }
     if fp8:
         out["quant"] = rel_l2(q.float() * scale, ref.clamp(-448 * 0.02, 448 * 0.02))
         out["dtypes"].append(str(q.dtype))
@@ -344,8 +402,13 @@ def check_dtensor(num_layers: int = 2, tokens=(5, 12)) -> dict:
     from arfuse.examples.hf_llama import LlamaStack, parallelize
 
     torch.manual_seed(0)  # identical full weights on every rank before sharding
-    stack = LlamaStack(num_layers=num_layers, hidden_size=64, intermediate_size=128,
-                       num_heads=4, dtype=torch.bfloat16).eval()
+    stack = LlamaStack(
+        num_layers=num_layers,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=4,
+        dtype=torch.bfloat16,
+    ).eval()
     with torch.no_grad():
         for name, p in stack.named_parameters():
             if name.endswith("norm.weight"):
@@ -359,9 +422,14 @@ def check_dtensor(num_layers: int = 2, tokens=(5, 12)) -> dict:
         return (x.to(torch.bfloat16),)
 
     errors, _ = _run_sizes(stack, compiled, make_inputs, tokens, token_dim=1)
-    return {"before": [dict(c) for c in fusion.before], "after": [dict(c) for c in fusion.after],
-            "matched": dict(fusion.matched), "errors": errors, "skipped": fusion.skipped,
-            "graphs": len(capture.graphs)}
+    return {
+        "before": [dict(c) for c in fusion.before],
+        "after": [dict(c) for c in fusion.after],
+        "matched": dict(fusion.matched),
+        "errors": errors,
+        "skipped": fusion.skipped,
+        "graphs": len(capture.graphs),
+    }
 
 
 def check_inductor_and_cache(cache_dir: str) -> dict:
@@ -381,10 +449,17 @@ def check_inductor_and_cache(cache_dir: str) -> dict:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{cache_dir}/rank{dist.get_rank()}"
     model, make_inputs = build_tp_decoder(num_layers=2, dtype=torch.bfloat16)
     steps = {}
-    configs = {"A": arfuse.FusionConfig(), "B": arfuse.FusionConfig(norm=()),
-               "A again": arfuse.FusionConfig()}
-    with inductor_config.patch(fx_graph_cache=True, force_disable_caches=False,
-                               fx_graph_remote_cache=False), torch.no_grad():
+    configs = {
+        "A": arfuse.FusionConfig(),
+        "B": arfuse.FusionConfig(norm=()),
+        "A again": arfuse.FusionConfig(),
+    }
+    with (
+        inductor_config.patch(
+            fx_graph_cache=True, force_disable_caches=False, fx_graph_remote_cache=False
+        ),
+        torch.no_grad(),
+    ):
         for step, config in configs.items():
             torch._dynamo.reset()
             counters.clear()
@@ -396,12 +471,14 @@ def check_inductor_and_cache(cache_dir: str) -> dict:
                 torch._dynamo.maybe_mark_dynamic(x, 0)
                 got = compiled(x)
                 outs[t] = (rel_l2(got.float(), model(x).float()), got.float())
-            steps[step] = {"num_matches": fusion.num_matches,
-                           "hits": counters["inductor"]["fxgraph_cache_hit"],
-                           "misses": counters["inductor"]["fxgraph_cache_miss"],
-                           "errors": {t: e for t, (e, _) in outs.items()},
-                           "outputs": {t: o for t, (_, o) in outs.items()},
-                           "uuid": fusion.uuid().hex()}
+            steps[step] = {
+                "num_matches": fusion.num_matches,
+                "hits": counters["inductor"]["fxgraph_cache_hit"],
+                "misses": counters["inductor"]["fxgraph_cache_miss"],
+                "errors": {t: e for t, (e, _) in outs.items()},
+                "outputs": {t: o for t, (_, o) in outs.items()},
+                "uuid": fusion.uuid().hex(),
+            }
     return steps
 
 
@@ -413,8 +490,9 @@ def check_compile_ranges(splits, fused_max_tokens, tokens, dtype_name="fp32") ->
 
     inductor_config.force_disable_caches = True  # pass counters must see every compile
     model, make_inputs = build_tp_decoder(num_layers=1, dtype=DTYPES[dtype_name])
-    compiled = arfuse.compile(model, ranges=splits,
-                              fusion=arfuse.FusionConfig(fused_max_tokens=fused_max_tokens))
+    compiled = arfuse.compile(
+        model, ranges=splits, fusion=arfuse.FusionConfig(fused_max_tokens=fused_max_tokens)
+    )
     errors = {}
     try:
         with torch.no_grad():
@@ -423,8 +501,12 @@ def check_compile_ranges(splits, fused_max_tokens, tokens, dtype_name="fp32") ->
                 errors[t] = rel_l2(compiled(x).float(), model(x).float())
     except Exception as e:  # noqa: BLE001 - the test asserts on the message
         return {"error": f"{type(e).__name__}: {e}"}
-    return {"captures": compiled.backend.captures, "compiles": compiled.backend.compiles,
-            "ranges": [str(r) for r in compiled.ranges], "errors": errors}
+    return {
+        "captures": compiled.backend.captures,
+        "compiles": compiled.backend.compiles,
+        "ranges": [str(r) for r in compiled.ranges],
+        "errors": errors,
+    }
 
 
 def check_dynamic_true(num_layers: int = 2, tokens=(5, 9, 33)) -> dict:
@@ -441,18 +523,21 @@ def check_dynamic_true(num_layers: int = 2, tokens=(5, 9, 33)) -> dict:
     fusion = arfuse.AllReduceFusionPass()
     torch._dynamo.reset()
     counters.clear()
-    compiled = torch.compile(model, dynamic=True,
-                             options={"post_grad_custom_post_pass": fusion})
+    compiled = torch.compile(model, dynamic=True, options={"post_grad_custom_post_pass": fusion})
     errors = {}
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         for t in tokens:
             (x,) = make_inputs(t)
             errors[t] = rel_l2(compiled(x).float(), model(x).float())
-    return {"num_matches": fusion.num_matches, "matched": dict(fusion.matched),
-            "skipped": fusion.skipped, "errors": errors,
-            "frames": counters["stats"]["unique_graphs"],
-            "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)]}
+    return {
+        "num_matches": fusion.num_matches,
+        "matched": dict(fusion.matched),
+        "skipped": fusion.skipped,
+        "errors": errors,
+        "frames": counters["stats"]["unique_graphs"],
+        "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)],
+    }
 
 
 def check_custom_norm_default_eps() -> dict:
@@ -470,9 +555,13 @@ def check_custom_norm_default_eps() -> dict:
     with torch.no_grad():
         got, want = compiled(x, residual, weight), fn(x, residual, weight)
     fused = [n for n in capture.graphs[0].graph.nodes if "fused_allreduce" in str(n.target)]
-    return {"num_matches": fusion.num_matches, "matched": dict(fusion.matched),
-            "eps": [n.args[3] for n in fused], "skipped": fusion.skipped,
-            "errors": [rel_l2(g, w) for g, w in zip(got, want)]}
+    return {
+        "num_matches": fusion.num_matches,
+        "matched": dict(fusion.matched),
+        "eps": [n.args[3] for n in fused],
+        "skipped": fusion.skipped,
+        "errors": [rel_l2(g, w) for g, w in zip(got, want, strict=False)],
+    }
 
 
 def check_unrecognised_norm() -> dict:
@@ -488,9 +577,12 @@ def check_unrecognised_norm() -> dict:
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         got, want = compiled(x, residual, weight), fn(x, residual, weight)
-    return {"num_matches": fusion.num_matches, "skipped": fusion.skipped,
-            "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)],
-            "errors": [rel_l2(g, w) for g, w in zip(got, want)]}
+    return {
+        "num_matches": fusion.num_matches,
+        "skipped": fusion.skipped,
+        "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)],
+        "errors": [rel_l2(g, w) for g, w in zip(got, want, strict=False)],
+    }
 
 
 def check_release_workspaces_per_group() -> dict:
@@ -505,15 +597,28 @@ def check_release_workspaces_per_group() -> dict:
     try:
         fi._workspaces.clear()
         fi._sites.clear()
-        for i, g in enumerate(groups):
-            ws = fi.Workspace(g, g.group_name, dist.get_rank(g), 2, 64, torch.bfloat16, 8, [],
-                              torch.zeros(1), torch.zeros(1), released=True)
+        for g in groups:
+            ws = fi.Workspace(
+                g,
+                g.group_name,
+                dist.get_rank(g),
+                2,
+                64,
+                torch.bfloat16,
+                8,
+                [],
+                torch.zeros(1),
+                torch.zeros(1),
+                released=True,
+            )
             fi._workspaces[ws.key] = ws
             fi._sites[(0, g.group_name, 64, torch.bfloat16)] = fi._Site(None, workspace=ws)
         released = fi.release_workspaces(groups[0])
-        return {"released": released,
-                "workspaces": sorted(k[0] == groups[1].group_name for k in fi._workspaces),
-                "sites": sorted(k[1] == groups[1].group_name for k in fi._sites)}
+        return {
+            "released": released,
+            "workspaces": sorted(k[0] == groups[1].group_name for k in fi._workspaces),
+            "sites": sorted(k[1] == groups[1].group_name for k in fi._sites),
+        }
     finally:
         fi._workspaces.clear()
         fi._workspaces.update(saved_ws)
@@ -522,6 +627,7 @@ def check_release_workspaces_per_group() -> dict:
 
 
 # ---- Hugging Face models under DTensor TP (arfuse.examples.hf_models) -------------------------
+
 
 def _hf_model(name: str, num_layers: int = 2, dtype=torch.float32):
     from torch.distributed.device_mesh import init_device_mesh
@@ -551,9 +657,14 @@ def check_hf_fused(name: str, dtype_name: str = "fp32", sizes=(5, 12)) -> dict:
             got = compiled(input_ids=ids, use_cache=False).last_hidden_state
             want = model(input_ids=ids, use_cache=False).last_hidden_state
             errors[seq] = rel_l2(got.float(), want.float())
-    return {"before": [dict(c) for c in fusion.before], "after": [dict(c) for c in fusion.after],
-            "matched": dict(fusion.matched), "skipped": fusion.skipped, "errors": errors,
-            "graphs": len(capture.graphs)}
+    return {
+        "before": [dict(c) for c in fusion.before],
+        "after": [dict(c) for c in fusion.after],
+        "matched": dict(fusion.matched),
+        "skipped": fusion.skipped,
+        "errors": errors,
+        "graphs": len(capture.graphs),
+    }
 
 
 def check_hf_compile(mode: str, calls=((1, 3), (1, 9), (1, 17))) -> dict:
@@ -566,8 +677,13 @@ def check_hf_compile(mode: str, calls=((1, 3), (1, 9), (1, 17))) -> dict:
     model = _hf_model("llama", num_layers=1)
     torch._dynamo.reset()
     kwargs = {"dynamic": True} if mode == "true" else {}
-    compiled = arfuse.compile(model, ranges=[8], lazy=mode != "none",
-                              fusion=arfuse.FusionConfig(fused_max_tokens=8), **kwargs)
+    compiled = arfuse.compile(
+        model,
+        ranges=[8],
+        lazy=mode != "none",
+        fusion=arfuse.FusionConfig(fused_max_tokens=8),
+        **kwargs,
+    )
     errors, captures = {}, []
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
@@ -580,8 +696,17 @@ def check_hf_compile(mode: str, calls=((1, 3), (1, 9), (1, 17))) -> dict:
             want = model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
             errors[(batch, seq)] = rel_l2(got, want)
             captures.append(compiled.backend.captures)
-    return {"captures": captures, "errors": errors, "token_arg": str(compiled.backend.token_arg),
-            "compiles": [{k: c[k] for k in ("range", "tokens", "fused", "bounds_applied",
-                                             "skipped", "guards_added")}
-                         | {"left": len(c["left_to_inductor"])} for c in compiled.backend.compiles],
-            "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)]}
+    return {
+        "captures": captures,
+        "errors": errors,
+        "token_arg": str(compiled.backend.token_arg),
+        "compiles": [
+            {
+                k: c[k]
+                for k in ("range", "tokens", "fused", "bounds_applied", "skipped", "guards_added")
+            }
+            | {"left": len(c["left_to_inductor"])}
+            for c in compiled.backend.compiles
+        ],
+        "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)],
+    }

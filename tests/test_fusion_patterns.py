@@ -23,7 +23,7 @@ def _assert_fused(result, spec_name):
     spec_fp8 = spec_name.endswith("/fp8")
     assert result["graphs"] >= 1
     assert result["matched"] == {spec_name: result["graphs"]}, result["skipped"]
-    for before, after in zip(result["before"], result["after"]):
+    for before, after in zip(result["before"], result["after"], strict=False):
         assert dc.count_allreduces(before) == 1
         assert dc.count_fused(before) == 0
         assert dc.count_allreduces(after) == 0, after
@@ -40,8 +40,8 @@ def _assert_fused(result, spec_name):
 
 
 def _assert_ranks_agree(results):
-    for a, b in zip(results[0]["outputs"], results[1]["outputs"]):
-        for x, y in zip(a, b):
+    for a, b in zip(results[0]["outputs"], results[1]["outputs"], strict=False):
+        for x, y in zip(a, b, strict=False):
             assert torch.equal(x, y)
 
 
@@ -56,10 +56,18 @@ def test_every_variant_fuses_and_matches_eager(group2, index, spec_name):
     _assert_ranks_agree(results)
 
 
-@pytest.mark.parametrize("spec_name,dtype,three_d,residual_live", [
-    (s, d, t, r) for s, d, t, r in itertools.product(
-        ["c10d/hf/ar+res/none", "c10d/rms_norm/res+ar/fp8"], DTYPE_CYCLE, [False, True],
-        [False, True])])
+@pytest.mark.parametrize(
+    "spec_name,dtype,three_d,residual_live",
+    [
+        (s, d, t, r)
+        for s, d, t, r in itertools.product(
+            ["c10d/hf/ar+res/none", "c10d/rms_norm/res+ar/fp8"],
+            DTYPE_CYCLE,
+            [False, True],
+            [False, True],
+        )
+    ],
+)
 def test_dtype_shape_liveness_matrix(group2, spec_name, dtype, three_d, residual_live):
     results = group2.run(dc.check_variant, spec_name, dtype, three_d, residual_live)
     _assert_fused(results[0], spec_name)
@@ -68,6 +76,7 @@ def test_dtype_shape_liveness_matrix(group2, spec_name, dtype, three_d, residual
 
 @pytest.mark.parametrize("eps", [1e-5, 1e-6, 3e-3])
 def test_any_eps_is_carried_into_the_fused_op(group2, eps):
-    results = group2.run(dc.check_variant, "c10d/rms_norm/ar+res/none", "fp32", False, True,
-                         eps=eps)
+    results = group2.run(
+        dc.check_variant, "c10d/rms_norm/ar+res/none", "fp32", False, True, eps=eps
+    )
     _assert_fused(results[0], "c10d/rms_norm/ar+res/none")

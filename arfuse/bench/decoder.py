@@ -29,8 +29,9 @@ def _example(num_layers, hidden, intermediate, heads, device):
     """arfuse's own TP decoder: forward(hidden_states [T, hidden])."""
     from arfuse.examples import build_tp_decoder
 
-    model, make_inputs = build_tp_decoder(num_layers, hidden, intermediate, heads,
-                                          dtype=torch.bfloat16, device=device)
+    model, make_inputs = build_tp_decoder(
+        num_layers, hidden, intermediate, heads, dtype=torch.bfloat16, device=device
+    )
 
     def inputs(t: int, seed: int) -> tuple[tuple, dict]:
         x = make_inputs(t + 1000 * seed)[0][:t]
@@ -59,10 +60,18 @@ def _hf(name, num_layers, size, device):
     return model, inputs, lambda out: out.last_hidden_state
 
 
-def run_decoder_sweep(tokens: tuple[int, ...], num_layers: int = 4, hidden: int = 4096,
-                      intermediate: int = 14336, heads: int = 32, n_inner: int = 4,
-                      reps: int = 20, ranges: list[int] | str = "auto", model: str = "example",
-                      size: str = "real") -> list[dict]:
+def run_decoder_sweep(
+    tokens: tuple[int, ...],
+    num_layers: int = 4,
+    hidden: int = 4096,
+    intermediate: int = 14336,
+    heads: int = 32,
+    n_inner: int = 4,
+    reps: int = 20,
+    ranges: list[int] | str = "auto",
+    model: str = "example",
+    size: str = "real",
+) -> list[dict]:
     """model: 'example' (arfuse's TP decoder at hidden/intermediate/heads) or an HF model of
     `arfuse.examples.hf_models.MODELS` at `size` ('real' shapes or 'tiny')."""
     import arfuse
@@ -96,11 +105,14 @@ def run_decoder_sweep(tokens: tuple[int, ...], num_layers: int = 4, hidden: int 
             row = {"tokens": t, "layers": num_layers, "model": model}
             outs = {}
             for name, compiled in variants.items():
-                step = lambda i, c=compiled: c(*calls[i][0], **calls[i][1])  # noqa: E731
+                step = lambda i, c=compiled, a=calls: c(*a[i][0], **a[i][1])  # noqa: E731
                 with _generated_code(codegen[name]):
                     outs[name] = output(step(0)).float()
-                us = time_cuda_graph(step, 2, group, n_inner, reps) if on_gpu else \
-                    time_eager(step, 2, group)
+                us = (
+                    time_cuda_graph(step, 2, group, n_inner, reps)
+                    if on_gpu
+                    else time_eager(step, 2, group)
+                )
                 row[f"{name}_us"] = slowest(us, group, device)
             for name in list(variants)[1:]:
                 diff = (outs[name] - outs["compile"]).norm() / outs["compile"].norm()
@@ -108,10 +120,12 @@ def run_decoder_sweep(tokens: tuple[int, ...], num_layers: int = 4, hidden: int 
                 row[f"{name}_speedup"] = row["compile_us"] / row[f"{name}_us"]
             rows.append(row)
     if rows:
-        rows[0].update(fused_ops=fusion.num_matches,
-                       ranges=[str(r) for r in variants["arfuse.compile"].ranges],
-                       shapes=_shapes(net, model, hidden, intermediate, heads),
-                       codegen={name: _summary(code) for name, code in codegen.items()})
+        rows[0].update(
+            fused_ops=fusion.num_matches,
+            ranges=[str(r) for r in variants["arfuse.compile"].ranges],
+            shapes=_shapes(net, model, hidden, intermediate, heads),
+            codegen={name: _summary(code) for name, code in codegen.items()},
+        )
     return rows
 
 
@@ -119,8 +133,10 @@ def _shapes(net, model: str, hidden: int, intermediate: int, heads: int) -> str:
     if model == "example":
         return f"arfuse TP decoder, hidden {hidden}, intermediate {intermediate}, {heads} heads"
     c = net.config
-    return (f"HF {type(net).__name__}, hidden {c.hidden_size}, intermediate "
-            f"{c.intermediate_size}, {c.num_attention_heads} heads / {c.num_key_value_heads} kv")
+    return (
+        f"HF {type(net).__name__}, hidden {c.hidden_size}, intermediate "
+        f"{c.intermediate_size}, {c.num_attention_heads} heads / {c.num_key_value_heads} kv"
+    )
 
 
 @contextlib.contextmanager
@@ -145,6 +161,8 @@ def _generated_code(sink: list[str]):
 def _summary(sources: list[str]) -> dict:
     # paths and timestamps differ between identical compiles; compare code only
     code = "\n".join(re.sub(r"#.*", "", s) for s in sources)
-    return {"modules": len(sources),
-            "persistent_reductions": code.count("persistent_reduction("),
-            "sha1": hashlib.sha1(code.encode()).hexdigest()[:12]}
+    return {
+        "modules": len(sources),
+        "persistent_reductions": code.count("persistent_reduction("),
+        "sha1": hashlib.sha1(code.encode()).hexdigest()[:12],
+    }

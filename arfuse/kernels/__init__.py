@@ -10,15 +10,15 @@ having logged the reason once.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
 from arfuse.kernels import exact
 
-Result = tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]
-Backend = Callable[..., Optional[Result]]
+Result = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]
+Backend = Callable[..., Result | None]
 
 _BACKENDS: list[Backend] = []
 
@@ -31,14 +31,18 @@ def register_backend(backend: Backend) -> None:
 def resolve_group(group_name: str) -> dist.ProcessGroup:
     """The process group registered under `group_name`, or a ValueError saying what exists."""
     if not dist.is_available() or not dist.is_initialized():
-        raise ValueError(f"process group {group_name!r} requested but torch.distributed is not "
-                         "initialized; call torch.distributed.init_process_group first")
+        raise ValueError(
+            f"process group {group_name!r} requested but torch.distributed is not "
+            "initialized; call torch.distributed.init_process_group first"
+        )
     try:
         return dist.distributed_c10d._resolve_process_group(group_name)
     except (RuntimeError, ValueError, KeyError) as e:
         known = sorted(dist.distributed_c10d._world.pg_names.values())
-        raise ValueError(f"unknown process group name {group_name!r}; known groups: {known}. "
-                         "Pass group.group_name of an existing group") from e
+        raise ValueError(
+            f"unknown process group name {group_name!r}; known groups: {known}. "
+            "Pass group.group_name of an existing group"
+        ) from e
 
 
 def all_reduce(input: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:

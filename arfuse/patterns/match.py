@@ -18,8 +18,9 @@ cannot be fused. The post-grad forms recognised (bf16 shown; fp32 graphs have no
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.fx import Node
@@ -52,10 +53,10 @@ class ChainMatch:
     views: list[Node]
     residual: Node | None
     weight: Node
-    eps: float | Node           # a Node: a 0-d float tensor input (dynamic=True)
-    weight_bias: float          # 1.0 for Gemma's (1 + weight), else 0.0
+    eps: float | Node  # a Node: a 0-d float tensor input (dynamic=True)
+    weight_bias: float  # 1.0 for Gemma's (1 + weight), else 0.0
     scale: Node | None
-    residual_out: Node          # the add, or the (viewed) allreduce result when no residual
+    residual_out: Node  # the add, or the (viewed) allreduce result when no residual
     norm_out: Node
     quant_out: Node | None
     nodes: list[Node] = field(default_factory=list)
@@ -77,6 +78,7 @@ class Miss:
 
 
 # ---- small helpers ---------------------------------------------------------------------------
+
 
 def _is(node: Any, *targets: Any) -> bool:
     return isinstance(node, Node) and node.op == "call_function" and node.target in targets
@@ -114,6 +116,7 @@ def _is_convert_to(node: Node, dtype: torch.dtype) -> bool:
 
 
 # ---- axis: allreduce -------------------------------------------------------------------------
+
 
 @dataclass
 class _AllReduce:
@@ -187,6 +190,7 @@ def match_allreduce(node: Node, custom_ops: dict[Any, int]) -> _AllReduce | Miss
 
 # ---- axis: norm ------------------------------------------------------------------------------
 
+
 @dataclass
 class _Norm:
     form: str
@@ -216,8 +220,12 @@ def _eps(x: Any) -> tuple[float | Node, list[Node]] | None:
     v = _val(x)
     if not isinstance(v, torch.Tensor) or v.dim() != 0 or not v.dtype.is_floating_point:
         return None
-    if _is(x, CONVERT) and isinstance(x.args[0], Node) and _val(x.args[0]) is not None \
-            and _val(x.args[0]).dim() == 0:
+    if (
+        _is(x, CONVERT)
+        and isinstance(x.args[0], Node)
+        and _val(x.args[0]) is not None
+        and _val(x.args[0]).dim() == 0
+    ):
         return x.args[0], [x]
     return x, []
 
@@ -228,14 +236,28 @@ def _match_rsqrt_core(xf: Node) -> tuple[Node, float | Node, list[Node], list[No
     Follows the first fitting user at each step, not the only one: a node with extra users
     still matches here and is refused by the caller's escape check, with a reason."""
     ndim = _val(xf).dim()
-    for sq in _users(xf, lambda u: (_is(u, aten.pow.Tensor_Scalar) and u.args[1] == 2)
-                     or (_is(u, *MUL) and u.args[0] is xf and u.args[1] is xf)):
-        mean = _first_user(sq, lambda u: _is(u, aten.mean.dim) and len(u.args) >= 3
-                           and bool(u.args[2]) and list(u.args[1]) in ([-1], [ndim - 1]))
-        add = mean and _first_user(mean, lambda u: _is(u, *ADD) and u.args[0] is mean
-                                   and _eps(u.args[1]) is not None)
+    for sq in _users(
+        xf,
+        lambda u: (
+            (_is(u, aten.pow.Tensor_Scalar) and u.args[1] == 2)
+            or (_is(u, *MUL) and u.args[0] is xf and u.args[1] is xf)
+        ),
+    ):
+        mean = _first_user(
+            sq,
+            lambda u: (
+                _is(u, aten.mean.dim)
+                and len(u.args) >= 3
+                and bool(u.args[2])
+                and list(u.args[1]) in ([-1], [ndim - 1])
+            ),
+        )
+        add = mean and _first_user(
+            mean,
+            lambda u, m=mean: _is(u, *ADD) and u.args[0] is m and _eps(u.args[1]) is not None,
+        )
         rsqrt = add and _first_user(add, lambda u: _is(u, aten.rsqrt.default))
-        n = rsqrt and _first_user(rsqrt, lambda u: _is(u, *MUL) and _other(u, rsqrt) is xf)
+        n = rsqrt and _first_user(rsqrt, lambda u, r=rsqrt: _is(u, *MUL) and _other(u, r) is xf)
         if n:
             eps, casts = _eps(add.args[1])
             return n, eps, [sq, mean, add, rsqrt, n], casts
@@ -282,8 +304,7 @@ def match_norm(h: Node, config: FusionConfig) -> _Norm | Miss | None:
         if _is(mul, *MUL) and isinstance(_other(mul, nxt), Node):
             leaf = _weight_leaf(_other(mul, nxt), dtype)
             if leaf:
-                return _Norm("hf", leaf[0], eps, 0.0, mul, nodes + [nxt, mul],
-                             leaf[1] + eps_casts)
+                return _Norm("hf", leaf[0], eps, 0.0, mul, nodes + [nxt, mul], leaf[1] + eps_casts)
         return None
     if not _is(nxt, *MUL):
         return None
@@ -302,16 +323,19 @@ def match_norm(h: Node, config: FusionConfig) -> _Norm | Miss | None:
         if down is None or not _is_convert_to(down, dtype):
             return None
         out, tail = down, [down]
-    return _Norm(form, leaf[0], eps, bias, out, nodes + [nxt] + tail,
-                 extra + leaf[1] + eps_casts)
+    return _Norm(form, leaf[0], eps, bias, out, nodes + [nxt] + tail, extra + leaf[1] + eps_casts)
 
 
 # ---- axis: quant -----------------------------------------------------------------------------
 
+
 def _clamped(node: Node) -> tuple[Node, list[Node]] | None:
     """clamp(x, -448, 448) in any of its decompositions -> (last clamp node, nodes)."""
-    if _is(node, aten.clamp.default) and _number(node.args[1]) == -FP8_MAX \
-            and _number(node.args[2] if len(node.args) > 2 else None) == FP8_MAX:
+    if (
+        _is(node, aten.clamp.default)
+        and _number(node.args[1]) == -FP8_MAX
+        and _number(node.args[2] if len(node.args) > 2 else None) == FP8_MAX
+    ):
         return node, [node]
     if _is(node, aten.clamp_min.default) and _number(node.args[1]) == -FP8_MAX:
         hi = _only_user(node)
@@ -322,11 +346,14 @@ def _clamped(node: Node) -> tuple[Node, list[Node]] | None:
 
 def match_quant(out: Node) -> tuple[Node, Node, list[Node]] | None:
     """FP8 static quant of `out` -> (scale, quant_out, nodes)."""
-    starts = [out] if _dtype(out) == torch.float32 else \
-        _users(out, lambda u: _is_convert_to(u, torch.float32))
+    starts = (
+        [out]
+        if _dtype(out) == torch.float32
+        else _users(out, lambda u: _is_convert_to(u, torch.float32))
+    )
     for start in starts:
         up = [] if start is out else [start]
-        for div in _users(start, lambda u: _is(u, aten.div.Tensor) and u.args[0] is start):
+        for div in _users(start, lambda u, s=start: _is(u, aten.div.Tensor) and u.args[0] is s):
             scale = div.args[1]
             if not isinstance(scale, Node) or _val(scale) is None or _val(scale).numel() != 1:
                 continue
@@ -342,9 +369,22 @@ def match_quant(out: Node) -> tuple[Node, Node, list[Node]] | None:
 
 # ---- composition -----------------------------------------------------------------------------
 
-_ELEMENTWISE = frozenset({*VIEW_OPS, CONVERT, *ADD, *MUL, aten.pow.Tensor_Scalar, aten.mean.dim,
-                          aten.div.Tensor, aten.sub.Tensor, aten.sum.dim_IntList,
-                          aten.sqrt.default, aten.rsqrt.default, aten.reciprocal.default})
+_ELEMENTWISE = frozenset(
+    {
+        *VIEW_OPS,
+        CONVERT,
+        *ADD,
+        *MUL,
+        aten.pow.Tensor_Scalar,
+        aten.mean.dim,
+        aten.div.Tensor,
+        aten.sub.Tensor,
+        aten.sum.dim_IntList,
+        aten.sqrt.default,
+        aten.rsqrt.default,
+        aten.reciprocal.default,
+    }
+)
 
 
 def _reaches_rsqrt(start: Node, depth: int = 8) -> bool:
@@ -352,20 +392,26 @@ def _reaches_rsqrt(start: Node, depth: int = 8) -> bool:
     right after it, not one behind a matmul in the next layer)."""
     seen, frontier = {start}, [start]
     for _ in range(depth):
-        frontier = [u for n in frontier for u in n.users
-                    if u not in seen and u.op == "call_function" and u.target in _ELEMENTWISE]
+        frontier = [
+            u
+            for n in frontier
+            for u in n.users
+            if u not in seen and u.op == "call_function" and u.target in _ELEMENTWISE
+        ]
         if any(_is(u, aten.rsqrt.default) for u in frontier):
             return True
         seen.update(frontier)
     return False
+
 
 def _external_users(nodes: Iterable[Node], allowed: set[Node]) -> list[str]:
     inside = set(nodes)
     return [n.name for n in inside - allowed if any(u not in inside for u in n.users)]
 
 
-def match_chain(ar_node: Node, config: FusionConfig,
-                custom_ops: dict[Any, int]) -> ChainMatch | Miss | None:
+def match_chain(
+    ar_node: Node, config: FusionConfig, custom_ops: dict[Any, int]
+) -> ChainMatch | Miss | None:
     """Match the chain that starts at `ar_node`; None if it is not an allreduce + norm chain."""
     ar = match_allreduce(ar_node, custom_ops)
     if ar is None or isinstance(ar, Miss):
@@ -375,21 +421,34 @@ def match_chain(ar_node: Node, config: FusionConfig,
         views.append(nxt)
         cur = nxt
     residual, residual_form, h = None, "none", cur
-    for add in _users(cur, lambda u: _is(u, aten.add.Tensor) and len(u.args) == 2
-                      and "alpha" not in u.kwargs and isinstance(_other(u, cur), Node)):
+    for add in _users(
+        cur,
+        lambda u: (
+            _is(u, aten.add.Tensor)
+            and len(u.args) == 2
+            and "alpha" not in u.kwargs
+            and isinstance(_other(u, cur), Node)
+        ),
+    ):
         res = _other(add, cur)
         if _dtype(res) == _dtype(cur) and match_norm(add, config) is not None:
             residual, h = res, add
             residual_form = "ar+res" if add.args[0] is cur else "res+ar"
             break
     if _dtype(h) not in SUPPORTED:
-        return Miss(f"activation dtype {_dtype(h)} is not supported", h.name) \
-            if match_norm(h, config) else None
+        return (
+            Miss(f"activation dtype {_dtype(h)} is not supported", h.name)
+            if match_norm(h, config)
+            else None
+        )
     norm = match_norm(h, config)
     if norm is None:
         if _reaches_rsqrt(h):  # recognisable, but not in a form the matcher knows: say so
-            return Miss("the allreduce feeds an RMSNorm-like computation in a form the pass "
-                        "does not match (see `arfuse patterns`)", h.name)
+            return Miss(
+                "the allreduce feeds an RMSNorm-like computation in a form the pass "
+                "does not match (see `arfuse patterns`)",
+                h.name,
+            )
         return None
     if isinstance(norm, Miss):
         return norm
@@ -402,10 +461,23 @@ def match_chain(ar_node: Node, config: FusionConfig,
     outputs = {h, norm.out} | ({quant_out} if quant_out is not None else set())
     leaking = _external_users(nodes, outputs)
     if leaking:  # the reason is warned once per text: the node goes in `node`, not the text
-        return Miss("an intermediate value of the chain is used outside it; fusing would "
-                    "drop it", sorted(leaking)[0])
-    return ChainMatch(spec, ar.group_name, ar.input, views, residual, norm.weight, norm.eps,
-                      norm.weight_bias, scale, h, norm.out, quant_out, nodes,
-                      norm.weight_nodes)
-
-
+        return Miss(
+            "an intermediate value of the chain is used outside it; fusing would drop it",
+            sorted(leaking)[0],
+        )
+    return ChainMatch(
+        spec,
+        ar.group_name,
+        ar.input,
+        views,
+        residual,
+        norm.weight,
+        norm.eps,
+        norm.weight_bias,
+        scale,
+        h,
+        norm.out,
+        quant_out,
+        nodes,
+        norm.weight_nodes,
+    )
