@@ -165,7 +165,7 @@ def _measure(
     # every rank must agree to skip, or the collectives below would hang
     skip = torch.tensor([isinstance(step, str)], dtype=torch.int32, device=device)
     dist.all_reduce(skip, group=group)
-    if skip.item() or isinstance(step, str):  # (a str step here means skip.item() too)
+    if skip.item() or isinstance(step, str):  # a str step already made skip nonzero
         row.times_us[name] = None
         row.notes[name] = step if isinstance(step, str) else "skipped on another rank"
         return

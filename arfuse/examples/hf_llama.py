@@ -99,9 +99,11 @@ class LlamaStack(nn.Module):
 
 def tp_plan(prefix: str = "") -> dict:
     """The DTensor plan HF uses for Llama: q/k/v and gate/up colwise, o/down rowwise."""
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+    from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel
 
-    plan = {f"self_attn.{p}": ColwiseParallel() for p in ("q_proj", "k_proj", "v_proj")}
+    plan: dict[str, ParallelStyle] = {
+        f"self_attn.{p}": ColwiseParallel() for p in ("q_proj", "k_proj", "v_proj")
+    }
     plan |= {
         "mlp.gate_proj": ColwiseParallel(),
         "mlp.up_proj": ColwiseParallel(),

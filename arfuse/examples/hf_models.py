@@ -14,9 +14,12 @@ Needs `transformers` (`pip install -e '.[test]'`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 MODELS = ("llama", "qwen3", "gemma3", "mistral")
 
@@ -87,7 +90,7 @@ def config(name: str, size: str = "tiny", num_layers: int = 2, **overrides: Any)
     if size not in ("tiny", "real"):
         raise ValueError(f"size={size!r}: choose 'tiny' or 'real'")
     config_cls, _, real = _KINDS[name]
-    dims = dict(TINY if size == "tiny" else real)
+    dims: dict[str, Any] = dict(TINY if size == "tiny" else real)
     if size == "real":
         dims["vocab_size"] = 32000  # the embedding is not part of the measured chains
     dims.update(num_hidden_layers=num_layers, max_position_embeddings=16384)
@@ -116,7 +119,7 @@ def build(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     **overrides: Any,
-) -> torch.nn.Module:
+) -> PreTrainedModel:
     """The base model `name` with random weights (same on every rank), sharded over the 1-D
     `mesh` with its TP plan, in eval mode."""
     import transformers

@@ -123,6 +123,8 @@ class TPDecoder(nn.Module):
     `fp8_scale` is set).
     """
 
+    fp8_scale: torch.Tensor | None  # a buffer (register_buffer below)
+
     def __init__(self, num_layers: int = 2, hidden: int = 64, intermediate: int = 128,
                  num_heads: int = 4, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", norm: str = "hf", allreduce: str = "c10d",

@@ -148,6 +148,14 @@ def _flashinfer() -> tuple[Any, Any] | None:
     return _comm, _module
 
 
+def _loaded() -> tuple[Any, Any]:
+    """`_flashinfer()` where the caller needs it: RuntimeError with the reason if unavailable."""
+    fi = _flashinfer()
+    if fi is None:
+        raise RuntimeError(f"FlashInfer is unavailable: {_import_error}")
+    return fi
+
+
 # ---- workspaces ----------------------------------------------------------------------------
 
 
@@ -205,10 +213,7 @@ def create_workspace(
     ws = _workspaces.get(key)
     if ws is not None:
         return ws
-    fi = _flashinfer()
-    if fi is None:
-        raise RuntimeError(f"FlashInfer is unavailable: {_import_error}")
-    comm, _ = fi
+    comm, _ = _loaded()
     if torch.cuda.is_current_stream_capturing():
         raise RuntimeError(
             "arfuse: cannot create a FlashInfer workspace during CUDA-graph "
@@ -263,7 +268,7 @@ def release_workspaces(group: dist.ProcessGroup | None = None) -> int:
         ws.released = True
         torch.cuda.synchronize()
         flag_ptr = int(ws.ptrs[-1].item())  # the 5-int flag block the create call mallocs
-        comm, _ = _flashinfer()
+        comm, _ = _loaded()
         with contextlib.redirect_stdout(io.StringIO()):
             comm.trtllm_destroy_ipc_workspace_for_all_reduce_fusion(ws.ipc_handles, group=ws.group)
         from flashinfer.comm.cuda_ipc import cudart
@@ -409,6 +414,7 @@ def _ensure_workspace(
         return site.workspace
     if torch.cuda.is_current_stream_capturing():
         return None
+    assert site.limits is not None, "only a site without a reason gets here; it has limits"
     site.workspace = create_workspace(
         group, input.shape[-1], input.dtype, _workspace_tokens(site.limits)
     )
@@ -488,7 +494,7 @@ def launch(
     quant_out: torch.Tensor | None = None,
 ) -> None:
     """One kernel launch into preallocated outputs (tests poison them first)."""
-    _, module = _flashinfer()
+    _, module = _loaded()
     hidden = input.shape[-1]
     tokens = input.numel() // hidden
     if tokens > ws.max_tokens:
@@ -527,7 +533,7 @@ def launch(
 
 
 def _pattern(fp8: bool):
-    comm, _ = _flashinfer()
+    comm, _ = _loaded()
     p = comm.AllReduceFusionPattern
     # The op returns norm_out too, so FP8 uses the Out variant (writes norm and quant).
     return p.kARResidualRMSNormOutFP8Quant if fp8 else p.kARResidualRMSNorm
