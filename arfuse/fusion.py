@@ -26,13 +26,15 @@ and recorded in `skipped`, and a per-graph report goes to the structured trace (
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import operator
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -246,7 +248,7 @@ def _static_hidden(out: torch.Tensor, weight: torch.Tensor) -> int | None:
     for size in (weight.shape[0], out.shape[-1]):
         if isinstance(size, int):
             return size
-    hint = getattr(weight.shape[0].node, "hint", None)
+    hint = getattr(getattr(weight.shape[0], "node", None), "hint", None)
     return int(hint) if hint is not None else None
 
 
@@ -256,13 +258,14 @@ def _fused_max_tokens(m: ChainMatch, config: FusionConfig, policy: FusionPolicy)
     if config.fused_max_tokens is not None:
         return config.fused_max_tokens
     act = _val(m.allreduce_input)
-    if act.device.type != "cuda":
+    hidden = _static_hidden(_val(m.norm_out), _val(m.weight))
+    if act.device.type != "cuda" or hidden is None:
         return None
     limits = policy.limits(
         torch.cuda.get_device_capability(act.device),
         kernels.resolve_group(m.group_name).size(),
         act.dtype,
-        _static_hidden(_val(m.norm_out), _val(m.weight)),
+        hidden,
     )
     # with two-shot off its window runs the unfused path: leave it to Inductor instead
     return None if limits is None else policy.fused_max_tokens(limits)
@@ -290,11 +293,9 @@ def _fake_call(node: Node) -> None:
     mode = torch._guards.detect_fake_mode(
         [a for a in torch.utils._pytree.tree_leaves(args) if isinstance(a, torch.Tensor)]
     )
-    if mode is None:
-        node.meta["val"] = node.target(*args, **kwargs)
-        return
-    with mode:
-        node.meta["val"] = node.target(*args, **kwargs)
+    target = cast(Callable[..., Any], node.target)
+    with mode if mode is not None else contextlib.nullcontext():
+        node.meta["val"] = target(*args, **kwargs)
 
 
 def _rewrite(graph: Graph, m: ChainMatch) -> list[Node]:
@@ -303,7 +304,9 @@ def _rewrite(graph: Graph, m: ChainMatch) -> list[Node]:
     with graph.inserting_before(m.last):
         x = m.allreduce_input
         for view in m.views:
-            x = graph.call_function(view.target, (x, *view.args[1:]), dict(view.kwargs))
+            x = graph.call_function(
+                cast(Callable[..., Any], view.target), (x, *view.args[1:]), dict(view.kwargs)
+            )
             _fake_call(x)
         # eps as a graph input (dynamic=True lifts float attributes): the eps_tensor overload
         overload = "eps_tensor" if isinstance(m.eps, Node) else "default"
@@ -312,7 +315,7 @@ def _rewrite(graph: Graph, m: ChainMatch) -> list[Node]:
                 getattr(torch.ops.arfuse.fused_allreduce_rmsnorm, overload),
                 (x, m.residual, m.weight, m.eps, m.weight_bias, m.group_name),
             )
-            names = ("norm_out", "residual_out")
+            names: tuple[str, ...] = ("norm_out", "residual_out")
         else:
             fused = graph.call_function(
                 getattr(torch.ops.arfuse.fused_allreduce_rmsnorm_fp8, overload),

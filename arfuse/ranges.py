@@ -33,7 +33,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import sympy
 import torch
@@ -184,8 +184,10 @@ def mark_token_dims(
             continue
         label = name if name is not None else f"positional arg {index}"
         if name in given or index in given:
-            dims = given[name] if name in given else given[index]
-            rank = 0  # named by the caller: the token argument if it is the first so named
+            found: Any = name if name in given else index
+            dims = given[found]
+            # named by the caller: the token argument if it is the first so named
+            rank: int | None = 0
         elif name in HF_TOKEN_DIMS:
             dims = HF_TOKEN_DIMS[name](value.dim())
             rank = 1 + _KEY_NAMES.index(name) if name in _KEY_NAMES else None
@@ -242,7 +244,7 @@ class RangedBackend:
         self.bound_symbols = bound_symbols
         self.captures = 0  # Dynamo graphs received (1 when nothing recompiles)
         self.compiles: list[dict[str, Any]] = []  # one entry per range compiled
-        self.dispatch = None  # the latest capture's
+        self.dispatch: _Dispatch | None = None  # the latest capture's
         self.dispatches: list[_Dispatch] = []  # every capture's, in order
         self.token_arg: TokenArg | None = None  # set by arfuse.compile before the capture
         self.warned: set[str] = set()  # skip reasons warned, over every range
@@ -254,13 +256,14 @@ class RangedBackend:
         self.captures += 1
         compiles = len(self.compiles)
         try:
-            self.dispatch = _Dispatch(self, gm, example_inputs)
+            dispatch = _Dispatch(self, gm, example_inputs)
         except torch._dynamo.exc.RestartAnalysis:  # Dynamo captures again: not a new capture
             self.captures -= 1
             del self.compiles[compiles:]
             raise
-        self.dispatches.append(self.dispatch)
-        return self.dispatch
+        self.dispatch = dispatch
+        self.dispatches.append(dispatch)
+        return dispatch
 
 
 class _Dispatch:
@@ -326,8 +329,9 @@ class _Dispatch:
         options = {**self.backend.options, "post_grad_custom_post_pass": fusion}
         start = time.perf_counter()
         with torch._guards.tracing(self.context), self._bounded(r) as bounded:
-            compiled = compile_fx(
-                copy.deepcopy(self.gm), self.example_inputs, config_patches=options
+            compiled = cast(
+                Callable,
+                compile_fx(copy.deepcopy(self.gm), self.example_inputs, config_patches=options),
             )
         self.backend.compiles.append(
             {
@@ -565,7 +569,7 @@ def _allreduced(gm: torch.fx.GraphModule, extra: Iterable[str] = ()):
             and any(p.is_partial() for p in getattr(src, "placements", ()))
             and not any(p.is_partial() for p in getattr(val, "placements", ()))
         ):
-            return val, val.device_mesh.get_group().group_name
+            return val, cast(Any, val).device_mesh.get_group().group_name
     return None, None
 
 
@@ -632,7 +636,8 @@ class RangedModule:
         # size-oblivious backed symbols: no 0/1 specialization, so 1 token shares the capture.
         # Not under dynamic=True: a batch of 1 would become a symbol too, which DTensor's
         # sharding propagation cannot take (`2//s0` local sizes)
-        with torch.fx.experimental._config.patch(backed_size_oblivious=self._size_oblivious):
+        shape_config = cast(Any, torch.fx.experimental._config)
+        with shape_config.patch(backed_size_oblivious=self._size_oblivious):
             return self._compiled(*args, **kwargs)
 
 

@@ -36,7 +36,7 @@ def resolve_group(group_name: str) -> dist.ProcessGroup:
             "initialized; call torch.distributed.init_process_group first"
         )
     try:
-        return dist.distributed_c10d._resolve_process_group(group_name)
+        return dist.distributed_c10d._resolve_process_group(group_name)  # type: ignore[arg-type]
     except (RuntimeError, ValueError, KeyError) as e:
         known = sorted(dist.distributed_c10d._world.pg_names.values())
         raise ValueError(

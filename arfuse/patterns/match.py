@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.fx import Node
@@ -88,21 +88,23 @@ def _val(node: Any) -> Any:
     return node.meta.get("val") if isinstance(node, Node) else None
 
 
-def _dtype(node: Any) -> torch.dtype | None:
+def _dtype(node: Any) -> Any:  # torch.dtype or None
     v = _val(node)
     return v.dtype if isinstance(v, torch.Tensor) else None
 
 
-def _only_user(node: Node) -> Node | None:
+# The graph walk below is untyped FX (args are `Argument`): helpers return Any, and every use
+# is checked with `_is` / isinstance, which also rejects None.
+def _only_user(node: Any) -> Any:
     users = list(node.users)
     return users[0] if len(users) == 1 else None
 
 
-def _users(node: Node, pred: Callable[[Node], bool]) -> list[Node]:
+def _users(node: Node, pred: Callable[[Node], Any]) -> list[Node]:
     return [u for u in node.users if pred(u)]
 
 
-def _other(node: Node, this: Node) -> Any:
+def _other(node: Any, this: Any) -> Any:
     a, b = node.args[0], node.args[1]
     return b if a is this else a if b is this else None
 
@@ -111,7 +113,7 @@ def _number(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
-def _is_convert_to(node: Node, dtype: torch.dtype) -> bool:
+def _is_convert_to(node: Any, dtype: Any) -> bool:
     return _is(node, CONVERT) and node.args[1] == dtype
 
 
@@ -149,7 +151,7 @@ def _argument(node: Node, index: int) -> Any:
     """Argument `index` of an op call, by position, by keyword or the schema's default."""
     if index < len(node.args):
         return node.args[index]
-    arg = node.target._schema.arguments[index]
+    arg = cast(Any, node.target)._schema.arguments[index]
     return node.kwargs.get(arg.name, arg.default_value)
 
 
@@ -173,7 +175,7 @@ def custom_allreduce_ops(config: FusionConfig) -> dict[Any, int]:
 
 def match_allreduce(node: Node, custom_ops: dict[Any, int]) -> _AllReduce | Miss | None:
     if _is(node, *_targets(optable.C10D_ALLREDUCE)):
-        inp, reduce_op, group = node.args[:3]
+        inp, reduce_op, group = cast(Any, node.args[:3])
         if str(reduce_op).lower() != "sum":
             return Miss(f"all_reduce with reduce op {reduce_op!r}, only 'sum' fuses", node.name)
         wait = _only_user(node)
@@ -181,10 +183,10 @@ def match_allreduce(node: Node, custom_ops: dict[Any, int]) -> _AllReduce | Miss
             return Miss("all_reduce result is used before (or without) wait_tensor", node.name)
         return _AllReduce("c10d", inp, str(group), wait, [node, wait])
     if _is(node, *_overloads(optable.ARFUSE_ALLREDUCE)):
-        return _AllReduce("arfuse", node.args[0], str(_argument(node, 1)), node, [node])
+        return _AllReduce("arfuse", _argument(node, 0), str(_argument(node, 1)), node, [node])
     if node.op == "call_function" and node.target in custom_ops:
         group = _argument(node, custom_ops[node.target])
-        return _AllReduce("custom", node.args[0], str(group), node, [node])
+        return _AllReduce("custom", _argument(node, 0), str(group), node, [node])
     return None
 
 
@@ -206,7 +208,7 @@ def _custom_norm_targets(config: FusionConfig) -> frozenset[Any]:
     return _targets((optable.ARFUSE_RMS_NORM, *config.norm_ops))
 
 
-def _first_user(node: Node, pred: Callable[[Node], bool]) -> Node | None:
+def _first_user(node: Any, pred: Callable[[Node], Any]) -> Any:
     found = _users(node, pred)
     return found[0] if found else None
 
@@ -230,6 +232,18 @@ def _eps(x: Any) -> tuple[float | Node, list[Node]] | None:
     return x, []
 
 
+def _adds_eps_to(mean: Node) -> Callable[[Node], bool]:
+    return lambda u: _is(u, *ADD) and u.args[0] is mean and _eps(u.args[1]) is not None
+
+
+def _multiplies(a: Node, b: Node) -> Callable[[Node], bool]:
+    return lambda u: _is(u, *MUL) and _other(u, a) is b
+
+
+def _divides(x: Node) -> Callable[[Node], bool]:
+    return lambda u: _is(u, aten.div.Tensor) and u.args[0] is x
+
+
 def _match_rsqrt_core(xf: Node) -> tuple[Node, float | Node, list[Node], list[Node]] | None:
     """n = xf * rsqrt(mean(xf^2, [-1], keepdim) + eps) -> (n, eps, nodes, eps cast nodes).
 
@@ -249,17 +263,14 @@ def _match_rsqrt_core(xf: Node) -> tuple[Node, float | Node, list[Node], list[No
                 _is(u, aten.mean.dim)
                 and len(u.args) >= 3
                 and bool(u.args[2])
-                and list(u.args[1]) in ([-1], [ndim - 1])
+                and list(cast(Any, u.args[1])) in ([-1], [ndim - 1])
             ),
         )
-        add = mean and _first_user(
-            mean,
-            lambda u, m=mean: _is(u, *ADD) and u.args[0] is m and _eps(u.args[1]) is not None,
-        )
+        add = mean and _first_user(mean, _adds_eps_to(mean))
         rsqrt = add and _first_user(add, lambda u: _is(u, aten.rsqrt.default))
-        n = rsqrt and _first_user(rsqrt, lambda u, r=rsqrt: _is(u, *MUL) and _other(u, r) is xf)
+        n = rsqrt and _first_user(rsqrt, _multiplies(rsqrt, xf))
         if n:
-            eps, casts = _eps(add.args[1])
+            eps, casts = cast(Any, _eps(add.args[1]))
             return n, eps, [sq, mean, add, rsqrt, n], casts
     return None
 
@@ -279,9 +290,9 @@ def match_norm(h: Node, config: FusionConfig) -> _Norm | Miss | None:
     for user in h.users:
         if user.op == "call_function" and user.target in norm_ops and user.args[0] is h:
             # (input, weight, eps): eps may be a keyword or left to the schema's default
-            weight, eps = _argument(user, 1), _number(_argument(user, 2))
-            if isinstance(weight, Node) and eps is not None:
-                return _Norm("custom_op", weight, eps, 0.0, user, [user])
+            weight, op_eps = _argument(user, 1), _number(_argument(user, 2))
+            if isinstance(weight, Node) and op_eps is not None:
+                return _Norm("custom_op", weight, op_eps, 0.0, user, [user])
     wide = dtype in (torch.float32, torch.float64)  # computed in its own dtype, no casts
     if wide:
         xf, up = h, []
@@ -353,7 +364,7 @@ def match_quant(out: Node) -> tuple[Node, Node, list[Node]] | None:
     )
     for start in starts:
         up = [] if start is out else [start]
-        for div in _users(start, lambda u, s=start: _is(u, aten.div.Tensor) and u.args[0] is s):
+        for div in _users(start, _divides(start)):
             scale = div.args[1]
             if not isinstance(scale, Node) or _val(scale) is None or _val(scale).numel() != 1:
                 continue
