@@ -46,3 +46,33 @@ def test_ci_runs_the_readme_test_command_and_stops_on_failure():
     script = "set -euo pipefail\n(true && exit 5)\necho not reached\n"
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
     assert proc.returncode == 5 and "not reached" not in proc.stdout
+
+
+def test_ci_runs_the_lint_and_type_gate_after_installing_the_tools():
+    ci = (ROOT / ".ci" / "run").read_text()
+    lint = (ROOT / "ci" / "lint.sh").read_text()
+    assert ci.index("'.[test]'") < ci.index("\nci/lint.sh") < ci.index("\nci/gate.sh")
+    for step in ("step ruff check .", "step ruff format --check .", "step mypy"):
+        assert step in lint
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'"ruff==[\d.]+"', pyproject) and re.search(r'"mypy==[\d.]+"', pyproject)
+
+
+def test_lint_gate_runs_every_step_and_fails_if_any_did(tmp_path):
+    # stand-ins for ruff and mypy: `ruff check` fails, the other two steps must still run
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, code in (("ruff", '[ "$1" = check ] && exit 1; exit 0'), ("mypy", "exit 0")):
+        fake = bin_dir / tool
+        fake.write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >> {tmp_path}/calls\n{code}\n')
+        fake.chmod(0o755)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "ci" / "lint.sh")],
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "VIRTUAL_ENV": "ci"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    calls = [c.strip() for c in (tmp_path / "calls").read_text().splitlines()]
+    assert calls == ["ruff check .", "ruff format --check .", "mypy"], proc.stdout
+    assert proc.returncode == 1
