@@ -11,11 +11,15 @@ having logged the reason once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.distributed as dist
 
 from arfuse.kernels import exact
+
+if TYPE_CHECKING:
+    from torch.distributed.distributed_c10d import GroupName  # a NewType of str
 
 Result = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]
 Backend = Callable[..., Result | None]
@@ -36,7 +40,7 @@ def resolve_group(group_name: str) -> dist.ProcessGroup:
             "initialized; call torch.distributed.init_process_group first"
         )
     try:
-        return dist.distributed_c10d._resolve_process_group(group_name)  # type: ignore[arg-type]
+        return dist.distributed_c10d._resolve_process_group(cast("GroupName", group_name))
     except (RuntimeError, ValueError, KeyError) as e:
         known = sorted(dist.distributed_c10d._world.pg_names.values())
         raise ValueError(
