@@ -710,3 +710,27 @@ def check_hf_compile(mode: str, calls=((1, 3), (1, 9), (1, 17))) -> dict:
         ],
         "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)],
     }
+
+
+def check_hf_allreduce_in_dynamo_graph() -> dict:
+    """What ranges='auto' reads from Dynamo's graph of a DTensor-TP HF model: the allreduced
+    activation (a DTensor redistributed from Partial) and its group."""
+    from arfuse.ranges import _allreduced
+
+    model = _hf_model("llama", num_layers=1)
+    found = {}
+
+    def backend(gm, example_inputs):
+        val, group = _allreduced(gm)
+        found.update(shape=list(val.shape[-1:]), dtype=str(val.dtype), group=group)
+        return gm.forward
+
+    torch._dynamo.reset()
+    ids = torch.randint(0, 128, (1, 5))
+    torch._dynamo.maybe_mark_dynamic(ids, 1)
+    with torch.no_grad():
+        torch.compile(model, backend=backend)(input_ids=ids, use_cache=False)
+    found["world"] = dist.get_world_size(
+        dist.distributed_c10d._resolve_process_group(found["group"])
+    )
+    return found

@@ -68,3 +68,10 @@ def test_arfuse_compile_with_dynamic_true_or_the_callers_mark_dynamic(group2, mo
     assert r["captures"] == [1, 1]
     assert [(c["range"], c["fused"], c["skipped"]) for c in r["compiles"]] == [("[1, 8]", 2, [])]
     assert all(e <= 1e-5 for e in r["errors"].values()), r["errors"]
+
+
+def test_ranges_auto_finds_the_dtensor_allreduce(group2):
+    """ranges='auto' sizes its split points from the first allreduce in Dynamo's graph; under
+    DTensor TP that is RowwiseParallel's Partial -> Replicate redistribute."""
+    r = group2.run(dc.check_hf_allreduce_in_dynamo_graph)[0]
+    assert r == {"shape": [64], "dtype": "torch.float32", "group": r["group"], "world": 2}
