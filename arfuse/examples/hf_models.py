@@ -120,14 +120,19 @@ def build(
     seed: int = 0,
     **overrides: Any,
 ) -> PreTrainedModel:
-    """The base model `name` with random weights (same on every rank), sharded over the 1-D
-    `mesh` with its TP plan, in eval mode."""
+    """The base model `name` with random weights (same on every rank), built on the mesh's
+    device (the current CUDA device for a CUDA mesh), sharded over the 1-D `mesh` with its TP
+    plan, in eval mode."""
     import transformers
     from torch.distributed.tensor.parallel import parallelize_module
 
     cfg = config(name, size, num_layers, **overrides)
-    torch.manual_seed(seed)
-    model = getattr(transformers, _KINDS[name][1])(cfg).to(dtype).eval()
+    torch.manual_seed(seed)  # seeds CUDA too: the same weights on every rank
+    device = torch.device(mesh.device_type)
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    with device:  # unsharded modules (embedding, norms, rotary) must live there too
+        model = getattr(transformers, _KINDS[name][1])(cfg).to(dtype).eval()
     with torch.no_grad():  # norms start at 1 (or 0 for Gemma): perturb them so they matter
         for pname, p in model.named_parameters():
             if "norm" in pname:
