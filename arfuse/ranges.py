@@ -142,17 +142,20 @@ class TokenArg:
 
 
 def _bind(model: Callable, args: tuple, kwargs: dict) -> list[tuple[str | None, int | None, Any]]:
-    """(name, positional index, value) for every argument of one call."""
-    names: list[str | None] = [None] * len(args)
+    """(name, positional index, value) for every argument of one call; a keyword argument
+    keeps the index of its parameter when it could be passed positionally, so
+    token_dims={0: 1} means input_ids however it is passed."""
     try:
         params = list(inspect.signature(model).parameters.values())
     except (TypeError, ValueError):
         params = []
-    for i, p in enumerate(params[: len(args)]):
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            names[i] = p.name
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names: list[str | None] = [
+        positional[i] if i < len(positional) else None for i in range(len(args))
+    ]
+    index = {name: i for i, name in enumerate(positional)}
     return [(names[i], i, a) for i, a in enumerate(args)] + [
-        (k, None, v) for k, v in kwargs.items()
+        (k, index.get(k), v) for k, v in kwargs.items()
     ]
 
 
@@ -183,9 +186,9 @@ def mark_token_dims(
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
             continue
         label = name if name is not None else f"positional arg {index}"
-        if name in given or index in given:
-            found: Any = name if name in given else index
-            dims = given[found]
+        given_key = name if name in given else index
+        if given_key is not None and given_key in given:
+            dims = given[given_key]
             # named by the caller: the token argument if it is the first so named
             rank: int | None = 0
         elif name in HF_TOKEN_DIMS:

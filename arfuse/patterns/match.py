@@ -269,8 +269,9 @@ def _match_rsqrt_core(xf: Node) -> tuple[Node, float | Node, list[Node], list[No
         add = mean and _first_user(mean, _adds_eps_to(mean))
         rsqrt = add and _first_user(add, lambda u: _is(u, aten.rsqrt.default))
         n = rsqrt and _first_user(rsqrt, _multiplies(rsqrt, xf))
-        if n:
-            eps, casts = cast(Any, _eps(add.args[1]))
+        found = _eps(add.args[1]) if n else None  # (`add` was picked for a readable eps)
+        if found is not None:
+            eps, casts = found
             return n, eps, [sq, mean, add, rsqrt, n], casts
     return None
 
