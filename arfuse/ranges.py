@@ -194,7 +194,7 @@ def mark_token_dims(
         elif name in HF_TOKEN_DIMS:
             dims = HF_TOKEN_DIMS[name](value.dim())
             rank = 1 + _KEY_NAMES.index(name) if name in _KEY_NAMES else None
-        elif index is not None:
+        elif index is not None and name not in kwargs:  # passed positionally
             dims, rank = 0, len(_KEY_NAMES) + 1
         else:
             continue

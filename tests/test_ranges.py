@@ -220,11 +220,15 @@ def test_token_dims_of_a_call():
     assert [marks(t) for t in (ids, mask, pos, cache)] == [[1], [1], [1], [0]]
     assert mark_token_dims(
         hf, (), {"attention_mask": mask4, "inputs_embeds": torch.zeros(2, 5, 8)}, None
-    ) == TokenArg("inputs_embeds", None, 1)
+    ) == TokenArg("inputs_embeds", 4, 1)
     assert marks(mask4) == [2, 3]
     # a plain [num_tokens, hidden] model: positional dim 0, as before
     x = torch.zeros(5, 8)
     assert mark_token_dims(lambda x, w: None, (x, torch.zeros(8)), {}, None) == TokenArg("x", 0, 0)
+    # a positional index names the parameter however it is passed (issue 12's token_dims={0: 1})
+    ids2 = torch.zeros(1, 5, dtype=torch.long)
+    assert mark_token_dims(hf, (), {"input_ids": ids2}, {0: 1}) == TokenArg("input_ids", 0, 1)
+    assert marks(ids2) == [1]
     # named by the caller wins over the HF default
     e = torch.zeros(1, 5, 8)
     assert mark_token_dims(hf, (), {"inputs_embeds": e}, {"inputs_embeds": 1}).dim == 1
