@@ -197,7 +197,7 @@ def test_token_dims_of_a_call():
     """Which dims get marked and which argument is the range key, by name and position."""
     import torch
 
-    from arfuse.ranges import TokenArg, mark_token_dims
+    from arfuse.tokens import TokenArg, mark_token_dims
 
     def hf(
         input_ids=None,
