@@ -126,10 +126,11 @@ def _where(nodes: list[Node]) -> tuple[Frame | None, list[Frame]]:
     """
       ## What it does
       Reads the Inductor post-grad graph of every compiled graph and finds an all_reduce
-      (`_c10d_functional.all_reduce` + `wait_tensor`, or `arfuse.all_reduce`) whose result
-      feeds, through views and casts, a residual add and/or an RMSNorm (an `rms_norm` op or
-      the `pow -> mean -> add eps -> rsqrt` chain) - i.e. a chain that
-      `torch.ops.arfuse.fused_allreduce_*` would have replaced.
+      (`_c10d_functional.all_reduce` + `wait_tensor`, `arfuse.all_reduce`, or an op named in
+      the pass's `FusionConfig(allreduce_ops=...)`, read from its report) whose result
+      feeds, through views and casts, a residual add and/or an RMSNorm (an `rms_norm` op, a
+      `FusionConfig(norm_ops=...)` op, or the `pow -> mean -> add eps -> rsqrt` chain) - i.e.
+      a chain that `torch.ops.arfuse.fused_allreduce_*` would have replaced.
 
       ## Why is this bad?
       Unfused, the chain does a full allreduce, writes the sum to memory, and reads it back
