@@ -734,3 +734,21 @@ def check_hf_allreduce_in_dynamo_graph() -> dict:
         dist.distributed_c10d._resolve_process_group(found["group"])
     )
     return found
+
+
+def check_dynamic_true_graph(tokens=(5, 9)) -> dict:
+    """The same at graph level: the post-grad graph the pass sees under dynamic=True has eps
+    as a 0-d tensor input, so the fused ops are the eps_tensor overloads."""
+    from arfuse.examples import build_tp_decoder
+
+    model, make_inputs = build_tp_decoder(num_layers=2, hidden=64, intermediate=128)
+    fusion = CountingPass()
+    capture = PostGradCapture(fusion)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=capture.backend, dynamic=True)
+    errors = {}
+    with torch.no_grad():
+        for t in tokens:
+            (x,) = make_inputs(t)
+            errors[t] = rel_l2(compiled(x).float(), model(x).float())
+    return {"after": [dict(c) for c in fusion.after], "errors": errors, "skipped": fusion.skipped}

@@ -248,3 +248,10 @@ def test_release_workspaces_only_touches_its_group(group2):
     r = group2.run(dc.check_release_workspaces_per_group)[0]
     # the other group's workspace and planning site stay
     assert r["workspaces"] == [True] and r["sites"] == [True]
+
+
+def test_dynamic_true_graph_uses_the_eps_tensor_overload(group2):
+    r = group2.run(dc.check_dynamic_true_graph)[0]
+    assert [a.get("arfuse.fused_allreduce_rmsnorm.eps_tensor") for a in r["after"]] == [4]
+    assert r["skipped"] == []
+    assert all(e <= 1e-5 for e in r["errors"].values()), r["errors"]
