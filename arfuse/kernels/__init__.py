@@ -2,7 +2,7 @@
 
 `run_fused` asks each registered backend (in order) whether it can run this call; the first that
 returns a result wins, otherwise the exact path runs. A backend is a callable with the signature
-of `exact.fused` that returns None when the call is not for it (FlashInfer's: any non-CUDA
+of `exact.unfused` that returns None when the call is not for it (FlashInfer's: any non-CUDA
 input). A backend that takes a call always returns a result: where its kernel does not apply
 (size past the threshold, library missing, unsupported shape) it runs its own unfused path,
 having logged the reason once.
@@ -73,4 +73,4 @@ def run_fused(input, residual, weight, scale, eps, weight_bias, group) -> Result
         result = backend(input, residual, weight, scale, eps, weight_bias, group)
         if result is not None:
             return result
-    return exact.fused(input, residual, weight, scale, eps, weight_bias, group)
+    return exact.unfused(input, residual, weight, scale, eps, weight_bias, group)

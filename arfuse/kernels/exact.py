@@ -52,7 +52,7 @@ def epilogue(
     return quant_fp8_static(norm_out, scale), norm_out, residual_out
 
 
-def fused(
+def unfused(
     input: torch.Tensor,
     residual: torch.Tensor | None,
     weight: torch.Tensor,
@@ -61,5 +61,7 @@ def fused(
     weight_bias: float,
     group: dist.ProcessGroup,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """Returns (quant_out or None, norm_out, residual_out)."""
+    """What a fused op computes, unfused: allreduce, then the epilogue. Returns (quant_out or
+    None, norm_out, residual_out). `weight_bias` is added to the weight: Gemma's (1 + weight)
+    offset, 0.0 for every other norm form."""
     return epilogue(all_reduce(input, group), residual, weight, scale, eps, weight_bias)
