@@ -195,8 +195,6 @@ def audit(
     """
     from arfuse.audit import api
     from arfuse.audit import baseline as baselines
-    from arfuse.audit.run import TargetError, run_target
-    from arfuse.audit.sizes import parse_sizes
 
     try:
         extra = []
@@ -208,7 +206,12 @@ def audit(
                     f"{', '.join(FORMATS)}; got {item!r}"
                 )
             extra.append((kind, Path(path)))
-        size_list = parse_sizes(sizes) if sizes else None
+        if sizes:
+            from arfuse.audit.sizes import parse_sizes
+
+            size_list = parse_sizes(sizes)
+        else:
+            size_list = None
         sel, ign = _split(select), _split(ignore)
         from arfuse.audit.rules import select_rules
 
@@ -253,6 +256,8 @@ def audit(
             from arfuse.audit.default_target import SPEC
 
             spec = target or SPEC
+            from arfuse.audit.run import run_target  # only a live run needs the runner
+
             result = run_target(
                 spec,
                 sizes=size_list,
@@ -276,7 +281,7 @@ def audit(
                 domain=_domain(min_tokens, max_tokens, result.run),
             )
             logs = {r: str(p) for r, p in result.trace_files.items() if r in traces}
-    except (TargetError, ValueError) as exc:
+    except ValueError as exc:  # the runner's TargetError is a ValueError
         raise _fail(str(exc)) from None
     if html is not None:
         from arfuse.audit.html import render
