@@ -63,20 +63,22 @@ def _hf(config) -> AuditTarget:
     )
 
 
+# the tiny shape every target shares (real code paths, seconds to compile)
+TINY = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=131072,
+)
+
+
 def hf_llama() -> AuditTarget:
     from transformers import LlamaConfig
 
-    return _hf(
-        LlamaConfig(
-            vocab_size=128,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=131072,
-        )
-    )
+    return _hf(LlamaConfig(**TINY))
 
 
 def hf_gemma3() -> AuditTarget:
@@ -84,15 +86,9 @@ def hf_gemma3() -> AuditTarget:
 
     return _hf(
         Gemma3TextConfig(
-            vocab_size=128,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            **TINY,
             head_dim=16,
             sliding_window=SLIDING_WINDOW,
             layer_types=["sliding_attention", "full_attention"],
-            max_position_embeddings=131072,
         )
     )
