@@ -108,7 +108,18 @@ def decisions(ctx: AuditContext) -> list[Decision]:
     if cached is not None:
         return cached
     groups: dict[tuple[Any, str, int], list[TokenGuard]] = {}
+    lo, hi = ctx.domain.lo, ctx.domain.hi
     for g in token_guards(ctx):  # numpy (arfuse.audit.truth) loads only if there are any
+        size = ctx.compile_sizes.get(g.compile_id) if g.compile_id else None
+        if size is not None and not lo <= size <= hi:
+            _dismiss(
+                ctx,
+                [g],
+                g.where,
+                f"compiled for num_tokens={size:,}, outside the token "
+                f"domain {ctx.domain}: that graph never serves it",
+            )
+            continue
         key = (g.compile_id, g.where.decision.filename, g.where.decision.line)
         groups.setdefault(key, []).append(g)
     judged: list[tuple[Decision, np.ndarray | None]] = []

@@ -178,3 +178,21 @@ def test_multi_rank_target_audits_every_rank(tmp_path):
     assert [(f["code"], f["line"], f["ranks"]) for f in json.loads(bare.stdout)["findings"]] == [
         (f["code"], f["line"], f["ranks"]) for f in report["findings"]
     ]
+
+
+def test_max_tokens_narrows_the_verdicts_to_the_domain_served():
+    """The recorded sweep crossed 2048; a model that serves at most 2000 tokens never meets that
+    threshold, nor the graphs compiled past it: only the residue-class guard stays."""
+    log = Path(__file__).parent / "data" / "torch-2.13.0-branch.log.gz"
+    wide = CliRunner().invoke(main, ["audit", "--trace", str(log), "--format", "json"])
+    narrow = CliRunner().invoke(
+        main, ["audit", "--trace", str(log), "--format", "json", "--max-tokens", "2000"]
+    )
+    codes = lambda res: sorted(f["code"] for f in json.loads(res.stdout)["findings"])  # noqa: E731
+    assert codes(wide) == ["ARF102", "ARF103", "ARF104", "ARF104"]
+    assert codes(narrow) == ["ARF103"] and narrow.exit_code == 1
+    summary = json.loads(narrow.stdout)["summary"]
+    assert summary["domain"] == [1, 2000]
+    assert any("outside the token domain [1, 2,000]" in d["reason"] for d in summary["dismissed"])
+    bad = CliRunner().invoke(main, ["audit", "--trace", str(log), "--max-tokens", "0"])
+    assert bad.exit_code == 2 and "max_tokens must be a positive whole number" in bad.output

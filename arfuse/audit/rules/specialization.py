@@ -414,6 +414,8 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
         n = ctx.compile_sizes.get(cid) if cid else None
         if n is not None and n < 2:
             continue  # num_tokens 0/1 always gets its own graph: torch's 0/1 specialization
+        if n is not None and not ctx.domain.lo <= n <= ctx.domain.hi:
+            continue  # a size the model does not serve: its recompile never happens in service
         for entry in _reason_entries(art.payload_json()):
             failed_id, _, text = entry.partition(": ")
             failed = CompileId.parse(failed_id)
