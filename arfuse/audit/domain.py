@@ -69,11 +69,6 @@ class Verdict:
     excluded: tuple[int, ...] = ()  # counts where it fails (except)
     since: int = 0  # periodic from this count on
     reason: str = ""  # why it could not be judged (unknown)
-    key: bytes = b""  # the truth vector, packed: equal predicates agree
-
-    @property
-    def holds_everywhere(self) -> bool:
-        return self.shape == "always"
 
     def describe(self) -> str:
         """One human line: where the compiled graph stays valid and where it stops."""
@@ -98,12 +93,14 @@ class Verdict:
             )
         runs = ", ".join(f"[{a:,}, {b:,}]" for a, b in self.runs[:4])
         more = " ..." if len(self.runs) > 4 else ""
-        return f"valid for num_tokens in {runs}{more}; {self.recompiles_at()}"
+        return f"valid for num_tokens in {runs}{more}; {recompiles_at(self.flips)}"
 
-    def recompiles_at(self) -> str:
-        steps = [f"{f:,} -> {f + 1:,}" for f in self.flips[:4]]
-        more = f" (+{len(self.flips) - 4} more)" if len(self.flips) > 4 else ""
-        return f"recompiles at {', '.join(steps)}{more}" if steps else "never recompiles"
+
+def recompiles_at(flips: tuple[int, ...] | list[int]) -> str:
+    """`recompiles at 2,048 -> 2,049`: the first few flips of one or several verdicts."""
+    steps = [f"{f:,} -> {f + 1:,}" for f in flips[:4]]
+    more = f" (+{len(flips) - 4} more)" if len(flips) > 4 else ""
+    return f"recompiles at {', '.join(steps)}{more}" if steps else "never recompiles"
 
 
 def _join(values: tuple[int, ...]) -> str:

@@ -222,11 +222,10 @@ def _period(holds: np.ndarray) -> tuple[int, int]:
 
 
 def verdict_of(expr: str, holds: np.ndarray, first: int, domain: TokenDomain) -> Verdict:
-    key = np.packbits(holds).tobytes() + first.to_bytes(8, "little")
     if holds.all():
-        return Verdict(expr, "always", domain, ((first, first + len(holds) - 1),), key=key)
+        return Verdict(expr, "always", domain, ((first, first + len(holds) - 1),))
     if not holds.any():
-        return Verdict(expr, "never", domain, key=key)
+        return Verdict(expr, "never", domain)
     change = np.flatnonzero(holds[1:] != holds[:-1])
     flips = tuple(int(first + i) for i in change)
     edges = np.concatenate(([0], change + 1, [len(holds)]))
@@ -237,10 +236,10 @@ def verdict_of(expr: str, holds: np.ndarray, first: int, domain: TokenDomain) ->
     )
     failing = np.flatnonzero(~holds)
     if len(runs) == 1 and runs[0][0] == runs[0][1]:
-        return Verdict(expr, "point", domain, runs, flips, key=key)
+        return Verdict(expr, "point", domain, runs, flips)
     if len(failing) <= _MAX_EXCEPT:
         excluded = tuple(int(first + i) for i in failing)
-        return Verdict(expr, "except", domain, runs, flips, excluded=excluded, key=key)
+        return Verdict(expr, "except", domain, runs, flips, excluded=excluded)
     if len(runs) > _MAX_RUNS:
         p, start = _period(holds)
         if p:
@@ -255,9 +254,8 @@ def verdict_of(expr: str, holds: np.ndarray, first: int, domain: TokenDomain) ->
                 period=p,
                 residues=residues,
                 since=first + start,
-                key=key,
             )
-    return Verdict(expr, "interval", domain, runs, flips, key=key)
+    return Verdict(expr, "interval", domain, runs, flips)
 
 
 @functools.lru_cache(maxsize=2048)

@@ -43,11 +43,15 @@ class TokenGuard:
     """One guard (or specialization) that involves a token symbol."""
 
     expr: str
-    symbol: str
+    tokens: tuple[str, ...]  # the token symbols it names, sorted
     source: str
     compile_id: CompileId | None
     where: Attribution
     values: tuple[tuple[str, int], ...] = ()  # other symbols' values in this compile
+
+    @property
+    def symbol(self) -> str:
+        return self.tokens[0]
 
 
 @dataclass
@@ -71,13 +75,13 @@ def token_guards(ctx: AuditContext) -> list[TokenGuard]:
     out = []
     for e in ctx.trace.events:
         if isinstance(e, GuardAddedFast):
-            tokens = sorted(s for s in symbols(e.expr) if ctx.token_source(e.compile_id, s))
+            tokens = tuple(sorted(s for s in symbols(e.expr) if ctx.token_source(e.compile_id, s)))
             expr = e.expr
         elif isinstance(e, SymbolicShapeSpecialization):
             src = ctx.token_source(e.compile_id, e.symbol)
             if not src and not any(ctx.is_token_source(s) for s in e.sources):
                 continue
-            tokens = [e.symbol]
+            tokens = (e.symbol,)
             expr = f"Eq({e.symbol}, {e.value})"
         else:
             continue
@@ -93,12 +97,8 @@ def token_guards(ctx: AuditContext) -> list[TokenGuard]:
         src = ctx.token_source(e.compile_id, tokens[0]) or ""
         if not src and isinstance(e, SymbolicShapeSpecialization) and e.sources:
             src = e.sources[0]
-        out.append(TokenGuard(expr, tokens[0], src, e.compile_id, where, others))
+        out.append(TokenGuard(expr, tokens, src, e.compile_id, where, others))
     return out
-
-
-def _token_set(ctx: AuditContext, g: TokenGuard) -> set[str]:
-    return {s for s in symbols(g.expr) if ctx.token_source(g.compile_id, s)} or {g.symbol}
 
 
 def decisions(ctx: AuditContext) -> list[Decision]:
@@ -136,10 +136,7 @@ def decisions(ctx: AuditContext) -> list[Decision]:
             -(0 if dt[1] is None else int((~dt[1]).sum())),
         ),
     )
-    for d, t in order:
-        if d.verdict.shape == "always":
-            _dismiss(ctx, d.guards, d.where, d.verdict.describe())
-            continue
+    for d, t in order:  # (a line's guards that always hold were dismissed one by one)
         host = _implied_by(d, t, kept) if t is not None else None
         if host is not None:
             host.folded += d.guards
@@ -152,9 +149,7 @@ def decisions(ctx: AuditContext) -> list[Decision]:
                 f"{who} the guard decided at {line} (folded into that finding)",
             )
             continue
-        if d.where.by == "compiler":
-            d.code = COMPILER
-        elif t is not None:
+        if d.where.by != "compiler" and t is not None:
             kept.append((d, t))
         out.append(d)
     out.sort(key=lambda d: (d.line_key, str(d.compile_id)))
@@ -170,17 +165,19 @@ def _judge_line(
     from arfuse.audit.truth import holds, verdict_of
 
     first_cid, where = guards[0].compile_id, guards[0].where
+    compiler = where.by == "compiler"  # its own switch, whatever the shape: ARF106
     total: np.ndarray | None = None
     start = 0
     judgeable: list[TokenGuard] = []
     out: list[tuple[Decision, np.ndarray | None]] = []
     for g in guards:
-        got = holds(g.expr, _token_set(ctx, g), ctx.domain, dict(g.values))
+        got = holds(g.expr, set(g.tokens), ctx.domain, dict(g.values))
         if isinstance(got, str):
-            cls = classify(g.expr, _token_set(ctx, g))
+            cls = classify(g.expr, set(g.tokens))
             if cls in _BY_SYNTAX:
                 v = Verdict(g.expr, "unknown", ctx.domain, reason=got)
-                out.append((Decision(where, first_cid, [g], v, _BY_SYNTAX[cls]), None))
+                code = COMPILER if compiler else _BY_SYNTAX[cls]
+                out.append((Decision(where, first_cid, [g], v, code), None))
             else:
                 _dismiss(ctx, [g], where, f"torch's own bound on a dynamic size ({got})")
             continue
@@ -193,9 +190,8 @@ def _judge_line(
     if judgeable and total is not None:
         expr = " & ".join(dict.fromkeys(g.expr for g in judgeable))
         v = verdict_of(expr, total, start, ctx.domain)
-        out.insert(
-            0, (Decision(where, first_cid, judgeable, v, _BY_SHAPE.get(v.shape, RANGE)), total)
-        )
+        code = COMPILER if compiler else _BY_SHAPE.get(v.shape, RANGE)
+        out.insert(0, (Decision(where, first_cid, judgeable, v, code), total))
     return out
 
 

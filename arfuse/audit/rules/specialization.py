@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from arfuse.audit.attribution import Attribution, is_framework, short_path
 from arfuse.audit.context import AuditContext, pretty_source
+from arfuse.audit.domain import recompiles_at
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.rules import rule
 from arfuse.audit.trace import CompilationMetrics, CompileId, Frame
@@ -63,12 +64,6 @@ def _lines(ctx: AuditContext, code: str) -> list[_Line]:
             continue
         lines.setdefault(d.line_key, _Line(code, d.where)).decisions.append(d)
     return list(lines.values())
-
-
-def _recompiles_at(flips: list[int]) -> str:
-    steps = [f"{f:,} -> {f + 1:,}" for f in flips[:4]]
-    more = f" (+{len(flips) - 4} more)" if len(flips) > 4 else ""
-    return f"recompiles at {', '.join(steps)}{more}"
 
 
 def _finding(ctx: AuditContext, line: _Line, name: str, message: str) -> Finding:
@@ -209,7 +204,7 @@ def check_range(ctx: AuditContext) -> Iterable[Finding]:
             graphs = "graphs compiled here are" if len(valid) > 1 else "graph compiled here is"
             what = (
                 f"the {graphs} valid for num_tokens in {' and '.join(valid)}: "
-                f"{_recompiles_at(line.flips)}"
+                f"{recompiles_at(line.flips)}"
             )
         elif judged:
             what = f"the graph compiled here {judged[0].describe()}"
@@ -320,7 +315,7 @@ def check_compiler_switch(ctx: AuditContext) -> Iterable[Finding]:
             if flips and v.shape == "interval":
                 what = (
                     f"Inductor ({where}) picks different code above {flips[0]:,} tokens: "
-                    f"{_recompiles_at(flips)}"
+                    f"{recompiles_at(flips)}"
                 )
         yield _finding(ctx, line, "compiler-num-tokens-switch", f"[compiler] {what}")
 
