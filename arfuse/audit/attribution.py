@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from arfuse.audit.files import package_path
 from arfuse.audit.trace import Frame
 
 # Path segments of libraries whose frames never "make the decision" for the user.
@@ -38,13 +39,10 @@ _GUARD_PLUMBING = re.compile(
 
 
 def _package_path(path: str) -> str:
-    """The part after site-packages (`torch/_inductor/ir.py`, `transformers/...`): an install
-    prefix may itself contain `torch/` (`/opt/torch/.venv/...` on the GPU image), which must
-    not turn every installed package into torch."""
-    for marker in ("site-packages/", "dist-packages/", "site-packages\\", "dist-packages\\"):
-        if marker in path:
-            return path.rsplit(marker, 1)[1]
-    return path
+    """An installed file is classified by its path inside site-packages: an install prefix may
+    itself contain `torch/` (`/opt/torch/.venv/...` on the GPU image), which must not turn
+    every installed package into torch."""
+    return package_path(path) or path
 
 
 def short_path(path: str) -> str:

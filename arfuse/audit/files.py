@@ -20,15 +20,24 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 SRCROOT = "%SRCROOT%"
-_LIBRARY_MARKERS = ("/site-packages/", "/dist-packages/")
+_LIBRARY_MARKERS = ("/site-packages/", "/dist-packages/", "\\site-packages\\", "\\dist-packages\\")
+
+
+def package_path(path: str) -> str | None:
+    """The part after the (innermost) site-packages of an installed file - `torch/_inductor/
+    ir.py`, `transformers/...`: the same on every machine - or None for any other path."""
+    for marker in _LIBRARY_MARKERS:
+        if marker in path:
+            return path.rsplit(marker, 1)[1]
+    return None
 
 
 def rel(path: str, root: Path) -> str:
     if not path or path.startswith("<"):
         return path
-    for marker in _LIBRARY_MARKERS:
-        if marker in path:  # torch/_inductor/codegen/cpp.py: the same on every machine
-            return path.split(marker, 1)[1]
+    installed = package_path(path)
+    if installed is not None:
+        return installed
     try:
         return Path(path).resolve().relative_to(root.resolve()).as_posix()
     except (ValueError, OSError):
@@ -41,7 +50,7 @@ def sarif_location(path: str, root: Path) -> dict[str, str]:
     (`<compiled graph>`), which have no place on disk that a viewer could open."""
     shown = rel(path, root)
     if shown and not shown.startswith("<") and not PurePosixPath(shown).is_absolute():
-        under_root = not any(m in path for m in _LIBRARY_MARKERS)
+        under_root = package_path(path) is None
         out = {"uri": quote(shown, safe="/")}
         if under_root:
             out["uriBaseId"] = SRCROOT
