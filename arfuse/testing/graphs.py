@@ -1,9 +1,10 @@
 """Post-grad graphs without code generation: the graph Inductor's custom passes see, in ~1 s.
 
-`post_grad_graph(fn, *args)` runs Dynamo + AOTAutograd with Inductor's decompositions, then
-Inductor's joint-graph and post-grad passes (with the given `post_grad_custom_post_pass`), and
-returns the resulting FX GraphModule; it runs eagerly (op by op), so tests can check numerics
-of the rewritten graph without paying for an Inductor compile.
+`PostGradCapture(pass_).backend` is a Dynamo backend that runs AOTAutograd with Inductor's
+decompositions, then Inductor's joint-graph and post-grad passes (with the given
+`post_grad_custom_post_pass`), and keeps each resulting FX GraphModule in `.graphs`; the graph
+runs eagerly (op by op), so tests can check numerics of the rewritten graph without paying for
+an Inductor compile.
 """
 
 from __future__ import annotations
@@ -47,26 +48,3 @@ def op_counts(gm: torch.fx.GraphModule | torch.fx.Graph) -> Counter[str]:
     '_c10d_functional.all_reduce_.default', 'aten.rsqrt.default'."""
     graph = gm.graph if isinstance(gm, torch.fx.GraphModule) else gm
     return Counter(str(n.target) for n in graph.nodes if n.op == "call_function")
-
-
-def post_grad_graph(
-    fn: Callable,
-    *args: Any,
-    custom_post_pass: Any = None,
-    dynamic_dims: dict[int, int] | None = None,
-) -> tuple[torch.fx.GraphModule, Any]:
-    """Compile `fn` up to Inductor's post-grad graph; return (graph module, fn's output).
-
-    `dynamic_dims` maps positional-arg index -> dim to mark dynamic (default: dim 0 of every
-    tensor arg, the token dim)."""
-    capture = PostGradCapture(custom_post_pass)
-    if dynamic_dims is None:
-        dynamic_dims = {i: 0 for i, a in enumerate(args) if isinstance(a, torch.Tensor)}
-    for i, dim in dynamic_dims.items():
-        torch._dynamo.maybe_mark_dynamic(args[i], dim)
-    torch._dynamo.reset()
-    with torch.no_grad():
-        out = torch.compile(fn, backend=capture.backend, fullgraph=True)(*args)
-    if len(capture.graphs) != 1:
-        raise AssertionError(f"expected one graph, Dynamo produced {len(capture.graphs)}")
-    return capture.graphs[0], out

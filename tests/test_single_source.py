@@ -1,0 +1,217 @@
+"""Issue 14's defects that no other test pinned: a custom allreduce op in the cross-rank rule
+and in ranges='auto', the pass's cache key under ARFUSE_TWOSHOT and the ARFUSE_THRESHOLDS file,
+skip reasons warned once per pass without node names, and dead code. Graph level, no compile;
+`.notes/defect_tests.md` maps every defect of the issue to its test."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import arfuse
+from arfuse.audit import analyze
+from arfuse.audit.reader import parse_bytes
+
+PACKAGE = Path(arfuse.__file__).parent
+VLLM = "vllm::all_reduce"
+_IDENT = re.compile(r"\b[A-Za-z_]\w*\b")
+
+
+def _rank_log(ops: list[str], named: tuple[str, ...]) -> bytes:
+    """One rank's trace: the pass's report naming `named` as allreduce ops, and a post-grad
+    graph that calls `ops` (torch.ops.<ns>.<op>.default) in order, one model line each."""
+    head = (
+        'V1129 12:00:00.000000 1 x.py:1] {{"artifact": {{"name": "{}", "encoding": "{}"}}, '
+        '"frame_id": 0, "frame_compile_id": 0, "attempt": 0, "has_payload": "0"}}\n'
+    )
+    report = {"matches": 0, "skipped": [], "allreduce_ops": list(named), "norm_ops": []}
+    graph = "".join(
+        f"\t        # File: /m/model.py:{10 + i} in forward, code: y{i} = comm(x)\n"
+        f'\t        c{i}: "f32[s0, 64]" = torch.ops.{op}.default(arg0_1)\n'
+        for i, op in enumerate(ops)
+    )
+    return (
+        head.format("arfuse_fusion", "json")
+        + "\t"
+        + json.dumps(report)
+        + "\n"
+        + head.format("inductor_post_grad_graph", "string")
+        + graph
+        + 'V1129 12:00:00.100000 1 x.py:1] {"compilation_metrics": {"compile_id": "0/0", '
+        '"co_name": "forward", "co_filename": "/m/model.py", "co_firstlineno": 9}, '
+        '"frame_id": 0, "frame_compile_id": 0, "attempt": 0}\n'
+    ).encode()
+
+
+@pytest.mark.parametrize("named", [(VLLM,), ()])
+def test_arf304_counts_an_allreduce_op_named_in_the_fusion_config(named):
+    """Defect 1 (ranks): rank 0 issues vllm::all_reduce before the c10d allreduce, rank 1 does
+    not: a hang when the pass's config names the op, nothing the audit can see otherwise."""
+    ops = {
+        0: ["vllm.all_reduce", "_c10d_functional.all_reduce"],
+        1: ["_c10d_functional.all_reduce"],
+    }
+    traces = {rank: parse_bytes(_rank_log(o, named)) for rank, o in ops.items()}
+    findings = analyze(traces, select=["ARF304"]).findings
+    if not named:
+        assert findings == []
+        return
+    (f,) = findings
+    assert (f.code, f.path, f.line, f.ranks) == ("ARF304", "/m/model.py", 10, [0, 1])
+    assert "collective #1 is rank 0: vllm.all_reduce; rank 1: _c10d_functional.all_reduce" in (
+        f.message
+    )
+
+
+# an allreduce op of the user's that ranges='auto' cannot guess by name (no "all_reduce" in it)
+_LIB = torch.library.Library("arfuse_single_source", "DEF")
+_LIB.define("tp_sum(Tensor input, str group_name) -> Tensor")
+
+
+def test_ranges_auto_finds_an_allreduce_op_named_in_the_fusion_config():
+    """Defect 1 (ranges): ranges='auto' sizes its split points from the first allreduced
+    activation; a FusionConfig's own allreduce op is one, with its group argument."""
+    from arfuse.ranges import _allreduced
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    x.meta["example_value"] = torch.empty(4, 64)
+    ar = graph.call_function(torch.ops.arfuse_single_source.tp_sum.default, (x, "tp_group"))
+    ar.meta["example_value"] = torch.empty(4, 64, dtype=torch.bfloat16)
+    graph.output(ar)
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    val, group = _allreduced(gm, ("arfuse_single_source::tp_sum",))
+    assert (tuple(val.shape), val.dtype, group) == ((4, 64), torch.bfloat16, "tp_group")
+    assert _allreduced(gm) == (None, None)
+
+
+def _uuid_in_subprocess(env: dict[str, str]) -> str:
+    code = "import arfuse; print(arfuse.AllReduceFusionPass().uuid().hex())"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**_clean_env(), **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return out.stdout.strip()
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("ARFUSE_TWOSHOT", "ARFUSE_THRESHOLDS")}
+
+
+def test_uuid_follows_arfuse_twoshot():
+    """Defect 2: ARFUSE_TWOSHOT decides what a ranged compile fuses, so the default pass's
+    cache key must differ between its values (the env var is read at import: subprocesses)."""
+    on, again, off = (_uuid_in_subprocess({"ARFUSE_TWOSHOT": v}) for v in ("1", "1", "0"))
+    assert on == again != off
+
+
+def test_uuid_follows_the_thresholds_file(tmp_path, monkeypatch):
+    """Defect 2: a table loaded from ARFUSE_THRESHOLDS changes the default pass's uuid."""
+    from arfuse import thresholds as th
+
+    monkeypatch.delenv(th.ENV_VAR, raising=False)
+    th.reload()
+    before = arfuse.AllReduceFusionPass().uuid()
+    path = tmp_path / "t.json"
+    entry = {"oneshot_max_mb": 1.0, "fused_max_mb": 2.0, "source": "test"}
+    path.write_text(json.dumps({"sm90": {"4": entry}}))
+    monkeypatch.setenv(th.ENV_VAR, str(path))
+    th.reload()
+    try:
+        assert arfuse.AllReduceFusionPass().uuid() != before
+    finally:
+        monkeypatch.delenv(th.ENV_VAR)
+        th.reload()
+    assert arfuse.AllReduceFusionPass().uuid() == before
+
+
+def _leaky_chains(x, r1, r2, w):
+    """Two allreduce + add + RMSNorm chains whose allreduce output is also used elsewhere."""
+    y1 = arfuse.ops.all_reduce(x, "0")
+    out1 = arfuse.ops.rms_norm(y1 + r1, w, 1e-6)
+    y2 = arfuse.ops.all_reduce(out1, "0")
+    out2 = arfuse.ops.rms_norm(y2 + r2, w, 1e-6)
+    return out2, y1 * 2, y2 * 3
+
+
+def _apply(fusion: arfuse.AllReduceFusionPass) -> list[str]:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    args = (torch.randn(4, 64), torch.randn(4, 64), torch.randn(4, 64), torch.randn(64))
+    gm = make_fx(_leaky_chains, tracing_mode="fake")(*args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fusion.apply(gm.graph)
+    return [str(w.message) for w in caught if "arfuse" in str(w.message)]
+
+
+def test_skip_reasons_are_warned_once_per_pass_without_node_names():
+    """Defects 5 and 9: a reason is warned once per pass (a second pass warns again, whatever
+    ran before it: no process-wide set), and its text names no node, so two chains that leak
+    for the same reason share one warning while `skipped` keeps each node."""
+    first = arfuse.AllReduceFusionPass()
+    warned = _apply(first)
+    assert len(warned) == 1 and "used outside" in warned[0]
+    reasons = {reason for reason, _ in first.skipped}
+    nodes = [node for _, node in first.skipped]
+    assert len(first.skipped) == 2 and len(reasons) == 1 and len(set(nodes)) == 2
+    assert not any(node in warned[0] for node in nodes)
+    assert _apply(first) == []  # the same pass: already warned
+    assert _apply(arfuse.AllReduceFusionPass()) == warned  # a new pass warns again
+
+
+def _defined_names(tree: ast.Module) -> list[str]:
+    """Module-level functions and classes, and methods, that no decorator registers."""
+    found = []
+    for node in tree.body:
+        members = node.body if isinstance(node, ast.ClassDef) else []
+        for n in [node, *members]:
+            if isinstance(n, ast.FunctionDef | ast.ClassDef) and not n.decorator_list:
+                found.append(n.name)
+    return found
+
+
+def test_no_private_definition_in_the_package_is_unused():
+    """Defect 6: a private function, method or class that nothing names is dead code
+    (`match._strip_convert` was one). Registered ones (decorated) are used by their decorator."""
+    sources = {p: p.read_text() for p in PACKAGE.rglob("*.py")}
+    words: dict[str, int] = {}
+    for text in sources.values():
+        for word in _IDENT.findall(text):
+            words[word] = words.get(word, 0) + 1
+    dead = [
+        f"{p.relative_to(PACKAGE)}: {name}"
+        for p, text in sources.items()
+        for name in _defined_names(ast.parse(text))
+        if name.startswith("_") and not name.startswith("__") and words.get(name, 0) < 2
+    ]
+    assert dead == []
+
+
+@pytest.mark.parametrize(
+    "module,name",
+    [
+        ("arfuse.audit.events", "merge"),
+        ("arfuse.audit.reader", "merge"),
+        ("arfuse.testing.graphs", "post_grad_graph"),
+        ("arfuse.patterns.match", "_strip_convert"),
+    ],
+)
+def test_dead_public_names_stay_gone(module, name):
+    """Defect 6: the dead names the issue listed (public ones no scan can call dead)."""
+    import importlib
+
+    assert not hasattr(importlib.import_module(module), name)
