@@ -44,10 +44,9 @@ def test_normalise_hides_torch_internals_only():
     )
 
 
-@pytest.mark.parametrize("name,ext", CASES)
-def test_golden(fixture_reports, name, ext):
-    got = normalise((fixture_reports[name] / f"{name}.{ext}").read_text())
-    path = GOLDEN / f"{name}.{ext}"
+def check_golden(got: str, path: Path) -> None:
+    """`got` (normalised) must equal the golden at `path`; with UPDATE_GOLDEN set, a differing
+    one is written to `path.new` for review, never over the golden, and still fails."""
     want = normalise(path.read_text()) if path.exists() else ""
     if got != want and os.environ.get("UPDATE_GOLDEN"):
         path.with_name(path.name + ".new").write_text(got)
@@ -55,6 +54,30 @@ def test_golden(fixture_reports, name, ext):
         f"{path} differs; UPDATE_GOLDEN=1 writes {path.name}.new for review "
         f"(then move it over the golden)"
     )
+
+
+@pytest.mark.parametrize("name,ext", CASES)
+def test_golden(fixture_reports, name, ext):
+    check_golden(
+        normalise((fixture_reports[name] / f"{name}.{ext}").read_text()), GOLDEN / f"{name}.{ext}"
+    )
+
+
+@pytest.mark.parametrize("update", ["", "1"])
+def test_a_changed_output_fails_and_update_writes_new_beside_the_golden(
+    tmp_path, monkeypatch, update
+):
+    golden = tmp_path / "case.text"
+    golden.write_text("ARF102 at model.py:16\n")
+    monkeypatch.setenv("UPDATE_GOLDEN", update)
+    with pytest.raises(AssertionError, match="case.text differs"):
+        check_golden("ARF102 at model.py:17\n", golden)
+    assert golden.read_text() == "ARF102 at model.py:16\n"
+    new = tmp_path / "case.text.new"
+    assert (new.read_text() if new.exists() else None) == (
+        "ARF102 at model.py:17\n" if update else None
+    )
+    check_golden("ARF102 at model.py:16\n", golden)  # equal: passes, writes nothing more
 
 
 def test_sarif_is_valid_2_1_0_shape(fixture_reports):
