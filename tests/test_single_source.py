@@ -215,3 +215,69 @@ def test_dead_public_names_stay_gone(module, name):
     import importlib
 
     assert not hasattr(importlib.import_module(module), name)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """arfuse modules `path` imports, at module level or in a function (a lazy import is a
+    dependency too), not under TYPE_CHECKING, nor its own package (a registry or lazy
+    `__init__` that its submodules name)."""
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for stmt in node.body
+        for n in ast.walk(stmt)
+    }
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            found |= {
+                f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names
+            }
+    return {m for m in found if m in modules and m != me and not me.startswith(m + ".")}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {m: _imports(p, set(paths)) for m, p in paths.items()}
+
+
+def test_production_code_does_not_import_the_test_helpers():
+    """Defect 7: `audit/worker.py` and `bench/cli.py` imported `arfuse.testing`."""
+    users = {
+        m: sorted(t for t in deps if t.startswith("arfuse.testing"))
+        for m, deps in _import_graph().items()
+        if not m.startswith("arfuse.testing")
+    }
+    assert {m: t for m, t in users.items() if t} == {}
+
+
+def test_no_import_cycle_in_the_package():
+    """Defect 7: `audit/baseline.py` and `audit/report.py` imported each other (lazily)."""
+    graph = _import_graph()
+    reach = {m: set(deps) for m, deps in graph.items()}
+    changed = True
+    while changed:  # transitive closure; the package has ~100 modules
+        changed = False
+        for seen in reach.values():
+            more = set().union(*(reach[d] for d in seen)) - seen
+            if more:
+                seen |= more
+                changed = True
+    assert sorted(m for m, seen in reach.items() if m in seen) == []
