@@ -281,3 +281,17 @@ def test_no_import_cycle_in_the_package():
                 seen |= more
                 changed = True
     assert sorted(m for m, seen in reach.items() if m in seen) == []
+
+
+def test_no_module_imports_another_modules_private_names():
+    """Defect 7: `rules/ranks.py` imported `rules/fusion.py`'s `_frame_of`: a private name is
+    its module's own; a helper two modules share is public."""
+    borrowed = [
+        f"{p.relative_to(PACKAGE)}: {node.module}.{a.name}"
+        for p in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("arfuse")
+        for a in node.names
+        if a.name.startswith("_") and not a.name.startswith("__")
+    ]
+    assert borrowed == []
