@@ -16,10 +16,11 @@ from typing import Any
 from arfuse.audit import baseline as baselines
 from arfuse.audit.context import AuditContext, RunInfo
 from arfuse.audit.domain import TokenDomain
+from arfuse.audit.events import CompilationMetrics, Trace
 from arfuse.audit.findings import Finding
+from arfuse.audit.reader import parse_file
 from arfuse.audit.report import Report
 from arfuse.audit.rules import Rule, select_rules
-from arfuse.audit.trace import CompilationMetrics, Trace, parse_file
 
 
 def run_rules(ctx: AuditContext, rules: Sequence[Rule]) -> list[Finding]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from arfuse.audit.domain import DEFAULT_MAX_TOKENS, DEFAULT_MIN_TOKENS, TokenDomain
-from arfuse.audit.trace import (
+from arfuse.audit.events import (
     Artifact,
     CompileId,
     CreateSymbol,

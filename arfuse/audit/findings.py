@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from arfuse.audit.trace import Frame
+from arfuse.audit.events import Frame
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def _tlparse(log: Path, out_dir: Path) -> str | None:
 
 def _compile_dir(cid: str) -> str:
     """tlparse's directory of one compile id: `0/1` -> `-_0_1_0`, `!2/0/1_1` -> `2_0_1_1`."""
-    from arfuse.audit.trace import CompileId
+    from arfuse.audit.events import CompileId
 
     c = CompileId.parse(cid)
     if c is None:

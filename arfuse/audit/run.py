@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from arfuse.audit.context import RunInfo
+from arfuse.audit.events import Trace
+from arfuse.audit.reader import trace_files
 from arfuse.audit.target import split_spec
-from arfuse.audit.trace import Trace, trace_files
 from arfuse.audit.workspace import Workspace, kill, watch
 
 #: how much of the worker's output a crash report quotes (read from the end of the log only:
@@ -175,7 +176,7 @@ def _run(
             )
         run = RunInfo.load(out / "run.json")
         show.phase("reading trace")
-        from arfuse.audit.trace import parse_file
+        from arfuse.audit.reader import parse_file
 
         traces = {r: parse_file(p) for r, p in files.items() if r in run.ranks}
     return RunResult(out, run, files, traces, workspace)

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from arfuse.audit.attribution import Attribution, attribute, short_path
 from arfuse.audit.context import AuditContext
 from arfuse.audit.domain import Verdict
+from arfuse.audit.events import CompileId, GuardAddedFast, SymbolicShapeSpecialization
 from arfuse.audit.guards import GuardClass, classify, symbols
-from arfuse.audit.trace import CompileId, GuardAddedFast, SymbolicShapeSpecialization
 
 if TYPE_CHECKING:
     import numpy as np

@@ -18,9 +18,15 @@ from arfuse.audit.cli import audit as audit_cmd
 from arfuse.audit.files import atomic_write, sarif_location
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.offline import plain_log
-from arfuse.audit.reader import CHUNK, GARBAGE_MIN, MALFORMED_KEPT, MAX_LINE
+from arfuse.audit.reader import (
+    CHUNK,
+    GARBAGE_MIN,
+    MALFORMED_KEPT,
+    MAX_LINE,
+    TraceFormatError,
+    parse_stream,
+)
 from arfuse.audit.report import Report
-from arfuse.audit.trace import TraceFormatError, parse_stream
 
 DATA = Path(__file__).resolve().parent / "data"
 BRANCH = DATA / "torch-2.13.0-branch.log.gz"

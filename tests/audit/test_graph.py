@@ -76,7 +76,7 @@ def test_fusion_artifact_rules_skipped_and_disabled():
     import json
 
     from arfuse.audit.api import analyze
-    from arfuse.audit.trace import parse_bytes
+    from arfuse.audit.reader import parse_bytes
 
     graph = HEADER + (
         "        # File: /m/model.py:12 in forward, code: out = self.norm(h)\n"

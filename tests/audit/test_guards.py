@@ -3,8 +3,8 @@
 import pytest
 
 from arfuse.audit.attribution import attribute, is_framework
+from arfuse.audit.events import Frame
 from arfuse.audit.guards import GuardClass, classify
-from arfuse.audit.trace import Frame
 
 T = {"s77", "s80"}
 

@@ -9,17 +9,10 @@ import pytest
 
 from arfuse.audit import analyze
 from arfuse.audit.context import RunInfo
+from arfuse.audit.events import Artifact, ChromiumEvent, GuardAddedFast, UnknownEvent
+from arfuse.audit.reader import parse_bytes, parse_stream, read_bytes
 from arfuse.audit.rules import select_rules
 from arfuse.audit.slim import FAMILY_READS, Policy, policy_for
-from arfuse.audit.trace import (
-    Artifact,
-    ChromiumEvent,
-    GuardAddedFast,
-    UnknownEvent,
-    parse_bytes,
-    parse_stream,
-    read_bytes,
-)
 
 DATA = Path(__file__).resolve().parent / "data"
 LOGS = sorted(DATA.glob("*.log.gz")) + sorted(DATA.glob("ranks-*/*.log.gz"))

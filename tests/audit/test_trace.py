@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arfuse.audit.api import analyze
-from arfuse.audit.trace import (
+from arfuse.audit.events import (
     ChromiumEvent,
     CompilationMetrics,
     CompileId,
@@ -19,9 +19,11 @@ from arfuse.audit.trace import (
     GuardAddedFast,
     MalformedLine,
     SymbolicShapeSpecialization,
+    UnknownEvent,
+)
+from arfuse.audit.reader import (
     TraceFormatError,
     TraceReadError,
-    UnknownEvent,
     parse_bytes,
     parse_file,
     parse_stream,

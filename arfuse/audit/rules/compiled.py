@@ -11,9 +11,9 @@ import re
 from collections.abc import Iterable
 
 from arfuse.audit.context import AuditContext
+from arfuse.audit.events import CompilationMetrics, Frame
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.rules import rule
-from arfuse.audit.trace import CompilationMetrics, Frame
 
 BREAK_ARTIFACT = "dynamo_graph_break_reason"
 _BREAK_AT = re.compile(r"Graph break in user code at (.+?):(\d+)\s*$", re.M)

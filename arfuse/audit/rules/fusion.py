@@ -19,11 +19,11 @@ from collections.abc import Iterable
 from arfuse import optable
 from arfuse.audit.attribution import is_framework
 from arfuse.audit.context import AuditContext
+from arfuse.audit.events import Artifact, CompilationMetrics, CompileId, Frame
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.graph import Graph, Node, parse_graph
 from arfuse.audit.rules import rule
 from arfuse.audit.slim import FUSION_REPORT
-from arfuse.audit.trace import Artifact, CompilationMetrics, CompileId, Frame
 
 _PASS_THROUGH = {
     "_c10d_functional.wait_tensor",

@@ -18,11 +18,11 @@ from typing import TypeVar
 from arfuse import optable
 from arfuse.audit.attribution import is_framework
 from arfuse.audit.context import AuditContext, pretty_source
+from arfuse.audit.events import AOT_GRAPHS, CompilationMetrics, CompileId, Frame, GraphDump
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.graph import Graph, Node, parse_graph
 from arfuse.audit.rules import rule
 from arfuse.audit.rules.fusion import configured_ops, frame_of, fusion_reports, post_grad_graphs
-from arfuse.audit.trace import AOT_GRAPHS, CompilationMetrics, CompileId, Frame, GraphDump
 from arfuse.audit.verdicts import decisions
 
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from arfuse.audit.attribution import Attribution, is_framework, short_path
 from arfuse.audit.context import AuditContext, pretty_source
 from arfuse.audit.domain import recompiles_at
+from arfuse.audit.events import CompilationMetrics, CompileId, Frame
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.rules import rule
-from arfuse.audit.trace import CompilationMetrics, CompileId, Frame
 from arfuse.audit.verdicts import COMPILER, DIVISIBILITY, PIN, RANGE, Decision, decisions
 
 
