@@ -17,34 +17,19 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import arfuse
 from arfuse.cli import main
+from tests.bench_rows import bench_row
 
 # ---- arfuse tune ----------------------------------------------------------------------------
-
-
-def _row(tokens, one, two, eager, compiled, hidden=4096):
-    return {
-        "tokens": tokens,
-        "hidden": hidden,
-        "dtype": "bf16",
-        "mb": tokens * hidden * 2 / 2**20,
-        "times_us": {
-            "unfused_eager": eager,
-            "unfused_compiled": compiled,
-            "fused_oneshot": one,
-            "fused_twoshot": two,
-            "arfuse": None,
-        },
-    }
 
 
 def _result():
     return {
         "env": {"capability": "9.0", "world_size": 4},
         "rows": [
-            _row(1, 5, None, 15, 12),
-            _row(256, 25, 30, 38, 35),
-            _row(1024, 97, 67, 75, 71),
-            _row(4096, 379, 237, 218, 205),
+            bench_row(1, 5, None, 15, 12),
+            bench_row(256, 25, 30, 38, 35),
+            bench_row(1024, 97, 67, 75, 71),
+            bench_row(4096, 379, 237, 218, 205),
         ],
     }
 

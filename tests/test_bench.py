@@ -9,37 +9,17 @@ from click.testing import CliRunner
 from arfuse.bench import report
 from arfuse.bench.tune import choose
 from arfuse.cli import main
-
-
-def _row(tokens, hidden, one, two, eager, compiled):
-    return {
-        "tokens": tokens,
-        "hidden": hidden,
-        "dtype": "bf16",
-        "residual": True,
-        "quant": "none",
-        "mb": tokens * hidden * 2 / 2**20,
-        "picked": "",
-        "times_us": {
-            "unfused_eager": eager,
-            "unfused_compiled": compiled,
-            "fused_oneshot": one,
-            "fused_twoshot": two,
-            "arfuse": None,
-        },
-        "notes": {},
-    }
-
+from tests.bench_rows import bench_row
 
 # TP4-like: one-shot wins small, two-shot from 512 tokens, unfused from 2048 (hidden 4096)
 TP4 = [
-    _row(1, 4096, 5, None, 15, 12),
-    _row(64, 4096, 10, 24, 21, 17),
-    _row(256, 4096, 25, 30, 38, 35),
-    _row(512, 4096, 48, 40, 52, 47),
-    _row(1024, 4096, 97, 67, 75, 71),
-    _row(2048, 4096, 191, 123, 121, 116),
-    _row(4096, 4096, 379, 237, 218, 205),
+    bench_row(1, 5, None, 15, 12),
+    bench_row(64, 10, 24, 21, 17),
+    bench_row(256, 25, 30, 38, 35),
+    bench_row(512, 48, 40, 52, 47),
+    bench_row(1024, 97, 67, 75, 71),
+    bench_row(2048, 191, 123, 121, 116),
+    bench_row(4096, 379, 237, 218, 205),
 ]
 
 
@@ -52,7 +32,7 @@ def test_tune_picks_the_crossovers():
 
 
 def test_tune_reports_when_no_thresholds_fit():
-    rows = [_row(1, 4096, 10, None, 12, 9), _row(64, 4096, 8, 30, 20, 25)]  # fused loses, wins
+    rows = [bench_row(1, 10, None, 12, 9), bench_row(64, 8, 30, 20, 25)]  # fused loses, wins
     c = choose(rows, "sm90", 2, tolerance=0.02)
     assert not c.within_tolerance
     assert c.worst_ratio == pytest.approx(10 / 9)

@@ -27,6 +27,35 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
+# NVLink multicast stays off on every rank (DESIGN.md: Environments)
+NO_MULTICAST = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
+
+
+def _ranks(backend: str, world_size: int | None, gpus: int) -> tuple[str, int]:
+    """(backend, world size) to spawn: nccl over every visible GPU with 2+, else 2 gloo ranks."""
+    if backend == "auto":
+        backend = "nccl" if gpus >= 2 else "gloo"
+    world = world_size or (gpus if backend == "nccl" else 2)
+    if backend == "nccl" and world > gpus:
+        raise click.UsageError(f"--world-size {world} but only {gpus} GPUs are visible")
+    if world < 2:
+        raise click.UsageError("allreduce needs --world-size >= 2")
+    return backend, world
+
+
+def _spawn(world: int, backend: str, timeout: float, fn, *args):
+    """Rank 0's result of `fn(*args)` run on `world` spawned ranks, multicast off."""
+    from arfuse.process_group import SpawnedGroup
+
+    os.environ.update(NO_MULTICAST)
+    with SpawnedGroup(world, backend=backend, timeout=timeout, env=NO_MULTICAST) as group:
+        return group.run(fn, *args)[0]
+
+
 def run_bench_worker(cases, tokens, strategies, command, n_inner, reps):
     from arfuse.bench.sweep import run_sweep
 
@@ -213,28 +242,13 @@ def bench(
         if result is None:
             return
     else:
-        from arfuse.process_group import SpawnedGroup
-
-        if backend == "auto":
-            backend = "nccl" if gpus >= 2 else "gloo"
-        world = world_size or (gpus if backend == "nccl" else 2)
-        if backend == "nccl" and world > gpus:
-            raise click.UsageError(f"--world-size {world} but only {gpus} GPUs are visible")
-        if world < 2:
-            raise click.UsageError("allreduce needs --world-size >= 2")
-        env = {
-            "NCCL_NVLS_ENABLE": "0",
-            "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-            "NVSHMEM_DISABLE_NVLS": "1",
-        }
-        os.environ.update(env)
+        backend, world = _ranks(backend, world_size, gpus)
         click.echo(
             f"arfuse bench: {len(cases)} case(s) x {len(token_counts)}+ token counts x "
             f"{len(chosen)} strategies on {world} ranks ({backend})",
             err=True,
         )
-        with SpawnedGroup(world, backend=backend, timeout=timeout, env=env) as group:
-            result = group.run(run_bench_worker, *args)[0]
+        result = _spawn(world, backend, timeout, run_bench_worker, *args)
     report.print_table(result)
     env = result["env"]
     stem = name or "{}_tp{}_{}".format(
@@ -274,25 +288,17 @@ def _decoder_bench(
     import torch
 
     from arfuse.bench.sweep import environment
-    from arfuse.process_group import SpawnedGroup
 
-    gpus = torch.cuda.device_count()
-    backend = ("nccl" if gpus >= 2 else "gloo") if backend == "auto" else backend
-    world = world_size or (gpus if backend == "nccl" else 2)
-    env = {
-        "NCCL_NVLS_ENABLE": "0",
-        "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-        "NVSHMEM_DISABLE_NVLS": "1",
-    }
-    os.environ.update(env)
+    backend, world = _ranks(backend, world_size, torch.cuda.device_count())
     click.echo(
         f"arfuse bench --decoder: {model} ({size if model != 'example' else 'example'}), "
         f"{layers} layer(s), tokens {list(tokens)}, {world} ranks ({backend}); 4 "
         "compiled variants per size",
         err=True,
     )
-    with SpawnedGroup(world, backend=backend, timeout=timeout, env=env) as group:
-        rows = group.run(run_decoder_worker, tokens, layers, splits, model, size, smoke)[0]
+    rows = _spawn(
+        world, backend, timeout, run_decoder_worker, tokens, layers, splits, model, size, smoke
+    )
     device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
     result = {"env": environment(device, world, command), "rows": rows}
     e = result["env"]
