@@ -3,6 +3,7 @@ target, a target that floods its output, two audits sharing a --keep directory, 
 stopped by Ctrl-C or SIGTERM. Nothing may be left in /tmp, nothing read whole, nothing
 clobbered. Targets are tiny (aot_eager, or failing before torch is imported)."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -171,20 +172,27 @@ def test_two_audits_sharing_a_keep_dir_do_not_clobber(tmp_path):
     assert (keep / "run.json").is_file()
 
 
-@pytest.mark.parametrize("sig,exit_code", [(signal.SIGINT, 1), (signal.SIGTERM, -signal.SIGTERM)])
-def test_a_stopped_audit_kills_its_worker_and_removes_its_directory(tmp_path, sig, exit_code):
+@contextlib.contextmanager
+def _blocked_audit(tmp_path):
+    """A live audit whose worker blocks inside the target: (audit process, its runs directory,
+    the worker's pid); killed on the way out."""
     (tmp_path / "blocking.py").write_text(BLOCKING)
     runs = tmp_path / "runs"
     runs.mkdir()
     audit = _audit(["blocking.py:build", "--sizes", "2"], runs, tmp_path)
     try:
         _wait_for(tmp_path / "ready", audit)
-        assert len(_leftovers(runs)) == 1
-        worker = int((tmp_path / "ready").read_text())
-        audit.send_signal(sig)
-        audit.communicate(timeout=60)
+        yield audit, runs, int((tmp_path / "ready").read_text())
     finally:
         audit.kill()
+
+
+@pytest.mark.parametrize("sig,exit_code", [(signal.SIGINT, 1), (signal.SIGTERM, -signal.SIGTERM)])
+def test_a_stopped_audit_kills_its_worker_and_removes_its_directory(tmp_path, sig, exit_code):
+    with _blocked_audit(tmp_path) as (audit, runs, worker):
+        assert len(_leftovers(runs)) == 1
+        audit.send_signal(sig)
+        audit.communicate(timeout=60)
     assert audit.returncode == exit_code
     assert _leftovers(runs) == []
     assert _gone(worker)
@@ -192,20 +200,12 @@ def test_a_stopped_audit_kills_its_worker_and_removes_its_directory(tmp_path, si
 
 def test_a_killed_audit_leaves_no_worker_and_no_directory(tmp_path):
     # SIGKILL leaves the arfuse process no chance to clean up: its worker notices and does it
-    (tmp_path / "blocking.py").write_text(BLOCKING)
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    audit = _audit(["blocking.py:build", "--sizes", "2"], runs, tmp_path)
-    try:
-        _wait_for(tmp_path / "ready", audit)
-        worker = int((tmp_path / "ready").read_text())
+    with _blocked_audit(tmp_path) as (audit, runs, worker):
         audit.kill()
         audit.communicate(timeout=60)
         deadline = time.monotonic() + 20
         while (_leftovers(runs) or not _gone(worker)) and time.monotonic() < deadline:
             time.sleep(0.1)
-    finally:
-        audit.kill()
     assert _leftovers(runs) == []
     assert _gone(worker)
 
