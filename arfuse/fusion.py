@@ -313,13 +313,13 @@ def _rewrite(graph: Graph, m: ChainMatch) -> list[Node]:
         if m.scale is None:
             fused = graph.call_function(
                 getattr(torch.ops.arfuse.fused_allreduce_rmsnorm, overload),
-                (x, m.residual, m.weight, m.eps, m.weight_bias, m.group_name),
+                (x, m.residual, m.weight, m.eps, m.weight_offset, m.group_name),
             )
             names: tuple[str, ...] = ("norm_out", "residual_out")
         else:
             fused = graph.call_function(
                 getattr(torch.ops.arfuse.fused_allreduce_rmsnorm_fp8, overload),
-                (x, m.residual, m.weight, m.scale, m.eps, m.weight_bias, m.group_name),
+                (x, m.residual, m.weight, m.scale, m.eps, m.weight_offset, m.group_name),
             )
             names = ("quant_out", "norm_out", "residual_out")
         _fake_call(fused)

@@ -5,13 +5,13 @@
         that hide their communication behind one op (vLLM-style).
     arfuse::rms_norm(Tensor input, Tensor weight, float eps) -> Tensor
         RMSNorm over the last dim with float32 accumulation: a custom-op norm form.
-    arfuse::fused_allreduce_rmsnorm(input, residual?, weight, eps, weight_bias, group_name)
+    arfuse::fused_allreduce_rmsnorm(input, residual?, weight, eps, weight_offset, group_name)
         -> (norm_out, residual_out)
-    arfuse::fused_allreduce_rmsnorm_fp8(input, residual?, weight, scale, eps, weight_bias,
+    arfuse::fused_allreduce_rmsnorm_fp8(input, residual?, weight, scale, eps, weight_offset,
         group_name) -> (quant_out, norm_out, residual_out)
         all_reduce(input) [+ residual] -> RMSNorm [-> static per-tensor FP8 e4m3]. Functional:
         new tensors out, nothing mutated. `residual_out` is the sum fed to the norm (the
-        allreduce result itself when `residual` is None); `weight_bias` is 1.0 for the Gemma
+        allreduce result itself when `residual` is None); `weight_offset` is 1.0 for the Gemma
         `(1 + weight)` form, else 0.0.
     arfuse::fused_allreduce_rmsnorm[_fp8].eps_tensor(... Tensor eps ...)
         The same with eps as a 0-d tensor: under `torch.compile(dynamic=True)` Dynamo turns a
@@ -33,6 +33,7 @@ from typing import NamedTuple
 import torch
 
 from arfuse import kernels, optable
+from arfuse.kernels.args import FusedArgs
 from arfuse.kernels.exact import (
     quant_fp8_static,  # noqa: F401 - public here too
     rms_norm_f32,
@@ -44,16 +45,16 @@ LIB.define("all_reduce(Tensor input, str group_name) -> Tensor")
 LIB.define("rms_norm(Tensor input, Tensor weight, float eps) -> Tensor")
 LIB.define(
     "fused_allreduce_rmsnorm(Tensor input, Tensor? residual, Tensor weight, float eps, "
-    "float weight_bias, str group_name) -> (Tensor norm_out, Tensor residual_out)"
+    "float weight_offset, str group_name) -> (Tensor norm_out, Tensor residual_out)"
 )
 LIB.define(
     "fused_allreduce_rmsnorm_fp8(Tensor input, Tensor? residual, Tensor weight, Tensor scale, "
-    "float eps, float weight_bias, str group_name) "
+    "float eps, float weight_offset, str group_name) "
     "-> (Tensor quant_out, Tensor norm_out, Tensor residual_out)"
 )
 
 _FUSED = (
-    "Tensor input, Tensor? residual, Tensor weight, {scale}{eps} eps, float weight_bias, "
+    "Tensor input, Tensor? residual, Tensor weight, {scale}{eps} eps, float weight_offset, "
     "str group_name"
 )
 _OUT = "(Tensor norm_out, Tensor residual_out)"
@@ -105,12 +106,7 @@ def _check_activation(
             f"hidden size {hidden} of input {tuple(input.shape)}; pass a 1-D weight "
             f"of {hidden} elements"
         )
-    if weight.dtype != input.dtype:
-        raise ValueError(
-            f"arfuse::{op}: weight dtype {weight.dtype} differs from input dtype "
-            f"{input.dtype}; cast the weight to {input.dtype}"
-        )
-    _check_contiguous(op, "weight", weight)
+    _check_companion(op, "weight", weight, input)
     _check_contiguous(op, "input", input)
     if residual is not None:
         if residual.shape != input.shape:
@@ -118,12 +114,17 @@ def _check_activation(
                 f"arfuse::{op}: residual shape {tuple(residual.shape)} differs "
                 f"from input shape {tuple(input.shape)}"
             )
-        if residual.dtype != input.dtype:
-            raise ValueError(
-                f"arfuse::{op}: residual dtype {residual.dtype} differs from input "
-                f"dtype {input.dtype}"
-            )
-        _check_contiguous(op, "residual", residual)
+        _check_companion(op, "residual", residual, input)
+
+
+def _check_companion(op: str, name: str, t: torch.Tensor, input: torch.Tensor) -> None:
+    """A tensor read alongside `input` (weight, residual): same dtype, contiguous."""
+    if t.dtype != input.dtype:
+        raise ValueError(
+            f"arfuse::{op}: {name} dtype {t.dtype} differs from input dtype "
+            f"{input.dtype}; cast the {name} to {input.dtype}"
+        )
+    _check_contiguous(op, name, t)
 
 
 def _check_contiguous(op: str, name: str, t: torch.Tensor) -> None:
@@ -162,13 +163,13 @@ def _rms_norm_fake(input, weight, eps):
 
 
 @torch.library.register_fake("arfuse::fused_allreduce_rmsnorm", lib=LIB)
-def _fused_fake(input, residual, weight, eps, weight_bias, group_name):
+def _fused_fake(input, residual, weight, eps, weight_offset, group_name):
     _check_activation("fused_allreduce_rmsnorm", input, residual, weight, eps)
     return torch.empty_like(input), torch.empty_like(input)
 
 
 @torch.library.register_fake("arfuse::fused_allreduce_rmsnorm_fp8", lib=LIB)
-def _fused_fp8_fake(input, residual, weight, scale, eps, weight_bias, group_name):
+def _fused_fp8_fake(input, residual, weight, scale, eps, weight_offset, group_name):
     _check_activation("fused_allreduce_rmsnorm_fp8", input, residual, weight, eps)
     _check_scale(scale)
     return (
@@ -187,15 +188,15 @@ def _check_eps(eps: torch.Tensor) -> None:
 
 
 @torch.library.register_fake("arfuse::fused_allreduce_rmsnorm.eps_tensor", lib=LIB)
-def _fused_eps_tensor_fake(input, residual, weight, eps, weight_bias, group_name):
+def _fused_eps_tensor_fake(input, residual, weight, eps, weight_offset, group_name):
     _check_eps(eps)
-    return _fused_fake(input, residual, weight, 0.0, weight_bias, group_name)
+    return _fused_fake(input, residual, weight, 0.0, weight_offset, group_name)
 
 
 @torch.library.register_fake("arfuse::fused_allreduce_rmsnorm_fp8.eps_tensor", lib=LIB)
-def _fused_fp8_eps_tensor_fake(input, residual, weight, scale, eps, weight_bias, group_name):
+def _fused_fp8_eps_tensor_fake(input, residual, weight, scale, eps, weight_offset, group_name):
     _check_eps(eps)
-    return _fused_fp8_fake(input, residual, weight, scale, 0.0, weight_bias, group_name)
+    return _fused_fp8_fake(input, residual, weight, scale, 0.0, weight_offset, group_name)
 
 
 # ---- real kernels -----------------------------------------------------------------------------
@@ -213,19 +214,21 @@ def _rms_norm_impl(input, weight, eps):
 
 
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm", "CompositeExplicitAutograd")
-def _fused_impl(input, residual, weight, eps, weight_bias, group_name):
+def _fused_impl(input, residual, weight, eps, weight_offset, group_name):
     _check_activation("fused_allreduce_rmsnorm", input, residual, weight, eps)
     group = kernels.resolve_group(group_name)
-    quant, norm, res = kernels.run_fused(input, residual, weight, None, eps, weight_bias, group)
-    return norm, res
+    result = kernels.run_fused(FusedArgs(input, residual, weight, None, eps, weight_offset, group))
+    return result.norm, result.residual
 
 
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm_fp8", "CompositeExplicitAutograd")
-def _fused_fp8_impl(input, residual, weight, scale, eps, weight_bias, group_name):
+def _fused_fp8_impl(input, residual, weight, scale, eps, weight_offset, group_name):
     _check_activation("fused_allreduce_rmsnorm_fp8", input, residual, weight, eps)
     _check_scale(scale)
     group = kernels.resolve_group(group_name)
-    return kernels.run_fused(input, residual, weight, scale, eps, weight_bias, group)
+    return tuple(
+        kernels.run_fused(FusedArgs(input, residual, weight, scale, eps, weight_offset, group))
+    )
 
 
 # ---- Python entry points with named results ---------------------------------------------------
@@ -246,11 +249,11 @@ def fused_allreduce_rmsnorm(
     eps: float,
     group_name: str,
     *,
-    weight_bias: float = 0.0,
+    weight_offset: float = 0.0,
 ) -> FusedOutputs:
     return FusedOutputs(
         *torch.ops.arfuse.fused_allreduce_rmsnorm(
-            input, residual, weight, eps, weight_bias, group_name
+            input, residual, weight, eps, weight_offset, group_name
         )
     )
 
@@ -263,23 +266,23 @@ def fused_allreduce_rmsnorm_fp8(
     eps: float,
     group_name: str,
     *,
-    weight_bias: float = 0.0,
+    weight_offset: float = 0.0,
 ) -> FusedFP8Outputs:
     return FusedFP8Outputs(
         *torch.ops.arfuse.fused_allreduce_rmsnorm_fp8(
-            input, residual, weight, scale, eps, weight_bias, group_name
+            input, residual, weight, scale, eps, weight_offset, group_name
         )
     )
 
 
 # eps as a 0-d tensor (a CPU scalar when Dynamo lifted a float: reading it does not sync)
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm.eps_tensor", "CompositeExplicitAutograd")
-def _fused_eps_tensor_impl(input, residual, weight, eps, weight_bias, group_name):
+def _fused_eps_tensor_impl(input, residual, weight, eps, weight_offset, group_name):
     _check_eps(eps)
-    return _fused_impl(input, residual, weight, float(eps), weight_bias, group_name)
+    return _fused_impl(input, residual, weight, float(eps), weight_offset, group_name)
 
 
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm_fp8.eps_tensor", "CompositeExplicitAutograd")
-def _fused_fp8_eps_tensor_impl(input, residual, weight, scale, eps, weight_bias, group_name):
+def _fused_fp8_eps_tensor_impl(input, residual, weight, scale, eps, weight_offset, group_name):
     _check_eps(eps)
-    return _fused_fp8_impl(input, residual, weight, scale, float(eps), weight_bias, group_name)
+    return _fused_fp8_impl(input, residual, weight, scale, float(eps), weight_offset, group_name)

@@ -31,9 +31,9 @@ class FusionPolicy:
     def current(cls) -> FusionPolicy:
         """The policy in force in this process: the thresholds table (defaults, the
         ARFUSE_THRESHOLDS file, any override) and ARFUSE_TWOSHOT, read now."""
-        from arfuse.kernels import flashinfer
+        from arfuse.kernels.flashinfer.settings import settings
 
-        return cls(thresholds.table(), flashinfer.TWOSHOT_ENABLED)
+        return cls(thresholds.table(), settings.twoshot)
 
     def limits(
         self, capability: Any, world_size: int, dtype: torch.dtype, hidden: int

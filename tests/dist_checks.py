@@ -586,19 +586,21 @@ def check_unrecognised_norm() -> dict:
 
 
 def check_release_workspaces_per_group() -> dict:
-    """release_workspaces(group) forgets that group's workspaces and planning sites only.
+    """release_workspaces(group) forgets that group's workspaces only; the other group's stays
+    registered and live. (Planning sites hold their workspace and check `released` on use, so
+    a release has nothing else to clear.)
 
-    Workspaces are built already released (no FlashInfer on CPU), so only the bookkeeping
-    runs; the groups are real gloo groups."""
-    from arfuse.kernels import flashinfer as fi
+    Workspaces are built already released where they will be destroyed (no FlashInfer on CPU),
+    so only the bookkeeping runs; the groups are real gloo groups."""
+    from arfuse.kernels.flashinfer import workspace
 
     groups = [dist.new_group([0, 1]), dist.new_group([0, 1])]
-    saved_ws, saved_sites = dict(fi._workspaces), dict(fi._sites)
+    saved = dict(workspace._workspaces)
     try:
-        fi._workspaces.clear()
-        fi._sites.clear()
+        workspace._workspaces.clear()
+        made = []
         for g in groups:
-            ws = fi.Workspace(
+            ws = workspace.Workspace(
                 g,
                 g.group_name,
                 dist.get_rank(g),
@@ -609,21 +611,19 @@ def check_release_workspaces_per_group() -> dict:
                 [],
                 torch.zeros(1),
                 torch.zeros(1),
-                released=True,
+                released=g is groups[0],
             )
-            fi._workspaces[ws.key] = ws
-            fi._sites[(0, g.group_name, 64, torch.bfloat16)] = fi._Site(None, workspace=ws)
-        released = fi.release_workspaces(groups[0])
+            workspace._workspaces[ws.key] = ws
+            made.append(ws)
+        released = workspace.release_workspaces(groups[0])
         return {
             "released": released,
-            "workspaces": sorted(k[0] == groups[1].group_name for k in fi._workspaces),
-            "sites": sorted(k[1] == groups[1].group_name for k in fi._sites),
+            "remaining": [k[0] == groups[1].group_name for k in workspace._workspaces],
+            "other_live": not made[1].released,
         }
     finally:
-        fi._workspaces.clear()
-        fi._workspaces.update(saved_ws)
-        fi._sites.clear()
-        fi._sites.update(saved_sites)
+        workspace._workspaces.clear()
+        workspace._workspaces.update(saved)
 
 
 # ---- Hugging Face models under DTensor TP (arfuse.examples.hf_models) -------------------------

@@ -5,7 +5,6 @@ torch.cuda appears it is monkeypatched, so no GPU is touched and no skipif is ne
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -290,9 +289,13 @@ def test_cli_no_entry():
 
 def test_flashinfer_module_imports_on_cpu_without_flashinfer():
     import arfuse.kernels.flashinfer as fb
+    from arfuse.kernels import FusedArgs
+    from arfuse.kernels.flashinfer import library
 
-    assert "flashinfer" not in sys.modules or fb._module is None
-    assert fb.backend(torch.ones(2, 8), None, torch.ones(8), None, 1e-6, 0.0, None) is None
+    loaded_before = library.is_loaded()
+    args = FusedArgs(torch.ones(2, 8), None, torch.ones(8), None, 1e-6, 0.0, None)  # type: ignore[arg-type]
+    assert fb.backend(args) is None  # not a CUDA tensor: not for this backend
+    assert library.is_loaded() == loaded_before  # and FlashInfer was not imported for it
 
 
 @pytest.mark.parametrize(
@@ -314,9 +317,9 @@ def test_choose_strategy_auto(tokens, expected):
 
 
 def test_two_shot_is_on_by_default_and_its_window_runs_unfused_when_turned_off():
-    from arfuse.kernels.flashinfer import TWOSHOT_ENABLED, choose_strategy
+    from arfuse.kernels.flashinfer import choose_strategy, settings
 
-    assert TWOSHOT_ENABLED
+    assert settings.twoshot
     assert choose_strategy(257, 4, 256, 1024, 1024) == ("twoshot", None)
     strategy, (key, message) = choose_strategy(257, 4, 256, 1024, 1024, twoshot=False)
     assert (strategy, key) == ("unfused", "twoshot-off") and "ARFUSE_TWOSHOT=0" in message
@@ -350,8 +353,8 @@ def test_force_strategy_validates():
     with pytest.raises(ValueError, match="unknown strategy"):
         fb.force_strategy("fast")
     with fb.forced_strategy("oneshot"):
-        assert fb._forced == "oneshot"
-    assert fb._forced == "auto"
+        assert fb.settings.strategy == "oneshot"
+    assert fb.settings.strategy == "auto"
 
 
 def test_per_hidden_entries_take_precedence_and_round_trip():
@@ -399,3 +402,28 @@ def test_per_hidden_entry_errors_say_what_to_write():
                 }
             }
         )
+
+
+def test_flashinfer_settings_come_from_the_environment_and_feed_the_compile_policy():
+    """One switch: ARFUSE_TWOSHOT decides the run-time dispatch and the compile-time policy."""
+    from arfuse.kernels.flashinfer import settings
+    from arfuse.kernels.flashinfer.settings import Settings
+    from arfuse.policy import FusionPolicy
+
+    env = {
+        "ARFUSE_TWOSHOT": "0",
+        "ARFUSE_FLASHINFER_PDL": "0",
+        "ARFUSE_FLASHINFER_STRATEGY": "OneShot",
+    }
+    assert Settings.from_env(env) == Settings(strategy="oneshot", twoshot=False, pdl=False)
+    assert Settings.from_env({}) == Settings(strategy="auto", twoshot=True, pdl=True)
+    with pytest.raises(ValueError, match="unknown strategy 'fast'"):
+        Settings.from_env({"ARFUSE_FLASHINFER_STRATEGY": "fast"})
+    saved = settings.twoshot
+    try:
+        settings.twoshot = False
+        assert FusionPolicy.current().twoshot is False
+        settings.twoshot = True
+        assert FusionPolicy.current().twoshot is True
+    finally:
+        settings.twoshot = saved

@@ -131,10 +131,11 @@ def build(name: str, buffers: Buffers, group: dist.ProcessGroup) -> Callable[[in
     if name in FUSED:
         if not b.xs[0].is_cuda:
             return "the fused kernel needs CUDA (on CPU the fused op runs the exact path)"
-        from arfuse.kernels import flashinfer
+        from arfuse.kernels.flashinfer import library
 
-        if flashinfer._flashinfer() is None:
-            return f"FlashInfer unavailable: {flashinfer._import_error}"
+        missing = library.unavailable_reason()
+        if missing is not None:
+            return missing
         if name == "fused_twoshot" and tokens <= dist.get_world_size(group):
             return "two-shot needs tokens > world size"
     group_name = group.group_name

@@ -1,11 +1,11 @@
 """Kernel dispatch for the fused ops: the one place where a fast kernel plugs in.
 
-`run_fused` asks each registered backend (in order) whether it can run this call; the first that
-returns a result wins, otherwise the exact path runs. A backend is a callable with the signature
-of `exact.unfused` that returns None when the call is not for it (FlashInfer's: any non-CUDA
-input). A backend that takes a call always returns a result: where its kernel does not apply
-(size past the threshold, library missing, unsupported shape) it runs its own unfused path,
-having logged the reason once.
+`run_fused` asks each registered backend (in order) whether it takes this call; the first that
+returns a result wins, otherwise the exact path runs. A backend is a callable
+`(FusedArgs) -> FusedResult | None` that returns None when the call is not for it
+(FlashInfer's: any non-CUDA input). A backend that takes a call always returns a result: where
+its kernel does not apply (size past the threshold, library missing, unsupported shape) it runs
+its own unfused path, having logged the reason once.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import torch
 import torch.distributed as dist
 
 from arfuse.kernels import exact
+from arfuse.kernels.args import FusedArgs, FusedResult
 
 if TYPE_CHECKING:
     from torch.distributed.distributed_c10d import GroupName  # a NewType of str
 
-Result = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]
-Backend = Callable[..., Result | None]
+__all__ = ["Backend", "FusedArgs", "FusedResult", "register_backend", "resolve_group", "run_fused"]
+
+Backend = Callable[[FusedArgs], FusedResult | None]
 
 _BACKENDS: list[Backend] = []
 
@@ -66,11 +68,11 @@ def _load_gpu_backends() -> None:
     register_backend(flashinfer.backend)
 
 
-def run_fused(input, residual, weight, scale, eps, weight_bias, group) -> Result:
-    if input.is_cuda and not _gpu_backends_loaded:
+def run_fused(args: FusedArgs) -> FusedResult:
+    if args.input.is_cuda and not _gpu_backends_loaded:
         _load_gpu_backends()
     for backend in _BACKENDS:
-        result = backend(input, residual, weight, scale, eps, weight_bias, group)
+        result = backend(args)
         if result is not None:
             return result
-    return exact.unfused(input, residual, weight, scale, eps, weight_bias, group)
+    return exact.unfused(args)

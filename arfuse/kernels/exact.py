@@ -9,17 +9,18 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from arfuse.kernels.args import FusedArgs, FusedResult
 from arfuse.optable import FP8_DTYPE, FP8_MAX
 
 FP8 = getattr(torch, FP8_DTYPE)
 
 
 def rms_norm_f32(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, weight_bias: float
+    x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float
 ) -> torch.Tensor:
     xf = x.to(torch.float32)
     normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return normed * (weight.to(torch.float32) + weight_bias)
+    return normed * (weight.to(torch.float32) + weight_offset)
 
 
 def all_reduce(input: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
@@ -39,29 +40,24 @@ def epilogue(
     weight: torch.Tensor,
     scale: torch.Tensor | None,
     eps: float,
-    weight_bias: float,
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """What follows the allreduce: (quant_out or None, norm_out, residual_out)."""
+    weight_offset: float,
+) -> FusedResult:
+    """What follows the allreduce. The GPU unfused path compiles this function, so it takes
+    plain tensors and numbers (its guards stay on them), not a `FusedArgs`."""
     if residual is None:
         residual_out = reduced
     else:
         residual_out = (reduced.to(torch.float32) + residual.to(torch.float32)).to(reduced.dtype)
-    norm_out = rms_norm_f32(residual_out, weight, eps, weight_bias).to(reduced.dtype)
-    if scale is None:
-        return None, norm_out, residual_out
-    return quant_fp8_static(norm_out, scale), norm_out, residual_out
+    norm_out = rms_norm_f32(residual_out, weight, eps, weight_offset).to(reduced.dtype)
+    quant = None if scale is None else quant_fp8_static(norm_out, scale)
+    return FusedResult(quant, norm_out, residual_out)
 
 
-def unfused(
-    input: torch.Tensor,
-    residual: torch.Tensor | None,
-    weight: torch.Tensor,
-    scale: torch.Tensor | None,
-    eps: float,
-    weight_bias: float,
-    group: dist.ProcessGroup,
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """What a fused op computes, unfused: allreduce, then the epilogue. Returns (quant_out or
-    None, norm_out, residual_out). `weight_bias` is added to the weight: Gemma's (1 + weight)
-    offset, 0.0 for every other norm form."""
-    return epilogue(all_reduce(input, group), residual, weight, scale, eps, weight_bias)
+def epilogue_inputs(args: FusedArgs, reduced: torch.Tensor) -> tuple:
+    """`epilogue`'s arguments for this call, given the allreduce result."""
+    return (reduced, args.residual, args.weight, args.scale, args.eps, args.weight_offset)
+
+
+def unfused(args: FusedArgs) -> FusedResult:
+    """What a fused op computes, unfused: allreduce, then the epilogue."""
+    return epilogue(*epilogue_inputs(args, all_reduce(args.input, args.group)))

@@ -54,7 +54,7 @@ class ChainMatch:
     residual: Node | None
     weight: Node
     eps: float | Node  # a Node: a 0-d float tensor input (dynamic=True)
-    weight_bias: float  # 1.0 for Gemma's (1 + weight), else 0.0
+    weight_offset: float  # 1.0 for Gemma's (1 + weight), else 0.0
     scale: Node | None
     residual_out: Node  # the add, or the (viewed) allreduce result when no residual
     norm_out: Node
@@ -198,7 +198,7 @@ class _Norm:
     form: str
     weight: Node
     eps: float | Node
-    weight_bias: float
+    weight_offset: float
     out: Node
     nodes: list[Node]
     weight_nodes: list[Node] = field(default_factory=list)
@@ -485,7 +485,7 @@ def match_chain(
         residual,
         norm.weight,
         norm.eps,
-        norm.weight_bias,
+        norm.weight_offset,
         scale,
         h,
         norm.out,

@@ -30,15 +30,13 @@ import torch
 import torch.distributed as dist
 
 import arfuse
+from arfuse.kernels import FusedArgs, FusedResult
 from arfuse.kernels import flashinfer as fb
+from arfuse.kernels.flashinfer import kernel
+from tests.gpu.gpu_checks import SAFE_ENV, example_decoder, rel_l2
 
 HIDDEN = 4096
 MODES = ("ranges", "ranges-nopdl", "ranges-sync", "bare", "eager")
-
-
-def _rel_l2(a, b) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def _meta(t):
@@ -54,66 +52,42 @@ def _meta(t):
 
 
 class _Recorder:
-    """Wraps fb.launch: clones what the kernel read and wrote, right after it ran."""
+    """Wraps kernel.launch: clones what the kernel read and wrote, right after it ran."""
 
     def __init__(self, sync: bool) -> None:
-        self.sync, self.rows, self.original = sync, [], fb.launch
+        self.sync, self.rows, self.original = sync, [], kernel.launch
 
     def __enter__(self):
-        def launch(
-            strategy,
-            ws,
-            input,
-            residual,
-            weight,
-            scale,
-            eps,
-            weight_bias,
-            norm_out,
-            residual_out,
-            quant_out=None,
-        ):
+        def launch(strategy, ws, args: FusedArgs, out: FusedResult) -> None:
             if self.sync:
                 torch.cuda.synchronize()
-            self.original(
-                strategy,
-                ws,
-                input,
-                residual,
-                weight,
-                scale,
-                eps,
-                weight_bias,
-                norm_out,
-                residual_out,
-                quant_out,
-            )
+            self.original(strategy, ws, args, out)
             self.rows.append(
                 {
                     "strategy": strategy,
-                    "tokens": input.numel() // input.shape[-1],
-                    "input": _meta(input),
-                    "residual": _meta(residual),
-                    "weight": _meta(weight),
-                    "eps": eps,
-                    "weight_bias": weight_bias,
+                    "tokens": args.tokens,
+                    "input": _meta(args.input),
+                    "residual": _meta(args.residual),
+                    "weight": _meta(args.weight),
+                    "eps": args.eps,
+                    "weight_offset": args.weight_offset,
                     "_saved": (
-                        input.clone(),
-                        None if residual is None else residual.clone(),
-                        weight.clone(),
-                        norm_out.clone(),
-                        residual_out.clone(),
+                        args.input.clone(),
+                        None if args.residual is None else args.residual.clone(),
+                        args.weight.clone(),
+                        out.norm.clone(),
+                        out.residual.clone(),
                     ),
                 }
             )
             if self.sync:
                 torch.cuda.synchronize()
 
-        fb.launch = launch
+        kernel.launch = launch
         return self
 
     def __exit__(self, *exc):
-        fb.launch = self.original
+        kernel.launch = self.original
 
     def take(self) -> list[dict]:
         """Errors of every recorded launch vs float32 (collective: same order on all ranks)."""
@@ -126,27 +100,18 @@ class _Recorder:
             n = (
                 r
                 * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + row["eps"])
-                * (w.float() + row["weight_bias"])
+                * (w.float() + row["weight_offset"])
             )
-            row["norm_rel_l2"] = _rel_l2(norm.float(), n)
-            row["resid_rel_l2"] = _rel_l2(resid.float(), r)
+            row["norm_rel_l2"] = rel_l2(norm.float(), n)
+            row["resid_rel_l2"] = rel_l2(resid.float(), r)
             out.append(row)
         self.rows = []
         return out
 
 
 def _model():
-    from arfuse.examples.tp_decoder import build_tp_decoder
-
-    model, make_cpu_inputs = build_tp_decoder(
-        num_layers=1,
-        hidden=HIDDEN,
-        intermediate=2048,
-        num_heads=32,
-        dtype=torch.bfloat16,
-        device="cpu",
-    )
-    return model.to("cuda"), (lambda n: make_cpu_inputs(n)[0].to("cuda"))
+    model, make_inputs = example_decoder(1, HIDDEN, 2048, 32, torch.bfloat16)
+    return model, (lambda n: make_inputs(n)[0])
 
 
 def _eager_chain(T: int, weights) -> torch.Tensor:
@@ -162,8 +127,8 @@ def _eager_chain(T: int, weights) -> torch.Tensor:
 
 def run_mode(mode: str, tokens: list[int]) -> dict:
     torch._dynamo.reset()
-    fb.TWOSHOT_ENABLED = True
-    fb.LAUNCH_WITH_PDL = mode != "ranges-nopdl"
+    fb.settings.twoshot = True
+    fb.settings.pdl = mode != "ranges-nopdl"
     result: dict = {"mode": mode, "calls": {}}
     with (
         torch.no_grad(),
@@ -202,7 +167,7 @@ def run_mode(mode: str, tokens: list[int]) -> dict:
                 torch.cuda.synchronize()
                 launches = rec.take()
                 result["calls"][n] = {
-                    "rel_l2_vs_eager": _rel_l2(got.float(), model(x).float()),
+                    "rel_l2_vs_eager": rel_l2(got.float(), model(x).float()),
                     "launches": launches,
                 }
             if mode.startswith("ranges"):
@@ -231,13 +196,8 @@ def main() -> None:
             "FlashInfer: run it on the GPU machine after `source .device/setup.sh`"
         )
     tokens = [int(t) for t in args.tokens.split(",")]
-    env = {
-        "NCCL_NVLS_ENABLE": "0",
-        "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-        "NVSHMEM_DISABLE_NVLS": "1",
-    }
     report = {"world": args.world, "modes": []}
-    with SpawnedGroup(world_size=args.world, backend="nccl", timeout=300, env=env) as group:
+    with SpawnedGroup(world_size=args.world, backend="nccl", timeout=300, env=SAFE_ENV) as group:
         for mode in args.modes.split(","):
             try:
                 r = group.run(run_mode, mode, tokens, timeout=300)[0]

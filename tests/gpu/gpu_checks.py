@@ -1,10 +1,8 @@
-"""Imported only by tests/gpu/test_flashinfer_gpu.py, whose module is pytest.mark.gpu and
-skips without CUDA, 2+ GPUs and FlashInfer.
+"""Checks that run inside each rank of a spawned NCCL group, and what the tests hold them to.
 
-Checks that run inside each rank of a spawned NCCL group (see test_flashinfer_gpu.py).
-
-Module-level functions (the ranks import them by name) returning plain data. Every rank calls
-the same functions in the same order, so the collectives inside line up.
+Imported by the GPU tests (tests/gpu/test_*.py, pytest.mark.gpu, skipped without CUDA) and by
+diagnose_fused_launches.py. Module-level functions (the ranks import them by name) return plain
+data; every rank calls the same functions in the same order, so the collectives inside line up.
 """
 
 from __future__ import annotations
@@ -16,12 +14,38 @@ import torch.distributed as dist
 
 import arfuse
 from arfuse import thresholds as th
+from arfuse.kernels import FusedArgs, FusedResult
 from arfuse.kernels import flashinfer as fb
 from arfuse.kernels.exact import FP8_MAX
+from arfuse.kernels.flashinfer import kernel, plan
+
+SAFE_ENV = {  # NVLink multicast off in every rank
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
+TOL = 8e-3  # relative L2 vs the fp32 reference (bf16 rounding; the probe saw 2.9e-3)
+FP8_TOL = 4e-2  # dequantized e4m3 vs the fp32 reference
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 EPS = 1e-6
 FP8_SCALE = 0.05
+
+
+def assert_row(row, tol=TOL):
+    """What every `_one_call` row must satisfy (run in the test process, not a rank)."""
+    where = f"{row}"
+    assert row["finite"], where
+    assert row["input_unchanged"], where
+    assert row["xrank_identical"], where
+    assert row["norm_rel_l2"] < tol, where
+    assert row["resid_rel_l2"] < tol, where
+    if row.get("fp8"):
+        assert row["fp8_rel_l2"] < FP8_TOL, where
+        assert row["fp8_max_steps_vs_own_norm"] <= 1.01, where
+    if "poisoned_all_written" in row:
+        assert row["poisoned_all_written"], where
+        assert row["poisoned_equals_op"], where
 
 
 def _group():
@@ -35,17 +59,17 @@ def _shared_randn(shape, dtype, scale=1.0):
     return t
 
 
-def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def _reference(x, residual, weight, eps, weight_bias):
+def _reference(x, residual, weight, eps, weight_offset):
     """float32 allreduce + add + RMSNorm."""
     xs = x.float().clone()
     dist.all_reduce(xs, group=_group())
     r = xs if residual is None else xs + residual.float()
-    n = r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps) * (weight.float() + weight_bias)
+    n = r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps) * (weight.float() + weight_offset)
     return n, r
 
 
@@ -58,7 +82,7 @@ def _xrank(*tensors) -> tuple[bool, float]:
         dist.broadcast(t0, src=0, group=_group())
         if not torch.equal(t0.view(torch.uint8), t.contiguous().view(torch.uint8)):
             worst[0] = 1
-        worst[1] = max(float(worst[1]), _rel_l2(t.float(), t0.float()))
+        worst[1] = max(float(worst[1]), rel_l2(t.float(), t0.float()))
     dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=_group())
     return bool(worst[0].item() == 0), float(worst[1].item())
 
@@ -88,7 +112,7 @@ def info() -> dict:
     }
 
 
-def _one_call(T, hidden, dtype, residual_on, weight_bias, fp8, seed):
+def _one_call(T, hidden, dtype, residual_on, weight_offset, fp8, seed):
     """One fused-op call through the real op + dispatch, checked against the fp32 reference;
     then the same strategy launched into NaN-poisoned preallocated outputs."""
     group = _group()
@@ -98,33 +122,33 @@ def _one_call(T, hidden, dtype, residual_on, weight_bias, fp8, seed):
     residual = _shared_randn((T, hidden), dtype) if residual_on else None
     weight = (
         (1.0 + 0.5 * _shared_randn((hidden,), torch.float32)).to(dtype)
-        if weight_bias == 0.0
+        if weight_offset == 0.0
         else (0.5 * _shared_randn((hidden,), torch.float32)).to(dtype)
     )
     scale = torch.tensor([FP8_SCALE], device="cuda") if fp8 else None
     before = fb.stats.copy()
     if fp8:
         quant, norm, res = arfuse.ops.fused_allreduce_rmsnorm_fp8(
-            x, residual, weight, scale, EPS, group.group_name, weight_bias=weight_bias
+            x, residual, weight, scale, EPS, group.group_name, weight_offset=weight_offset
         )
     else:
         norm, res = arfuse.ops.fused_allreduce_rmsnorm(
-            x, residual, weight, EPS, group.group_name, weight_bias=weight_bias
+            x, residual, weight, EPS, group.group_name, weight_offset=weight_offset
         )
         quant = None
     torch.cuda.synchronize()
     ran = _ran(before)
-    n_ref, r_ref = _reference(x_keep, residual, weight, EPS, weight_bias)
+    n_ref, r_ref = _reference(x_keep, residual, weight, EPS, weight_offset)
     row = {
         "T": T,
         "hidden": hidden,
         "dtype": str(dtype).split(".")[-1],
         "ran": ran,
         "residual": residual_on,
-        "weight_bias": weight_bias,
+        "weight_offset": weight_offset,
         "fp8": fp8,
-        "norm_rel_l2": _rel_l2(norm.float(), n_ref),
-        "resid_rel_l2": _rel_l2(res.float(), r_ref),
+        "norm_rel_l2": rel_l2(norm.float(), n_ref),
+        "resid_rel_l2": rel_l2(res.float(), r_ref),
         "input_unchanged": bool(torch.equal(x, x_keep)),
         "finite": bool(torch.isfinite(norm).all() and torch.isfinite(res).all()),
         "xrank_identical": _same_on_all_ranks(norm, res),
@@ -133,28 +157,17 @@ def _one_call(T, hidden, dtype, residual_on, weight_bias, fp8, seed):
         deq = quant.float() * FP8_SCALE
         own = (norm.float() / FP8_SCALE).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
         own_deq = own.float() * FP8_SCALE
-        row["fp8_rel_l2"] = _rel_l2(deq, n_ref)
+        row["fp8_rel_l2"] = rel_l2(deq, n_ref)
         # kernel multiplies by 1/scale, the reference divides: at most one e4m3 step apart
         step = (own_deq.abs() * 0.125).clamp_min(2.0**-9 * FP8_SCALE)
         row["fp8_max_steps_vs_own_norm"] = float(((deq - own_deq).abs() / step).max())
         row["xrank_identical"] &= _same_on_all_ranks(quant)
     if ran in ("oneshot", "twoshot"):
-        site = fb._site(x, group)
+        site = plan.site_for(x, group)
         poison = [torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))]
         q_out = torch.full_like(x, float("nan"), dtype=torch.float8_e4m3fn) if fp8 else None
-        fb.launch(
-            ran,
-            site.workspace,
-            x_keep,
-            residual,
-            weight,
-            scale,
-            EPS,
-            weight_bias,
-            poison[0],
-            poison[1],
-            q_out,
-        )
+        args = FusedArgs(x_keep, residual, weight, scale, EPS, weight_offset, group)
+        kernel.launch(ran, site.workspace, args, FusedResult(q_out, poison[0], poison[1]))
         torch.cuda.synchronize()
         row["poisoned_all_written"] = bool(
             torch.isfinite(poison[0]).all()
@@ -215,7 +228,8 @@ def check_thresholds(hidden: int, dtype_name: str) -> dict:
             dist.get_world_size(),
             lim.oneshot_max_tokens,
             lim.fused_max_tokens,
-            fb._workspace_tokens(lim),
+            plan.workspace_tokens(lim),
+            twoshot=fb.settings.twoshot,
         )
         row = _one_call(T, hidden, dtype, True, 0.0, False, seed=3)
         row["expected"] = expected
@@ -291,7 +305,7 @@ def check_cuda_graph_op(strategy: str, T: int) -> dict:
                         torch.equal(out.norm, eager.norm)
                         and torch.equal(out.residual, eager.residual)
                     ),
-                    "norm_rel_l2": _rel_l2(out.norm.float(), n_ref),
+                    "norm_rel_l2": rel_l2(out.norm.float(), n_ref),
                 }
             )
         del g
@@ -299,38 +313,32 @@ def check_cuda_graph_op(strategy: str, T: int) -> dict:
     return {"ran": ran, "trials": results}
 
 
+def example_decoder(num_layers: int, hidden: int, intermediate: int, num_heads: int, dtype):
+    """The example TP decoder on this rank's GPU and a maker of its inputs for n tokens. Built
+    on CPU, then moved: build_tp_decoder's init_weights mixes devices for device="cuda"; the
+    same seed gives the same weights at every dtype."""
+    from arfuse.examples.tp_decoder import build_tp_decoder
+
+    model, make_cpu_inputs = build_tp_decoder(
+        num_layers=num_layers,
+        hidden=hidden,
+        intermediate=intermediate,
+        num_heads=num_heads,
+        dtype=dtype,
+        device="cpu",
+    )
+    return model.to("cuda"), (lambda n: tuple(t.to("cuda") for t in make_cpu_inputs(n)))
+
+
 def check_model(T: int = 64, T2: int = 300) -> dict:
     """The example TP decoder compiled with the pass: fused ops in the graph, same outputs as
     eager, and a CUDA graph of the compiled model replays to the same result."""
-    from arfuse.examples.tp_decoder import build_tp_decoder
-
     logging.getLogger("arfuse").setLevel(logging.INFO)
     torch._dynamo.reset()
     fb.force_strategy(None)
     out: dict = {}
-    # built on CPU, then moved: build_tp_decoder's init_weights mixes devices for device="cuda"
-    model, make_cpu_inputs = build_tp_decoder(
-        num_layers=2,
-        hidden=2048,
-        intermediate=4096,
-        num_heads=16,
-        dtype=torch.bfloat16,
-        device="cpu",
-    )
-    model = model.to("cuda")
-    model32, _ = build_tp_decoder(
-        num_layers=2,
-        hidden=2048,
-        intermediate=4096,
-        num_heads=16,
-        dtype=torch.float32,
-        device="cpu",
-    )  # same seed: same weights
-    model32 = model32.to("cuda")
-
-    def make_inputs(n):
-        return tuple(t.to("cuda") for t in make_cpu_inputs(n))
-
+    model, make_inputs = example_decoder(2, 2048, 4096, 16, torch.bfloat16)
+    model32, _ = example_decoder(2, 2048, 4096, 16, torch.float32)  # same weights, float32
     fusion = arfuse.AllReduceFusionPass()
     compiled = torch.compile(model, options={"post_grad_custom_post_pass": fusion})
     # no FX graph cache: a cache hit skips the pass, and num_matches would read 0
@@ -344,9 +352,9 @@ def check_model(T: int = 64, T2: int = 300) -> dict:
             got = compiled(x)
             torch.cuda.synchronize()
             out[f"T{n}"] = {
-                "rel_l2_vs_eager": _rel_l2(got.float(), eager.float()),
-                "fused_rel_l2_vs_fp32_model": _rel_l2(got.float(), ref32),
-                "eager_rel_l2_vs_fp32_model": _rel_l2(eager.float(), ref32),
+                "rel_l2_vs_eager": rel_l2(got.float(), eager.float()),
+                "fused_rel_l2_vs_fp32_model": rel_l2(got.float(), ref32),
+                "eager_rel_l2_vs_fp32_model": rel_l2(eager.float(), ref32),
                 "ran": dict(fb.stats - before),
                 "xrank_identical": _same_on_all_ranks(got),
             }
@@ -381,8 +389,8 @@ def check_model(T: int = 64, T2: int = 300) -> dict:
             replays.append(
                 {
                     "equal_to_compiled": bool(torch.equal(static_out, direct)),
-                    "rel_l2_vs_compiled": _rel_l2(static_out.float(), direct.float()),
-                    "rel_l2_vs_eager": _rel_l2(static_out.float(), ref.float()),
+                    "rel_l2_vs_compiled": rel_l2(static_out.float(), direct.float()),
+                    "rel_l2_vs_eager": rel_l2(static_out.float(), ref.float()),
                 }
             )
         out["graph_replays"] = replays
@@ -399,21 +407,10 @@ def teardown() -> int:
 def check_ranges() -> dict:
     """arfuse.compile(ranges="auto") on the example decoder: one capture, the fused kernel in
     the ranges below the fusion threshold, plain Inductor above, outputs as eager."""
-    from arfuse import thresholds as th
-    from arfuse.examples.tp_decoder import build_tp_decoder
-
     torch._dynamo.reset()
     fb.force_strategy(None)
     hidden = 4096
-    model, make_cpu_inputs = build_tp_decoder(
-        num_layers=1,
-        hidden=hidden,
-        intermediate=2048,
-        num_heads=32,
-        dtype=torch.bfloat16,
-        device="cpu",
-    )
-    model = model.to("cuda")
+    model, make_inputs = example_decoder(1, hidden, 2048, 32, torch.bfloat16)
     lim = th.lookup(
         torch.cuda.get_device_capability(), dist.get_world_size(), torch.bfloat16, hidden
     )
@@ -423,7 +420,7 @@ def check_ranges() -> dict:
         "calls": {},
         # with two-shot off (ARFUSE_TWOSHOT=0) only the one-shot range fuses
         "effective_max_tokens": lim.fused_max_tokens
-        if fb.TWOSHOT_ENABLED
+        if fb.settings.twoshot
         else lim.oneshot_max_tokens,
     }
     sizes = sorted(
@@ -432,13 +429,13 @@ def check_ranges() -> dict:
     with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True):
         compiled = arfuse.compile(model, ranges="auto")
         for n in sizes:
-            (x,) = (t.to("cuda") for t in make_cpu_inputs(n))
+            (x,) = make_inputs(n)
             before = fb.stats.copy()
             got = compiled(x)
             torch.cuda.synchronize()
             identical, spread = _xrank(got)
             out["calls"][n] = {
-                "rel_l2_vs_eager": _rel_l2(got.float(), model(x).float()),
+                "rel_l2_vs_eager": rel_l2(got.float(), model(x).float()),
                 "ran": dict(fb.stats - before),
                 "xrank_identical": identical,
                 "xrank_rel_l2": spread,
@@ -451,3 +448,34 @@ def check_ranges() -> dict:
     ]
     fb.release_workspaces(_group())
     return out
+
+
+VARIANTS = (  # (residual, weight_offset, fp8)
+    (True, 0.0, False),
+    (False, 0.0, False),
+    (True, 1.0, False),
+    (True, 0.0, True),
+)
+
+
+def check_single_rank() -> dict:
+    """World size 1: the kernel does not apply, so every variant runs the GPU unfused path
+    (NCCL + the compiled epilogue), and each variant's epilogue compiles for few sizes."""
+    from arfuse.kernels.flashinfer import library, unfused
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    fb.force_strategy("oneshot")  # forcing cannot make world size 1 fuse
+    rows = [
+        _one_call(T, 4096, torch.bfloat16, residual_on, offset, fp8, seed=6)
+        for T in (1, 17, 300, 4097)
+        for residual_on, offset, fp8 in VARIANTS
+    ]
+    fb.force_strategy(None)
+    return {
+        "rows": rows,
+        "reasons": dict(fb.fallback_reasons),
+        "flashinfer_missing": library.unavailable_reason(),
+        "epilogue_variants": len(unfused._epilogues),
+        "graphs_compiled": int(torch._dynamo.utils.counters["stats"]["unique_graphs"]),
+    }

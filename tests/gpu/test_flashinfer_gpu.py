@@ -22,14 +22,7 @@ if importlib.util.find_spec("flashinfer") is None:  # not imported here: see gpu
 
 from arfuse.testing import SpawnedGroup  # noqa: E402
 from tests.gpu import gpu_checks as gc  # noqa: E402
-
-SAFE_ENV = {
-    "NCCL_NVLS_ENABLE": "0",
-    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-    "NVSHMEM_DISABLE_NVLS": "1",
-}
-TOL = 8e-3  # relative L2 vs the fp32 reference (bf16 rounding; the probe saw 2.9e-3)
-FP8_TOL = 4e-2  # dequantized e4m3 vs the fp32 reference
+from tests.gpu.gpu_checks import SAFE_ENV, TOL, assert_row  # noqa: E402
 
 
 def _world_sizes() -> list[int]:
@@ -59,21 +52,6 @@ def _world(group) -> int:
     return group.world_size
 
 
-def _assert_row(row, tol=TOL):
-    where = f"{row}"
-    assert row["finite"], where
-    assert row["input_unchanged"], where
-    assert row["xrank_identical"], where
-    assert row["norm_rel_l2"] < tol, where
-    assert row["resid_rel_l2"] < tol, where
-    if row.get("fp8"):
-        assert row["fp8_rel_l2"] < FP8_TOL, where
-        assert row["fp8_max_steps_vs_own_norm"] <= 1.01, where
-    if "poisoned_all_written" in row:
-        assert row["poisoned_all_written"], where
-        assert row["poisoned_equals_op"], where
-
-
 def _tokens(world: int) -> list[int]:
     return sorted({1, 2, world, world + 1, 16, 127, 128, 129, 512, 2048})
 
@@ -87,7 +65,7 @@ def test_forced_strategy_matches_fp32_reference(ranks, hidden, dtype, strategy):
     for row in rows[0]:
         expected = "oneshot" if strategy == "oneshot" or row["T"] <= world else "twoshot"
         assert row["ran"] == expected, row
-        _assert_row(row)
+        assert_row(row)
     print(
         f"\n[tp{world} {strategy} H={hidden} {dtype}] worst norm rel_l2 "
         f"{max(r['norm_rel_l2'] for r in rows[0]):.2e}"
@@ -99,7 +77,7 @@ def test_no_residual_gemma_and_fp8(ranks, strategy):
     rows = ranks.run(gc.check_variants, strategy)
     for row in rows[0]:
         assert row["ran"] in ("oneshot", "twoshot"), row
-        _assert_row(row)
+        assert_row(row)
     print(
         f"\n[tp{_world(ranks)} variants {strategy}] worst fp8 rel_l2 "
         f"{max(r.get('fp8_rel_l2', 0) for r in rows[0]):.2e}"
@@ -113,7 +91,7 @@ def test_default_thresholds_pick_the_table_strategy(ranks, hidden, dtype):
     assert out["rows"], out
     for row in out["rows"]:
         assert row["ran"] == row["expected"], row
-        _assert_row(row)
+        assert_row(row)
     print(
         f"\n[tp{_world(ranks)} H={hidden} {dtype}] one-shot <= {out['oneshot_max_tokens']}, "
         f"fused <= {out['fused_max_tokens']}: "
@@ -125,7 +103,7 @@ def test_unsupported_shapes_take_the_fast_unfused_path(ranks):
     out = ranks.run(gc.check_fallbacks)[0]
     for row in out["rows"]:
         assert row["ran"] == "unfused", row
-        _assert_row(row, tol=1e-5 if row["dtype"] == "float32" else TOL)
+        assert_row(row, tol=1e-5 if row["dtype"] == "float32" else TOL)
     assert "dtype" in out["reasons"] and "hidden" in out["reasons"], out["reasons"]
     assert "epilogue-compile" not in out["reasons"], out["reasons"]
 
