@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from arfuse.audit.findings import Finding
+    from arfuse.audit.findings import Finding, Location
 
 # a check function: takes an AuditContext (scope "rank") or a RanksContext (scope "ranks")
 _Check = TypeVar("_Check", bound="Callable[[Any], Iterable[Finding]]")
@@ -74,6 +74,13 @@ def rule(
         return check
 
     return register
+
+
+def finding(code: str, message: str, location: Location, **fields: Any) -> Finding:
+    """A `Finding` of rule `code`, named as its `@rule` names it (the name is written once)."""
+    from arfuse.audit.findings import Finding
+
+    return Finding(code, _REGISTRY[code].name, message, location, **fields)
 
 
 def all_rules() -> list[Rule]:

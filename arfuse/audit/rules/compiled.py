@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from arfuse.audit.context import AuditContext
 from arfuse.audit.events import CompilationMetrics, Frame
 from arfuse.audit.findings import Finding, Location
-from arfuse.audit.rules import rule
+from arfuse.audit.rules import finding, rule
 
 BREAK_ARTIFACT = "dynamo_graph_break_reason"
 _BREAK_AT = re.compile(r"Graph break in user code at (.+?):(\d+)\s*$", re.M)
@@ -81,9 +81,8 @@ def check_graph_break(ctx: AuditContext) -> Iterable[Finding]:
             continue
         size = ctx.compile_sizes.get(art.compile_id) if art.compile_id else None
         frame = Frame(path, line)
-        seen[key] = Finding(
-            code="ARF107",
-            name="graph-break",
+        seen[key] = finding(
+            "ARF107",
             message=f"graph break: {why or 'Dynamo stopped the graph here'}; the model runs "
             f"eagerly around this line and compiles the rest as separate frames",
             location=Location.of(frame),
@@ -140,9 +139,8 @@ def check_not_compiled(ctx: AuditContext) -> Iterable[Finding]:
         cid = m.metrics_compile_id or m.compile_id
         size = ctx.compile_sizes.get(cid) if cid else None
         found.append(
-            Finding(
-                code="ARF108",
-                name="frame-not-compiled",
+            finding(
+                "ARF108",
                 message=f"Dynamo could not compile {d.get('co_name') or 'this frame'} "
                 f"({fail}: {_first_line(m.fail_reason or '')}); it runs eagerly",
                 location=Location.of(frame),
@@ -153,9 +151,8 @@ def check_not_compiled(ctx: AuditContext) -> Iterable[Finding]:
             )
         )
     if not metrics and ctx.run.calls:
-        yield Finding(
-            code="ARF108",
-            name="frame-not-compiled",
+        yield finding(
+            "ARF108",
             message=f"nothing compiled: {len(ctx.run.calls)} call(s) ran and none compiled a "
             f"graph (a torch.compiler.disable, or a model that is not the compiled "
             f"one); no verdict on num_tokens is possible",

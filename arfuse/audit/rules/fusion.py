@@ -22,7 +22,7 @@ from arfuse.audit.context import AuditContext
 from arfuse.audit.events import Artifact, CompilationMetrics, CompileId, Frame
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.graph import Graph, Node, parse_graph
-from arfuse.audit.rules import rule
+from arfuse.audit.rules import finding, rule
 from arfuse.audit.slim import FUSION_REPORT
 
 _PASS_THROUGH = {
@@ -173,9 +173,8 @@ def check_unfused(ctx: AuditContext) -> Iterable[Finding]:
                 found,
                 (where.filename, where.line),
                 f"{cid}: {chain} (node {ar.name})",
-                Finding(
-                    code="ARF201",
-                    name="allreduce-norm-unfused",
+                finding(
+                    "ARF201",
                     message=f"{chain} left unfused in compiled graph {cid}",
                     location=Location.of(where),
                     expr=chain,
@@ -257,9 +256,8 @@ def check_disabled(ctx: AuditContext) -> Iterable[Finding]:
             found[reason].details.append(f"graph {art.compile_id}")
             continue
         frame = frame_of(ctx, art.compile_id)
-        found[reason] = Finding(
-            code="ARF202",
-            name="fusion-pass-disabled",
+        found[reason] = finding(
+            "ARF202",
             message=f"fusion pass disabled: {reason}",
             location=Location.of(frame),
             expr=str(reason),
@@ -313,9 +311,8 @@ def check_skipped(ctx: AuditContext) -> Iterable[Finding]:
                 found,
                 (frame.filename, frame.line, reason),
                 f"graph {art.compile_id}: node {node}",
-                Finding(
-                    code="ARF203",
-                    name="fusion-candidate-skipped",
+                finding(
+                    "ARF203",
                     message=f"fusion pass skipped node {node}: {reason}",
                     location=Location.of(frame),
                     expr=reason,

@@ -21,7 +21,7 @@ from arfuse.audit.context import AuditContext, pretty_source
 from arfuse.audit.events import AOT_GRAPHS, CompilationMetrics, CompileId, Frame, GraphDump
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.graph import Graph, Node, parse_graph
-from arfuse.audit.rules import rule
+from arfuse.audit.rules import finding, rule
 from arfuse.audit.rules.fusion import configured_ops, frame_of, fusion_reports, post_grad_graphs
 from arfuse.audit.verdicts import decisions
 
@@ -95,7 +95,6 @@ def _user_frame(nodes: Iterable[Node]) -> Frame | None:
 
 def _finding(
     code: str,
-    name: str,
     message: str,
     where: Frame,
     ranks: list[int],
@@ -103,9 +102,8 @@ def _finding(
     details: list[str],
     expr: str = "",
 ) -> Finding:
-    return Finding(
-        code=code,
-        name=name,
+    return finding(
+        code,
         message=message,
         location=Location.of(where),
         expr=expr,
@@ -179,7 +177,6 @@ def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
         ]
         yield _finding(
             "ARF301",
-            "rank-compile-count-mismatch",
             f"frame {frame_id}{fn} compiled a different number of times per rank: {text}",
             where,
             rc.ranks,
@@ -257,7 +254,6 @@ def check_token_guards(rc: RanksContext) -> Iterable[Finding]:
                     continue
                 found[key] = _finding(
                     "ARF302",
-                    "rank-token-guard-mismatch",
                     f"compiled graph {cid} guards num_tokens with `{text}` on rank(s) "
                     f"{', '.join(map(str, having))} but not on rank(s) "
                     f"{', '.join(map(str, lacking))}",
@@ -339,7 +335,6 @@ def check_fusion(rc: RanksContext) -> Iterable[Finding]:
         text = _ranks_text(placement, lambda p: f"{len(p)} fused op(s)")
         yield _finding(
             "ARF303",
-            "rank-fusion-mismatch",
             f"compiled graph {cid} has different fused allreduce ops per rank: {text}",
             where,
             rc.ranks,
@@ -416,7 +411,6 @@ def check_collectives(rc: RanksContext) -> Iterable[Finding]:
         where = _user_frame(ns[pos] for ns in nodes.values() if pos < len(ns)) or rc.frame(cid)
         yield _finding(
             "ARF304",
-            "rank-collective-mismatch",
             f"compiled graph {cid} issues different collectives per rank (a hang): collective "
             f"#{pos + 1} is {_ranks_text(at, str)}",
             where,

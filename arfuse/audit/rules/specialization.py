@@ -20,7 +20,7 @@ from arfuse.audit.context import AuditContext, pretty_source
 from arfuse.audit.domain import recompiles_at
 from arfuse.audit.events import CompilationMetrics, CompileId, Frame
 from arfuse.audit.findings import Finding, Location
-from arfuse.audit.rules import rule
+from arfuse.audit.rules import finding, rule
 from arfuse.audit.verdicts import COMPILER, DIVISIBILITY, PIN, RANGE, Decision, decisions
 
 
@@ -66,7 +66,7 @@ def _lines(ctx: AuditContext, code: str) -> list[_Line]:
     return list(lines.values())
 
 
-def _finding(ctx: AuditContext, line: _Line, name: str, message: str) -> Finding:
+def _finding(ctx: AuditContext, line: _Line, message: str) -> Finding:
     a = line.where
     details = []
     for d in line.decisions:
@@ -90,9 +90,8 @@ def _finding(ctx: AuditContext, line: _Line, name: str, message: str) -> Finding
         }
     )
     first = line.decisions[0]
-    return Finding(
-        code=line.code,
-        name=name,
+    return finding(
+        line.code,
         message=message,
         location=Location.of(a.decision),
         expr="; ".join(line.exprs),
@@ -156,7 +155,6 @@ def check_pinned(ctx: AuditContext) -> Iterable[Finding]:
         yield _finding(
             ctx,
             line,
-            "num-tokens-pinned",
             f"{line.source} is compared with a constant here: {'; '.join(parts)}",
         )
 
@@ -216,7 +214,6 @@ def check_range(ctx: AuditContext) -> Iterable[Finding]:
         yield _finding(
             ctx,
             line,
-            "num-tokens-range-guard",
             f"{line.source} is compared with a threshold here: {what}",
         )
 
@@ -255,7 +252,6 @@ def check_divisibility(ctx: AuditContext) -> Iterable[Finding]:
         yield _finding(
             ctx,
             line,
-            "num-tokens-divisibility-guard",
             f"{line.source} must be divisible here: {what}",
         )
 
@@ -317,7 +313,7 @@ def check_compiler_switch(ctx: AuditContext) -> Iterable[Finding]:
                     f"Inductor ({where}) picks different code above {flips[0]:,} tokens: "
                     f"{recompiles_at(flips)}"
                 )
-        yield _finding(ctx, line, "compiler-num-tokens-switch", f"[compiler] {what}")
+        yield _finding(ctx, line, f"[compiler] {what}")
 
 
 # -- ARF104: recompiles --------------------------------------------------------------------
@@ -461,9 +457,8 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
     for frame, events, sizes in groups.values():
         cids = list(dict.fromkeys(c for c, _ in events))
         at = f" at num_tokens={', '.join(map(str, sorted(sizes)))}" if sizes else ""
-        yield Finding(
-            code="ARF104",
-            name="num-tokens-recompile",
+        yield finding(
+            "ARF104",
             message=f"recompiled {len(cids)} time(s){at} because a guard from this line "
             f"failed{limit}",
             location=Location.of(frame),
@@ -516,9 +511,8 @@ def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
         why = next((r.strip(" -") for r in reason if "marked" in r), reason[0] if reason else "")
         f = seen.get(key)
         if f is None:
-            seen[key] = Finding(
-                code="ARF105",
-                name="num-tokens-constraint-violation",
+            seen[key] = finding(
+                "ARF105",
                 message=f"ConstraintViolationError: {why}"
                 if why
                 else "ConstraintViolationError: num_tokens was specialized",
@@ -541,9 +535,8 @@ def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
             int(line or m.get("co_firstlineno") or 0),
             str(m.get("co_name", "")),
         )
-        seen[(frame.filename, frame.line)] = Finding(
-            code="ARF105",
-            name="num-tokens-constraint-violation",
+        seen[(frame.filename, frame.line)] = finding(
+            "ARF105",
             message="ConstraintViolationError: "
             + (m.get("fail_reason") or "").strip().splitlines()[0:1][0]
             if m.get("fail_reason")
