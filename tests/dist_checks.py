@@ -6,6 +6,7 @@ data for the test in the parent process to assert on.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -208,6 +209,30 @@ def _compile_capture(fn, config=None, cls=CountingPass):
     return torch.compile(fn, backend=capture.backend, fullgraph=True), fusion, capture
 
 
+@contextlib.contextmanager
+def arfuse_warnings():
+    """Under no_grad: the texts of the warnings arfuse raised inside (filled on exit)."""
+    texts: list[str] = []
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        yield texts
+    texts += [str(w.message) for w in caught if "arfuse" in str(w.message)]
+
+
+def _skip_report(fn, *args) -> dict:
+    """`fn` compiled at graph level and run against eager: what the pass matched, skipped and
+    warned, and each output's error."""
+    compiled, fusion, _ = _compile_capture(fn)
+    with arfuse_warnings() as warned:
+        got, want = compiled(*args), fn(*args)
+    return {
+        "num_matches": fusion.num_matches,
+        "skipped": fusion.skipped,
+        "warnings": warned,
+        "errors": [rel_l2(g, w) for g, w in zip(got, want, strict=False)],
+    }
+
+
 def _run_sizes(model, compiled, make_inputs, tokens, token_dim=0):
     errors, outputs = {}, {}
     with torch.no_grad():
@@ -306,21 +331,12 @@ def check_unsupported(case: str) -> dict:
         h = funcol.all_reduce(x, "sum", group) + residual
         return F.rms_norm(h, (hidden,), weight, 1e-6), h
 
-    compiled, fusion, capture = _compile_capture(fn)
-    x, residual, weight = (
+    return _skip_report(
+        fn,
         torch.randn(6, hidden, dtype=dtype),
         torch.randn(6, hidden, dtype=dtype),
         torch.randn(hidden, dtype=dtype),
     )
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
-        warnings.simplefilter("always")
-        got, want = compiled(x, residual, weight), fn(x, residual, weight)
-    return {
-        "num_matches": fusion.num_matches,
-        "skipped": fusion.skipped,
-        "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)],
-        "errors": [rel_l2(g, w) for g, w in zip(got, want, strict=False)],
-    }
 
 
 def check_bad_op_inputs() -> dict:
@@ -525,8 +541,7 @@ def check_dynamic_true(num_layers: int = 2, tokens=(5, 9, 33)) -> dict:
     counters.clear()
     compiled = torch.compile(model, dynamic=True, options={"post_grad_custom_post_pass": fusion})
     errors = {}
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
-        warnings.simplefilter("always")
+    with arfuse_warnings() as warned:
         for t in tokens:
             (x,) = make_inputs(t)
             errors[t] = rel_l2(compiled(x).float(), model(x).float())
@@ -536,7 +551,7 @@ def check_dynamic_true(num_layers: int = 2, tokens=(5, 9, 33)) -> dict:
         "skipped": fusion.skipped,
         "errors": errors,
         "frames": counters["stats"]["unique_graphs"],
-        "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)],
+        "warnings": warned,
     }
 
 
@@ -572,17 +587,7 @@ def check_unrecognised_norm() -> dict:
         h = funcol.all_reduce(x, "sum", dist.group.WORLD) + residual
         return weight * (h * torch.rsqrt(h.pow(2).sum(-1, keepdim=True) / 64 + 1e-6)), h
 
-    compiled, fusion, capture = _compile_capture(fn)
-    x, residual, weight = torch.randn(6, 64), torch.randn(6, 64), torch.randn(64)
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
-        warnings.simplefilter("always")
-        got, want = compiled(x, residual, weight), fn(x, residual, weight)
-    return {
-        "num_matches": fusion.num_matches,
-        "skipped": fusion.skipped,
-        "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)],
-        "errors": [rel_l2(g, w) for g, w in zip(got, want, strict=False)],
-    }
+    return _skip_report(fn, torch.randn(6, 64), torch.randn(6, 64), torch.randn(64))
 
 
 def check_release_workspaces_per_group() -> dict:
@@ -685,8 +690,7 @@ def check_hf_compile(mode: str, calls=((1, 3), (1, 9), (1, 17))) -> dict:
         **kwargs,
     )
     errors, captures = {}, []
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
-        warnings.simplefilter("always")
+    with arfuse_warnings() as warned:
         for batch, seq in calls:
             ids = torch.randint(0, 128, (batch, seq), generator=torch.Generator().manual_seed(seq))
             mask = torch.ones(batch, seq, dtype=torch.long)
@@ -708,7 +712,7 @@ def check_hf_compile(mode: str, calls=((1, 3), (1, 9), (1, 17))) -> dict:
             | {"left": len(c["left_to_inductor"])}
             for c in compiled.backend.compiles
         ],
-        "warnings": [str(w.message) for w in caught if "arfuse" in str(w.message)],
+        "warnings": warned,
     }
 
 
