@@ -35,7 +35,6 @@ hidden size and dtype.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import warnings
@@ -44,6 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from arfuse import optable
+from arfuse.jsonfile import read_json
 
 if TYPE_CHECKING:  # the table itself needs no torch: `arfuse thresholds` stays fast
     import torch
@@ -317,19 +317,12 @@ def _file_table() -> dict[str, dict[int, Thresholds]]:
         return _file_cache[1]
     table: dict[str, dict[int, Thresholds]] = {}
     if path:
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except OSError as e:
-            raise ValueError(
-                f"{ENV_VAR}={path!r}: cannot read it ({e.strerror}); point it at a "
-                "JSON file or unset it"
-            ) from None
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"{ENV_VAR}={path!r}: not valid JSON ({e}); `arfuse thresholds "
-                "--json` prints a valid file"
-            ) from None
+        data = read_json(
+            path,
+            f"{ENV_VAR}={path!r}",
+            "point it at a thresholds JSON file (`arfuse thresholds --json` prints one) or "
+            "unset it",
+        )
         table = parse_table(data, where=f"{ENV_VAR} file {path}")
     _file_cache = (path, table)
     return table

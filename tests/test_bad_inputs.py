@@ -113,6 +113,35 @@ def test_tune_skips_decoder_results_and_names_them(tmp_path):
     assert r.exit_code == 2 and "no `arfuse bench` strategy sweep" in r.output, r.output
 
 
+# ---- ARFUSE_THRESHOLDS ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"\xff\xfe{}", "not UTF-8 text (byte 0); point it at a thresholds JSON file"),
+        (b'{"sm90": ', "not valid JSON (Expecting value at line 1, column 10)"),
+    ],
+)
+def test_thresholds_file_that_is_not_json_says_how_to_get_one(
+    tmp_path, monkeypatch, content, message
+):
+    # a non-UTF-8 file escaped as a bare UnicodeDecodeError before the file reader was shared
+    from arfuse import thresholds
+
+    path = tmp_path / "t.json"
+    path.write_bytes(content)
+    monkeypatch.setenv(thresholds.ENV_VAR, str(path))
+    thresholds.reload()
+    try:
+        with pytest.raises(ValueError) as info:
+            thresholds.table()
+    finally:
+        monkeypatch.delenv(thresholds.ENV_VAR)
+        thresholds.reload()
+    assert str(info.value).startswith(f"{thresholds.ENV_VAR}={str(path)!r}: {message}")
+
+
 # ---- the fused ops --------------------------------------------------------------------------
 
 

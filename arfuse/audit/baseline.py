@@ -19,6 +19,7 @@ from typing import Any
 
 from arfuse.audit.files import rel
 from arfuse.audit.findings import Finding
+from arfuse.jsonfile import read_json
 
 VERSION = 1
 
@@ -40,14 +41,7 @@ def load(path: str | Path) -> list[dict[str, Any]]:
             f"baseline {path} does not exist; create it with "
             f"`arfuse audit TARGET --write-baseline {path}`"
         )
-    try:
-        data = json.loads(path.read_bytes())
-    except OSError as exc:
-        raise ValueError(f"baseline {path} cannot be read ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise ValueError(
-            f"baseline {path} is not valid JSON ({exc}); regenerate it with --write-baseline"
-        ) from None
+    data = read_json(path, f"baseline {path}", "regenerate it with --write-baseline")
     if (
         not isinstance(data, dict)
         or data.get("version") != VERSION

@@ -11,7 +11,6 @@ compiled add+RMSNorm), the fastest unfused strategy the fallback can be.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from arfuse.bench.strategies import ALL
+from arfuse.jsonfile import read_json
 
 SLACK = 1 + 1e-9  # MB limits sit a hair above a measured size so MB -> tokens keeps it
 _TIMES = "each time is a positive number of microseconds, or null for a strategy that did not run"
@@ -32,19 +32,7 @@ def load(paths: Iterable[Path | str]) -> tuple[list[tuple[Path, dict]], list[str
     which `bench/results/*.json` also matches) carry no per-strategy times and are skipped."""
     loaded, skipped = [], []
     for path in map(Path, paths):
-        try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except OSError as e:
-            raise ValueError(f"{path}: cannot read it ({e.strerror})") from None
-        except UnicodeDecodeError as e:
-            raise ValueError(
-                f"{path}: not UTF-8 text (byte {e.start}); give the JSON file `arfuse bench` wrote"
-            ) from None
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column "
-                f"{e.colno}); give the JSON file `arfuse bench` wrote"
-            ) from None
+        data = read_json(path, str(path), "give the JSON file `arfuse bench` wrote")
         if _is_decoder(data):
             skipped.append(
                 f"skipped {path}: an `arfuse bench --decoder` result (decode-step "

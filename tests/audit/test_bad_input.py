@@ -171,7 +171,10 @@ def test_baseline_of_the_wrong_shape_names_the_file(tmp_path):
     assert f"baseline {bad}: findings[0] (1) is not a baseline entry: not an object" in out
     bad.write_bytes(b"\xff\xfe not utf-8")
     code, out = _audit("--trace", BRANCH, "--baseline", bad)
-    assert code == 2 and f"baseline {bad} is not valid JSON" in out
+    assert code == 2 and f"baseline {bad}: not UTF-8 text (byte 0); regenerate it with" in out
+    bad.write_text('{"version": 1,')
+    code, out = _audit("--trace", BRANCH, "--baseline", bad)
+    assert code == 2 and f"baseline {bad}: not valid JSON (Expecting" in out
 
 
 def test_run_json_of_the_wrong_shape_names_the_file(tmp_path):
