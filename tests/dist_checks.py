@@ -182,11 +182,7 @@ def check_variant(
             outputs.append(
                 [g.float() if g.dtype != torch.float8_e4m3fn else g.view(torch.uint8) for g in got]
             )
-    return {
-        "before": [dict(c) for c in fusion.before],
-        "after": [dict(c) for c in fusion.after],
-        "matched": dict(fusion.matched),
-        "skipped": fusion.skipped,
+    return _pass_counts(fusion) | {
         "graphs": len(capture.graphs),
         "errors": errors,
         "outputs": outputs,
@@ -200,6 +196,17 @@ def count_allreduces(counts: dict) -> int:
 
 def count_fused(counts: dict) -> int:
     return sum(v for k, v in counts.items() if k in FUSED_TARGETS)
+
+
+def _pass_counts(fusion) -> dict:
+    """A CountingPass's record: op counts per graph before/after it, and its totals."""
+    return {
+        "before": [dict(c) for c in fusion.before],
+        "after": [dict(c) for c in fusion.after],
+        "matched": dict(fusion.matched),
+        "num_matches": fusion.num_matches,
+        "skipped": fusion.skipped,
+    }
 
 
 def _compile_capture(fn, config=None, cls=CountingPass):
@@ -256,14 +263,7 @@ def check_decoder(
     )
     compiled, fusion, capture = _compile_capture(model)
     errors, _ = _run_sizes(model, compiled, make_inputs, tokens)
-    return {
-        "before": [dict(c) for c in fusion.before],
-        "after": [dict(c) for c in fusion.after],
-        "matched": dict(fusion.matched),
-        "num_matches": fusion.num_matches,
-        "errors": errors,
-        "skipped": fusion.skipped,
-    }
+    return _pass_counts(fusion) | {"errors": errors}
 
 
 def check_no_pattern() -> dict:
@@ -438,14 +438,7 @@ def check_dtensor(num_layers: int = 2, tokens=(5, 12)) -> dict:
         return (x.to(torch.bfloat16),)
 
     errors, _ = _run_sizes(stack, compiled, make_inputs, tokens, token_dim=1)
-    return {
-        "before": [dict(c) for c in fusion.before],
-        "after": [dict(c) for c in fusion.after],
-        "matched": dict(fusion.matched),
-        "errors": errors,
-        "skipped": fusion.skipped,
-        "graphs": len(capture.graphs),
-    }
+    return _pass_counts(fusion) | {"errors": errors, "graphs": len(capture.graphs)}
 
 
 def check_inductor_and_cache(cache_dir: str) -> dict:
@@ -662,14 +655,7 @@ def check_hf_fused(name: str, dtype_name: str = "fp32", sizes=(5, 12)) -> dict:
             got = compiled(input_ids=ids, use_cache=False).last_hidden_state
             want = model(input_ids=ids, use_cache=False).last_hidden_state
             errors[seq] = rel_l2(got.float(), want.float())
-    return {
-        "before": [dict(c) for c in fusion.before],
-        "after": [dict(c) for c in fusion.after],
-        "matched": dict(fusion.matched),
-        "skipped": fusion.skipped,
-        "errors": errors,
-        "graphs": len(capture.graphs),
-    }
+    return _pass_counts(fusion) | {"errors": errors, "graphs": len(capture.graphs)}
 
 
 def check_hf_compile(mode: str, calls=((1, 3), (1, 9), (1, 17))) -> dict:
