@@ -8,20 +8,16 @@ arfuse custom ops, DTensor-sharded HF layers).
 
 from arfuse.audit import AuditTarget
 from arfuse.audit.default_target import SIZES, tp_decoder  # noqa: F401 - the default target
+from arfuse.audit.target import with_fusion_pass
 
 
 def _build_custom_ops():
-    import arfuse
     from arfuse.examples import build_tp_decoder
 
     model, make_inputs = build_tp_decoder(
         num_layers=2, hidden=64, intermediate=128, allreduce="arfuse", norm="custom_op"
     )
-    return (
-        model,
-        make_inputs,
-        {"options": {"post_grad_custom_post_pass": arfuse.AllReduceFusionPass()}},
-    )
+    return with_fusion_pass(model, make_inputs)
 
 
 def tp_decoder_custom_ops() -> AuditTarget:
@@ -40,7 +36,6 @@ def _build_hf_llama_dtensor():
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    import arfuse
     from arfuse.examples.hf_llama import LlamaStack, parallelize
 
     torch.manual_seed(0)  # same weights on every rank before sharding
@@ -51,11 +46,7 @@ def _build_hf_llama_dtensor():
         gen = torch.Generator().manual_seed(num_tokens)
         return (torch.randn(1, num_tokens, 64, generator=gen),)  # [batch, seq, hidden]
 
-    return (
-        model,
-        make_inputs,
-        {"options": {"post_grad_custom_post_pass": arfuse.AllReduceFusionPass()}},
-    )
+    return with_fusion_pass(model, make_inputs)
 
 
 def hf_llama_dtensor() -> AuditTarget:

@@ -8,7 +8,7 @@ form and cost seconds of compile.
 
 from __future__ import annotations
 
-from arfuse.audit.target import AuditTarget
+from arfuse.audit.target import AuditTarget, with_fusion_pass
 
 SPEC = "arfuse.audit.default_target:tp_decoder"
 # num_tokens 1 is left out: it always compiles its own graph (torch's 0/1 specialization),
@@ -24,13 +24,8 @@ def _build():
     model, make_inputs = build_tp_decoder(num_layers=1, hidden=64, intermediate=128)
     if dist.get_rank() != 0:  # compile_ranks="audited": the other rank runs eager and needs
         return model, make_inputs  # no pass (creating one would import Inductor there)
-    import arfuse
 
-    return (
-        model,
-        make_inputs,
-        {"options": {"post_grad_custom_post_pass": arfuse.AllReduceFusionPass()}},
-    )
+    return with_fusion_pass(model, make_inputs)
 
 
 def tp_decoder() -> AuditTarget:

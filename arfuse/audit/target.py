@@ -101,6 +101,15 @@ class AuditTarget:
         )
 
 
+def with_fusion_pass(model: Callable, make_inputs: Callable[[int], Any]) -> tuple:
+    """What a `build()` returns to compile `model` with Inductor and a fresh
+    `arfuse.AllReduceFusionPass`, so the audit also sees fusion coverage (ARF2xx, ARF303)."""
+    import arfuse
+
+    pass_ = arfuse.AllReduceFusionPass()
+    return model, make_inputs, {"options": {"post_grad_custom_post_pass": pass_}}
+
+
 def coerce(obj: Any, what: str) -> AuditTarget:
     """Accept an AuditTarget or a (model, make_inputs[, compile_kwargs]) tuple."""
     if isinstance(obj, AuditTarget):

@@ -12,13 +12,13 @@ from __future__ import annotations
 import torch
 
 from arfuse.audit import AuditTarget
+from arfuse.audit.target import with_fusion_pass
 
 
 def _build(name: str):
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    import arfuse
     from arfuse.examples import hf_models
 
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
@@ -28,11 +28,7 @@ def _build(name: str):
     def make_inputs(n: int):
         return (torch.randint(0, vocab, (1, n)),)
 
-    return (
-        model,
-        make_inputs,
-        {"options": {"post_grad_custom_post_pass": arfuse.AllReduceFusionPass()}},
-    )
+    return with_fusion_pass(model, make_inputs)
 
 
 def llama_tp() -> AuditTarget:
