@@ -79,36 +79,29 @@ def run_target(
         workspace = Workspace(out_dir)
     except ValueError as exc:
         raise TargetError(str(exc)) from None
+    config = {  # what the worker reads (arfuse.audit.worker)
+        "spec": spec,
+        "out": str(workspace.path),
+        "sizes": sizes,
+        "strict": strict,
+        "backend": backend,
+        "timeout": timeout,
+        "display": display,
+        "parent": os.getpid(),
+        "temporary": workspace.temporary,
+    }
     try:
-        return _run(
-            spec,
-            workspace,
-            sizes=sizes,
-            strict=strict,
-            dtrace=dtrace,
-            backend=backend,
-            timeout=timeout,
-            progress=progress,
-            display=display,
-        )
+        return _run(workspace, config, dtrace=dtrace, progress=progress)
     except BaseException:
         workspace.close()
         raise
 
 
 def _run(
-    spec: str,
-    workspace: Workspace,
-    *,
-    sizes: list[int] | None,
-    strict: bool,
-    dtrace: bool,
-    backend: str | None,
-    timeout: float,
-    progress: bool,
-    display: str | None,
+    workspace: Workspace, config: dict[str, Any], *, dtrace: bool, progress: bool
 ) -> RunResult:
     out = workspace.path
+    spec, timeout, display = config["spec"], config["timeout"], config["display"]
     trace_dir = out / "trace"
     trace_dir.mkdir(exist_ok=True)
     for old in [
@@ -118,17 +111,6 @@ def _run(
         out / "progress.jsonl",
     ]:
         old.unlink(missing_ok=True)
-    config = {
-        "spec": spec,
-        "out": str(out),
-        "sizes": sizes,
-        "strict": strict,
-        "backend": backend,
-        "timeout": timeout,
-        "display": display,
-        "parent": os.getpid(),
-        "temporary": workspace.temporary,
-    }
     (out / "config.json").write_text(json.dumps(config))
     env = dict(os.environ)
     env.pop("TORCH_TRACE", None)
