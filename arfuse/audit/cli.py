@@ -244,14 +244,6 @@ def audit(
                 policy=policy_for(chosen),
             )
             logs = {r: t.source for r, t in traces.items()}
-            report = api.analyze(
-                traces,
-                run,
-                select=sel,
-                ignore=ign,
-                baseline=baseline,
-                domain=_domain(min_tokens, max_tokens, run),
-            )
         else:
             from arfuse.audit.default_target import SPEC
 
@@ -271,16 +263,16 @@ def audit(
                 if target
                 else "built-in TP decoder example (arfuse.audit.default_target:tp_decoder)",
             )
-            traces = result.traces  # parsed by run_target in its "reading trace" phase
-            report = api.analyze(
-                traces,
-                result.run,
-                select=sel,
-                ignore=ign,
-                baseline=baseline,
-                domain=_domain(min_tokens, max_tokens, result.run),
-            )
+            traces, run = result.traces, result.run  # parsed in its "reading trace" phase
             logs = {r: str(p) for r, p in result.trace_files.items() if r in traces}
+        report = api.analyze(
+            traces,
+            run,
+            select=sel,
+            ignore=ign,
+            baseline=baseline,
+            domain=_domain(min_tokens, max_tokens, run),
+        )
     except ValueError as exc:  # the runner's TargetError is a ValueError
         raise _fail(str(exc)) from None
     if html is not None:
