@@ -33,7 +33,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         ("Every audit rule with its code, name and docs (or one rule: `arfuse rules ARF102`)."),
     ),
     "patterns": (
-        "arfuse.patterns.cli:patterns",
+        "arfuse.patterns_cli:patterns",
         "List every registered pattern variant: allreduce x norm x residual x quant.",
     ),
     "thresholds": (
