@@ -328,3 +328,31 @@ def test_no_two_packages_or_modules_depend_on_each_other():
                 seen |= more
                 changed = True
     assert sorted(m for m, seen in reach.items() if m in seen) == []
+
+
+def _top_level(path: Path) -> tuple[set[str], set[str], set[str]]:
+    """(function names, class names, arfuse modules imported anywhere) of one module."""
+    tree = ast.parse(path.read_text())
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    return functions, classes, imported
+
+
+def test_the_trace_modules_and_the_cli_each_hold_one_idea():
+    """Defect 8: `audit/trace.py` held the event model, the parser, the streaming policy and
+    file discovery; `audit/cli.py` rendered HTML. The event model parses nothing and knows no
+    reader or policy; the reader defines no event; the policy reads no file; the CLI holds no
+    markup (`audit/html.py` does)."""
+    audit = PACKAGE / "audit"
+    functions, _, imported = _top_level(audit / "events.py")
+    assert not {f for f in functions if f.startswith(("parse_", "read_", "open_", "trace_files"))}
+    assert not imported & {"arfuse.audit.reader", "arfuse.audit.slim", "gzip"}
+    _, classes, _ = _top_level(audit / "reader.py")
+    assert not classes & set(dir(__import__("arfuse.audit.events", fromlist=["x"])))
+    functions, _, imported = _top_level(audit / "slim.py")
+    assert not {f for f in functions if f.startswith(("parse_", "read_", "open_"))}
+    assert "arfuse.audit.reader" not in imported
+    assert not re.search(r"<(html|table|a href|td|tr)\b", (audit / "cli.py").read_text())
