@@ -585,17 +585,18 @@ def check_unrecognised_norm() -> dict:
 
 def check_release_workspaces_per_group() -> dict:
     """release_workspaces(group) forgets that group's workspaces only; the other group's stays
-    registered and live. (Planning sites hold their workspace and check `released` on use, so
-    a release has nothing else to clear.)
+    registered and live, and every planning site stays cached (a site holds its workspace and
+    checks `released` on use, so a release has nothing else to clear).
 
     Workspaces are built already released where they will be destroyed (no FlashInfer on CPU),
     so only the bookkeeping runs; the groups are real gloo groups."""
-    from arfuse.kernels.flashinfer import workspace
+    from arfuse.kernels.flashinfer import plan, workspace
 
     groups = [dist.new_group([0, 1]), dist.new_group([0, 1])]
-    saved = dict(workspace._workspaces)
+    saved, saved_sites = dict(workspace._workspaces), dict(plan._sites)
     try:
         workspace._workspaces.clear()
+        plan._sites.clear()
         made = []
         for g in groups:
             ws = workspace.Workspace(
@@ -612,16 +613,23 @@ def check_release_workspaces_per_group() -> dict:
                 released=g is groups[0],
             )
             workspace._workspaces[ws.key] = ws
+            plan._sites[(0, g.group_name, 64, torch.bfloat16)] = plan.Site(None, workspace=ws)
             made.append(ws)
         released = workspace.release_workspaces(groups[0])
         return {
             "released": released,
             "remaining": [k[0] == groups[1].group_name for k in workspace._workspaces],
             "other_live": not made[1].released,
+            "sites_kept": [
+                plan._sites[(0, g.group_name, 64, torch.bfloat16)].workspace is ws
+                for g, ws in zip(groups, made, strict=True)
+            ],
         }
     finally:
         workspace._workspaces.clear()
         workspace._workspaces.update(saved)
+        plan._sites.clear()
+        plan._sites.update(saved_sites)
 
 
 # ---- Hugging Face models under DTensor TP (arfuse.examples.hf_models) -------------------------

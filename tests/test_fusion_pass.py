@@ -246,8 +246,14 @@ def test_unrecognised_norm_is_skipped_with_a_reason(group2):
 
 def test_release_workspaces_only_touches_its_group(group2):
     r = group2.run(dc.check_release_workspaces_per_group)[0]
-    # group 0's (already destroyed) workspace is forgotten; group 1's stays registered and live
-    assert r == {"released": 0, "remaining": [True], "other_live": True}
+    # group 0's (already destroyed) workspace is forgotten; group 1's stays registered and live;
+    # both planning sites stay cached with the workspace they hold
+    assert r == {
+        "released": 0,
+        "remaining": [True],
+        "other_live": True,
+        "sites_kept": [True, True],
+    }
 
 
 def test_dynamic_true_graph_uses_the_eps_tensor_overload(group2):

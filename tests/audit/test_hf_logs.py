@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from arfuse.audit import audit_logs
 from arfuse.audit.cli import audit as audit_cmd
 from arfuse.audit.events import CompilationMetrics, CompileId, CreateSymbol
-from arfuse.audit.offline import AmbiguousTokenSource, infer_token_sources, load_traces
+from arfuse.audit.offline import load_traces
 from arfuse.audit.reader import parse_bytes
+from arfuse.audit.token_source import AmbiguousTokenSource, infer_token_sources
 
 HF = Path(__file__).resolve().parent / "data" / "hf-llama-gpt2-bert-torch-2.13.0.log.gz"
 TOKENS = "L['kwargs']['input_ids'].size()[1]"

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 
 from arfuse.audit import analyze, audit_logs
 from arfuse.audit.cli import audit as audit_cmd
-from arfuse.audit.offline import AmbiguousTokenSource, TraceSource, load_traces, pick_per_rank
+from arfuse.audit.offline import TraceSource, load_traces, pick_per_rank
 from arfuse.audit.reader import parse_bytes, parse_stream, read_bytes
+from arfuse.audit.token_source import AmbiguousTokenSource
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
