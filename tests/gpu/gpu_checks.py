@@ -78,10 +78,12 @@ def _xrank(*tensors) -> tuple[bool, float]:
     rank's tensor from rank 0's)."""
     worst = torch.zeros(2, device="cuda")  # [any bitwise mismatch, largest rel L2]
     for t in tensors:
-        t0 = t.clone()
-        dist.broadcast(t0, src=0, group=_group())
-        if not torch.equal(t0.view(torch.uint8), t.contiguous().view(torch.uint8)):
+        mine = t.contiguous().view(torch.uint8)
+        theirs = mine.clone()  # bytes: gloo has no float8 broadcast
+        dist.broadcast(theirs, src=0, group=_group())
+        if not torch.equal(theirs, mine):
             worst[0] = 1
+        t0 = theirs.view(t.dtype)
         worst[1] = max(float(worst[1]), rel_l2(t.float(), t0.float()))
     dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=_group())
     return bool(worst[0].item() == 0), float(worst[1].item())

@@ -1,8 +1,11 @@
 """FlashInfer backend on real GPUs: `pytest -m gpu tests/gpu` on the GPU machine.
 
-One spawned NCCL group per world size (module scope; ARFUSE_GPU_WORLD_SIZES="2,4" picks them,
-default every supported size the machine has GPUs for). Skipped cleanly without CUDA, without
-2+ GPUs or without FlashInfer. Every group call has a timeout.
+One spawned group per world size (module scope; ARFUSE_GPU_WORLD_SIZES="2,4" picks them,
+default every supported size the machine has GPUs for): NCCL, one GPU per rank. On a machine
+with ONE GPU the same tests run on two ranks sharing it ("tp2-one-gpu": a gloo group, the
+kernel's CUDA IPC workspace within the device), so the kernel path is tested where no 2-GPU
+machine is at hand; timings there mean nothing. Skipped cleanly without CUDA or FlashInfer.
+Every group call has a timeout.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
-    pytest.skip("needs 2+ CUDA GPUs", allow_module_level=True)
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
 if importlib.util.find_spec("flashinfer") is None:  # not imported here: see gpu_checks
     pytest.skip("needs flashinfer-python (source .device/setup.sh)", allow_module_level=True)
 
@@ -24,23 +27,28 @@ from arfuse.testing import SpawnedGroup  # noqa: E402
 from tests.gpu import gpu_checks as gc  # noqa: E402
 from tests.gpu.gpu_checks import SAFE_ENV, TOL, assert_row  # noqa: E402
 
+ONE_GPU = "tp2-one-gpu"
 
-def _world_sizes() -> list[int]:
+
+def _groups() -> list[int | str]:
     text = os.environ.get("ARFUSE_GPU_WORLD_SIZES")
     if text:
         return [int(w) for w in text.split(",")]
-    return [w for w in (2, 4, 8) if w <= torch.cuda.device_count()]
+    sizes: list[int | str] = [w for w in (2, 4, 8) if w <= torch.cuda.device_count()]
+    return sizes or [ONE_GPU]
 
 
-@pytest.fixture(scope="module", params=_world_sizes(), ids=lambda w: f"tp{w}")
+@pytest.fixture(scope="module", params=_groups(), ids=lambda w: w if w == ONE_GPU else f"tp{w}")
 def ranks(request):
-    world = request.param
-    if world > torch.cuda.device_count():
-        pytest.skip(f"needs {world} GPUs")
-    group = SpawnedGroup(world_size=world, backend="nccl", timeout=240, env=SAFE_ENV)
+    if request.param == ONE_GPU:
+        group = SpawnedGroup(world_size=2, backend="gloo", timeout=240, env=SAFE_ENV)
+    else:
+        if request.param > torch.cuda.device_count():
+            pytest.skip(f"needs {request.param} GPUs")
+        group = SpawnedGroup(world_size=request.param, backend="nccl", timeout=240, env=SAFE_ENV)
     try:
         infos = group.run(gc.info, timeout=120)
-        print(f"\n[tp{world}] {infos[0]}")
+        print(f"\n[{request.param}] {infos[0]}")
         yield group
         if group.alive:
             group.run(gc.teardown, timeout=60)
