@@ -13,6 +13,10 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
+from arfuse.optable import FP8_DTYPE
+
+FP8 = getattr(torch, FP8_DTYPE)  # the quant output's dtype
+
 
 class FusedResult(NamedTuple):
     """(quant, norm, residual): quant is None without an FP8 scale; `residual` is the sum fed
@@ -44,8 +48,8 @@ class FusedArgs:
     def tokens(self) -> int:
         return self.input.numel() // self.hidden
 
-    def new_outputs(self, fp8_dtype: torch.dtype) -> FusedResult:
+    def new_outputs(self) -> FusedResult:
         """Uninitialised outputs of this call's shapes, for kernels that write in place."""
         x = self.input
-        quant = None if self.scale is None else torch.empty_like(x, dtype=fp8_dtype)
+        quant = None if self.scale is None else torch.empty_like(x, dtype=FP8)
         return FusedResult(quant, torch.empty_like(x), torch.empty_like(x))

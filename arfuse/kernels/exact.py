@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from arfuse.kernels.args import FusedArgs, FusedResult
-from arfuse.optable import FP8_DTYPE, FP8_MAX
+from arfuse.kernels.args import FP8, FusedArgs, FusedResult
+from arfuse.optable import FP8_MAX
 
-FP8 = getattr(torch, FP8_DTYPE)
+__all__ = ["FP8", "all_reduce", "epilogue", "quant_fp8_static", "rms_norm_f32", "unfused"]
 
 
 def rms_norm_f32(

@@ -6,7 +6,6 @@ import torch
 import torch.distributed as dist
 
 from arfuse.kernels.args import FusedArgs, FusedResult
-from arfuse.kernels.exact import FP8
 from arfuse.kernels.flashinfer import kernel, unfused
 from arfuse.kernels.flashinfer.plan import choose_strategy, fallback, site_for, stats
 from arfuse.kernels.flashinfer.settings import settings
@@ -57,7 +56,7 @@ def backend(args: FusedArgs) -> FusedResult | None:
         )
         return unfused.unfused(args)
     stats[strategy] += 1
-    out = args.new_outputs(FP8)
+    out = args.new_outputs()
     kernel.launch(strategy, ws, args, out)
     return out
 
