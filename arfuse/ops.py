@@ -33,7 +33,7 @@ from typing import NamedTuple
 import torch
 
 from arfuse import kernels, optable
-from arfuse.kernels.args import FusedArgs
+from arfuse.kernels.args import FP8, FusedArgs
 from arfuse.kernels.exact import (
     quant_fp8_static,  # noqa: F401 - public here too
     rms_norm_f32,
@@ -66,7 +66,6 @@ LIB.define(
 )
 
 SUPPORTED_DTYPES = tuple(getattr(torch, name) for name in optable.SUPPORTED_DTYPES)
-FP8_DTYPE = getattr(torch, optable.FP8_DTYPE)
 
 
 class FusedOutputs(NamedTuple):
@@ -173,7 +172,7 @@ def _fused_fp8_fake(input, residual, weight, scale, eps, weight_offset, group_na
     _check_activation("fused_allreduce_rmsnorm_fp8", input, residual, weight, eps)
     _check_scale(scale)
     return (
-        torch.empty_like(input, dtype=FP8_DTYPE),
+        torch.empty_like(input, dtype=FP8),
         torch.empty_like(input),
         torch.empty_like(input),
     )

@@ -12,8 +12,6 @@ import torch.distributed as dist
 from arfuse.kernels.args import FP8, FusedArgs, FusedResult
 from arfuse.optable import FP8_MAX
 
-__all__ = ["FP8", "all_reduce", "epilogue", "quant_fp8_static", "rms_norm_f32", "unfused"]
-
 
 def rms_norm_f32(
     x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float
