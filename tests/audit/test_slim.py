@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from arfuse.audit import analyze
-from arfuse.audit.judge.context import RunInfo
 from arfuse.audit.rules import select_rules
 from arfuse.audit.trace.reader import parse_bytes, parse_stream, read_bytes
 from arfuse.audit.trace.records import Artifact, ChromiumEvent, GuardAddedFast, UnknownEvent
+from arfuse.audit.trace.run_info import RunInfo
 from arfuse.audit.trace.slim import GRAPHS, GUARDS, RANKS, Policy, policy_for
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arfuse.audit.judge.context import RunInfo
 from arfuse.audit.live.target import split_spec
 from arfuse.audit.live.workspace import Workspace, kill, watch
 from arfuse.audit.options import AuditOptions
 from arfuse.audit.trace.reader import trace_files
 from arfuse.audit.trace.records import Trace
+from arfuse.audit.trace.run_info import RunInfo
 
 #: how much of the worker's output a crash report quotes (read from the end of the log only:
 #: a target may print hundreds of MB)

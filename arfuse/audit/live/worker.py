@@ -22,8 +22,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from arfuse.audit.judge.context import CallResult, RunInfo
 from arfuse.audit.trace.records import CALL_ARTIFACT
+from arfuse.audit.trace.run_info import CallResult, RunInfo
 
 EXIT_TARGET_ERROR = 3
 EXIT_PARENT_GONE = 4

@@ -22,9 +22,9 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, cast
 
-from arfuse.audit.judge.context import RunInfo
 from arfuse.audit.trace.reader import open_trace, parse_stream
 from arfuse.audit.trace.records import Trace
+from arfuse.audit.trace.run_info import RunInfo
 from arfuse.audit.trace.slim import Policy, policy_for
 
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
