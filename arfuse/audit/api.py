@@ -49,7 +49,7 @@ def _merge_ranks(findings: list[Finding]) -> list[Finding]:
 
 def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) -> dict[str, Any]:
     t0 = traces[min(traces)] if traces else Trace()
-    compiles = {m.metrics_compile_id or m.compile_id for m in t0.of(CompilationMetrics)}
+    compiles = {m.of_compile for m in t0.of(CompilationMetrics)}
     recompiles = sum(1 for _ in t0.artifacts("recompile_reasons"))
     fusion = [a.payload_json() for a in t0.artifacts(FUSION_REPORT)]
     fusion = [p for p in fusion if isinstance(p, dict)]
@@ -99,7 +99,7 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
             **({"ranges": ranges} if ranges else {}),
         },
         "compiles_by_rank": {
-            str(r): len({m.metrics_compile_id or m.compile_id for m in t.of(CompilationMetrics)})
+            str(r): len({m.of_compile for m in t.of(CompilationMetrics)})
             for r, t in sorted(traces.items())
         },
         "findings": len(findings),

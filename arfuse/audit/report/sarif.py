@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from arfuse.audit.findings import Finding
 from arfuse.audit.paths import sarif_location
 from arfuse.audit.report.baseline import fingerprint
 from arfuse.audit.report.model import Report
@@ -16,39 +17,10 @@ def render(report: Report, root: Path, verbose: bool = False) -> str:
 
     rules = all_rules()
     index = {r.code: i for i, r in enumerate(rules)}
-    results = []
-    for i, f in enumerate(report.findings):
-        region: dict[str, Any] = {"startLine": max(f.line, 1)}
-        if f.location.code:
-            region["snippet"] = {"text": f.location.code}
-        loc = {
-            "physicalLocation": {
-                "artifactLocation": sarif_location(f.path, root),
-                "region": region,
-            }
-        }
-        result = {
-            "ruleId": f.code,
-            "ruleIndex": index.get(f.code, 0),
-            "level": "error",
-            "message": {"text": f.message},
-            "locations": [loc],
-            "relatedLocations": [
-                {
-                    "id": k,
-                    "physicalLocation": {
-                        "artifactLocation": sarif_location(x.path, root),
-                        "region": {"startLine": max(x.line, 1)},
-                    },
-                }
-                for k, x in enumerate(f.frames[1:], start=1)
-            ],
-            "partialFingerprints": {"arfuse/v1": fingerprint(f, root)},
-        }
-        if i in report.baselined:
-            result["baselineState"] = "unchanged"
-            result["suppressions"] = [{"kind": "external", "justification": "in baseline"}]
-        results.append(result)
+    results = [
+        _result(f, index.get(f.code, 0), root, i in report.baselined)
+        for i, f in enumerate(report.findings)
+    ]
     sarif = {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
@@ -87,3 +59,37 @@ def _version() -> str:
         return version("arfuse")
     except PackageNotFoundError:  # a source checkout that was never installed
         return "0+unknown"
+
+
+def _result(f: Finding, rule_index: int, root: Path, baselined: bool) -> dict[str, Any]:
+    region: dict[str, Any] = {"startLine": max(f.line, 1)}
+    if f.location.code:
+        region["snippet"] = {"text": f.location.code}
+    loc = {
+        "physicalLocation": {
+            "artifactLocation": sarif_location(f.path, root),
+            "region": region,
+        }
+    }
+    result = {
+        "ruleId": f.code,
+        "ruleIndex": rule_index,
+        "level": "error",
+        "message": {"text": f.message},
+        "locations": [loc],
+        "relatedLocations": [
+            {
+                "id": k,
+                "physicalLocation": {
+                    "artifactLocation": sarif_location(x.path, root),
+                    "region": {"startLine": max(x.line, 1)},
+                },
+            }
+            for k, x in enumerate(f.frames[1:], start=1)
+        ],
+        "partialFingerprints": {"arfuse/v1": fingerprint(f, root)},
+    }
+    if baselined:
+        result["baselineState"] = "unchanged"
+        result["suppressions"] = [{"kind": "external", "justification": "in baseline"}]
+    return result

@@ -199,12 +199,8 @@ def _grouped(found: dict, key: tuple, detail: str, first: Finding) -> None:
 
 def frame_of(ctx: AuditContext, cid: CompileId | None) -> Frame:
     for m in ctx.trace.of(CompilationMetrics):
-        if (m.metrics_compile_id or m.compile_id) == cid and m.metrics.get("co_filename"):
-            return Frame(
-                m.metrics["co_filename"],
-                int(m.metrics.get("co_firstlineno") or 0),
-                str(m.metrics.get("co_name", "")),
-            )
+        if m.of_compile == cid and m.frame is not None:
+            return m.frame
     return Frame("<compiled graph>", 0)
 
 

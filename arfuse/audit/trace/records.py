@@ -271,6 +271,27 @@ class CompilationMetrics(Event):
             return parsed.in_generation(self.compile_id.generation)
         return parsed
 
+    @property
+    def of_compile(self) -> CompileId | None:
+        """The compile these metrics describe: the id they name, else the envelope's."""
+        return self.metrics_compile_id or self.compile_id
+
+    @property
+    def frame(self) -> Frame | None:
+        """The compiled frame (`co_filename:co_firstlineno`), None when the metrics lack it."""
+        m = self.metrics
+        if not m.get("co_filename"):
+            return None
+        return Frame(m["co_filename"], int(m.get("co_firstlineno") or 0), str(m.get("co_name", "")))
+
+    @property
+    def failed_frame(self) -> Frame:
+        """The user frame torch blamed for a failed compile, else the compiled frame."""
+        m = self.metrics
+        path = m.get("fail_user_frame_filename") or m.get("co_filename") or "<unknown>"
+        line = int(m.get("fail_user_frame_lineno") or m.get("co_firstlineno") or 0)
+        return Frame(str(path), line, str(m.get("co_name") or ""))
+
 
 @dataclass(slots=True)
 class Artifact(Event):
