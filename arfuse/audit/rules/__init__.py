@@ -1,7 +1,7 @@
 """The rule registry. A rule is a small object: code, kebab-case name, summary, ruff-style docs
 (what it does / why is this bad / example / fix) and a check function over an `AuditContext`.
 
-Families (one module each):
+Families (a module holds one family or part of one):
     ARF1xx  specialization.py  num_tokens specialization, each guard judged over the token
                                domain: pins, range and divisibility guards, recompiles,
                                ConstraintViolationError, the compiler's own switches (ARF101-106)
