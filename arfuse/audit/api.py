@@ -21,7 +21,7 @@ from arfuse.audit.report import baseline as baselines
 from arfuse.audit.report.model import Report
 from arfuse.audit.rules import Rule, select_rules
 from arfuse.audit.trace.reader import parse_file
-from arfuse.audit.trace.records import FUSION_REPORT, POST_GRAD_GRAPH, CompilationMetrics, Trace
+from arfuse.audit.trace.records import FUSION_REPORT, CompilationMetrics, Trace
 from arfuse.audit.trace.run_info import RunInfo
 from arfuse.audit.trace.slim import GUARDS
 
@@ -53,7 +53,7 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
     recompiles = sum(1 for _ in t0.artifacts("recompile_reasons"))
     fusion = [a.payload_json() for a in t0.artifacts(FUSION_REPORT)]
     fusion = [p for p in fusion if isinstance(p, dict)]
-    post_grad = sum(1 for _ in t0.artifacts(POST_GRAD_GRAPH))
+    post_grad = sum(1 for _ in t0.post_grad_graphs())
     notes = list(run.notes)
     if not post_grad:
         notes.append(

@@ -87,13 +87,13 @@ def finding(message: str, location: Location, **fields: Any) -> Finding:
 
 
 def all_rules() -> list[Rule]:
-    from arfuse.audit.rules import (  # noqa: F401 - registers rules
-        compiled,
-        fusion,
-        ranks,
-        specialization,
-    )
+    """Every registered rule, by code: each module of this package registers its own, so a new
+    rule (or a new family module) is written in one place."""
+    import importlib
+    import pkgutil
 
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
     return [_REGISTRY[c] for c in sorted(_REGISTRY)]
 
 

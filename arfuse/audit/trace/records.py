@@ -351,6 +351,9 @@ POST_GRAD_FORMS = (
     ("graph", POST_GRAD_GRAPH),
     ("artifact", AFTER_POST_GRAD_GRAPH),
 )
+#: The forms the audit reads today (every reader goes through `Trace.post_grad_graphs`, and
+#: `slim.GRAPHS` keeps these): a new form is one more entry here.
+POST_GRAD_READ = POST_GRAD_FORMS[:1]
 FUSION_REPORT = "arfuse_fusion"  # the fusion pass's per-graph report artifact
 CALL_ARTIFACT = "arfuse_audit_call"  # the audit driver's marker before every call
 TORCH_VERSION = "torch_version"
@@ -392,6 +395,17 @@ class Trace:
 
     def artifacts(self, name: str) -> Iterator[Artifact]:
         return (e for e in self.events if isinstance(e, Artifact) and e.name == name)
+
+    def post_grad_graphs(self) -> Iterator[Artifact | GraphDump]:
+        """Every post-grad graph record (forms: POST_GRAD_READ), in log order."""
+        artifacts = {name for form, name in POST_GRAD_READ if form == "artifact"}
+        dumps = {name for form, name in POST_GRAD_READ if form == "graph"}
+        return (
+            e
+            for e in self.events
+            if (isinstance(e, Artifact) and e.name in artifacts)
+            or (isinstance(e, GraphDump) and e.graph_kind in dumps)
+        )
 
     def compile_ids(self) -> list[CompileId]:
         seen: dict[CompileId, None] = {}
