@@ -789,3 +789,33 @@ def check_dynamic_true_graph(tokens=(5, 9)) -> dict:
             (x,) = make_inputs(t)
             errors[t] = rel_l2(compiled(x).float(), model(x).float())
     return {"after": [dict(c) for c in fusion.after], "errors": errors, "skipped": fusion.skipped}
+
+
+# ---- transformers' own TP: DistributedConfig(tp_plan="auto") (arfuse.examples.hf_tp_plan) ---
+
+
+def check_hf_tp_plan(root: str, names: tuple[str, ...], dtype_name: str = "fp32") -> dict:
+    """Each model's tiny checkpoint (written by rank 0 under `root`) loaded with tp_plan="auto",
+    compiled by Inductor with the pass, num_tokens dynamic, at 3 sizes: the pass's counts per
+    graph, errors vs the unsharded eager model, and each rank's structured trace written to
+    `root/traces/<name>/` (caches off, so every guard keeps its source line)."""
+    from pathlib import Path
+
+    from torch._inductor import config as inductor_config
+
+    from arfuse.audit.capture import capture_trace
+    from arfuse.examples import hf_tp_plan
+
+    rank, results = dist.get_rank(), {}
+    for name in names:
+        path = Path(root) / name
+        if rank == 0:
+            hf_tp_plan.save_tiny(name, path)
+        dist.barrier()
+        log = Path(root, "traces", name, f"dedicated_log_torch_trace_rank_{rank}_0.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        fusion = CountingPass()
+        with inductor_config.patch(force_disable_caches=True), capture_trace(log):
+            run = hf_tp_plan.run(path, (5, 9, 17), DTYPES[dtype_name], fusion)
+        results[name] = _pass_counts(fusion) | {"errors": run["errors"]}
+    return results
