@@ -818,4 +818,6 @@ def check_hf_tp_plan(root: str, names: tuple[str, ...], dtype_name: str = "fp32"
         with inductor_config.patch(force_disable_caches=True), capture_trace(log):
             run = hf_tp_plan.run(path, (5, 9, 17), DTYPES[dtype_name], fusion)
         results[name] = _pass_counts(fusion) | {"errors": run["errors"]}
+        if rank == 0:  # progress for a run cut short by its time limit (the GPU machine)
+            print(f"[hf_tp_plan] {name}: {dict(fusion.matched)} {run['errors']}", flush=True)
     return results
