@@ -56,7 +56,9 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, tp: bool = True):
     from transformers import AutoModelForCausalLM
     from transformers.distributed import DistributedConfig
 
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    # use_kernels=False: by default (transformers 5.25) a CUDA model swaps its RMSNorm for a hub
+    # kernel (liger), an opaque op the pass cannot see into; it also needs the `kernels` package
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_kernels": False}
     if tp:
         # tp_size from the group when it is up (a spawned group has no WORLD_SIZE to read)
         size = dist.get_world_size() if dist.is_initialized() else None
