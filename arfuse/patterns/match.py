@@ -444,19 +444,14 @@ def _is_step(node: Node, value: Node) -> bool:
     )
 
 
-def _leak_reason(reduced_leaks: set[str], residual: Node | None) -> str:
-    """Why a chain with a value used outside it stays unfused: the fused op returns the norm
-    (and quant) output and residual_out only, which is the reduced value itself when no
-    residual is added, so every other value would be lost."""
-    if reduced_leaks and residual is not None:
+def _leak_reason(reduced_leaks: bool) -> str:
+    """Why a chain with a value used outside it stays unfused. The fused op returns the norm
+    (and quant) output and residual_out; without a residual, residual_out is the reduced value
+    itself, and the steps before it have no other user (`match_chain` follows only-users)."""
+    if reduced_leaks:
         return (
             "the allreduce result is used outside the chain besides the residual add; the "
             "fused op returns only the sum, so fusing would drop it"
-        )
-    if reduced_leaks:
-        return (
-            "the allreduce result is used outside the chain before a view or scale on the way "
-            "to the norm; the fused op returns only the final value, so fusing would drop it"
         )
     return (
         "an intermediate value of the norm is used outside the chain; the fused op does not "
@@ -527,7 +522,7 @@ def match_chain(
     leaking = _external_users(nodes, outputs)
     if leaking:  # the reason is warned once per text: the node goes in `node`, not the text
         return Miss(
-            _leak_reason(set(leaking) & {n.name for n in ar.nodes + steps}, residual),
+            _leak_reason(bool(set(leaking) & {n.name for n in ar.nodes + steps})),
             sorted(leaking)[0],
         )
     return ChainMatch(
