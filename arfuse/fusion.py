@@ -17,9 +17,19 @@ After:
 
 With a static FP8 quant after the norm the op is `arfuse.fused_allreduce_rmsnorm_fp8` and
 `fused[0]` is the float8_e4m3fn tensor. Views between the collective and the add are replayed
-on the collective's input, so 3-D `[batch, seq, hidden]` models fuse like 2-D ones. A chain whose
-intermediates feed anything outside it is left alone, as is everything the pass cannot run
-(world size 1, no process group, unsupported dtype or hidden size): each reason is warned once
+on the collective's input, so 3-D `[batch, seq, hidden]` models fuse like 2-D ones; so is a
+multiply by a scalar (Gemma's embedding scale), which moves onto each rank's partial sum.
+
+A reduced value normed directly and used elsewhere too (HF's vocab-parallel embedding: the
+first input_layernorm, and the residual of the first attention add) fuses without a residual:
+
+    fused = arfuse.fused_allreduce_rmsnorm(embedding, None, weight, 1e-6, 0.0, "0")
+    out = fused[0]
+    wait = fused[1]                                             # the reduced value, for the add
+
+A chain whose other intermediates feed anything outside it is left alone (the fused op does
+not produce them), as is everything the pass cannot run (world size 1, no process group,
+unsupported dtype or hidden size): each reason is warned once
 and recorded in `skipped`, and a per-graph report goes to the structured trace (artifact
 `arfuse_fusion`) where `arfuse audit` reads it.
 """
@@ -302,11 +312,10 @@ def _rewrite(graph: Graph, m: ChainMatch) -> list[Node]:
     """Insert the fused op, rewire the chain's outputs to it, erase the chain; return erased."""
     stack_trace = m.last.meta.get("stack_trace")
     with graph.inserting_before(m.last):
-        x = m.allreduce_input
-        for view in m.views:
-            x = graph.call_function(
-                cast(Callable[..., Any], view.target), (x, *view.args[1:]), dict(view.kwargs)
-            )
+        x, chain = m.allreduce_input, set(m.nodes)
+        for step in m.steps:  # its operand from the chain becomes the value replayed so far
+            args = tuple(x if a in chain else a for a in step.args)
+            x = graph.call_function(cast(Callable[..., Any], step.target), args, dict(step.kwargs))
             _fake_call(x)
         # eps as a graph input (dynamic=True lifts float attributes): the eps_tensor overload
         overload = "eps_tensor" if isinstance(m.eps, Node) else "default"

@@ -287,6 +287,45 @@ def check_no_pattern() -> dict:
     }
 
 
+def check_reduced_value_kept(
+    norm: str, quant: str, dtype_name: str, use: str, embed_scale: float | None = None
+) -> dict:
+    """HF's vocab-parallel embedding at graph level: the reduced value (times a 0-d
+    `embed_scale` input, as Gemma scales it, when given) feeds an RMSNorm (-> FP8) directly and
+    lives on, as the residual of the next allreduce's add (use='residual') or in any other op
+    (use='other'). Errors are against the same function run in float32."""
+    dtype, eps = DTYPES[dtype_name], 1e-6
+    world = dist.group.WORLD
+    es = torch.tensor(1.0 if embed_scale is None else embed_scale)
+
+    def fn(x, x2, weight, scale, es):
+        y = funcol.all_reduce(x, "sum", world)
+        if embed_scale is not None:
+            y = y * es.to(y.dtype)
+        out = _norm(y, weight, eps, norm)
+        if quant == "fp8":
+            out = (out.to(torch.float32) / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        if use == "other":
+            return out, y * 3
+        h = y + funcol.all_reduce(x2, "sum", world)
+        return out, _norm(h, weight, eps, norm), h
+
+    compiled, fusion, capture = _compile_capture(fn)
+    errors = {}
+    with torch.no_grad():
+        for t in (5, 33, 1):
+            args = _inputs(t, 64, dtype, False, seed=t)  # (x, residual as x2, weight, scale)
+            torch._dynamo.maybe_mark_dynamic(args[0], 0)
+            torch._dynamo.maybe_mark_dynamic(args[1], 0)
+            got = compiled(*args, es)
+            want = fn(*(a.float() for a in args), es)
+            errors[t] = [
+                rel_l2(_as_float(g, args[3]).float(), _as_float(w, args[3]).float())
+                for g, w in zip(got, want, strict=True)
+            ]
+    return _pass_counts(fusion) | {"errors": errors, "graphs": len(capture.graphs)}
+
+
 def check_extra_consumer(which: str) -> dict:
     """A chain with an intermediate used outside it (which: 'rsqrt', 'upcast', 'allreduce')."""
 
@@ -750,3 +789,35 @@ def check_dynamic_true_graph(tokens=(5, 9)) -> dict:
             (x,) = make_inputs(t)
             errors[t] = rel_l2(compiled(x).float(), model(x).float())
     return {"after": [dict(c) for c in fusion.after], "errors": errors, "skipped": fusion.skipped}
+
+
+# ---- transformers' own TP: DistributedConfig(tp_plan="auto") (arfuse.examples.hf_tp_plan) ---
+
+
+def check_hf_tp_plan(root: str, names: tuple[str, ...], dtype_name: str = "fp32") -> dict:
+    """Each model's tiny checkpoint (written by rank 0 under `root`) loaded with tp_plan="auto",
+    compiled by Inductor with the pass, num_tokens dynamic, at 3 sizes: the pass's counts per
+    graph, errors vs the unsharded eager model, and each rank's structured trace written to
+    `root/traces/<name>/` (caches off, so every guard keeps its source line)."""
+    from pathlib import Path
+
+    from torch._inductor import config as inductor_config
+
+    from arfuse.audit.capture import capture_trace
+    from arfuse.examples import hf_tp_plan
+
+    rank, results = dist.get_rank(), {}
+    for name in names:
+        path = Path(root) / name
+        if rank == 0:
+            hf_tp_plan.save_tiny(name, path)
+        dist.barrier()
+        log = Path(root, "traces", name, f"dedicated_log_torch_trace_rank_{rank}_0.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        fusion = CountingPass()
+        with inductor_config.patch(force_disable_caches=True), capture_trace(log):
+            run = hf_tp_plan.run(path, (5, 9, 17), DTYPES[dtype_name], fusion)
+        results[name] = _pass_counts(fusion) | {"errors": run["errors"]}
+        if rank == 0:  # progress for a run cut short by its time limit (the GPU machine)
+            print(f"[hf_tp_plan] {name}: {dict(fusion.matched)} {run['errors']}", flush=True)
+    return results

@@ -11,7 +11,7 @@ import itertools
 import pytest
 import torch
 
-from arfuse.patterns.spec import all_specs
+from arfuse.patterns.spec import NORM_FORMS, QUANT_FORMS, all_specs
 from tests import dist_checks as dc
 
 SPECS = [s.name for s in all_specs()]
@@ -80,3 +80,52 @@ def test_any_eps_is_carried_into_the_fused_op(group2, eps):
         dc.check_variant, "c10d/rms_norm/ar+res/none", "fp32", False, True, eps=eps
     )
     _assert_fused(results[0], "c10d/rms_norm/ar+res/none")
+
+
+@pytest.mark.parametrize(
+    "index,norm,quant,use",
+    [
+        (i, n, q, u)
+        for i, (n, q, u) in enumerate(
+            itertools.product(NORM_FORMS, QUANT_FORMS, ["residual", "other"])
+        )
+    ],
+)
+def test_reduced_value_used_elsewhere_takes_the_residual_output(group2, index, norm, quant, use):
+    """allreduce -> RMSNorm (-> FP8) whose reduced value lives on (HF's vocab-parallel
+    embedding): fused without a residual, the other uses read the fused op's residual_out;
+    as the residual of the next allreduce's add, that chain fuses too."""
+    dtype = DTYPE_CYCLE[index % 3]
+    r = group2.run(dc.check_reduced_value_kept, norm, quant, dtype, use)[0]
+    first = f"c10d/{norm}/none/{quant}"
+    expected = {first: 1} if use == "other" else {first: 1, f"c10d/{norm}/res+ar/none": 1}
+    assert r["matched"] == {k: r["graphs"] for k in expected} and r["skipped"] == []
+    chains = len(expected)
+    norm_op = "arfuse.rms_norm.default" if norm == "custom_op" else "aten.rsqrt.default"
+    fp8_op = "arfuse.fused_allreduce_rmsnorm_fp8.default"
+    for before, after in zip(r["before"], r["after"], strict=True):
+        assert dc.count_allreduces(before) == chains and dc.count_fused(before) == 0
+        assert before.get(norm_op) == chains
+        assert after.get(fp8_op, 0) == (quant == "fp8")
+        assert dc.count_fused(after) == chains and dc.count_allreduces(after) == 0
+        assert after.get(norm_op, 0) == 0
+        assert after.get("_c10d_functional.wait_tensor.default", 0) == 0
+    # against the same function in float32: exact in fp32, rounding in bf16/fp16, e4m3 steps
+    tol = dc.FP8_TOL if quant == "fp8" else dc.TOL[dc.DTYPES[dtype]]
+    assert all(e <= tol for errs in r["errors"].values() for e in errs), r["errors"]
+    assert set(r["errors"]) == {1, 5, 33}
+
+
+@pytest.mark.parametrize("norm,dtype", [("gemma", "fp32"), ("gemma", "bf16"), ("hf", "fp16")])
+def test_scaled_reduced_value_fuses_with_the_scale_on_the_partial_sums(group2, norm, dtype):
+    """Gemma's embedding: allreduce -> * embed_scale (a 0-d input) -> RMSNorm, the scaled value
+    also the next add's residual. The multiply moves onto each rank's input (it commutes with
+    the sum up to rounding), so both chains fuse and no multiply is left after the collective."""
+    r = group2.run(dc.check_reduced_value_kept, norm, "none", dtype, "residual", 7.9)[0]
+    specs = (f"c10d/{norm}/none/none", f"c10d/{norm}/res+ar/none")
+    assert r["matched"] == dict.fromkeys(specs, r["graphs"]) and r["skipped"] == []
+    for before, after in zip(r["before"], r["after"], strict=True):
+        assert before.get("aten.mul.Tensor", 0) - after.get("aten.mul.Tensor", 0) >= 1
+        assert dc.count_fused(after) == 2 and dc.count_allreduces(after) == 0
+    tol = dc.TOL[dc.DTYPES[dtype]]
+    assert all(e <= tol for errs in r["errors"].values() for e in errs), r["errors"]

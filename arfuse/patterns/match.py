@@ -1,4 +1,4 @@
-"""Recognise `all_reduce -> [views] -> [+ residual] -> RMSNorm -> [FP8 quant]` in a post-grad graph.
+"""Recognise `all_reduce -> [steps] -> [+ residual] -> RMSNorm -> [FP8 quant]` in a post-grad graph.
 
 Each spec axis has its own recogniser; `match_chain` composes them starting from one allreduce
 node and returns a `ChainMatch` naming the spec it found, or a `Miss` saying why this chain
@@ -6,7 +6,9 @@ cannot be fused. The post-grad forms recognised (bf16 shown; fp32 graphs have no
 
     allreduce   c10d:     r = _c10d_functional.all_reduce[_](x, "sum", group); w = wait_tensor(r)
                 arfuse:   w = arfuse.all_reduce(x, group)
-    views       w -> view/reshape/_unsafe_view ... (e.g. [T, H] -> [B, S, H])
+    steps       w -> view/reshape/_unsafe_view ... (e.g. [T, H] -> [B, S, H]), and mul(w, s) by a
+                number or a one-element graph input s (Gemma's embedding scale): replayed on
+                the collective's input, as allreduce(x) * s == allreduce(x * s) up to rounding
     residual    h = add(w, res) | add(res, w)
     norm        hf:       f = convert(h, f32); n = mul(f, rsqrt(add(mean(pow(f, 2), [-1]), eps)))
                           out = mul(weight, convert(n, bf16))
@@ -50,7 +52,7 @@ class ChainMatch:
     spec: FusionSpec
     group_name: str
     allreduce_input: Node
-    views: list[Node]
+    steps: list[Node]  # views and scalar multiplies, in order
     residual: Node | None
     weight: Node
     eps: float | Node  # a Node: a 0-d float tensor input (dynamic=True)
@@ -421,6 +423,42 @@ def _external_users(nodes: Iterable[Node], allowed: set[Node]) -> list[str]:
     return [n.name for n in inside - allowed if any(u not in inside for u in n.users)]
 
 
+def _is_step(node: Node, value: Node) -> bool:
+    """A view of the reduced value, or its product with a scalar known before the collective
+    (a number, or a one-element graph input, maybe cast): both commute with the sum-allreduce."""
+    if _is(node, *VIEW_OPS):
+        return node.args[0] is value
+    if not _is(node, *MUL) or len(node.args) != 2 or node.kwargs:
+        return False
+    s = _other(node, value)
+    if _number(s) is not None:
+        return True
+    v = _val(s)
+    leaf = s.args[0] if _is(s, CONVERT) else s  # a bf16 model casts its float32 buffer
+    return (
+        isinstance(leaf, Node)
+        and leaf.op in ("placeholder", "get_attr")
+        and isinstance(v, torch.Tensor)
+        and v.numel() == 1
+        and _dtype(node) == _dtype(value)
+    )
+
+
+def _leak_reason(reduced_leaks: bool) -> str:
+    """Why a chain with a value used outside it stays unfused. The fused op returns the norm
+    (and quant) output and residual_out; without a residual, residual_out is the reduced value
+    itself, and the steps before it have no other user (`match_chain` follows only-users)."""
+    if reduced_leaks:
+        return (
+            "the allreduce result is used outside the chain besides the residual add; the "
+            "fused op returns only the sum, so fusing would drop it"
+        )
+    return (
+        "an intermediate value of the norm is used outside the chain; the fused op does not "
+        "produce it, so fusing would drop it"
+    )
+
+
 def match_chain(
     ar_node: Node, config: FusionConfig, custom_ops: dict[Any, int]
 ) -> ChainMatch | Miss | None:
@@ -428,20 +466,30 @@ def match_chain(
     ar = match_allreduce(ar_node, custom_ops)
     if ar is None or isinstance(ar, Miss):
         return ar
-    views, cur = [], ar.out
-    while (nxt := _only_user(cur)) is not None and _is(nxt, *VIEW_OPS):
-        views.append(nxt)
+    steps, cur = [], ar.out
+    while (nxt := _only_user(cur)) is not None and _is_step(nxt, cur):
+        steps.append(nxt)
         cur = nxt
     residual, residual_form, h = None, "none", cur
-    for add in _users(
-        cur,
-        lambda u: (
-            _is(u, aten.add.Tensor)
-            and len(u.args) == 2
-            and "alpha" not in u.kwargs
-            and isinstance(_other(u, cur), Node)
-        ),
-    ):
+    # A norm of the reduced value itself wins over a norm behind an add: HF's vocab-parallel
+    # embedding output feeds the first input_layernorm and is also the residual of the first
+    # attention add. Fused here without a residual, the add takes this op's residual_out and
+    # becomes the next allreduce's residual chain; read as that add's chain, the direct norm
+    # would be left behind.
+    adds = (
+        []
+        if match_norm(cur, config) is not None
+        else _users(
+            cur,
+            lambda u: (
+                _is(u, aten.add.Tensor)
+                and len(u.args) == 2
+                and "alpha" not in u.kwargs
+                and isinstance(_other(u, cur), Node)
+            ),
+        )
+    )
+    for add in adds:
         res = _other(add, cur)
         if _dtype(res) == _dtype(cur) and match_norm(add, config) is not None:
             residual, h = res, add
@@ -469,19 +517,19 @@ def match_chain(
     if quant and not config.enables(spec):
         quant, spec = None, FusionSpec(ar.form, norm.form, residual_form, "none")
     scale, quant_out, quant_nodes = quant if quant else (None, None, [])
-    nodes = ar.nodes + views + ([h] if residual is not None else []) + norm.nodes + quant_nodes
+    nodes = ar.nodes + steps + ([h] if residual is not None else []) + norm.nodes + quant_nodes
     outputs = {h, norm.out} | ({quant_out} if quant_out is not None else set())
     leaking = _external_users(nodes, outputs)
     if leaking:  # the reason is warned once per text: the node goes in `node`, not the text
         return Miss(
-            "an intermediate value of the chain is used outside it; fusing would drop it",
+            _leak_reason(bool(set(leaking) & {n.name for n in ar.nodes + steps})),
             sorted(leaking)[0],
         )
     return ChainMatch(
         spec,
         ar.group_name,
         ar.input,
-        views,
+        steps,
         residual,
         norm.weight,
         norm.eps,
