@@ -194,10 +194,11 @@ def bench(
     splits = "auto" if split_points == "auto" else _ints(split_points, "--ranges")
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     gpus = torch.cuda.device_count()
-    if not torchrun and backend == "auto" and gpus < (1 if local_work else 2):
+    need, what = (1, "its local work") if local_work else (2, "the fused GPU kernel")
+    if not torchrun and backend == "auto" and gpus < need:
         raise click.UsageError(
-            f"arfuse bench times the fused GPU kernel and needs 2+ GPUs; {gpus} visible. For a "
-            "short CPU smoke run of the harness (gloo, small sizes, numbers mean nothing) add "
+            f"arfuse bench times {what} and needs {need}+ GPUs; {gpus} visible. For a short "
+            "CPU smoke run of the harness (gloo, small sizes, numbers mean nothing) add "
             "--backend gloo"
         )
     smoke = backend == "gloo" and not torchrun
