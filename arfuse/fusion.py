@@ -314,7 +314,7 @@ def _rewrite(graph: Graph, m: ChainMatch) -> list[Node]:
             _fake_call(x)
         # eps as a graph input (dynamic=True lifts float attributes): the eps_tensor overload
         overload = "eps_tensor" if isinstance(m.eps, Node) else "default"
-        kwargs = {"input": x, "residual": m.residual, "weight": m.weight}
+        kwargs: dict[str, Any] = {"input": x, "residual": m.residual, "weight": m.weight}
         if m.scale is None:
             op = getattr(torch.ops.arfuse.fused_allreduce_rmsnorm, overload)
             names: tuple[str, ...] = ("norm_out", "residual_out")

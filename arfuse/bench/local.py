@@ -139,6 +139,7 @@ def run_local(
 ) -> dict[str, Any]:
     """Runs on the one rank of the default group; returns {"env", "rows"}."""
     group = dist.group.WORLD
+    assert group is not None, "torch.distributed is initialised by the caller"
     if dist.get_world_size(group) != 1:
         raise ValueError(f"--local-work times one rank; the group has {dist.get_world_size(group)}")
     on_gpu = dist.get_backend(group) == "nccl"
@@ -156,15 +157,17 @@ def run_local(
     return {"env": environment(device, 1, command), "rows": rows}
 
 
+def _step(fn: Callable, b: st.Buffers) -> Callable[[int], Any]:
+    """One call of `fn` on buffer set i."""
+    return lambda i: fn(b.xs[i], b.residuals[i], b.weight, b.scale)
+
+
 def _measure(row: LocalRow, fns: dict, b: st.Buffers, group, on_gpu: bool, n_inner, reps):
     for a, res in zip(b.xs, b.residuals, strict=True):
         torch._dynamo.maybe_mark_dynamic(a, 0)
         if res is not None:
             torch._dynamo.maybe_mark_dynamic(res, 0)
-    steps = {
-        name: (lambda i, fn=fn: fn(b.xs[i], b.residuals[i], b.weight, b.scale))
-        for name, fn in fns.items()
-    }
+    steps = {name: _step(fn, b) for name, fn in fns.items()}
     for name, step in steps.items():
         if on_gpu:
             row.graph_us[name] = time_cuda_graph(step, b.count, group, n_inner, reps)

@@ -37,13 +37,13 @@ def available() -> str | None:
 
 
 def epilogue(
+    out: FusedResult,
     reduced: torch.Tensor,
     residual: torch.Tensor | None,
     weight: torch.Tensor,
     scale: torch.Tensor | None,
     eps: float,
     weight_offset: float,
-    out: FusedResult,
 ) -> FusedResult:
     """Write `out` (fresh tensors shaped like `reduced`; `out.quant` iff `scale`) from the
     contiguous CUDA tensors given. Call `available()` first."""
