@@ -41,7 +41,7 @@ def epilogue(
     weight_offset: float,
 ) -> FusedResult:
     """What follows the allreduce: the reference of the GPU unfused path's Triton kernel
-    (`triton_epilogue`), which takes the same arguments."""
+    (`triton_epilogue`)."""
     if residual is None:
         residual_out = reduced
     else:

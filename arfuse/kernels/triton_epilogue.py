@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from arfuse.kernels.args import FusedResult
+from arfuse.kernels.args import FusedArgs, FusedResult
 from arfuse.optable import FP8_MAX
 
 _kernel: Any = None
@@ -36,32 +36,25 @@ def available() -> str | None:
     return None
 
 
-def epilogue(
-    out: FusedResult,
-    reduced: torch.Tensor,
-    residual: torch.Tensor | None,
-    weight: torch.Tensor,
-    scale: torch.Tensor | None,
-    eps: float,
-    weight_offset: float,
-) -> FusedResult:
-    """Write `out` (fresh tensors shaped like `reduced`; `out.quant` iff `scale`) from the
-    contiguous CUDA tensors given. Call `available()` first."""
-    hidden = reduced.shape[-1]
+def epilogue(args: FusedArgs, reduced: torch.Tensor) -> FusedResult:
+    """`exact.epilogue` of this call on `reduced` (the allreduce result, contiguous, on CUDA),
+    into fresh outputs. Call `available()` first."""
+    out = args.new_outputs()
+    hidden, residual, scale = args.hidden, args.residual, args.scale
     rows = reduced.numel() // hidden
     if rows:
         block = 1 << (hidden - 1).bit_length()
         _kernel[(rows,)](
             reduced,
             reduced if residual is None else residual,
-            weight,
-            weight if scale is None else scale,
+            args.weight,
+            args.weight if scale is None else scale,
             out.residual,
             out.norm,
             out.norm if out.quant is None else out.quant,
             hidden,
-            float(eps),
-            float(weight_offset),
+            float(args.eps),
+            float(args.weight_offset),
             HAS_RESIDUAL=residual is not None,
             HAS_SCALE=scale is not None,
             FP8_LIMIT=FP8_MAX,

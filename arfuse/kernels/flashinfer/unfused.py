@@ -26,7 +26,7 @@ def unfused(args: FusedArgs) -> FusedResult:
     reduced = _c10d.wait_tensor(_c10d.all_reduce_(args.input, "sum", args.group.group_name))
     missing = triton_epilogue.available()
     if missing is None:
-        return triton_epilogue.epilogue(args.new_outputs(), *exact.epilogue_inputs(args, reduced))
+        return triton_epilogue.epilogue(args, reduced)
     fallback("epilogue-compile", f"{missing}; running the add+RMSNorm epilogue eagerly")
     got = exact.epilogue(*exact.epilogue_inputs(args, reduced))
     if args.residual is None:  # outputs never alias the op's input: copy the sum out of it
