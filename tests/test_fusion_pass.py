@@ -38,6 +38,20 @@ def test_example_decoder_fuses_exactly_two_per_layer(group2, num_layers, dtype, 
     assert 1 in r["errors"]
 
 
+def test_fused_ops_declare_input_as_their_only_mutable_argument():
+    """Issue 24: `input` is `Tensor(a!)` in every fused overload (so functionalization and
+    reinplacing apply); nothing else is written, and no output aliases an input."""
+    for packet in (
+        torch.ops.arfuse.fused_allreduce_rmsnorm,
+        torch.ops.arfuse.fused_allreduce_rmsnorm_fp8,
+    ):
+        for name in ("default", "eps_tensor"):
+            schema = getattr(packet, name)._schema
+            written = [a.name for a in schema.arguments if a.alias_info and a.alias_info.is_write]
+            assert written == ["input"], (packet, name, written)
+            assert all(r.alias_info is None for r in schema.returns)
+
+
 @pytest.mark.parametrize(
     "case,op_input,copies",
     [("dead", "aten.mm.default", 0), ("live", "aten.as_strided.default", 1)]
