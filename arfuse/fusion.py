@@ -9,9 +9,12 @@ An Inductor post-grad custom pass (`post_grad_custom_post_pass`). Before (bf16, 
     norm = aten.mul(f32, aten.rsqrt(aten.add(aten.mean(aten.pow(f32, 2), [-1], True), 1e-5)))
     out = aten.mul(weight, prims.convert_element_type(norm, torch.bfloat16))
 
-After:
+After (`input` is the op's mutable reduction buffer, so the call is functionalized;
+Inductor's reinplacing, later in post-grad, passes `mm` itself when nothing else reads it, as it
+does for a plain all_reduce, and a copy otherwise):
 
-    fused = arfuse.fused_allreduce_rmsnorm(mm, residual, weight, 1e-5, 0.0, "0")
+    fused = auto_functionalized(arfuse.fused_allreduce_rmsnorm.default, input=mm,
+        residual=residual, weight=weight, eps=1e-5, weight_offset=0.0, group_name="0")
     out = fused[0]
     add = fused[1]
 
@@ -48,6 +51,7 @@ from typing import Any, cast
 
 import torch
 import torch.distributed as dist
+from torch._higher_order_ops.auto_functionalize import auto_functionalized
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 from torch._inductor.pattern_matcher import stable_topological_sort
 from torch._prims_common import is_contiguous_or_false
@@ -319,18 +323,18 @@ def _rewrite(graph: Graph, m: ChainMatch) -> list[Node]:
             _fake_call(x)
         # eps as a graph input (dynamic=True lifts float attributes): the eps_tensor overload
         overload = "eps_tensor" if isinstance(m.eps, Node) else "default"
+        kwargs: dict[str, Any] = {"input": x, "residual": m.residual, "weight": m.weight}
         if m.scale is None:
-            fused = graph.call_function(
-                getattr(torch.ops.arfuse.fused_allreduce_rmsnorm, overload),
-                (x, m.residual, m.weight, m.eps, m.weight_offset, m.group_name),
-            )
+            op = getattr(torch.ops.arfuse.fused_allreduce_rmsnorm, overload)
             names: tuple[str, ...] = ("norm_out", "residual_out")
         else:
-            fused = graph.call_function(
-                getattr(torch.ops.arfuse.fused_allreduce_rmsnorm_fp8, overload),
-                (x, m.residual, m.weight, m.scale, m.eps, m.weight_offset, m.group_name),
-            )
+            op = getattr(torch.ops.arfuse.fused_allreduce_rmsnorm_fp8, overload)
+            kwargs["scale"] = m.scale
             names = ("quant_out", "norm_out", "residual_out")
+        kwargs.update(eps=m.eps, weight_offset=m.weight_offset, group_name=m.group_name)
+        # the op may sum into `input`: functional form, so reinplacing (a later post-grad
+        # pass) gives it the input's buffer when the input is dead, a copy when it is not
+        fused = graph.call_function(auto_functionalized, (op,), kwargs)
         _fake_call(fused)
         outs = {}
         for i, name in enumerate(names):

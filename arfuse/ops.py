@@ -5,14 +5,20 @@
         that hide their communication behind one op (vLLM-style).
     arfuse::rms_norm(Tensor input, Tensor weight, float eps) -> Tensor
         RMSNorm over the last dim with float32 accumulation: a custom-op norm form.
-    arfuse::fused_allreduce_rmsnorm(input, residual?, weight, eps, weight_offset, group_name)
-        -> (norm_out, residual_out)
-    arfuse::fused_allreduce_rmsnorm_fp8(input, residual?, weight, scale, eps, weight_offset,
-        group_name) -> (quant_out, norm_out, residual_out)
-        all_reduce(input) [+ residual] -> RMSNorm [-> static per-tensor FP8 e4m3]. Functional:
-        new tensors out, nothing mutated. `residual_out` is the sum fed to the norm (the
-        allreduce result itself when `residual` is None); `weight_offset` is 1.0 for the Gemma
-        `(1 + weight)` form, else 0.0.
+    arfuse::fused_allreduce_rmsnorm(Tensor(a!) input, residual?, weight, eps, weight_offset,
+        group_name) -> (norm_out, residual_out)
+    arfuse::fused_allreduce_rmsnorm_fp8(Tensor(a!) input, residual?, weight, scale, eps,
+        weight_offset, group_name) -> (quant_out, norm_out, residual_out)
+        all_reduce(input) [+ residual] -> RMSNorm [-> static per-tensor FP8 e4m3]. The outputs
+        are new tensors; `residual_out` is the sum fed to the norm (the allreduce result itself
+        when `residual` is None); `weight_offset` is 1.0 for the Gemma `(1 + weight)` form,
+        else 0.0. `input` is the reduction's buffer, as in vLLM's fused op: the op may
+        overwrite it (the GPU unfused path sums into it in place, as plain Inductor's
+        all_reduce does; the fused kernel and the CPU exact path leave it alone), so its
+        contents afterwards are unspecified. Under torch.compile this costs nothing to get
+        right: functionalization wraps the call in `auto_functionalized`, and Inductor's
+        reinplacing hands the op the input's own buffer when nothing reads it afterwards (the
+        usual case: a row-parallel matmul's output) and a copy otherwise.
     arfuse::fused_allreduce_rmsnorm[_fp8].eps_tensor(... Tensor eps ...)
         The same with eps as a 0-d tensor: under `torch.compile(dynamic=True)` Dynamo turns a
         model's float eps into a graph input, so the pass has no number to pass.
@@ -44,17 +50,17 @@ LIB = torch.library.Library("arfuse", "DEF")
 LIB.define("all_reduce(Tensor input, str group_name) -> Tensor")
 LIB.define("rms_norm(Tensor input, Tensor weight, float eps) -> Tensor")
 LIB.define(
-    "fused_allreduce_rmsnorm(Tensor input, Tensor? residual, Tensor weight, float eps, "
+    "fused_allreduce_rmsnorm(Tensor(a!) input, Tensor? residual, Tensor weight, float eps, "
     "float weight_offset, str group_name) -> (Tensor norm_out, Tensor residual_out)"
 )
 LIB.define(
-    "fused_allreduce_rmsnorm_fp8(Tensor input, Tensor? residual, Tensor weight, Tensor scale, "
+    "fused_allreduce_rmsnorm_fp8(Tensor(a!) input, Tensor? residual, Tensor weight, Tensor scale, "
     "float eps, float weight_offset, str group_name) "
     "-> (Tensor quant_out, Tensor norm_out, Tensor residual_out)"
 )
 
 _FUSED = (
-    "Tensor input, Tensor? residual, Tensor weight, {scale}{eps} eps, float weight_offset, "
+    "Tensor(a!) input, Tensor? residual, Tensor weight, {scale}{eps} eps, float weight_offset, "
     "str group_name"
 )
 _OUT = "(Tensor norm_out, Tensor residual_out)"

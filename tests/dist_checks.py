@@ -803,7 +803,7 @@ def check_hf_tp_plan(root: str, names: tuple[str, ...], dtype_name: str = "fp32"
 
     from torch._inductor import config as inductor_config
 
-    from arfuse.audit.capture import capture_trace
+    from arfuse.audit.live.capture import capture_trace
     from arfuse.examples import hf_tp_plan
 
     rank, results = dist.get_rank(), {}
@@ -821,3 +821,37 @@ def check_hf_tp_plan(root: str, names: tuple[str, ...], dtype_name: str = "fp32"
         if rank == 0:  # progress for a run cut short by its time limit (the GPU machine)
             print(f"[hf_tp_plan] {name}: {dict(fusion.matched)} {run['errors']}", flush=True)
     return results
+
+
+def check_input_buffer(case: str) -> dict:
+    """Where the fused op's reduction buffer comes from after every post-grad pass. case:
+    'dead' (a matmul output nothing else reads: the op gets that buffer), 'live' (the matmul
+    output is read after the chain: the op gets a copy), 'graph_input' (the caller's tensor:
+    a copy, the caller's tensor is left alone)."""
+
+    def fn(a, b, residual, weight):
+        x = a if case == "graph_input" else a @ b
+        y = funcol.all_reduce(x, "sum", dist.group.WORLD)
+        h = y + residual
+        out = F.rms_norm(h, (h.shape[-1],), weight, 1e-6)
+        return (out, h, x * 2) if case == "live" else (out, h)
+
+    compiled, fusion, capture = _compile_capture(fn)
+    gen = torch.Generator().manual_seed(7 + dist.get_rank())
+    a = torch.randn(6, 64, generator=gen, dtype=torch.bfloat16)
+    b = torch.randn(64, 64, generator=gen, dtype=torch.bfloat16)
+    residual = torch.randn(6, 64, dtype=torch.bfloat16)
+    weight = torch.randn(64, dtype=torch.bfloat16)
+    a_keep = a.clone()
+    with torch.no_grad():
+        got, want = compiled(a, b, residual, weight), fn(a_keep.clone(), b, residual, weight)
+    graph = capture.graphs[0].graph
+    (op,) = [n for n in graph.nodes if str(n.target) in FUSED_TARGETS]
+    source = op.args[0]
+    return {
+        "num_matches": fusion.num_matches,
+        "op_input": str(source.target) if source.op == "call_function" else source.op,
+        "copies": sum(str(n.target).startswith("aten.clone") for n in graph.nodes),
+        "caller_input_unchanged": bool(torch.equal(a, a_keep)),
+        "errors": [rel_l2(g.float(), w.float()) for g, w in zip(got, want, strict=True)],
+    }

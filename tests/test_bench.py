@@ -146,3 +146,73 @@ def test_hf_model_names_agree():
     from arfuse.examples.hf_models import MODELS
 
     assert HF_MODELS == MODELS
+
+
+def test_local_work_refuses_without_a_gpu_and_with_decoder():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the real local-work run would start")
+    r = CliRunner().invoke(main, ["bench", "--local-work"])
+    assert r.exit_code == 2 and "needs 1+ GPUs" in r.output and "--backend gloo" in r.output
+    r = CliRunner().invoke(main, ["bench", "--local-work", "--decoder", "--backend", "gloo"])
+    assert r.exit_code == 2 and "two different benchmarks" in r.output, r.output
+
+
+@pytest.mark.parametrize(
+    "kernel, kind",
+    [  # names from the 2026-12-04 H200 run
+        ("triton_poi_fused_all_reduce_mul_0", "producer"),
+        ("Memcpy DtoD (Device -> Device)", "copy"),
+        ("void at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)", "copy"),
+        ("triton_red_fused__fused_rms_norm__to_copy_add_clamp_div_1", "epilogue"),
+        ("add_rms_norm", "epilogue"),
+        ("ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevKernelArgsStorage<4096ul>)", "allreduce"),
+    ],
+)
+def test_local_work_sorts_kernels(kernel, kind):
+    from arfuse.bench.local import kind_of
+
+    assert kind_of(kernel) == kind
+
+
+def _local_row(tokens, graph, eager, kernels):
+    from arfuse.bench.local import LocalRow
+    from arfuse.bench.sweep import Case
+
+    row = LocalRow(Case(4096, "bf16", True, "none"), tokens, graph, eager, kernels)
+    return row.to_json()
+
+
+def test_local_work_table_subtracts_the_producer_and_splits_the_gap():
+    from arfuse.bench import local
+
+    prod = "triton_poi_fused_mul_0"
+    rows = [  # op: a 10 us copy and 2 us slower epilogue, 30 us more host time per eager call
+        _local_row(
+            4096,
+            {"inductor": 100.0, "op": 112.0},
+            {"inductor": 150.0, "op": 192.0},
+            {
+                "inductor": {prod: 50.0, "triton_per_fused_add_1": 50.0},
+                "op": {prod: 50.0, "Memcpy DtoD (Device -> Device)": 10.0, "add_rms_norm": 52.0},
+            },
+        ),
+        _local_row(  # the op as fast: 1.00x in both modes
+            8192,
+            {"inductor": 200.0, "op": 200.0},
+            {"inductor": 210.0, "op": 210.0},
+            {"inductor": {prod: 100.0}, "op": {prod: 100.0}},
+        ),
+    ]
+    assert local.local_work(rows[0], "graph") == {"inductor": 50.0, "op": 62.0}
+    assert local.gap_split(rows[0]) == {"copy": 10.0, "epilogue": 2.0, "host": 30.0}
+    env = {"card": "NVIDIA H200", "capability": "9.0", "world_size": 1, "torch": "2.11"}
+    env |= {"python": "3.12", "date": "2026-12-04", "command": "arfuse bench --local-work"}
+    md = local.markdown({"env": env, "rows": rows})
+    assert "| 4096 | 50.0 | 62.0 | 0.81x | 100.0 | 142.0 | 0.70x | 10.0 | 2.0 | 30.0 |" in md
+    assert "| 8192 | 100.0 | 100.0 | 1.00x | 110.0 | 110.0 | 1.00x | 0.0 | 0.0 | 0.0 |" in md
+    assert md.rstrip().endswith(
+        "Below 0.98x: hidden 4096 quant none 4096 tokens graph; "
+        "hidden 4096 quant none 4096 tokens eager."
+    )

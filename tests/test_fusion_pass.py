@@ -38,6 +38,36 @@ def test_example_decoder_fuses_exactly_two_per_layer(group2, num_layers, dtype, 
     assert 1 in r["errors"]
 
 
+def test_fused_ops_declare_input_as_their_only_mutable_argument():
+    """Issue 24: `input` is `Tensor(a!)` in every fused overload (so functionalization and
+    reinplacing apply); nothing else is written, and no output aliases an input."""
+    for packet in (
+        torch.ops.arfuse.fused_allreduce_rmsnorm,
+        torch.ops.arfuse.fused_allreduce_rmsnorm_fp8,
+    ):
+        for name in ("default", "eps_tensor"):
+            schema = getattr(packet, name)._schema
+            written = [a.name for a in schema.arguments if a.alias_info and a.alias_info.is_write]
+            assert written == ["input"], (packet, name, written)
+            assert all(r.alias_info is None for r in schema.returns)
+
+
+@pytest.mark.parametrize(
+    "case,op_input,copies",
+    [("dead", "aten.mm.default", 0), ("live", "aten.as_strided.default", 1)]
+    + [("graph_input", "aten.as_strided.default", 1)],
+)
+def test_fused_op_sums_into_a_dead_input_and_copies_a_live_one(group2, case, op_input, copies):
+    """Issue 24: the op's `input` is mutable, so Inductor's reinplacing (after the pass) gives
+    it the matmul's own buffer when nothing reads it later - no copy, as for a plain
+    all_reduce - and a copy when something does or when it is the caller's tensor."""
+    r = group2.run(dc.check_input_buffer, case)[0]
+    assert r["num_matches"] == 1
+    assert (r["op_input"], r["copies"]) == (op_input, copies)
+    assert r["caller_input_unchanged"]
+    assert r["errors"] == [0.0] * len(r["errors"])
+
+
 def test_graph_without_pattern_is_unchanged(group2):
     r = group2.run(dc.check_no_pattern)[0]
     assert r["before"] == r["after"]

@@ -153,6 +153,13 @@ def run_bench_worker(cases, tokens, strategies, command, n_inner, reps):
     help="with --decoder: arfuse.compile's split points, e.g. 32,256,1025 (each "
     "fusion threshold must be one of them)",
 )
+@click.option(
+    "--local-work",
+    is_flag=True,
+    help="instead: on ONE rank, time the fused op's unfused branch against the same "
+    "all_reduce + add + RMSNorm (+FP8) compiled by plain Inductor, under a CUDA graph and "
+    "eagerly, and split the gap into copy, epilogue kernel and host overhead",
+)
 def bench(
     world_size,
     tokens,
@@ -172,6 +179,7 @@ def bench(
     model_size,
     layers,
     split_points,
+    local_work,
 ):
     """Time allreduce + add + RMSNorm: unfused (eager / compiled) vs fused one-shot / two-shot
     vs arfuse's dispatch, per token count; write markdown + JSON + PNG.
@@ -186,10 +194,11 @@ def bench(
     splits = "auto" if split_points == "auto" else _ints(split_points, "--ranges")
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     gpus = torch.cuda.device_count()
-    if not torchrun and backend == "auto" and gpus < 2:
+    need, what = (1, "its local work") if local_work else (2, "the fused GPU kernel")
+    if not torchrun and backend == "auto" and gpus < need:
         raise click.UsageError(
-            f"arfuse bench times the fused GPU kernel and needs 2+ GPUs; {gpus} visible. For a "
-            "short CPU smoke run of the harness (gloo, small sizes, numbers mean nothing) add "
+            f"arfuse bench times {what} and needs {need}+ GPUs; {gpus} visible. For a short "
+            "CPU smoke run of the harness (gloo, small sizes, numbers mean nothing) add "
             "--backend gloo"
         )
     smoke = backend == "gloo" and not torchrun
@@ -214,6 +223,12 @@ def bench(
     ]
     command = "arfuse bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     args = (cases, token_counts, chosen, command, n_inner, reps)
+    if local_work:
+        if decoder:
+            raise click.UsageError("--local-work and --decoder are two different benchmarks")
+        return _local_bench(
+            backend, gpus, cases, token_counts, command, n_inner, reps, out_dir, name, timeout
+        )
     if decoder:
         decode_tokens = (
             token_counts
@@ -262,6 +277,33 @@ def bench(
         click.echo(f"wrote {path}")
     if not any(p.suffix == ".png" for p in paths):
         click.echo("no plot: matplotlib is not installed (pip install 'arfuse[plot]')", err=True)
+
+
+def _local_bench(backend, gpus, cases, tokens, command, n_inner, reps, out_dir, name, timeout):
+    """`--local-work`: one spawned rank (NCCL on GPU 0, or gloo for a CPU smoke run)."""
+    from arfuse.bench import local
+
+    backend = "nccl" if backend == "auto" else backend
+    if backend == "nccl" and gpus < 1:
+        raise click.UsageError("--local-work --backend nccl needs a GPU; none is visible")
+    click.echo(
+        f"arfuse bench --local-work: {len(cases)} case(s) x {len(tokens)} token counts on one "
+        f"rank ({backend})",
+        err=True,
+    )
+    result = _spawn(
+        1, backend, timeout, local.run_local_worker, cases, tokens, command, n_inner, reps
+    )
+    text = local.markdown(result)
+    click.echo(text)
+    env = result["env"]
+    stem = name or "local_work_{}_{}".format(
+        env.get("card", "cpu").split("(")[0].strip().replace(" ", "-").lower(), env["date"][:10]
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.md").write_text(text)
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    click.echo(f"wrote {out_dir / stem}.md and .json")
 
 
 def run_decoder_worker(tokens, layers, splits, model, size, smoke):

@@ -6,7 +6,8 @@
                       unfused path
     fused_oneshot     arfuse's fused op with the one-shot kernel forced
     fused_twoshot     arfuse's fused op with the two-shot kernel forced (tokens > world size)
-    arfuse            arfuse's fused op as dispatched by the thresholds in force
+    arfuse            arfuse's fused op as dispatched by the thresholds in force (past the
+                      threshold: its unfused branch, NCCL in place + one Triton kernel)
 
 Each builder returns a `step(i)` over buffer set i, or a reason string when the strategy does
 not apply here (CPU, FlashInfer missing, two-shot at tokens <= world size).

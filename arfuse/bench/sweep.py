@@ -169,7 +169,8 @@ def _measure(
         row.times_us[name] = None
         row.notes[name] = step if isinstance(step, str) else "skipped on another rank"
         return
-    refill = buffers.refill if name in st.UNFUSED else None
+    # unfused strategies sum into their input, and so may the fused op (its unfused branch)
+    refill = buffers.refill
     if name == "arfuse" and on_gpu:
         row.picked = st.picked(step)
     try:

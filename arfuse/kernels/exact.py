@@ -40,8 +40,8 @@ def epilogue(
     eps: float,
     weight_offset: float,
 ) -> FusedResult:
-    """What follows the allreduce. The GPU unfused path compiles this function, so it takes
-    plain tensors and numbers (its guards stay on them), not a `FusedArgs`."""
+    """What follows the allreduce: the reference of the GPU unfused path's Triton kernel
+    (`triton_epilogue`)."""
     if residual is None:
         residual_out = reduced
     else:

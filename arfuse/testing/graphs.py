@@ -15,11 +15,17 @@ from typing import Any
 
 import torch
 from torch._dynamo.backends.common import aot_autograd
+from torch._higher_order_ops.auto_functionalize import (
+    auto_functionalized,
+    auto_functionalized_v2,
+)
 from torch._inductor import config as inductor_config
 from torch._inductor.decomposition import select_decomp_table
 from torch._inductor.fx_passes.joint_graph import joint_graph_passes
 from torch._inductor.fx_passes.post_grad import post_grad_passes
 from torch._inductor.virtualized import V
+
+_FUNCTIONALIZED = (auto_functionalized, auto_functionalized_v2)
 
 
 class PostGradCapture:
@@ -45,6 +51,12 @@ class PostGradCapture:
 
 def op_counts(gm: torch.fx.GraphModule | torch.fx.Graph) -> Counter[str]:
     """Count call_function nodes by op name, e.g. 'arfuse.fused_allreduce_rmsnorm.default',
-    '_c10d_functional.all_reduce_.default', 'aten.rsqrt.default'."""
+    '_c10d_functional.all_reduce_.default', 'aten.rsqrt.default'. A functionalized call of a
+    mutating op (`auto_functionalized[_v2](op, ...)`, as the fusion pass emits the fused op)
+    counts as that op."""
     graph = gm.graph if isinstance(gm, torch.fx.GraphModule) else gm
-    return Counter(str(n.target) for n in graph.nodes if n.op == "call_function")
+    return Counter(
+        str(n.args[0] if n.target in _FUNCTIONALIZED else n.target)
+        for n in graph.nodes
+        if n.op == "call_function"
+    )

@@ -36,7 +36,10 @@ def assert_row(row, tol=TOL):
     """What every `_one_call` row must satisfy (run in the test process, not a rank)."""
     where = f"{row}"
     assert row["finite"], where
-    assert row["input_unchanged"], where
+    if row["ran"] in ("oneshot", "twoshot"):  # the fused kernel only reads its input
+        assert row["input_unchanged"], where
+    else:  # the unfused branch sums into it in place (the op's input is its reduction buffer)
+        assert row["input_is_sum"], where
     assert row["xrank_identical"], where
     assert row["norm_rel_l2"] < tol, where
     assert row["resid_rel_l2"] < tol, where
@@ -64,10 +67,15 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def _reference(x, residual, weight, eps, weight_offset):
-    """float32 allreduce + add + RMSNorm."""
+def _sum_over_ranks(x):
     xs = x.float().clone()
     dist.all_reduce(xs, group=_group())
+    return xs
+
+
+def _reference(x, residual, weight, eps, weight_offset):
+    """float32 allreduce + add + RMSNorm."""
+    xs = _sum_over_ranks(x)
     r = xs if residual is None else xs + residual.float()
     n = r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps) * (weight.float() + weight_offset)
     return n, r
@@ -152,6 +160,7 @@ def _one_call(T, hidden, dtype, residual_on, weight_offset, fp8, seed):
         "norm_rel_l2": rel_l2(norm.float(), n_ref),
         "resid_rel_l2": rel_l2(res.float(), r_ref),
         "input_unchanged": bool(torch.equal(x, x_keep)),
+        "input_is_sum": rel_l2(x.float(), _sum_over_ranks(x_keep)) < TOL,
         "finite": bool(torch.isfinite(norm).all() and torch.isfinite(res).all()),
         "xrank_identical": _same_on_all_ranks(norm, res),
     }
@@ -462,9 +471,7 @@ VARIANTS = (  # (residual, weight_offset, fp8)
 
 def check_single_rank() -> dict:
     """World size 1: the kernel does not apply, so every variant runs the GPU unfused path
-    (NCCL + the compiled epilogue), and each variant's epilogue compiles for few sizes."""
-    from arfuse.kernels.flashinfer import unfused
-
+    (NCCL in place + the Triton epilogue), and nothing is compiled by Dynamo per call."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     fb.force_strategy("oneshot")  # forcing cannot make world size 1 fuse
@@ -477,6 +484,5 @@ def check_single_rank() -> dict:
     return {
         "rows": rows,
         "reasons": dict(fb.fallback_reasons),
-        "epilogue_variants": len(unfused._epilogues),
         "graphs_compiled": int(torch._dynamo.utils.counters["stats"]["unique_graphs"]),
     }

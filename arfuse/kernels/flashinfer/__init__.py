@@ -5,7 +5,7 @@
                       one-shot / two-shot within the thresholds, else unfused (reason logged once)
         workspace.py  the CUDA IPC workspace, created collectively on first need
         kernel.py     one launch of the kernel into preallocated outputs
-        unfused.py    NCCL allreduce + a compiled add+RMSNorm(+FP8) epilogue
+        unfused.py    NCCL allreduce in place + one Triton add+RMSNorm(+FP8) kernel
         settings.py   what the environment forced (strategy, two-shot switch, PDL)
         library.py    FlashInfer, imported lazily
 

@@ -1,55 +1,34 @@
-"""The unfused path on GPU: NCCL allreduce + one compiled add+RMSNorm(+FP8) epilogue.
+"""The unfused path on GPU: what plain Inductor runs for the chain, called from inside the op.
+
+    all_reduce_(input) in place (the op's `input` is its reduction buffer: no copy), then one
+    Triton add+RMSNorm(+FP8) kernel writing fresh outputs (`triton_epilogue`)
 
 It runs wherever the fused kernel does not (past the threshold, unsupported shape, FlashInfer
-missing), so it is the fastest unfused form rather than the exact path's eager epilogue.
+missing), so it does the local work of plain Inductor's all_reduce + fused norm kernel, with no
+Dynamo guard evaluation per call. Without Triton it runs the exact path's eager epilogue (the
+reason logged once).
 """
 
 from __future__ import annotations
 
-import types
-from typing import Any
-
 import torch
 
-from arfuse.kernels import exact
+from arfuse.kernels import exact, triton_epilogue
 from arfuse.kernels.args import FusedArgs, FusedResult
 from arfuse.kernels.flashinfer.plan import fallback, stats
 
-_epilogues: dict[tuple, Any] = {}
-_eager_epilogue = False
-
-
-def _compiled_epilogue(has_residual: bool, has_scale: bool, dtype: torch.dtype) -> Any:
-    """A compiled epilogue per variant; each gets its own code object, hence its own dynamo
-    cache, so variants do not eat each other's recompile budget."""
-    key = (has_residual, has_scale, dtype)
-    fn = _epilogues.get(key)
-    if fn is None:
-        tag = (
-            f"_epilogue_{'r' if has_residual else 'n'}{'q' if has_scale else ''}_"
-            f"{str(dtype).split('.')[-1]}"
-        )
-        code = exact.epilogue.__code__.replace(co_name=tag)
-        fn = torch.compile(
-            types.FunctionType(code, exact.epilogue.__globals__, tag), dynamic=True, fullgraph=True
-        )
-        _epilogues[key] = fn
-    return fn
+_c10d = torch.ops._c10d_functional
 
 
 def unfused(args: FusedArgs) -> FusedResult:
-    global _eager_epilogue
     stats["unfused"] += 1
-    inputs = exact.epilogue_inputs(args, exact.all_reduce(args.input, args.group))
-    if not _eager_epilogue:
-        try:
-            variant = (args.residual is not None, args.scale is not None, args.input.dtype)
-            return FusedResult(*_compiled_epilogue(*variant)(*inputs))
-        except Exception as e:  # noqa: BLE001 - compile trouble must not fail the model
-            _eager_epilogue = True
-            fallback(
-                "epilogue-compile",
-                f"compiling the add+RMSNorm epilogue failed "
-                f"({type(e).__name__}: {str(e)[:200]}); running it eagerly",
-            )
-    return exact.epilogue(*inputs)
+    # the collective Inductor emits for a dead input: in place, waited on by the current stream
+    reduced = _c10d.wait_tensor(_c10d.all_reduce_(args.input, "sum", args.group.group_name))
+    missing = triton_epilogue.available()
+    if missing is None:
+        return triton_epilogue.epilogue(args, reduced)
+    fallback("epilogue-compile", f"{missing}; running the add+RMSNorm epilogue eagerly")
+    got = exact.epilogue(*exact.epilogue_inputs(args, reduced))
+    if args.residual is None:  # outputs never alias the op's input: copy the sum out of it
+        got = got._replace(residual=got.residual.clone())
+    return got
