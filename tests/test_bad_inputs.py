@@ -113,6 +113,17 @@ def test_tune_skips_decoder_results_and_names_them(tmp_path):
     assert r.exit_code == 2 and "no `arfuse bench` strategy sweep" in r.output, r.output
 
 
+def test_tune_skips_local_work_results(tmp_path):
+    """`--local-work` results (one rank, no strategies) sit in bench/results/ too."""
+    good, local = tmp_path / "b.json", tmp_path / "local.json"
+    good.write_text(json.dumps(_result()))
+    row = {"tokens": 8, "hidden": 4096, "graph_us": {"op": 3.0}, "eager_us": {"op": 9.0}}
+    local.write_text(json.dumps({"env": {"capability": "9.0", "world_size": 1}, "rows": [row]}))
+    r = CliRunner().invoke(main, ["tune", str(good), str(local)])
+    assert r.exit_code == 0, r.output
+    assert f"skipped {local}: an `arfuse bench --local-work` result" in r.stderr
+
+
 # ---- ARFUSE_THRESHOLDS ----------------------------------------------------------------------
 
 

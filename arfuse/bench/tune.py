@@ -28,15 +28,17 @@ def load(paths: Iterable[Path | str]) -> tuple[list[tuple[Path, dict]], list[str
     """Read `arfuse bench` JSON results: ([(path, result)], [note per file skipped]).
 
     Every row is checked here, so `tune` gets only rows it can use; anything else is a
-    ValueError naming the file and the row. Decode-step results (`arfuse bench --decoder`,
-    which `bench/results/*.json` also matches) carry no per-strategy times and are skipped."""
+    ValueError naming the file and the row. Decode-step results (`arfuse bench --decoder`) and
+    one-rank local-work results (`--local-work`), which `bench/results/*.json` also matches,
+    carry no per-strategy times and are skipped."""
     loaded, skipped = [], []
     for path in map(Path, paths):
         data = read_json(path, str(path), "give the JSON file `arfuse bench` wrote")
-        if _is_decoder(data):
+        other = _other_bench(data)
+        if other:
             skipped.append(
-                f"skipped {path}: an `arfuse bench --decoder` result (decode-step "
-                "times, no per-strategy times to tune from)"
+                f"skipped {path}: an `arfuse bench {other}` result (no per-strategy "
+                "times to tune from)"
             )
             continue
         check(data, str(path))
@@ -44,18 +46,23 @@ def load(paths: Iterable[Path | str]) -> tuple[list[tuple[Path, dict]], list[str
     if not loaded:
         raise ValueError(
             "no `arfuse bench` strategy sweep among the files given (only "
-            "`--decoder` results); run `arfuse bench` without --decoder first"
+            "`--decoder` / `--local-work` results); run `arfuse bench` without them first"
         )
     return loaded, skipped
 
 
-def _is_decoder(data: Any) -> bool:
+def _other_bench(data: Any) -> str | None:
+    """'--decoder' or '--local-work' when `data` is such a result, else None."""
     rows = data.get("rows") if isinstance(data, dict) else None
-    return (
-        isinstance(rows, list)
-        and bool(rows)
-        and all(isinstance(r, dict) and "layers" in r and "times_us" not in r for r in rows)
-    )
+    if not (isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows)):
+        return None
+    if any("times_us" in r for r in rows):
+        return None
+    if all("layers" in r for r in rows):
+        return "--decoder"
+    if all("graph_us" in r and "eager_us" in r for r in rows):
+        return "--local-work"
+    return None
 
 
 def check(result: Any, where: str) -> None:
