@@ -31,7 +31,7 @@ HAS_HF = importlib.util.find_spec("transformers") is not None
 def _audit(name: str, tmp_path: Path):
     keep = os.environ.get("ARFUSE_GPU_AUDIT_KEEP")
     out = tmp_path / name
-    report = audit(f"{TARGETS}:{name}", out_dir=out, timeout=800)
+    report = audit(f"{TARGETS}:{name}", keep=out, timeout=800)
     if keep:
         dest = Path(keep) / name
         dest.mkdir(parents=True, exist_ok=True)
