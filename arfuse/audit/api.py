@@ -8,6 +8,7 @@ report = arfuse.audit.analyze_trace("trace.log")                # a trace you al
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from arfuse.audit.options import AuditOptions
 from arfuse.audit.report import baseline as baselines
 from arfuse.audit.report.model import Report
 from arfuse.audit.rules import Rule, select_rules
+from arfuse.audit.trace import facts
 from arfuse.audit.trace.reader import parse_file
 from arfuse.audit.trace.records import FUSION_REPORT, POST_GRAD_GRAPH, CompilationMetrics, Trace
 from arfuse.audit.trace.slim import GUARDS
@@ -46,9 +48,34 @@ def _merge_ranks(findings: list[Finding]) -> list[Finding]:
     return sorted(merged.values(), key=Finding.sort_key)
 
 
+_REF = re.compile(r"\s*\((?:see )?[^()]*\bARF\d{3}\b[^()]*\)|,? or see ARF[^,;]*")
+_CODES = re.compile(r"ARF(\d{3})(?:-ARF(\d{3}))?")
+
+
+def _drop_unreported_refs(findings: list[Finding]) -> None:
+    """A fix line never sends the reader to a code that was not reported: a reference such as
+    "(see ARF302/ARF304 for the line)" keeps only the codes this audit reported, or goes."""
+    reported = {f.code for f in findings}
+
+    def only_reported(m: re.Match[str]) -> str:
+        named = []
+        for lo, hi in _CODES.findall(m.group(0)):
+            named += [f"ARF{n}" for n in range(int(lo), int(hi or lo) + 1)]
+        kept = [c for c in dict.fromkeys(named) if c in reported]
+        if not kept:
+            return ""
+        if m.group(0).lstrip(", ").startswith("or"):
+            return f", or see {'/'.join(kept)}"
+        return f" (see {'/'.join(kept)})"
+
+    for f in findings:
+        if f.fix and "ARF" in f.fix:
+            f.fix = _REF.sub(only_reported, f.fix)
+
+
 def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) -> dict[str, Any]:
     t0 = traces[min(traces)] if traces else Trace()
-    compiles = {m.metrics_compile_id or m.compile_id for m in t0.of(CompilationMetrics)}
+    compiles = {facts.compile_id(m) for m in t0.of(CompilationMetrics)}
     recompiles = sum(1 for _ in t0.artifacts("recompile_reasons"))
     fusion = [a.payload_json() for a in t0.artifacts(FUSION_REPORT)]
     fusion = [p for p in fusion if isinstance(p, dict)]
@@ -98,7 +125,7 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
             **({"ranges": ranges} if ranges else {}),
         },
         "compiles_by_rank": {
-            str(r): len({m.metrics_compile_id or m.compile_id for m in t.of(CompilationMetrics)})
+            str(r): len({facts.compile_id(m) for m in t.of(CompilationMetrics)})
             for r, t in sorted(traces.items())
         },
         "findings": len(findings),
@@ -159,6 +186,7 @@ def analyze(
             if r.scope == "ranks":
                 found.extend(r.run(ranks_ctx))
     findings = _merge_ranks(found)
+    _drop_unreported_refs(findings)
     errors = [
         f"num_tokens={c.num_tokens} (rank {c.rank}): {c.error_type}: "
         f"{c.error.splitlines()[0] if c.error else ''}"

@@ -10,6 +10,8 @@ Families (one module each):
     ARF3xx  ranks.py           cross-rank consistency: compiles, token guards, fused ops and
                                collectives that differ between ranks (scope "ranks": the check
                                gets a `RanksContext` of every rank's trace, runs once)
+            divergence.py      what tlparse's multi-rank page compares: cache hits, tensor
+                               metadata, execution order; collectives never waited for
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def finding(message: str, location: Location, **fields: Any) -> Finding:
 def all_rules() -> list[Rule]:
     from arfuse.audit.rules import (  # noqa: F401 - registers rules
         compiled,
+        divergence,
         fusion,
         ranks,
         specialization,

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.rules import finding, rule
+from arfuse.audit.trace import facts
 from arfuse.audit.trace.records import CompilationMetrics, Frame
 from arfuse.audit.trace.slim import GUARDS
 
@@ -138,7 +139,7 @@ def check_not_compiled(ctx: AuditContext) -> Iterable[Finding]:
         path = d.get("fail_user_frame_filename") or d.get("co_filename") or "<unknown>"
         line = int(d.get("fail_user_frame_lineno") or d.get("co_firstlineno") or 0)
         frame = Frame(str(path), line, str(d.get("co_name") or ""))
-        cid = m.metrics_compile_id or m.compile_id
+        cid = facts.compile_id(m)
         size = ctx.compile_sizes.get(cid) if cid else None
         found.append(
             finding(

@@ -20,10 +20,19 @@ from arfuse.audit.findings import Finding, Location
 from arfuse.audit.judge.attribution import is_framework
 from arfuse.audit.judge.context import AuditContext, pretty_source
 from arfuse.audit.judge.verdicts import decisions
+from arfuse.audit.paths import package_path
 from arfuse.audit.rules import finding, rule
 from arfuse.audit.rules.fusion import configured_ops, frame_of, fusion_reports, post_grad_graphs
+from arfuse.audit.trace import facts
 from arfuse.audit.trace.graph import Graph, Node, parse_graph
-from arfuse.audit.trace.records import AOT_GRAPHS, CompilationMetrics, CompileId, Frame, GraphDump
+from arfuse.audit.trace.records import (
+    AOT_GRAPHS,
+    CompilationMetrics,
+    CompileId,
+    DynamoStart,
+    Frame,
+    GraphDump,
+)
 from arfuse.audit.trace.slim import RANKS
 
 
@@ -42,7 +51,7 @@ class RanksContext:
         """Compile ids that finished (a compilation_metrics event), in log order."""
         seen: dict[CompileId, None] = {}
         for m in self.contexts[rank].trace.of(CompilationMetrics):
-            cid = m.metrics_compile_id or m.compile_id
+            cid = facts.compile_id(m)
             if cid is not None:
                 seen.setdefault(cid, None)
         return list(seen)
@@ -63,12 +72,31 @@ class RanksContext:
         return self._graphs[rank]
 
     def frame(self, cid: CompileId | None) -> Frame:
-        """The compiled function's first line (from whichever rank recorded it)."""
+        """The user's line for a compiled graph (from whichever rank recorded it)."""
         for ctx in self.contexts.values():
-            f = frame_of(ctx, cid)
+            f = user_frame(ctx, cid)
             if f.filename != "<compiled graph>":
                 return f
         return Frame("<compiled graph>", 0)
+
+
+def user_frame(ctx: AuditContext, cid: CompileId | None) -> Frame:
+    """The compiled function's first line when it is the user's code; when it is a library's
+    (a decorator's wrapper in transformers, a torch function compiled directly), the line that
+    called it: the innermost frame of the compile's stack outside every installed package."""
+    f = frame_of(ctx, cid)
+    if f.filename != "<compiled graph>" and package_path(f.filename) is None:
+        return f
+    for start in ctx.trace.of(DynamoStart):
+        if start.compile_id == cid:
+            user = [
+                x
+                for x in start.stack or ()
+                if package_path(x.filename) is None and not is_framework(x.filename)
+            ]
+            if user:
+                return user[-1]
+    return f
 
 
 _V = TypeVar("_V")
@@ -89,9 +117,7 @@ def _ranks_text(by_rank: Mapping[int, _V], fmt: Callable[[_V], str]) -> str:
 def _user_frame(nodes: Iterable[Node]) -> Frame | None:
     frames = [n.source for n in nodes if n is not None and n.source is not None]
     user = [f for f in frames if not is_framework(f.filename)]
-    if user:
-        return user[0]
-    return frames[0] if frames else None
+    return user[0] if user else None  # torch's own frames: the caller decides (rc.frame)
 
 
 def _finding(

@@ -21,6 +21,7 @@ from arfuse.audit.judge.context import AuditContext, pretty_source
 from arfuse.audit.judge.domain import recompiles_at
 from arfuse.audit.judge.verdicts import COMPILER, DIVISIBILITY, PIN, RANGE, Decision, decisions
 from arfuse.audit.rules import finding, rule
+from arfuse.audit.trace import facts
 from arfuse.audit.trace.records import CompilationMetrics, CompileId, Frame
 from arfuse.audit.trace.slim import GUARDS
 
@@ -50,7 +51,7 @@ def _cve_compiles(ctx: AuditContext) -> set[CompileId]:
     out = set()
     for m in ctx.trace.of(CompilationMetrics):
         if "ConstraintViolation" in (m.fail_type or ""):
-            cid = m.metrics_compile_id or m.compile_id
+            cid = facts.compile_id(m)
             if cid is not None:
                 out.add(cid)
     return out
@@ -401,9 +402,7 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
 def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
     groups: dict[tuple[str, int], tuple[Frame, list[tuple[CompileId, str]], list[int]]] = {}
     pins = {d.compile_id: d.where for d in decisions(ctx) if d.kind == PIN}
-    code_of = {
-        m.metrics_compile_id or m.compile_id: m.metrics for m in ctx.trace.of(CompilationMetrics)
-    }
+    code_of = {facts.compile_id(m): m.metrics for m in ctx.trace.of(CompilationMetrics)}
     for art in ctx.trace.artifacts("recompile_reasons"):
         cid = art.compile_id
         n = ctx.compile_sizes.get(cid) if cid else None
@@ -447,7 +446,7 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
         n
         for m in ctx.trace.of(CompilationMetrics)
         if "recompile limit" in (m.fail_reason or "").lower()
-        for n in [ctx.compile_sizes.get(m.metrics_compile_id or m.compile_id)]
+        for n in [ctx.compile_sizes.get(facts.compile_id(m))]
         if n is not None
     )
     limit = (
@@ -504,7 +503,7 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
 )
 def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
     cve = _cve_compiles(ctx)
-    metrics = {m.metrics_compile_id or m.compile_id: m for m in ctx.trace.of(CompilationMetrics)}
+    metrics = {facts.compile_id(m): m for m in ctx.trace.of(CompilationMetrics)}
     seen: dict[tuple[str, int], Finding] = {}
     for d in decisions(ctx):
         if d.compile_id not in cve or d.kind != PIN:

@@ -333,6 +333,18 @@ POST_GRAD_FORMS = (
 FUSION_REPORT = "arfuse_fusion"  # the fusion pass's per-graph report artifact
 CALL_ARTIFACT = "arfuse_audit_call"  # the audit driver's marker before every call
 TORCH_VERSION = "torch_version"
+RECOMPILE_REASONS = "recompile_reasons"
+BREAK_REASON = "dynamo_graph_break_reason"
+COLLECTIVE_SCHEDULE = "inductor_collective_schedule"  # Inductor's final collective order
+TENSOR_META = "inductor_runtime_and_tensor_meta"  # ops + output meta (config.log_tlparse)
+GRAPH_EXECUTION = "graph_execution"  # record_and_log_graph_execution_order()
+OUTPUT_CODE = "inductor_output_code"  # a graph dump kind: the Python Inductor generated
+EXPORTED_PROGRAM = "exported_program"
+#: a frame Dynamo resumed after a graph break is named `torch_dynamo_resume_in_<fn>_at_<line>`
+RESUME_PREFIX = "torch_dynamo_resume_in_"
+#: artifact-name fragments -> cache status, strongest first (fx_graph_cache_miss,
+#: aotautograd_cache_hit, fx_graph_cache_bypass, ...)
+CACHE_STATUS = (("cache_miss", "miss"), ("cache_hit", "hit"), ("cache_bypass", "bypass"))
 
 GRAPH_KINDS = frozenset(
     {
@@ -343,7 +355,7 @@ GRAPH_KINDS = frozenset(
         "aot_joint_graph",
         "inductor_pre_grad_graph",
         POST_GRAD_GRAPH,
-        "inductor_output_code",
+        OUTPUT_CODE,
         "optimized_graph",
     }
 )

@@ -26,10 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 from arfuse import optable
 from arfuse.audit.trace.records import (
+    AFTER_POST_GRAD_GRAPH,
     AOT_GRAPHS,
     CALL_ARTIFACT,
+    COLLECTIVE_SCHEDULE,
     FUSION_REPORT,
+    GRAPH_EXECUTION,
+    OUTPUT_CODE,
     POST_GRAD_GRAPH,
+    TENSOR_META,
     TORCH_VERSION,
     Artifact,
     CompilationMetrics,
@@ -65,14 +70,32 @@ GUARDS = frozenset(
         "artifact:dynamo_graph_break_reason",
     }
 )
-GRAPHS = frozenset({f"collectives:{POST_GRAD_GRAPH}", f"artifact:{FUSION_REPORT}"})
-RANKS = GUARDS | GRAPHS | {f"collectives:{g}" for g in AOT_GRAPHS}
+GRAPHS = frozenset(
+    {
+        f"collectives:{POST_GRAD_GRAPH}",
+        f"collectives:{AFTER_POST_GRAD_GRAPH}",
+        f"artifact:{FUSION_REPORT}",
+    }
+)
+#: what tlparse's multi-rank page compares, and the output code's collectives
+DIVERGENCE = frozenset(
+    {
+        f"artifact:{COLLECTIVE_SCHEDULE}",
+        f"artifact:{TENSOR_META}",
+        f"artifact:{GRAPH_EXECUTION}",
+        f"collectives:{OUTPUT_CODE}",
+        "dynamo_start.stack",  # where the user called a compiled library function
+    }
+)
+RANKS = GUARDS | GRAPHS | DIVERGENCE | {f"collectives:{g}" for g in AOT_GRAPHS}
 #: A rule that declares no needs reads all of the above.
 _EVERYTHING_KNOWN = GUARDS | GRAPHS | RANKS
 
 _COMPRESS_OVER = 4096
 _METRIC_STR_MAX = 500  # config dumps are longer; fail_reason is kept whole
-_METRIC_KEEP = frozenset({"restart_reasons", "fail_reason", "fail_user_frame_filename"})
+_METRIC_KEEP = frozenset(
+    {"restart_reasons", "fail_reason", "fail_user_frame_filename", "fail_user_frame_lineno"}
+)
 
 
 @dataclass(frozen=True)
