@@ -33,9 +33,13 @@ class Report:
 
     @property
     def exit_code(self) -> int:
+        """0 pass, 1 new findings, 2 errors - or nothing found in logs that cannot judge
+        num_tokens (never 0 without evidence)."""
         if self.errors:
             return 2
-        return 1 if self.new else 0
+        if self.new:
+            return 1
+        return 2 if self.summary.get("verdict") == "not_judged" else 0
 
     def codes(self) -> list[tuple[str, int, str]]:
         """(code, line, file name) of every finding: handy in tests."""
@@ -78,26 +82,37 @@ def _counts(report: Report) -> str:
     return ", ".join(f"{c} x{n}" for c, n in sorted(by.items()))
 
 
+def _n(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def to_text(report: Report, root: Path, verbose: bool = False) -> str:
     s = report.summary
+    sizes = ", ".join(map(str, s.get("sizes") or [])) or "unknown (no input sizes recorded)"
     swept = (
-        f"swept num_tokens = {', '.join(map(str, s.get('sizes', [])))} ({s.get('calls', 0)} calls, "
+        f"swept num_tokens = {sizes} ({_n(s.get('calls', 0), 'call')}, {s.get('seconds', 0)} s"
         if s.get("calls")
-        else f"recorded compiles at num_tokens = {', '.join(map(str, s.get('sizes', [])))} ("
+        else f"recorded compiles at num_tokens = {sizes} (read in {s.get('seconds', 0)} s"
     )
     per_rank = s.get("compiles_by_rank") or {}
-    compiles = (
-        s.get("compiles", 0)
-        if len(set(per_rank.values())) < 2
-        else "/".join(str(n) for n in per_rank.values()) + " (ranks " + "/".join(per_rank) + ")"
-    )
+    recompiles = s.get("recompiles_by_rank") or {}
+    if len(per_rank) > 1:
+        counts = "; ".join(
+            f"rank {r}: {_n(n, 'compile')}, {_n(recompiles.get(r, 0), 'recompile')}"
+            for r, n in per_rank.items()
+        )
+    else:
+        counts = f"{_n(s.get('compiles', 0), 'compile')}, {_n(s.get('recompiles', 0), 'recompile')}"
+    world = s.get("world_size") or "unknown (offline: no run.json)"
     lines = [
-        f"arfuse audit: {s.get('target', '?')}",
-        f"  {swept}{compiles} compiles, "
-        f"{s.get('recompiles', 0)} recompiles, {s.get('seconds', 0)} s, "
-        f"backend {s.get('backend', '?')}, ranks audited {s.get('ranks', [0])} "
-        f"of world size {s.get('world_size', 1)})",
+        f"arfuse audit: {s.get('target') or 'unknown target'}",
+        f"  {swept}; {counts})",
+        f"  backend {s.get('backend') or 'unknown (no compiled graph recorded)'}; num_tokens is "
+        f"{', '.join(s.get('token_sources') or []) or 'unknown (no size became symbolic)'}; "
+        f"ranks read {s.get('ranks', [0])} of world size {world}",
     ]
+    for check in s.get("checks") or []:
+        lines.append(f"  {check}")
     if s.get("domain"):
         lo, hi = s["domain"]
         n = s.get("dismissed_guards", 0)
@@ -158,11 +173,13 @@ def to_text(report: Report, root: Path, verbose: bool = False) -> str:
     domain = (
         f" over num_tokens in [{s['domain'][0]:,}, {s['domain'][1]:,}]" if s.get("domain") else ""
     )
-    verdict = (
-        f"PASS: num_tokens stays dynamic{domain}"
-        if not report.new and not report.errors
-        else "FAIL"
-    )
+    if s.get("verdict") == "not_judged":
+        lines.append(f"NOT JUDGED: num_tokens - {s['not_judged']}")
+        verdict = "NOT JUDGED"
+    elif not report.new and not report.errors:
+        verdict = f"PASS: num_tokens stays dynamic{domain}"
+    else:
+        verdict = "FAIL"
     lines.append(
         f"{verdict}: {len(report.findings)} finding(s), {len(report.baselined)} "
         f"baselined, {_counts(report)}. `arfuse rules` explains each code."
@@ -172,10 +189,12 @@ def to_text(report: Report, root: Path, verbose: bool = False) -> str:
 
 def to_markdown(report: Report, root: Path) -> str:
     s = report.summary
-    icon = "✅" if report.exit_code == 0 else "❌"
+    judged = s.get("verdict") != "not_judged"
+    icon = "✅" if report.exit_code == 0 else ("❌" if judged else "⚠️")
     out = [
         f"### {icon} arfuse audit: `{s.get('target', '?')}`",
         "",
+        *([] if judged else [f"**NOT JUDGED**: num_tokens - {s['not_judged']}", ""]),
         f"Swept num_tokens = {', '.join(map(str, s.get('sizes', [])))}: "
         f"{s.get('compiles', 0)} compiles, {s.get('recompiles', 0)} recompiles; "
         f"{len(report.findings)} finding(s), {len(report.new)} new."

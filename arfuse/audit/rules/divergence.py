@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from arfuse.audit.findings import Finding
+from arfuse.audit.judge.attribution import user_frame
 from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.rules import rule
-from arfuse.audit.rules.ranks import RanksContext, _finding, _ranks_text, user_frame
+from arfuse.audit.rules.ranks import RanksContext, _finding, _ranks_text
 from arfuse.audit.trace import facts
 from arfuse.audit.trace.records import CompileId
 from arfuse.audit.trace.slim import DIVERGENCE
@@ -229,7 +230,7 @@ def check_unwaited(ctx: AuditContext) -> Iterable[Finding]:
         yield _finding(
             f"compiled graph {cid} starts {sum(code.started.values())} collective(s) and waits "
             f"for {code.waits}: {code.unwaited} result(s) leave the graph unfinished",
-            user_frame(ctx, cid),
+            user_frame(ctx.trace, cid),
             [ctx.rank],
             [str(cid)],
             [f"graph {cid}: {started}; wait_tensor x{code.waits}"],

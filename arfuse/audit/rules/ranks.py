@@ -17,19 +17,17 @@ from typing import TypeVar
 
 from arfuse import optable
 from arfuse.audit.findings import Finding, Location
-from arfuse.audit.judge.attribution import is_framework
+from arfuse.audit.judge.attribution import is_framework, user_frame
 from arfuse.audit.judge.context import AuditContext, pretty_source
 from arfuse.audit.judge.verdicts import decisions
-from arfuse.audit.paths import package_path
 from arfuse.audit.rules import finding, rule
-from arfuse.audit.rules.fusion import configured_ops, frame_of, fusion_reports, post_grad_graphs
+from arfuse.audit.rules.fusion import configured_ops, fusion_reports, post_grad_graphs
 from arfuse.audit.trace import facts
 from arfuse.audit.trace.graph import Graph, Node, parse_graph
 from arfuse.audit.trace.records import (
     AOT_GRAPHS,
-    CompilationMetrics,
+    RECOMPILE_REASONS,
     CompileId,
-    DynamoStart,
     Frame,
     GraphDump,
 )
@@ -49,12 +47,7 @@ class RanksContext:
 
     def compiles(self, rank: int) -> list[CompileId]:
         """Compile ids that finished (a compilation_metrics event), in log order."""
-        seen: dict[CompileId, None] = {}
-        for m in self.contexts[rank].trace.of(CompilationMetrics):
-            cid = facts.compile_id(m)
-            if cid is not None:
-                seen.setdefault(cid, None)
-        return list(seen)
+        return facts.compiles(self.contexts[rank].trace)
 
     def graphs(self, rank: int) -> dict[CompileId | None, Graph]:
         """compile id -> Inductor's post-grad graph; AOTAutograd's graph under backends that
@@ -74,29 +67,10 @@ class RanksContext:
     def frame(self, cid: CompileId | None) -> Frame:
         """The user's line for a compiled graph (from whichever rank recorded it)."""
         for ctx in self.contexts.values():
-            f = user_frame(ctx, cid)
+            f = user_frame(ctx.trace, cid)
             if f.filename != "<compiled graph>":
                 return f
         return Frame("<compiled graph>", 0)
-
-
-def user_frame(ctx: AuditContext, cid: CompileId | None) -> Frame:
-    """The compiled function's first line when it is the user's code; when it is a library's
-    (a decorator's wrapper in transformers, a torch function compiled directly), the line that
-    called it: the innermost frame of the compile's stack outside every installed package."""
-    f = frame_of(ctx, cid)
-    if f.filename != "<compiled graph>" and package_path(f.filename) is None:
-        return f
-    for start in ctx.trace.of(DynamoStart):
-        if start.compile_id == cid:
-            user = [
-                x
-                for x in start.stack or ()
-                if package_path(x.filename) is None and not is_framework(x.filename)
-            ]
-            if user:
-                return user[-1]
-    return f
 
 
 _V = TypeVar("_V")
@@ -193,7 +167,8 @@ def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
         )
         extra = sorted({str(c) for cids in per_rank.values() for c in cids} - on_every_rank)
         details = [
-            f"rank {r}: {', '.join(map(str, c)) or 'not compiled'}" for r, c in per_rank.items()
+            f"rank {r}: " + ("; ".join(_compile_story(rc.contexts[r], c)) or "not compiled")
+            for r, c in per_rank.items()
         ]
         details += [
             f"rank {r}'s log is cut short (line {ctx.trace.truncated_line}): a compile "
@@ -201,14 +176,60 @@ def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
             for r, ctx in rc.contexts.items()
             if ctx.trace.truncated_line is not None
         ]
+        why = _why_more(rc, per_rank)
         yield _finding(
-            f"frame {frame_id}{fn} compiled a different number of times per rank: {text}",
+            f"frame {frame_id}{fn} compiled a different number of times per rank: {text}"
+            + (f"; {why}" if why else ""),
             where,
             rc.ranks,
             extra or [str(first)],
             details,
             expr=f"frame {frame_id}",
         )
+
+
+def _dynamic(ctx: AuditContext, cid: CompileId) -> bool:
+    return any(c == cid for c, _ in ctx.token_symbols)
+
+
+def _compile_story(ctx: AuditContext, cids: list[CompileId]) -> list[str]:
+    """Each compile of a frame on one rank: static or dynamic in num_tokens, at which size,
+    and the guard whose failure caused it (torch's recompile reason)."""
+    reasons = {a.compile_id: a.payload_json() for a in ctx.trace.artifacts(RECOMPILE_REASONS)}
+    out = []
+    for cid in cids:
+        n = ctx.compile_sizes.get(cid)
+        text = f"{cid} {'dynamic' if _dynamic(ctx, cid) else 'static'}"
+        text += f" at num_tokens={n}" if n is not None else ""
+        reason = reasons.get(cid)
+        if isinstance(reason, list) and reason:
+            text += f" after `{str(reason[0]).split(': ', 1)[-1].split('  #')[0].strip()}` failed"
+        out.append(text)
+    return out
+
+
+def _why_more(rc: RanksContext, per_rank: dict[int, list[CompileId]]) -> str:
+    """Why the ranks with more compiles made them: static compiles where another rank's were
+    dynamic (one rank left num_tokens unmarked), or guards that failed on them only."""
+    fewest = min(len(c) for c in per_rank.values())
+    parts = []
+    for r, cids in per_rank.items():
+        if len(cids) == fewest:
+            continue
+        ctx = rc.contexts[r]
+        static = [c for c in cids if not _dynamic(ctx, c)]
+        others = [q for q in per_rank if q != r and len(per_rank[q]) == fewest]
+        if (
+            static
+            and others
+            and any(_dynamic(rc.contexts[q], c) for q in others for c in per_rank[q])
+        ):
+            parts.append(
+                f"rank {r} compiled {len(static)} static graph(s) where rank(s) "
+                f"{', '.join(map(str, others))} compiled one dynamic in num_tokens (num_tokens "
+                f"is not marked dynamic on rank {r}: mark it on every rank)"
+            )
+    return "; ".join(parts)
 
 
 def _token_guards(ctx: AuditContext) -> dict[CompileId | None, dict[str, Frame]]:

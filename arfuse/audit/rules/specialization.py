@@ -16,13 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from arfuse.audit.findings import Finding, Location
-from arfuse.audit.judge.attribution import Attribution, is_framework, short_path
+from arfuse.audit.judge.attribution import Attribution, is_framework, short_path, user_frame
 from arfuse.audit.judge.context import AuditContext, pretty_source
 from arfuse.audit.judge.domain import recompiles_at
 from arfuse.audit.judge.verdicts import COMPILER, DIVISIBILITY, PIN, RANGE, Decision, decisions
 from arfuse.audit.rules import finding, rule
 from arfuse.audit.trace import facts
-from arfuse.audit.trace.records import CompilationMetrics, CompileId, Frame
+from arfuse.audit.trace.records import RECOMPILE_REASONS, CompilationMetrics, CompileId, Frame
 from arfuse.audit.trace.slim import GUARDS
 
 
@@ -401,9 +401,11 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
 )
 def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
     groups: dict[tuple[str, int], tuple[Frame, list[tuple[CompileId, str]], list[int]]] = {}
+    # a line whose graph was static: (arg, dim, size it was compiled for, new size, new is dynamic)
+    first_static: dict[tuple[str, int], tuple[str, str, int, int, bool]] = {}
     pins = {d.compile_id: d.where for d in decisions(ctx) if d.kind == PIN}
     code_of = {facts.compile_id(m): m.metrics for m in ctx.trace.of(CompilationMetrics)}
-    for art in ctx.trace.artifacts("recompile_reasons"):
+    for art in ctx.trace.artifacts(RECOMPILE_REASONS):
         cid = art.compile_id
         n = ctx.compile_sizes.get(cid) if cid else None
         if n is not None and n < 2:
@@ -411,6 +413,7 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
         if n is not None and not ctx.domain.lo <= n <= ctx.domain.hi:
             continue  # a size the model does not serve: its recompile never happens in service
         for entry in _reason_entries(art.payload_json()):
+            static: list[tuple[str, str, int, int, bool]] = []
             failed_id, _, text = entry.partition(": ")
             failed = CompileId.parse(failed_id)
             if failed is not None and cid is not None:  # the text does not say its generation
@@ -423,20 +426,17 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
                     continue
                 if failed in pins:
                     frames = [pins[failed].decision]
-                else:
-                    m = code_of.get(failed) or {}
-                    if m.get("co_filename"):
-                        frames = [
-                            Frame(
-                                m["co_filename"],
-                                int(m.get("co_firstlineno") or 0),
-                                str(m.get("co_name", "")),
-                            )
-                        ]
+                elif failed in code_of:
+                    frames = [user_frame(ctx.trace, failed)]
+                    if not any(c == failed for c, _ in ctx.token_symbols):
+                        dynamic = any(c == cid for c, _ in ctx.token_symbols)
+                        static.append((arg, dim, int(expected), int(_actual), dynamic))
             elif any(name in text for name in ctx.token_source_names):
                 frames = _reason_lines(ctx, text)
             guard = text.split("  #")[0].strip()
             for f in frames:
+                if static:
+                    first_static.setdefault((f.filename, f.line), static[-1])
                 g = groups.setdefault((f.filename, f.line), (f, [], []))
                 if cid is not None and (cid, guard) not in g[1]:
                     g[1].append((cid, guard))
@@ -460,9 +460,28 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
     for frame, events, sizes in groups.values():
         cids = list(dict.fromkeys(c for c, _ in events))
         at = f" at num_tokens={', '.join(map(str, sorted(sizes)))}" if sizes else ""
+        message = f"recompiled {len(cids)} time(s){at} because a guard from this line failed"
+        fix = ""
+        if (frame.filename, frame.line) in first_static:
+            arg, dim, was, now, dynamic = first_static[(frame.filename, frame.line)]
+            message = (
+                f"the first compile was static: num_tokens={was} was a constant of its graph "
+                f"(torch.compile's default dynamic=None does that with the first size it sees, "
+                f"dynamic=False with every size), so num_tokens={now} failed its size check on "
+                f"{arg}.size()[{dim}] and "
+                + (
+                    "recompiled it dynamic"
+                    if dynamic
+                    else f"recompiled it static again ({len(cids)} recompile(s))"
+                )
+            )
+            fix = (
+                f"mark the token dim dynamic before the first call: "
+                f"torch._dynamo.maybe_mark_dynamic({arg}, {dim}) (or torch.compile(dynamic=True))"
+            )
         yield finding(
-            message=f"recompiled {len(cids)} time(s){at} because a guard from this line "
-            f"failed{limit}",
+            message=f"{message}{limit}",
+            fix=fix,
             location=Location.of(frame),
             expr="; ".join(dict.fromkeys(g for _, g in events)),
             compile_id=str(cids[0]) if cids else "",

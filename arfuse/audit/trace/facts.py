@@ -42,6 +42,11 @@ def compile_id(m: CompilationMetrics) -> CompileId | None:
     return m.compile_id or m.metrics_compile_id
 
 
+def compiles(trace: Trace) -> list[CompileId]:
+    """The compiles that finished (a `compilation_metrics` record), by envelope id, in order."""
+    return list(dict.fromkeys(c for m in trace.of(CompilationMetrics) if (c := compile_id(m))))
+
+
 def post_grad_graphs(trace: Trace) -> list[Artifact | GraphDump]:
     """Every Inductor post-grad graph record (`.compile_id`, `.payload`), whatever its form."""
     out: list[Artifact | GraphDump] = []
@@ -52,6 +57,13 @@ def post_grad_graphs(trace: Trace) -> list[Artifact | GraphDump]:
         elif isinstance(e, GraphDump) and ("graph", e.graph_kind) in POST_GRAD_FORMS:
             out.append(e)
     return out
+
+
+def inductor_ran(trace: Trace) -> bool:
+    """Whether Inductor compiled (or loaded from its cache) any graph of this trace."""
+    return bool(post_grad_graphs(trace)) or any(
+        isinstance(e, GraphDump) and e.graph_kind == OUTPUT_CODE for e in trace.events
+    )
 
 
 def cache_statuses(trace: Trace) -> list[tuple[CompileId | None, str, str]]:
