@@ -44,12 +44,15 @@ def oracle(folder: Path) -> list[str]:
             else:
                 shutil.copy(log, logs / name)
         out = Path(tmp) / "out"
-        subprocess.run(
+        done = subprocess.run(
             ["tlparse", str(logs), "--all-ranks-html", "-o", str(out), "--no-browser"],
             capture_output=True,
-            check=True,
+            text=True,
             timeout=300,
         )
+        if done.returncode:  # it happens: say so, the oracle is that it had nothing to say
+            error = [x for x in done.stderr.splitlines() if x.startswith("Error")]
+            return [*lines, f"tlparse failed (exit {done.returncode}): {' '.join(error[:1])}"]
         page = (out / "index.html").read_text()
         text = html.unescape(re.sub(r"<[^>]*>", "", page))
         heading = ""
