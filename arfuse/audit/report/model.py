@@ -173,8 +173,9 @@ def to_text(report: Report, root: Path, verbose: bool = False) -> str:
     domain = (
         f" over num_tokens in [{s['domain'][0]:,}, {s['domain'][1]:,}]" if s.get("domain") else ""
     )
-    if s.get("verdict") == "not_judged":
+    if s.get("not_judged"):
         lines.append(f"NOT JUDGED: num_tokens - {s['not_judged']}")
+    if s.get("verdict") == "not_judged":
         verdict = "NOT JUDGED"
     elif not report.new and not report.errors:
         verdict = f"PASS: num_tokens stays dynamic{domain}"
@@ -189,7 +190,7 @@ def to_text(report: Report, root: Path, verbose: bool = False) -> str:
 
 def to_markdown(report: Report, root: Path) -> str:
     s = report.summary
-    judged = s.get("verdict") != "not_judged"
+    judged = not s.get("not_judged")
     icon = "✅" if report.exit_code == 0 else ("❌" if judged else "⚠️")
     out = [
         f"### {icon} arfuse audit: `{s.get('target', '?')}`",

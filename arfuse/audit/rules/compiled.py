@@ -11,13 +11,13 @@ import re
 from collections.abc import Iterable
 
 from arfuse.audit.findings import Finding, Location
+from arfuse.audit.judge.attribution import user_frame
 from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.rules import finding, rule
 from arfuse.audit.trace import facts
-from arfuse.audit.trace.records import CompilationMetrics, Frame
+from arfuse.audit.trace.records import BREAK_REASON, CompilationMetrics, Frame
 from arfuse.audit.trace.slim import GUARDS
 
-BREAK_ARTIFACT = "dynamo_graph_break_reason"
 _BREAK_AT = re.compile(r"Graph break in user code at (.+?):(\d+)\s*$", re.M)
 _REASON = re.compile(r"Graph Break Reason:\s*(.*)$", re.M)
 _EXPLANATION = re.compile(r"^\s*Explanation:\s*(.*)$", re.M)
@@ -61,7 +61,7 @@ def _first_line(text: str) -> str:
 )
 def check_graph_break(ctx: AuditContext) -> Iterable[Finding]:
     seen: dict[tuple[str, int], Finding] = {}
-    for art in ctx.trace.artifacts(BREAK_ARTIFACT):
+    for art in ctx.trace.artifacts(BREAK_REASON):
         text = art.payload or ""
         m = _BREAK_AT.search(text)
         if not m or "falling back to eager" in text:
@@ -94,6 +94,47 @@ def check_graph_break(ctx: AuditContext) -> Iterable[Finding]:
             num_tokens=[size] if size is not None else [],
         )
     yield from seen.values()
+    yield from _breaks_without_reason(ctx, seen)
+
+
+def _breaks_without_reason(
+    ctx: AuditContext, seen: dict[tuple[str, int], Finding]
+) -> Iterable[Finding]:
+    """Graph breaks some torch versions record only as a resumed frame
+    (`torch_dynamo_resume_in_forward_at_114`: the break was at line 114 of that file) or as the
+    `restart_reasons` of the compile Dynamo restarted, with no break-reason artifact."""
+    lines = {line for _, line in seen}
+    restarts: list[tuple[CompilationMetrics, str]] = []
+    for m in ctx.trace.of(CompilationMetrics):
+        d = m.metrics
+        at = facts.resumed_at(str(d.get("co_name") or ""))
+        path = str(d.get("co_filename") or "")
+        if at is not None and path and at[1] not in lines:
+            lines.add(at[1])
+            frame = Frame(path, at[1], at[0])
+            yield finding(
+                message=f"graph break in {at[0]}: Dynamo resumed a new frame after this line "
+                f"({d.get('co_name')}); the model runs eagerly around it and compiles the "
+                f"rest as separate frames",
+                location=Location.of(frame),
+                compile_id=str(facts.compile_id(m) or ""),
+                frames=[Location.of(frame)],
+                details=[f"resumed frame {d.get('co_name')} compiled as {facts.compile_id(m)}"],
+            )
+        reasons = d.get("restart_reasons")
+        if isinstance(reasons, list) and reasons and not seen:
+            restarts.append((m, "; ".join(map(str, reasons))))
+    if restarts and not lines:  # no line known at all: the restarted compile's frame
+        m, why = restarts[0]
+        frame = user_frame(ctx.trace, facts.compile_id(m))
+        yield finding(
+            message=f"Dynamo restarted this compile after a graph break ({why}); the model "
+            f"runs eagerly around the break and compiles the rest as separate frames",
+            location=Location.of(frame),
+            compile_id=str(facts.compile_id(m) or ""),
+            frames=[Location.of(frame)],
+            details=[f"restart of {facts.compile_id(m)}: {why}"],
+        )
 
 
 @rule(
