@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from arfuse.audit.judge.context import AuditContext
-from arfuse.audit.trace.records import CompilationMetrics, CreateSymbol
+from arfuse.audit.trace import facts
+from arfuse.audit.trace.records import CompilationMetrics, CreateSymbol, DynamoStart
 
 HOW = (
     "to record a judgeable log, mark the token dim dynamic before the first call "
@@ -24,6 +25,10 @@ def why_not_judged(contexts: Mapping[int, AuditContext]) -> str | None:
     """None when some compile on some rank made a token dim symbolic; otherwise the reason the
     logs cannot judge num_tokens (one sentence, without the how-to)."""
     ctxs = list(contexts.values())
+    for rank, c in contexts.items():
+        cut = _incomplete(c)
+        if cut:
+            return f"rank {rank}'s log {cut}: what it shows was audited, but a PASS needs it whole"
     if any(c.token_symbols for c in ctxs):
         return None
     ok = failed = 0
@@ -47,3 +52,17 @@ def why_not_judged(contexts: Mapping[int, AuditContext]) -> str | None:
         f"no compile made a tensor size symbolic ({ok} compile(s), every size a constant of "
         f"its graph)"
     )
+
+
+def _incomplete(ctx: AuditContext) -> str | None:
+    """How a log ends before its last compile did: a last record cut short, or a compile that
+    started (dynamo_start) and never finished (no compilation_metrics)."""
+    if ctx.trace.truncated_line is not None:
+        return f"ends in a record cut short (line {ctx.trace.truncated_line})"
+    finished = set(facts.compiles(ctx.trace)) | {
+        facts.compile_id(m) for m in ctx.trace.of(CompilationMetrics)
+    }
+    open_ = [e.compile_id for e in ctx.trace.of(DynamoStart) if e.compile_id not in finished]
+    if open_:
+        return f"ends while compile {open_[-1]} was running (it never finished)"
+    return None

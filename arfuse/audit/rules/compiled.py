@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from arfuse.audit.findings import Finding, Location
 from arfuse.audit.judge.attribution import user_frame
 from arfuse.audit.judge.context import AuditContext
+from arfuse.audit.paths import package_path
 from arfuse.audit.rules import finding, rule
 from arfuse.audit.trace import facts
 from arfuse.audit.trace.records import BREAK_REASON, CompilationMetrics, Frame
@@ -181,6 +182,8 @@ def check_not_compiled(ctx: AuditContext) -> Iterable[Finding]:
         line = int(d.get("fail_user_frame_lineno") or d.get("co_firstlineno") or 0)
         frame = Frame(str(path), line, str(d.get("co_name") or ""))
         cid = facts.compile_id(m)
+        if package_path(frame.filename) is not None:  # a library's function compiled directly
+            frame = user_frame(ctx.trace, cid)
         size = ctx.compile_sizes.get(cid) if cid else None
         found.append(
             finding(

@@ -325,7 +325,9 @@ _LOC = re.compile(r"([^\s(]+?\.py):(\d+) in ([\w<>.]+)(?: \(([^()]*)\))?")
 # where Dynamo evaluates a guard on behalf of the traced line: never the decision
 _EVAL_PLUMBING = re.compile(r"_dynamo/variables/|fx/experimental/|_dynamo/symbolic_convert")
 _MISMATCH = re.compile(
-    r"tensor '([^']+)' size mismatch at index (\d+)\. expected (\d+), actual (\d+)"
+    # torch 2.6 quotes the source (`tensor 'L['x']'`), later versions the name (`tensor 'x'`)
+    r"tensor '(?:L\[')?([^'\]]+)(?:'\])?' size mismatch at index (\d+)\. expected (\d+), "
+    r"actual (\d+)"
 )
 _TORCH_REL = re.compile(
     r"^(_dynamo|_inductor|fx|_subclasses|_library|_functorch|_prims|_refs|"
