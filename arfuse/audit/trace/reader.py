@@ -572,14 +572,21 @@ def _cut(buf: bytes, end: int | None = None) -> int:
         end = i
 
 
-def _normalize(buf: bytes) -> bytes:
+def _normalize(buf: bytes, crlf: bool, prefixed: bool) -> bytes:
     """Lines as torch wrote them: CRLF line ends and `[rankN]:` prefixes (a log copied through
-    Windows tools, torchrun's per-rank prefixes) removed. Two `in` scans when there is none."""
-    if b"\r" in buf:
+    Windows tools, torchrun's per-rank prefixes) removed. Whether a file has them is decided
+    once, from its first line (`_line_style`): a plain log pays nothing."""
+    if crlf:
         buf = buf.replace(b"\r\n", b"\n")
-    if b"[rank" in buf:
+    if prefixed:
         buf = _RANK_PREFIX.sub(b"\n", buf)
     return buf
+
+
+def _line_style(first: bytes) -> tuple[bool, bool]:
+    """(CRLF line ends, `[rankN]:` prefixes) of a log, from the start of its first chunk."""
+    line = first[: first.find(b"\n") + 1] if b"\n" in first[: 1 << 16] else first[: 1 << 16]
+    return line.endswith(b"\r\n"), line.lstrip(b"\n").startswith(b"[rank")
 
 
 def _last_record_whole(buf: bytes) -> bool:
@@ -611,7 +618,7 @@ def parse_bytes(data: bytes, source: str = "<memory>", *, strict: bool = False) 
     gc_was_on = gc.isenabled()
     gc.disable()  # many small objects, no cycles: the collector would only rescan them
     try:
-        data = _normalize(b"\n" + data)
+        data = _normalize(b"\n" + data, *_line_style(data))
         reader.feed(data, len(data))
     finally:
         if gc_was_on:
@@ -644,6 +651,7 @@ def parse_stream(
     trace = reader.trace
     buf = b"\n"  # every line the reader sees follows a newline: the first one too
     done = 0
+    style: tuple[bool, bool] | None = None
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
@@ -658,7 +666,9 @@ def parse_stream(
                 ) from None
             done += len(block)
             if block:
-                buf = _normalize(buf + block)
+                if style is None:
+                    style = _line_style(block)
+                buf = _normalize(buf + block, *style)
                 # only whole lines decide: a line still being read may be a prefixed payload line
                 cut = _cut(buf, buf.rfind(b"\n"))
                 if cut == 0:

@@ -19,6 +19,7 @@ to the events one chunk added. Memory then grows with what the rules need, not w
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -92,6 +93,8 @@ RANKS = GUARDS | GRAPHS | DIVERGENCE | {f"collectives:{g}" for g in AOT_GRAPHS}
 _EVERYTHING_KNOWN = GUARDS | GRAPHS | RANKS
 
 _COMPRESS_OVER = 4096
+# a collective call in Inductor's Python output code (what facts.output_code_collectives counts)
+_COLLECTIVE_CALL = re.compile(rb"torch\.ops\._?c10d_functional\.\w+\.default\(")
 _METRIC_STR_MAX = 500  # config dumps are longer; fail_reason is kept whole
 _METRIC_KEEP = frozenset(
     {"restart_reasons", "fail_reason", "fail_user_frame_filename", "fail_user_frame_lineno"}
@@ -180,6 +183,9 @@ def _payload(policy: Policy, name: str, raw: bytes | None, extra: set[str]) -> b
         return None
     if name in policy.payloads:
         return _compress(raw)
+    if name == OUTPUT_CODE and name in policy.collectives:
+        # only its collective calls are read (facts.output_code_collectives): keep those lines
+        return b"\n".join(_COLLECTIVE_CALL.findall(raw))
     if name in policy.collectives:
         return _compress(raw) if optable.text_has_collective(raw, extra) else b""
     return None
