@@ -448,7 +448,9 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
         n
         for m in ctx.trace.of(CompilationMetrics)
         if "recompile limit" in (m.fail_reason or "").lower()
-        for n in [ctx.compile_sizes.get(facts.compile_id(m))]
+        for c in [facts.compile_id(m)]
+        if c is not None
+        for n in [ctx.compile_sizes.get(c)]
         if n is not None
     )
     limit = (
