@@ -248,3 +248,14 @@ def test_mutated_real_log_never_passes(data):
             return  # refused with a message naming the file: fine, not a PASS
         assert report.summary["verdict"] != "pass"
         assert report.exit_code != 0
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_named_token_dim_that_stayed_static_is_a_finding(version):
+    code, report = _audit(
+        DATA / f"torch-{version}-static.log.gz", "--token-source", "L['x'].size()[0]"
+    )
+    forward = _single("return torch.relu(x @ self.w)") - 1
+    assert code == 1 and ("ARF109", forward) in _codes(report)
+    (f,) = [f for f in report["findings"] if f["code"] == "ARF109"]
+    assert f["num_tokens"] == [16, 32]

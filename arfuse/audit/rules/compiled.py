@@ -209,3 +209,49 @@ def check_not_compiled(ctx: AuditContext) -> Iterable[Finding]:
             f"every call ran eagerly and no verdict on num_tokens is possible"
         )
     yield from found
+
+
+@rule(
+    "ARF109",
+    "num-tokens-static",
+    "the token dim you named stayed a constant in every compile: each graph holds for one size",
+    """
+      ## What it does
+      When num_tokens is named (`--token-source`, or the dims a live audit marks dynamic) but
+      no compile made it a symbol, reports the compiled frame with the sizes each compile was
+      specialised to.
+
+      ## Why is this bad?
+      A graph compiled for num_tokens=16 holds for 16 only: every other count recompiles
+      (until the recompile limit, then runs eagerly). torch.compile's default `dynamic=None`
+      does this with the first size it sees; `dynamic=False` with every size.
+
+      ## Example
+      ```python
+      compiled = torch.compile(model, dynamic=False)
+      compiled(torch.randn(16, h)); compiled(torch.randn(32, h))   # ARF109: two static graphs
+      ```
+
+      ## Fix
+      Mark the token dim dynamic before the first call
+      (`torch._dynamo.maybe_mark_dynamic(x, 0)`) or compile with `dynamic=True`.
+      """,
+    fix="mark the token dim dynamic before the first call (torch._dynamo.maybe_mark_dynamic)",
+    needs=GUARDS,
+)
+def check_static_token_dim(ctx: AuditContext) -> Iterable[Finding]:
+    named, compiles = ctx.run.token_sources, facts.compiles(ctx.trace)
+    if not named or not compiles or ctx.token_symbols:
+        return
+    sizes = sorted({n for c in compiles if (n := ctx.compile_sizes.get(c)) is not None})
+    frame = user_frame(ctx.trace, compiles[0])
+    seen = f" (num_tokens={', '.join(map(str, sizes))})" if sizes else ""
+    yield finding(
+        message=f"{', '.join(named)} stayed a constant in all {len(compiles)} compile(s){seen}: "
+        f"each graph holds for its one size and every other num_tokens recompiles",
+        location=Location.of(frame),
+        compile_id=str(compiles[0]),
+        frames=[Location.of(frame)],
+        details=[f"compile {c}: static" for c in compiles[:6]],
+        num_tokens=sizes,
+    )
