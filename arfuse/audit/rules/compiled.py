@@ -110,7 +110,7 @@ def _breaks_without_reason(
         d = m.metrics
         at = facts.resumed_at(str(d.get("co_name") or ""))
         path = str(d.get("co_filename") or "")
-        if at is not None and path and at[1] not in lines:
+        if at is not None and path and at[1] not in lines and package_path(path) is None:
             lines.add(at[1])
             frame = Frame(path, at[1], at[0])
             yield finding(
@@ -128,6 +128,8 @@ def _breaks_without_reason(
     if restarts and not lines:  # no line known at all: the restarted compile's frame
         m, why = restarts[0]
         frame = user_frame(ctx.trace, facts.compile_id(m))
+        if package_path(frame.filename) is not None:
+            return  # a restart inside a library: no line of the user's to point at
         yield finding(
             message=f"Dynamo restarted this compile after a graph break ({why}); the model "
             f"runs eagerly around the break and compiles the rest as separate frames",

@@ -16,7 +16,7 @@ from arfuse.audit.findings import Finding
 from arfuse.audit.judge.attribution import user_frame
 from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.rules import rule
-from arfuse.audit.rules.ranks import RanksContext, _finding, _ranks_text
+from arfuse.audit.rules.ranks import RanksContext, rank_finding, ranks_text
 from arfuse.audit.trace import facts
 from arfuse.audit.trace.records import CompileId
 from arfuse.audit.trace.slim import DIVERGENCE
@@ -70,8 +70,8 @@ def check_cache(rc: RanksContext) -> Iterable[Finding]:
     at = {r: (seq[pos] if pos < len(seq) else ("-", "nothing")) for r, seq in seqs.items()}
     cid = next((CompileId.parse(c) for c, _ in at.values() if c != "-"), None)
     where = rc.frame(cid)
-    text = _ranks_text(at, lambda cs: f"{cs[1]} ({cs[0]})")
-    yield _finding(
+    text = ranks_text(at, lambda cs: f"{cs[1]} ({cs[0]})")
+    yield rank_finding(
         f"ranks found different graphs in their compile caches: cache lookup #{pos + 1} is {text}",
         where,
         rc.ranks,
@@ -132,9 +132,9 @@ def check_tensor_meta(rc: RanksContext) -> Iterable[Finding]:
         if pos is None:
             continue
         at = {r: (o[pos] if pos < len(o) else ("nothing", "")) for r, o in ops.items()}
-        yield _finding(
+        yield rank_finding(
             f"compiled graph {cid} works on different tensors per rank: op #{pos + 1} is "
-            + _ranks_text(at, lambda o: f"{o[0]} -> {o[1] or 'no output'}"),
+            + ranks_text(at, lambda o: f"{o[0]} -> {o[1] or 'no output'}"),
             rc.frame(cid),
             rc.ranks,
             [str(cid)],
@@ -181,9 +181,9 @@ def check_execution_order(rc: RanksContext) -> Iterable[Finding]:
         return
     at = {r: (o[pos] if pos < len(o) else "nothing") for r, o in known.items()}
     cid = next((CompileId.parse(c) for c in at.values() if CompileId.parse(c)), None)
-    yield _finding(
+    yield rank_finding(
         f"ranks ran their compiled graphs in a different order: call #{pos + 1} runs "
-        + _ranks_text(at, lambda c: f"graph {c}"),
+        + ranks_text(at, lambda c: f"graph {c}"),
         rc.frame(cid),
         sorted(known),
         [str(c) for c in at.values() if c != "nothing"],
@@ -227,7 +227,7 @@ def check_unwaited(ctx: AuditContext) -> Iterable[Finding]:
         if not code.unwaited:
             continue
         started = ", ".join(f"{op} x{n}" for op, n in sorted(code.started.items()))
-        yield _finding(
+        yield rank_finding(
             f"compiled graph {cid} starts {sum(code.started.values())} collective(s) and waits "
             f"for {code.waits}: {code.unwaited} result(s) leave the graph unfinished",
             user_frame(ctx.trace, cid),

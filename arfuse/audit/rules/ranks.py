@@ -76,7 +76,7 @@ class RanksContext:
 _V = TypeVar("_V")
 
 
-def _ranks_text(by_rank: Mapping[int, _V], fmt: Callable[[_V], str]) -> str:
+def ranks_text(by_rank: Mapping[int, _V], fmt: Callable[[_V], str]) -> str:
     """'rank 0: X; rank 1: Y', ranks with the same value grouped ('ranks 0, 2: X')."""
     groups: dict[str, list[int]] = defaultdict(list)
     for r, v in by_rank.items():
@@ -94,7 +94,7 @@ def _user_frame(nodes: Iterable[Node]) -> Frame | None:
     return user[0] if user else None  # torch's own frames: the caller decides (rc.frame)
 
 
-def _finding(
+def rank_finding(
     message: str,
     where: Frame,
     ranks: list[int],
@@ -155,7 +155,7 @@ def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
             continue
         first = next(c[0] for c in per_rank.values() if c)
         where = rc.frame(first)
-        text = _ranks_text(
+        text = ranks_text(
             per_rank,
             lambda cids: (
                 f"{len(cids)} compile(s)" + (f" ({', '.join(map(str, cids))})" if cids else "")
@@ -177,7 +177,7 @@ def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
             if ctx.trace.truncated_line is not None
         ]
         why = _why_more(rc, per_rank)
-        yield _finding(
+        yield rank_finding(
             f"frame {frame_id}{fn} compiled a different number of times per rank: {text}"
             + (f"; {why}" if why else ""),
             where,
@@ -299,7 +299,7 @@ def check_token_guards(rc: RanksContext) -> Iterable[Finding]:
                     if detail not in found[key].details:
                         found[key].details.append(detail)
                     continue
-                found[key] = _finding(
+                found[key] = rank_finding(
                     f"compiled graph {cid} guards num_tokens with `{text}` on rank(s) "
                     f"{', '.join(map(str, having))} but not on rank(s) "
                     f"{', '.join(map(str, lacking))}",
@@ -379,8 +379,8 @@ def check_fusion(rc: RanksContext) -> Iterable[Finding]:
         where = _user_frame(nodes[pos] for nodes in fused.values() if pos < len(nodes)) or rc.frame(
             cid
         )
-        text = _ranks_text(placement, lambda p: f"{len(p)} fused op(s)")
-        yield _finding(
+        text = ranks_text(placement, lambda p: f"{len(p)} fused op(s)")
+        yield rank_finding(
             f"compiled graph {cid} has different fused allreduce ops per rank: {text}",
             where,
             rc.ranks,
@@ -456,9 +456,9 @@ def check_collectives(rc: RanksContext) -> Iterable[Finding]:
         )
         at = {r: (s[pos] if pos < len(s) else "nothing") for r, s in seqs.items()}
         where = _user_frame(ns[pos] for ns in nodes.values() if pos < len(ns)) or rc.frame(cid)
-        yield _finding(
+        yield rank_finding(
             f"compiled graph {cid} issues different collectives per rank (a hang): collective "
-            f"#{pos + 1} is {_ranks_text(at, str)}",
+            f"#{pos + 1} is {ranks_text(at, str)}",
             where,
             rc.ranks,
             [str(cid)],

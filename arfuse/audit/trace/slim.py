@@ -69,6 +69,7 @@ GUARDS = frozenset(
         "create_unbacked_symbol",
         "artifact:recompile_reasons",
         "artifact:dynamo_graph_break_reason",
+        "dynamo_start.stack",  # the line that called a library function compiled directly
     }
 )
 GRAPHS = frozenset(
