@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from arfuse.audit.findings import Finding
-from arfuse.audit.judge.context import AuditContext, RunInfo
+from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.judge.domain import TokenDomain
 from arfuse.audit.judge.evidence import HOW, why_not_judged
 from arfuse.audit.options import AuditOptions
@@ -25,6 +25,7 @@ from arfuse.audit.rules import Rule, select_rules
 from arfuse.audit.trace import facts
 from arfuse.audit.trace.reader import parse_file
 from arfuse.audit.trace.records import FUSION_REPORT, RECOMPILE_REASONS, Trace
+from arfuse.audit.trace.run_info import RunInfo
 from arfuse.audit.trace.slim import GUARDS
 
 
@@ -157,11 +158,11 @@ def _summary(
     }
 
 
-def _guard_summary(contexts: dict[int, AuditContext], run: RunInfo) -> dict[str, Any]:
+def _guard_summary(contexts: dict[int, AuditContext], run: RunInfo, judged: bool) -> dict[str, Any]:
     """The token domain, and the guards judged harmless over it (each with the reason)."""
     dismissed: dict[tuple[str, str, int], dict[str, Any]] = {}
     for rank, ctx in contexts.items():
-        for d in ctx.dismissed:
+        for d in ctx.judgement.dismissed if judged else []:
             entry = dismissed.setdefault((d["expr"], d["path"], d["line"]), {**d, "ranks": []})
             entry["ranks"].append(rank)
     return {
@@ -194,11 +195,7 @@ def analyze(
     per_rank = [r for r in rules if r.scope == "rank"]
     contexts = {rank: AuditContext(t, run, rank) for rank, t in sorted(traces.items())}
     found = [f for ctx in contexts.values() for f in run_rules(ctx, per_rank)]
-    if any(r.needs >= GUARDS for r in per_rank):
-        from arfuse.audit.judge.verdicts import decisions
-
-        for ctx in contexts.values():
-            decisions(ctx)  # fills ctx.dismissed even when no ARF1 rule found anything
+    judged = any(r.needs >= GUARDS for r in per_rank)  # else no guard was judged at all
     if len(contexts) > 1:
         from arfuse.audit.rules.ranks import RanksContext
 
@@ -215,7 +212,7 @@ def analyze(
         if not c.ok and "ConstraintViolation" not in c.error_type
     ]
     report = Report(findings, _summary(traces, run, findings, rules), errors=errors)
-    report.summary.update(_guard_summary(contexts, run))
+    report.summary.update(_guard_summary(contexts, run, judged))
     if baseline is not None:
         report.baselined = baselines.match(
             findings, baselines.load(baseline), Path(root) if root else Path.cwd()
@@ -280,11 +277,11 @@ def _audit_in_process(obj: Any, opts: AuditOptions) -> Report:
 
     import torch
 
-    from arfuse.audit.judge.context import CallResult
     from arfuse.audit.live import sizes as sweeps
     from arfuse.audit.live.capture import capture_trace
     from arfuse.audit.live.target import coerce
     from arfuse.audit.live.worker import sweep_target
+    from arfuse.audit.trace.run_info import CallResult
 
     target = coerce(obj, "audit(target)")
     if target.world_size is not None:

@@ -9,6 +9,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -192,26 +193,11 @@ def audit(
     tensor-parallel example (2 gloo ranks, Inductor + AllReduceFusionPass).
     """
     from arfuse.audit import api
-    from arfuse.audit.report import baseline as baselines
 
     try:
-        extra = []
-        for item in also:
-            kind, sep, path = item.partition("=")
-            if not sep or kind not in FORMATS or not path:
-                raise ValueError(
-                    f"--also takes FORMAT=PATH with FORMAT one of "
-                    f"{', '.join(FORMATS)}; got {item!r}"
-                )
-            extra.append((kind, Path(path)))
-        if sizes:
-            from arfuse.audit.live.sizes import parse_sizes
-
-            size_list = parse_sizes(sizes)
-        else:
-            size_list = None
+        extra = _also(also)
         opts = AuditOptions(
-            sizes=tuple(size_list) if size_list else None,
+            sizes=_sizes(sizes),
             strict=strict,
             dtrace=dtrace,
             backend=backend,
@@ -225,45 +211,10 @@ def audit(
             min_tokens=min_tokens,
             max_tokens=max_tokens,
         )
-        from arfuse.audit.rules import select_rules
-
-        select_rules(opts.select, opts.ignore)  # validate before spending a minute compiling
-        from arfuse.audit.paths import check_writable
-
-        for dest in [write_baseline, output, *(p for _, p in extra)]:
-            if dest is not None:
-                check_writable(dest)  # before the audit, not after it
-        if baseline is not None and not baseline.exists():
-            raise ValueError(
-                f"--baseline {baseline} does not exist; create it with --write-baseline {baseline}"
-            )
-        if token_source and trace_file is None:
-            raise ValueError(
-                "--token-source names num_tokens in a recorded trace; use it with "
-                "--trace (a live audit knows its token dims from the target)"
-            )
-        if trace_file is not None:
-            if target:
-                raise ValueError("pass either TARGET or --trace, not both")
-            from arfuse.audit.offline import load_traces
-
-            traces, run = load_traces(trace_file, opts)
-            logs = {r: t.source for r, t in traces.items()}
-        else:
-            from arfuse.audit.live.default_target import SPEC
-
-            spec = target or SPEC
-            from arfuse.audit.live.run import run_target  # only a live run needs the runner
-
-            result = run_target(
-                spec,
-                opts,
-                display=None
-                if target
-                else "built-in TP decoder example (arfuse.audit.live.default_target:tp_decoder)",
-            )
-            traces, run = result.traces, result.run  # parsed in its "reading trace" phase
-            logs = {r: str(p) for r, p in result.trace_files.items() if r in traces}
+        _check_before_running(
+            opts, target, trace_file, [write_baseline, output, *dict(extra).values()]
+        )
+        traces, run, logs = _collect(opts, target, trace_file)
         report = api.analyze(traces, run, opts)
     except ValueError as exc:  # the runner's TargetError is a ValueError
         raise _fail(str(exc)) from None
@@ -275,15 +226,7 @@ def audit(
         except ValueError as exc:
             raise _fail(str(exc)) from None
     if write_baseline is not None:
-        try:
-            text = baselines.merge_dump(
-                write_baseline, report.findings, Path.cwd(), report.summary["target"]
-            )
-        except ValueError as exc:
-            raise _fail(str(exc)) from None
-        _write(write_baseline, text)
-        click.echo(f"wrote {len(report.findings)} finding(s) to {write_baseline}", err=True)
-        raise click.exceptions.Exit(0)
+        _write_baseline(write_baseline, report)
     for kind, dest in extra:
         _write(dest, report.render(kind))
     text = report.render(fmt, verbose=verbose)
@@ -292,6 +235,81 @@ def audit(
     else:
         click.echo(text, nl=False)
     raise click.exceptions.Exit(report.exit_code)
+
+
+def _also(also: tuple[str, ...]) -> list[tuple[str, Path]]:
+    extra = []
+    for item in also:
+        kind, sep, path = item.partition("=")
+        if not sep or kind not in FORMATS or not path:
+            raise ValueError(
+                f"--also takes FORMAT=PATH with FORMAT one of {', '.join(FORMATS)}; got {item!r}"
+            )
+        extra.append((kind, Path(path)))
+    return extra
+
+
+def _sizes(sizes: str | None) -> tuple[int, ...] | None:
+    if not sizes:
+        return None
+    from arfuse.audit.live.sizes import parse_sizes
+
+    return tuple(parse_sizes(sizes))
+
+
+def _check_before_running(
+    opts: AuditOptions, target: str | None, trace_file: Path | None, dests: list[Path | None]
+) -> None:
+    """Every usage error, before spending a minute compiling."""
+    from arfuse.audit.paths import check_writable
+    from arfuse.audit.rules import select_rules
+
+    select_rules(opts.select, opts.ignore)
+    for dest in dests:
+        if dest is not None:
+            check_writable(dest)  # before the audit, not after it
+    if opts.baseline is not None and not opts.baseline.exists():
+        raise ValueError(
+            f"--baseline {opts.baseline} does not exist; create it with "
+            f"--write-baseline {opts.baseline}"
+        )
+    if opts.token_sources and trace_file is None:
+        raise ValueError(
+            "--token-source names num_tokens in a recorded trace; use it with "
+            "--trace (a live audit knows its token dims from the target)"
+        )
+    if trace_file is not None and target:
+        raise ValueError("pass either TARGET or --trace, not both")
+
+
+def _collect(
+    opts: AuditOptions, target: str | None, trace_file: Path | None
+) -> tuple[dict[int, Any], Any, dict[int, str]]:
+    """(traces by rank, the run, each rank's log path): read from --trace, or a live run."""
+    if trace_file is not None:
+        from arfuse.audit.offline import load_traces
+
+        traces, run = load_traces(trace_file, opts)
+        return traces, run, {r: t.source for r, t in traces.items()}
+    from arfuse.audit.live.default_target import SPEC
+    from arfuse.audit.live.run import run_target  # only a live run needs the runner
+
+    display = None if target else f"built-in TP decoder example ({SPEC})"
+    result = run_target(target or SPEC, opts, display=display)
+    logs = {r: str(p) for r, p in result.trace_files.items() if r in result.traces}
+    return result.traces, result.run, logs  # parsed in its "reading trace" phase
+
+
+def _write_baseline(path: Path, report: Any) -> None:
+    from arfuse.audit.report import baseline as baselines
+
+    try:
+        text = baselines.merge_dump(path, report.findings, Path.cwd(), report.summary["target"])
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    _write(path, text)
+    click.echo(f"wrote {len(report.findings)} finding(s) to {path}", err=True)
+    raise click.exceptions.Exit(0)
 
 
 @click.command("rules")

@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from arfuse.audit.judge.context import AuditContext, RunInfo
+from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.options import AuditOptions
 from arfuse.audit.trace import facts
 from arfuse.audit.trace.records import CompilationMetrics, Trace
+from arfuse.audit.trace.run_info import RunInfo
 from arfuse.audit.trace.slim import policy_for
 from arfuse.audit.trace.sources import discover, parse_sources, pick_per_rank
 from arfuse.audit.trace.token_source import infer_token_sources

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arfuse.audit.paths import package_path
-from arfuse.audit.trace import facts
 from arfuse.audit.trace.records import CompilationMetrics, CompileId, DynamoStart, Frame, Trace
 
 # Path segments of libraries whose frames never "make the decision" for the user.
@@ -129,12 +128,8 @@ def attribute(
 def compiled_frame(trace: Trace, cid: CompileId | None) -> Frame:
     """The first line of the function a compile traced (`co_filename:co_firstlineno`)."""
     for m in trace.of(CompilationMetrics):
-        if facts.compile_id(m) == cid and m.metrics.get("co_filename"):
-            return Frame(
-                m.metrics["co_filename"],
-                int(m.metrics.get("co_firstlineno") or 0),
-                str(m.metrics.get("co_name", "")),
-            )
+        if m.of_compile == cid and m.frame is not None:
+            return m.frame
     return Frame("<compiled graph>", 0)
 
 

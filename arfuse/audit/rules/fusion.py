@@ -21,7 +21,6 @@ from arfuse.audit.findings import Finding, Location
 from arfuse.audit.judge.attribution import is_framework, user_frame
 from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.rules import finding, rule
-from arfuse.audit.trace import facts
 from arfuse.audit.trace.graph import Graph, Node, parse_graph
 from arfuse.audit.trace.records import (
     FUSION_REPORT,
@@ -50,7 +49,7 @@ _RSQRT = {"aten.rsqrt", "aten.reciprocal"}
 
 
 def post_grad_graphs(ctx: AuditContext) -> list[tuple[CompileId | None, Graph]]:
-    return [(a.compile_id, parse_graph(a.payload or "")) for a in facts.post_grad_graphs(ctx.trace)]
+    return [(a.compile_id, parse_graph(a.payload or "")) for a in ctx.trace.post_grad_graphs()]
 
 
 def left_by_range(ctx: AuditContext) -> set[int]:
@@ -58,7 +57,7 @@ def left_by_range(ctx: AuditContext) -> set[int]:
     pass report written just before the graph (same compile) lists chains under `by_range`."""
     reports = sorted(fusion_reports(ctx), key=lambda ap: ap[0].line_no)
     out = set()
-    for g in facts.post_grad_graphs(ctx.trace):
+    for g in ctx.trace.post_grad_graphs():
         before = [p for a, p in reports if a.line_no < g.line_no and a.compile_id == g.compile_id]
         if before and before[-1].get("by_range") and not before[-1].get("skipped"):
             out.add(g.line_no)
@@ -158,7 +157,7 @@ def check_unfused(ctx: AuditContext) -> Iterable[Finding]:
     found: dict[tuple[str, int], Finding] = {}
     intended = left_by_range(ctx)
     allreduce_ops, norm_ops = configured_ops(ctx)
-    for art in facts.post_grad_graphs(ctx.trace):
+    for art in ctx.trace.post_grad_graphs():
         if art.line_no in intended:
             continue  # a compile range above the fusion threshold: unfused by design
         cid, graph = art.compile_id, parse_graph(art.payload or "")

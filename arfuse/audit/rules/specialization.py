@@ -21,7 +21,6 @@ from arfuse.audit.judge.context import AuditContext, pretty_source
 from arfuse.audit.judge.domain import recompiles_at
 from arfuse.audit.judge.verdicts import COMPILER, DIVISIBILITY, PIN, RANGE, Decision, decisions
 from arfuse.audit.rules import finding, rule
-from arfuse.audit.trace import facts
 from arfuse.audit.trace.records import RECOMPILE_REASONS, CompilationMetrics, CompileId, Frame
 from arfuse.audit.trace.slim import GUARDS
 
@@ -51,7 +50,7 @@ def _cve_compiles(ctx: AuditContext) -> set[CompileId]:
     out = set()
     for m in ctx.trace.of(CompilationMetrics):
         if "ConstraintViolation" in (m.fail_type or ""):
-            cid = facts.compile_id(m)
+            cid = m.of_compile
             if cid is not None:
                 out.add(cid)
     return out
@@ -402,11 +401,58 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
     needs=GUARDS,
 )
 def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
-    groups: dict[tuple[str, int], tuple[Frame, list[tuple[CompileId, str]], list[int]]] = {}
-    # a line whose graph was static: (arg, dim, size it was compiled for, new size, new is dynamic)
+    limit = _recompile_limit(ctx)
+    groups, first_static = _recompiles_by_line(ctx)
+    for frame, events, sizes in groups.values():
+        cids = list(dict.fromkeys(c for c, _ in events))
+        at = f" at num_tokens={', '.join(map(str, sorted(sizes)))}" if sizes else ""
+        message = f"recompiled {len(cids)} time(s){at} because a guard from this line failed"
+        static = first_static.get((frame.filename, frame.line))
+        yield finding(
+            message=(_static_first(static, len(cids)) if static else message) + limit,
+            fix=_MARK_DYNAMIC.format(arg=static[0], dim=static[1]) if static else "",
+            location=Location.of(frame),
+            expr="; ".join(dict.fromkeys(g for _, g in events)),
+            compile_id=str(cids[0]) if cids else "",
+            frames=[Location.of(frame)],
+            details=[
+                f"recompile {c} (num_tokens={ctx.compile_sizes.get(c, '?')}): failed `{g}`"
+                for c, g in events
+            ],
+            num_tokens=sorted(sizes),
+        )
+
+
+_MARK_DYNAMIC = (
+    "mark the token dim dynamic before the first call: "
+    "torch._dynamo.maybe_mark_dynamic({arg}, {dim}) (or torch.compile(dynamic=True))"
+)
+
+
+def _static_first(static: tuple[str, str, int, int, bool], recompiles: int) -> str:
+    """ARF104's message when the graph that failed was static in num_tokens."""
+    arg, dim, was, now, dynamic = static
+    again = "recompiled it dynamic" if dynamic else f"recompiled it static again ({recompiles} "
+    return (
+        f"the first compile was static: num_tokens={was} was a constant of its graph "
+        f"(torch.compile's default dynamic=None does that with the first size it sees, "
+        f"dynamic=False with every size), so num_tokens={now} failed its size check on "
+        f"{arg}.size()[{dim}] and " + (again if dynamic else again + "recompile(s))")
+    )
+
+
+_Groups = dict[tuple[str, int], tuple[Frame, list[tuple[CompileId, str]], list[int]]]
+
+
+def _recompiles_by_line(
+    ctx: AuditContext,
+) -> tuple[_Groups, dict[tuple[str, int], tuple[str, str, int, int, bool]]]:
+    """source line -> (its frame, the (recompile, failed guard) pairs, the num_tokens); and
+    the lines whose failed graph was static: (arg, dim, its size, the new size, new dynamic)."""
+    groups: _Groups = {}
     first_static: dict[tuple[str, int], tuple[str, str, int, int, bool]] = {}
     pins = {d.compile_id: d.where for d in decisions(ctx) if d.kind == PIN}
-    code_of = {facts.compile_id(m): m.metrics for m in ctx.trace.of(CompilationMetrics)}
+    frame_of = {m.of_compile: m.frame for m in ctx.trace.of(CompilationMetrics)}
     for art in ctx.trace.artifacts(RECOMPILE_REASONS):
         cid = art.compile_id
         n = ctx.compile_sizes.get(cid) if cid else None
@@ -428,7 +474,7 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
                     continue
                 if failed in pins:
                     frames = [pins[failed].decision]
-                elif failed in code_of:
+                elif frame_of.get(failed) is not None:
                     frames = [user_frame(ctx.trace, failed)]
                     if not any(c == failed for c, _ in ctx.token_symbols):
                         dynamic = any(c == cid for c, _ in ctx.token_symbols)
@@ -444,58 +490,23 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
                     g[1].append((cid, guard))
                 if n is not None and n not in g[2]:
                     g[2].append(n)
+    return groups, first_static
+
+
+def _recompile_limit(ctx: AuditContext) -> str:
     limit_hits = sorted(
         n
         for m in ctx.trace.of(CompilationMetrics)
         if "recompile limit" in (m.fail_reason or "").lower()
-        for c in [facts.compile_id(m)]
-        if c is not None
-        for n in [ctx.compile_sizes.get(c)]
+        for n in [ctx.compile_sizes.get(m.of_compile)]
         if n is not None
     )
-    limit = (
-        (
-            f"; torch._dynamo's recompile limit was hit at num_tokens={limit_hits[0]}: from "
-            f"there on new sizes run EAGERLY (not compiled)"
-        )
-        if limit_hits
-        else ""
+    if not limit_hits:
+        return ""
+    return (
+        f"; torch._dynamo's recompile limit was hit at num_tokens={limit_hits[0]}: from "
+        f"there on new sizes run EAGERLY (not compiled)"
     )
-    for frame, events, sizes in groups.values():
-        cids = list(dict.fromkeys(c for c, _ in events))
-        at = f" at num_tokens={', '.join(map(str, sorted(sizes)))}" if sizes else ""
-        message = f"recompiled {len(cids)} time(s){at} because a guard from this line failed"
-        fix = ""
-        if (frame.filename, frame.line) in first_static:
-            arg, dim, was, now, dynamic = first_static[(frame.filename, frame.line)]
-            message = (
-                f"the first compile was static: num_tokens={was} was a constant of its graph "
-                f"(torch.compile's default dynamic=None does that with the first size it sees, "
-                f"dynamic=False with every size), so num_tokens={now} failed its size check on "
-                f"{arg}.size()[{dim}] and "
-                + (
-                    "recompiled it dynamic"
-                    if dynamic
-                    else f"recompiled it static again ({len(cids)} recompile(s))"
-                )
-            )
-            fix = (
-                f"mark the token dim dynamic before the first call: "
-                f"torch._dynamo.maybe_mark_dynamic({arg}, {dim}) (or torch.compile(dynamic=True))"
-            )
-        yield finding(
-            message=f"{message}{limit}",
-            fix=fix,
-            location=Location.of(frame),
-            expr="; ".join(dict.fromkeys(g for _, g in events)),
-            compile_id=str(cids[0]) if cids else "",
-            frames=[Location.of(frame)],
-            details=[
-                f"recompile {c} (num_tokens={ctx.compile_sizes.get(c, '?')}): failed `{g}`"
-                for c, g in events
-            ],
-            num_tokens=sorted(sizes),
-        )
 
 
 @rule(
@@ -526,7 +537,7 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
 )
 def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
     cve = _cve_compiles(ctx)
-    metrics = {facts.compile_id(m): m for m in ctx.trace.of(CompilationMetrics)}
+    metrics = {m.of_compile: m for m in ctx.trace.of(CompilationMetrics)}
     seen: dict[tuple[str, int], Finding] = {}
     for d in decisions(ctx):
         if d.compile_id not in cve or d.kind != PIN:
@@ -554,12 +565,7 @@ def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
     # A failed compile whose trace names no pin: attribute to the frame torch blamed.
     for cid in cve - {CompileId.parse(f.compile_id) for f in seen.values()}:
         m = metrics[cid].metrics
-        path, line = m.get("fail_user_frame_filename"), m.get("fail_user_frame_lineno")
-        frame = Frame(
-            path or m.get("co_filename") or "<unknown>",
-            int(line or m.get("co_firstlineno") or 0),
-            str(m.get("co_name", "")),
-        )
+        frame = metrics[cid].failed_frame
         seen[(frame.filename, frame.line)] = finding(
             message="ConstraintViolationError: "
             + (m.get("fail_reason") or "").strip().splitlines()[0:1][0]

@@ -21,7 +21,6 @@ from arfuse.audit.trace.records import (
     COLLECTIVE_SCHEDULE,
     GRAPH_EXECUTION,
     OUTPUT_CODE,
-    POST_GRAD_FORMS,
     RESUME_PREFIX,
     TENSOR_META,
     Artifact,
@@ -39,7 +38,7 @@ _COMMENT = re.compile(r"#[^\n]*")
 
 def compile_id(m: CompilationMetrics) -> CompileId | None:
     """The compile a `compilation_metrics` record closes: its envelope's id."""
-    return m.compile_id or m.metrics_compile_id
+    return m.of_compile
 
 
 def compiles(trace: Trace) -> list[CompileId]:
@@ -49,14 +48,7 @@ def compiles(trace: Trace) -> list[CompileId]:
 
 def post_grad_graphs(trace: Trace) -> list[Artifact | GraphDump]:
     """Every Inductor post-grad graph record (`.compile_id`, `.payload`), whatever its form."""
-    out: list[Artifact | GraphDump] = []
-    for e in trace.events:
-        if isinstance(e, Artifact):
-            if ("artifact", e.name) in POST_GRAD_FORMS:
-                out.append(e)
-        elif isinstance(e, GraphDump) and ("graph", e.graph_kind) in POST_GRAD_FORMS:
-            out.append(e)
-    return out
+    return list(trace.post_grad_graphs())
 
 
 def inductor_ran(trace: Trace) -> bool:

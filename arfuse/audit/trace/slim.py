@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from arfuse import optable
 from arfuse.audit.trace.records import (
-    AFTER_POST_GRAD_GRAPH,
     AOT_GRAPHS,
     CALL_ARTIFACT,
     COLLECTIVE_SCHEDULE,
     FUSION_REPORT,
     GRAPH_EXECUTION,
     OUTPUT_CODE,
-    POST_GRAD_GRAPH,
+    POST_GRAD_READ,
     TENSOR_META,
     TORCH_VERSION,
     Artifact,
@@ -73,11 +72,7 @@ GUARDS = frozenset(
     }
 )
 GRAPHS = frozenset(
-    {
-        f"collectives:{POST_GRAD_GRAPH}",
-        f"collectives:{AFTER_POST_GRAD_GRAPH}",
-        f"artifact:{FUSION_REPORT}",
-    }
+    {f"collectives:{name}" for _, name in POST_GRAD_READ} | {f"artifact:{FUSION_REPORT}"}
 )
 #: what tlparse's multi-rank page compares, and the output code's collectives
 DIVERGENCE = frozenset(
