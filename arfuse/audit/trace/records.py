@@ -401,13 +401,19 @@ class Trace:
     bytes_read: int = 0
     malformed_count: int = 0
     torch_version: str | None = None  # "2.13.0+cpu", from the log itself when it says
+    _of: dict[tuple[type, int], list[Any]] = field(default_factory=dict, repr=False, compare=False)
 
     def of(self, cls: type) -> Iterator[Any]:
-        """Events of one class, in log order."""
-        return (e for e in self.events if isinstance(e, cls))
+        """Events of one class, in log order. Each class is looked up once per event count
+        (rules ask for the same few classes many times; a 150 MB folder holds 64 traces)."""
+        key = (cls, len(self.events))
+        hit = self._of.get(key)
+        if hit is None:
+            hit = self._of[key] = [e for e in self.events if isinstance(e, cls)]
+        return iter(hit)
 
     def artifacts(self, name: str) -> Iterator[Artifact]:
-        return (e for e in self.events if isinstance(e, Artifact) and e.name == name)
+        return (e for e in self.of(Artifact) if e.name == name)
 
     def post_grad_graphs(self) -> Iterator[Artifact | GraphDump]:
         """Every post-grad graph record (forms: POST_GRAD_READ), in log order."""
