@@ -8,6 +8,7 @@ report = arfuse.audit.analyze_trace("trace.log")                # a trace you al
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,12 +17,14 @@ from typing import Any
 from arfuse.audit.findings import Finding
 from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.judge.domain import TokenDomain
+from arfuse.audit.judge.evidence import HOW, why_not_judged
 from arfuse.audit.options import AuditOptions
 from arfuse.audit.report import baseline as baselines
 from arfuse.audit.report.model import Report
 from arfuse.audit.rules import Rule, select_rules
+from arfuse.audit.trace import facts
 from arfuse.audit.trace.reader import parse_file
-from arfuse.audit.trace.records import FUSION_REPORT, CompilationMetrics, Trace
+from arfuse.audit.trace.records import FUSION_REPORT, RECOMPILE_REASONS, Trace
 from arfuse.audit.trace.run_info import RunInfo
 from arfuse.audit.trace.slim import GUARDS
 
@@ -47,19 +50,65 @@ def _merge_ranks(findings: list[Finding]) -> list[Finding]:
     return sorted(merged.values(), key=Finding.sort_key)
 
 
-def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) -> dict[str, Any]:
-    t0 = traces[min(traces)] if traces else Trace()
-    compiles = {m.of_compile for m in t0.of(CompilationMetrics)}
-    recompiles = sum(1 for _ in t0.artifacts("recompile_reasons"))
-    fusion = [a.payload_json() for a in t0.artifacts(FUSION_REPORT)]
-    fusion = [p for p in fusion if isinstance(p, dict)]
-    post_grad = sum(1 for _ in t0.post_grad_graphs())
-    notes = list(run.notes)
-    if not post_grad:
+_REF = re.compile(r"\s*\((?:see )?[^()]*\bARF\d{3}\b[^()]*\)|,? or see ARF[^,;]*")
+_CODES = re.compile(r"ARF(\d{3})(?:-ARF(\d{3}))?")
+
+
+def _drop_unreported_refs(findings: list[Finding]) -> None:
+    """A fix line never sends the reader to a code that was not reported: a reference such as
+    "(see ARF302/ARF304 for the line)" keeps only the codes this audit reported, or goes."""
+    reported = {f.code for f in findings}
+
+    def only_reported(m: re.Match[str]) -> str:
+        named = []
+        for lo, hi in _CODES.findall(m.group(0)):
+            named += [f"ARF{n}" for n in range(int(lo), int(hi or lo) + 1)]
+        kept = [c for c in dict.fromkeys(named) if c in reported]
+        if not kept:
+            return ""
+        if m.group(0).lstrip(", ").startswith("or"):
+            return f", or see {'/'.join(kept)}"
+        return f" (see {'/'.join(kept)})"
+
+    for f in findings:
+        if f.fix and "ARF" in f.fix:
+            f.fix = _REF.sub(only_reported, f.fix)
+
+
+def _checks(traces: dict[int, Trace], rules: Sequence[Rule]) -> tuple[list[str], list[str]]:
+    """Which checks ran and which could not, in words for the header, and notes."""
+    lines, notes = [], []
+    no_graph = [r for r, t in sorted(traces.items()) if not facts.post_grad_graphs(t)]
+    if no_graph and any(r.code == "ARF201" for r in rules):
+        which = "every rank" if len(no_graph) == len(traces) else f"rank(s) {no_graph}"
         notes.append(
-            "fusion coverage (ARF201) not checked: no Inductor post-grad graph in the "
-            "trace (backend is not inductor)"
+            f"fusion coverage (ARF201) not checked on {which}: no Inductor post-grad graph "
+            f"recorded (another backend, or graphs served from a compile cache)"
         )
+    cross = [r.code for r in rules if r.scope == "ranks"]
+    if len(traces) > 1:
+        lines.append(f"cross-rank checks ran over {len(traces)} ranks: {', '.join(cross)}")
+    elif cross:
+        lines.append(
+            f"cross-rank checks did not run: one rank's log was read ({', '.join(cross)} "
+            f"need the logs of two or more ranks)"
+        )
+    return lines, notes
+
+
+def _summary(
+    traces: dict[int, Trace], run: RunInfo, findings: list[Finding], rules: Sequence[Rule]
+) -> dict[str, Any]:
+    compiles = {r: facts.compiles(t) for r, t in sorted(traces.items())}
+    recompiles = {
+        r: sum(1 for _ in t.artifacts(RECOMPILE_REASONS)) for r, t in sorted(traces.items())
+    }
+    first = min(traces) if traces else 0
+    fusion = [a.payload_json() for t in traces.values() for a in t.artifacts(FUSION_REPORT)]
+    fusion = [p for p in fusion if isinstance(p, dict)]
+    post_grad = sum(len(facts.post_grad_graphs(t)) for t in traces.values())
+    checks, notes = _checks(traces, rules)
+    notes = list(run.notes) + notes
     if any(c.num_tokens < 2 for c in run.calls):
         notes.append(
             "num_tokens=1 compiles its own graph (torch's 0/1 specialization); not a "
@@ -84,8 +133,8 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
         "sizes": run.sizes,
         "calls": len(run.calls),
         "failed_calls": len(failed),
-        "compiles": len(compiles),
-        "recompiles": recompiles,
+        "compiles": len(compiles.get(first, [])),
+        "recompiles": recompiles.get(first, 0),
         "token_sources": run.token_sources,
         "backend": run.backend,
         "strict": run.strict,
@@ -98,10 +147,9 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
             "post_grad_graphs": post_grad,
             **({"ranges": ranges} if ranges else {}),
         },
-        "compiles_by_rank": {
-            str(r): len({m.of_compile for m in t.of(CompilationMetrics)})
-            for r, t in sorted(traces.items())
-        },
+        "compiles_by_rank": {str(r): len(c) for r, c in compiles.items()},
+        "recompiles_by_rank": {str(r): n for r, n in recompiles.items()},
+        "checks": checks,
         "findings": len(findings),
         "by_code": dict(
             sorted({f.code: sum(1 for g in findings if g.code == f.code) for f in findings}.items())
@@ -156,13 +204,14 @@ def analyze(
             if r.scope == "ranks":
                 found.extend(r.run(ranks_ctx))
     findings = _merge_ranks(found)
+    _drop_unreported_refs(findings)
     errors = [
         f"num_tokens={c.num_tokens} (rank {c.rank}): {c.error_type}: "
         f"{c.error.splitlines()[0] if c.error else ''}"
         for c in run.calls
         if not c.ok and "ConstraintViolation" not in c.error_type
     ]
-    report = Report(findings, _summary(traces, run, findings), errors=errors)
+    report = Report(findings, _summary(traces, run, findings, rules), errors=errors)
     report.summary.update(_guard_summary(contexts, run, judged))
     if baseline is not None:
         report.baselined = baselines.match(
@@ -170,6 +219,13 @@ def analyze(
         )
     report.summary["new"] = len(report.new)
     report.summary["baselined"] = len(report.baselined)
+    why = why_not_judged(contexts)
+    if why:  # said even beside findings: those do not prove num_tokens stays dynamic either
+        report.summary["not_judged"] = f"{why}; {HOW}"
+    if report.new or report.errors:
+        report.summary["verdict"] = "fail"
+    else:
+        report.summary["verdict"] = "not_judged" if why else "pass"
     return report
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.options import AuditOptions
+from arfuse.audit.trace import facts
 from arfuse.audit.trace.records import CompilationMetrics, Trace
 from arfuse.audit.trace.run_info import RunInfo
 from arfuse.audit.trace.slim import policy_for
@@ -74,21 +75,13 @@ def load_traces(
     else:
         run = RunInfo(target=str(path), seconds=seconds)
         run.token_sources = overrides or infer_token_sources(traces)
-        if not run.token_sources:
-            notes.append(
-                "no dynamic tensor size was recorded (no create_symbol event of a "
-                "`.size()`): every compile is static, so no guard on num_tokens can "
-                "be attributed"
-            )
         run.ranks = sorted(traces)
-        run.world_size = max(traces) + 1
-        run.backend = (
-            "inductor" if any(True for t in traces.values() for _ in t.post_grad_graphs()) else "?"
-        )
+        run.world_size = 0  # a folder of logs does not say how many ranks the job had
+        run.backend = "inductor" if any(facts.inductor_ran(t) for t in traces.values()) else ""
         run.sizes = _summary_sizes(traces, run)
         run.notes.append(
             f"offline audit of {len(traces)} rank log(s); num_tokens is "
-            f"{', '.join(run.token_sources) or '?'}"
+            f"{', '.join(run.token_sources) or 'unknown (no size became symbolic)'}"
             + (" (--token-source)" if overrides else " (from the recorded create_symbol sources)")
         )
     for rank, t in sorted(traces.items()):

@@ -129,7 +129,7 @@ def test_a_few_bad_lines_are_counted_and_records_capped(tmp_path):
     log = tmp_path / "few.log"
     log.write_text("".join(lines))
     code, out = _audit("--trace", log, "--format", "json")
-    assert code == 0, out  # no dynamic size in these lines: nothing to find, but a note
+    assert code == 2, out  # no dynamic size in these lines: NOT JUDGED, and a note
     assert (
         "150 trace line(s) were not events (truncated or garbage); skipped"
         in json.loads(out)["summary"]["notes"]

@@ -12,7 +12,7 @@ from arfuse.audit.rules import select_rules
 from arfuse.audit.trace.reader import parse_bytes, parse_stream, read_bytes
 from arfuse.audit.trace.records import Artifact, ChromiumEvent, GuardAddedFast, UnknownEvent
 from arfuse.audit.trace.run_info import RunInfo
-from arfuse.audit.trace.slim import DEFAULT, GRAPHS, GUARDS, RANKS, Policy, policy_for
+from arfuse.audit.trace.slim import DEFAULT, DIVERGENCE, GRAPHS, GUARDS, RANKS, Policy, policy_for
 
 DATA = Path(__file__).resolve().parent / "data"
 LOGS = sorted(DATA.glob("*.log.gz")) + sorted(DATA.glob("ranks-*/*.log.gz"))
@@ -71,9 +71,10 @@ def test_rule_needs_decide_the_policy():
         "guard_added_fast",
         "guard_added",
         "symbolic_shape_specialization",
+        "dynamo_start",  # where the user called a library function compiled directly
     }
     # every rule declares its needs in its own module; none falls back to "everything"
-    assert {r.needs for r in select_rules()} == {GUARDS, GRAPHS, RANKS}
+    assert {r.needs for r in select_rules()} == {GUARDS, GRAPHS, RANKS, DIVERGENCE}
     assert policy_for(select_rules()) == DEFAULT  # the reader's default keeps what all rules read
 
 

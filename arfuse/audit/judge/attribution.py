@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arfuse.audit.paths import package_path
-from arfuse.audit.trace.records import Frame
+from arfuse.audit.trace.records import CompilationMetrics, CompileId, DynamoStart, Frame, Trace
 
 # Path segments of libraries whose frames never "make the decision" for the user.
 _LIBRARY = re.compile(
@@ -123,3 +123,31 @@ def attribute(
         decision, by = torch_frames[-1], "compiler"
     frames = [decision] + [f for f in call_sites if f != decision]
     return Attribution(decision, by, tuple(frames))
+
+
+def compiled_frame(trace: Trace, cid: CompileId | None) -> Frame:
+    """The first line of the function a compile traced (`co_filename:co_firstlineno`)."""
+    for m in trace.of(CompilationMetrics):
+        if m.of_compile == cid and m.frame is not None:
+            return m.frame
+    return Frame("<compiled graph>", 0)
+
+
+def user_frame(trace: Trace, cid: CompileId | None) -> Frame:
+    """The user's line for a compile: the compiled function's first line when it is the
+    user's code; when it is a library's (a decorator's wrapper in transformers, a torch
+    function compiled directly), the line that called it - the innermost frame of the
+    compile's stack outside every installed package."""
+    f = compiled_frame(trace, cid)
+    if f.filename != "<compiled graph>" and package_path(f.filename) is None:
+        return f
+    for start in trace.of(DynamoStart):
+        if start.compile_id == cid:
+            user = [
+                x
+                for x in start.stack or ()
+                if package_path(x.filename) is None and not is_framework(x.filename)
+            ]
+            if user:
+                return user[-1]
+    return f

@@ -10,10 +10,12 @@ from arfuse.audit.report.model import Report
 
 def render(report: Report, root: Path, verbose: bool = False) -> str:
     s = report.summary
-    icon = "✅" if report.exit_code == 0 else "❌"
+    judged = not s.get("not_judged")
+    icon = "✅" if report.exit_code == 0 else ("❌" if judged else "⚠️")
     out = [
         f"### {icon} arfuse audit: `{s.get('target', '?')}`",
         "",
+        *([] if judged else [f"**NOT JUDGED**: num_tokens - {s['not_judged']}", ""]),
         f"Swept num_tokens = {', '.join(map(str, s.get('sizes', [])))}: "
         f"{s.get('compiles', 0)} compiles, {s.get('recompiles', 0)} recompiles; "
         f"{len(report.findings)} finding(s), {len(report.new)} new."

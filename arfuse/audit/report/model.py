@@ -32,9 +32,13 @@ class Report:
 
     @property
     def exit_code(self) -> int:
+        """0 pass, 1 new findings, 2 errors - or nothing found in logs that cannot judge
+        num_tokens (never 0 without evidence)."""
         if self.errors:
             return 2
-        return 1 if self.new else 0
+        if self.new:
+            return 1
+        return 2 if self.summary.get("verdict") == "not_judged" else 0
 
     def codes(self) -> list[tuple[str, int, str]]:
         """(code, line, file name) of every finding: handy in tests."""

@@ -18,6 +18,10 @@ def _counts(report: Report) -> str:
     return ", ".join(f"{c} x{n}" for c, n in sorted(by.items()))
 
 
+def _n(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def render(report: Report, root: Path, verbose: bool = False) -> str:
     s = report.summary
     lines = _header(s, root, verbose)
@@ -30,11 +34,14 @@ def render(report: Report, root: Path, verbose: bool = False) -> str:
     domain = (
         f" over num_tokens in [{s['domain'][0]:,}, {s['domain'][1]:,}]" if s.get("domain") else ""
     )
-    verdict = (
-        f"PASS: num_tokens stays dynamic{domain}"
-        if not report.new and not report.errors
-        else "FAIL"
-    )
+    if s.get("not_judged"):
+        lines.append(f"NOT JUDGED: num_tokens - {s['not_judged']}")
+    if s.get("verdict") == "not_judged":
+        verdict = "NOT JUDGED"
+    elif not report.new and not report.errors:
+        verdict = f"PASS: num_tokens stays dynamic{domain}"
+    else:
+        verdict = "FAIL"
     lines.append(
         f"{verdict}: {len(report.findings)} finding(s), {len(report.baselined)} "
         f"baselined, {_counts(report)}. `arfuse rules` explains each code."
@@ -43,24 +50,30 @@ def render(report: Report, root: Path, verbose: bool = False) -> str:
 
 
 def _header(s: dict[str, Any], root: Path, verbose: bool) -> list[str]:
+    sizes = ", ".join(map(str, s.get("sizes") or [])) or "unknown (no input sizes recorded)"
     swept = (
-        f"swept num_tokens = {', '.join(map(str, s.get('sizes', [])))} ({s.get('calls', 0)} calls, "
+        f"swept num_tokens = {sizes} ({_n(s.get('calls', 0), 'call')}, {s.get('seconds', 0)} s"
         if s.get("calls")
-        else f"recorded compiles at num_tokens = {', '.join(map(str, s.get('sizes', [])))} ("
+        else f"recorded compiles at num_tokens = {sizes} (read in {s.get('seconds', 0)} s"
     )
     per_rank = s.get("compiles_by_rank") or {}
-    compiles = (
-        s.get("compiles", 0)
-        if len(set(per_rank.values())) < 2
-        else "/".join(str(n) for n in per_rank.values()) + " (ranks " + "/".join(per_rank) + ")"
-    )
+    recompiles = s.get("recompiles_by_rank") or {}
+    if len(per_rank) > 1:
+        counts = "; ".join(
+            f"rank {r}: {_n(n, 'compile')}, {_n(recompiles.get(r, 0), 'recompile')}"
+            for r, n in per_rank.items()
+        )
+    else:
+        counts = f"{_n(s.get('compiles', 0), 'compile')}, {_n(s.get('recompiles', 0), 'recompile')}"
+    world = s.get("world_size") or "unknown (offline: no run.json)"
     lines = [
-        f"arfuse audit: {s.get('target', '?')}",
-        f"  {swept}{compiles} compiles, "
-        f"{s.get('recompiles', 0)} recompiles, {s.get('seconds', 0)} s, "
-        f"backend {s.get('backend', '?')}, ranks audited {s.get('ranks', [0])} "
-        f"of world size {s.get('world_size', 1)})",
+        f"arfuse audit: {s.get('target') or 'unknown target'}",
+        f"  {swept}; {counts})",
+        f"  backend {s.get('backend') or 'unknown (no compiled graph recorded)'}; num_tokens is "
+        f"{', '.join(s.get('token_sources') or []) or 'unknown (no size became symbolic)'}; "
+        f"ranks read {s.get('ranks', [0])} of world size {world}",
     ]
+    lines += [f"  {check}" for check in s.get("checks") or []]
     if s.get("domain"):
         lo, hi = s["domain"]
         n = s.get("dismissed_guards", 0)

@@ -10,6 +10,8 @@ Families (a module holds one family or part of one):
     ARF3xx  ranks.py           cross-rank consistency: compiles, token guards, fused ops and
                                collectives that differ between ranks (scope "ranks": the check
                                gets a `RanksContext` of every rank's trace, runs once)
+            divergence.py      what tlparse's multi-rank page compares: cache hits, tensor
+                               metadata, execution order; collectives never waited for
 """
 
 from __future__ import annotations

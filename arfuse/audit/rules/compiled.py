@@ -11,12 +11,14 @@ import re
 from collections.abc import Iterable
 
 from arfuse.audit.findings import Finding, Location
+from arfuse.audit.judge.attribution import user_frame
 from arfuse.audit.judge.context import AuditContext
+from arfuse.audit.paths import package_path
 from arfuse.audit.rules import finding, rule
-from arfuse.audit.trace.records import CompilationMetrics, Frame
+from arfuse.audit.trace import facts
+from arfuse.audit.trace.records import BREAK_REASON, CompilationMetrics, Frame
 from arfuse.audit.trace.slim import GUARDS
 
-BREAK_ARTIFACT = "dynamo_graph_break_reason"
 _BREAK_AT = re.compile(r"Graph break in user code at (.+?):(\d+)\s*$", re.M)
 _REASON = re.compile(r"Graph Break Reason:\s*(.*)$", re.M)
 _EXPLANATION = re.compile(r"^\s*Explanation:\s*(.*)$", re.M)
@@ -60,7 +62,7 @@ def _first_line(text: str) -> str:
 )
 def check_graph_break(ctx: AuditContext) -> Iterable[Finding]:
     seen: dict[tuple[str, int], Finding] = {}
-    for art in ctx.trace.artifacts(BREAK_ARTIFACT):
+    for art in ctx.trace.artifacts(BREAK_REASON):
         text = art.payload or ""
         m = _BREAK_AT.search(text)
         if not m or "falling back to eager" in text:
@@ -93,6 +95,49 @@ def check_graph_break(ctx: AuditContext) -> Iterable[Finding]:
             num_tokens=[size] if size is not None else [],
         )
     yield from seen.values()
+    yield from _breaks_without_reason(ctx, seen)
+
+
+def _breaks_without_reason(
+    ctx: AuditContext, seen: dict[tuple[str, int], Finding]
+) -> Iterable[Finding]:
+    """Graph breaks some torch versions record only as a resumed frame
+    (`torch_dynamo_resume_in_forward_at_114`: the break was at line 114 of that file) or as the
+    `restart_reasons` of the compile Dynamo restarted, with no break-reason artifact."""
+    lines = {line for _, line in seen}
+    restarts: list[tuple[CompilationMetrics, str]] = []
+    for m in ctx.trace.of(CompilationMetrics):
+        d = m.metrics
+        at = facts.resumed_at(str(d.get("co_name") or ""))
+        path = str(d.get("co_filename") or "")
+        if at is not None and path and at[1] not in lines and package_path(path) is None:
+            lines.add(at[1])
+            frame = Frame(path, at[1], at[0])
+            yield finding(
+                message=f"graph break in {at[0]}: Dynamo resumed a new frame after this line "
+                f"({d.get('co_name')}); the model runs eagerly around it and compiles the "
+                f"rest as separate frames",
+                location=Location.of(frame),
+                compile_id=str(facts.compile_id(m) or ""),
+                frames=[Location.of(frame)],
+                details=[f"resumed frame {d.get('co_name')} compiled as {facts.compile_id(m)}"],
+            )
+        reasons = d.get("restart_reasons")
+        if isinstance(reasons, list) and reasons and not seen:
+            restarts.append((m, "; ".join(map(str, reasons))))
+    if restarts and not lines:  # no line known at all: the restarted compile's frame
+        m, why = restarts[0]
+        frame = user_frame(ctx.trace, facts.compile_id(m))
+        if package_path(frame.filename) is not None:
+            return  # a restart inside a library: no line of the user's to point at
+        yield finding(
+            message=f"Dynamo restarted this compile after a graph break ({why}); the model "
+            f"runs eagerly around the break and compiles the rest as separate frames",
+            location=Location.of(frame),
+            compile_id=str(facts.compile_id(m) or ""),
+            frames=[Location.of(frame)],
+            details=[f"restart of {facts.compile_id(m)}: {why}"],
+        )
 
 
 @rule(
@@ -137,6 +182,8 @@ def check_not_compiled(ctx: AuditContext) -> Iterable[Finding]:
         d = m.metrics
         frame = m.failed_frame
         cid = m.of_compile
+        if package_path(frame.filename) is not None:  # a library's function compiled directly
+            frame = user_frame(ctx.trace, cid)
         size = ctx.compile_sizes.get(cid) if cid else None
         found.append(
             finding(
@@ -162,3 +209,49 @@ def check_not_compiled(ctx: AuditContext) -> Iterable[Finding]:
             f"every call ran eagerly and no verdict on num_tokens is possible"
         )
     yield from found
+
+
+@rule(
+    "ARF109",
+    "num-tokens-static",
+    "the token dim you named stayed a constant in every compile: each graph holds for one size",
+    """
+      ## What it does
+      When num_tokens is named (`--token-source`, or the dims a live audit marks dynamic) but
+      no compile made it a symbol, reports the compiled frame with the sizes each compile was
+      specialised to.
+
+      ## Why is this bad?
+      A graph compiled for num_tokens=16 holds for 16 only: every other count recompiles
+      (until the recompile limit, then runs eagerly). torch.compile's default `dynamic=None`
+      does this with the first size it sees; `dynamic=False` with every size.
+
+      ## Example
+      ```python
+      compiled = torch.compile(model, dynamic=False)
+      compiled(torch.randn(16, h)); compiled(torch.randn(32, h))   # ARF109: two static graphs
+      ```
+
+      ## Fix
+      Mark the token dim dynamic before the first call
+      (`torch._dynamo.maybe_mark_dynamic(x, 0)`) or compile with `dynamic=True`.
+      """,
+    fix="mark the token dim dynamic before the first call (torch._dynamo.maybe_mark_dynamic)",
+    needs=GUARDS,
+)
+def check_static_token_dim(ctx: AuditContext) -> Iterable[Finding]:
+    named, compiles = ctx.run.token_sources, facts.compiles(ctx.trace)
+    if not named or not compiles or ctx.token_symbols:
+        return
+    sizes = sorted({n for c in compiles if (n := ctx.compile_sizes.get(c)) is not None})
+    frame = user_frame(ctx.trace, compiles[0])
+    seen = f" (num_tokens={', '.join(map(str, sizes))})" if sizes else ""
+    yield finding(
+        message=f"{', '.join(named)} stayed a constant in all {len(compiles)} compile(s){seen}: "
+        f"each graph holds for its one size and every other num_tokens recompiles",
+        location=Location.of(frame),
+        compile_id=str(compiles[0]),
+        frames=[Location.of(frame)],
+        details=[f"compile {c}: static" for c in compiles[:6]],
+        num_tokens=sizes,
+    )

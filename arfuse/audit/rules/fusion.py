@@ -18,14 +18,13 @@ from collections.abc import Iterable
 
 from arfuse import optable
 from arfuse.audit.findings import Finding, Location
-from arfuse.audit.judge.attribution import is_framework
+from arfuse.audit.judge.attribution import is_framework, user_frame
 from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.rules import finding, rule
 from arfuse.audit.trace.graph import Graph, Node, parse_graph
 from arfuse.audit.trace.records import (
     FUSION_REPORT,
     Artifact,
-    CompilationMetrics,
     CompileId,
     Frame,
 )
@@ -194,13 +193,6 @@ def _grouped(found: dict, key: tuple, detail: str, first: Finding) -> None:
     found.setdefault(key, first).details.append(detail)
 
 
-def frame_of(ctx: AuditContext, cid: CompileId | None) -> Frame:
-    for m in ctx.trace.of(CompilationMetrics):
-        if m.of_compile == cid and m.frame is not None:
-            return m.frame
-    return Frame("<compiled graph>", 0)
-
-
 def configured_ops(ctx: AuditContext) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The extra allreduce and norm ops the pass's FusionConfig named, from its reports."""
     allreduce: dict[str, None] = {}
@@ -255,7 +247,7 @@ def check_disabled(ctx: AuditContext) -> Iterable[Finding]:
         if reason in found:
             found[reason].details.append(f"graph {art.compile_id}")
             continue
-        frame = frame_of(ctx, art.compile_id)
+        frame = user_frame(ctx.trace, art.compile_id)
         found[reason] = finding(
             message=f"fusion pass disabled: {reason}",
             location=Location.of(frame),
@@ -306,7 +298,7 @@ def check_skipped(ctx: AuditContext) -> Iterable[Finding]:
                 continue  # reported once by ARF202
             g = graphs.get(art.compile_id)
             src = g.nodes[node].source if g and node in g.nodes else None
-            frame = src or frame_of(ctx, art.compile_id)
+            frame = src or user_frame(ctx.trace, art.compile_id)
             _grouped(
                 found,
                 (frame.filename, frame.line, reason),

@@ -17,13 +17,20 @@ from typing import TypeVar
 
 from arfuse import optable
 from arfuse.audit.findings import Finding, Location
-from arfuse.audit.judge.attribution import is_framework
+from arfuse.audit.judge.attribution import is_framework, user_frame
 from arfuse.audit.judge.context import AuditContext, pretty_source
 from arfuse.audit.judge.verdicts import decisions
 from arfuse.audit.rules import finding, rule
-from arfuse.audit.rules.fusion import configured_ops, frame_of, fusion_reports, post_grad_graphs
+from arfuse.audit.rules.fusion import configured_ops, fusion_reports, post_grad_graphs
+from arfuse.audit.trace import facts
 from arfuse.audit.trace.graph import Graph, Node, parse_graph
-from arfuse.audit.trace.records import AOT_GRAPHS, CompilationMetrics, CompileId, Frame, GraphDump
+from arfuse.audit.trace.records import (
+    AOT_GRAPHS,
+    RECOMPILE_REASONS,
+    CompileId,
+    Frame,
+    GraphDump,
+)
 from arfuse.audit.trace.slim import RANKS
 
 
@@ -40,12 +47,7 @@ class RanksContext:
 
     def compiles(self, rank: int) -> list[CompileId]:
         """Compile ids that finished (a compilation_metrics event), in log order."""
-        seen: dict[CompileId, None] = {}
-        for m in self.contexts[rank].trace.of(CompilationMetrics):
-            cid = m.of_compile
-            if cid is not None:
-                seen.setdefault(cid, None)
-        return list(seen)
+        return facts.compiles(self.contexts[rank].trace)
 
     def graphs(self, rank: int) -> dict[CompileId | None, Graph]:
         """compile id -> Inductor's post-grad graph; AOTAutograd's graph under backends that
@@ -63,9 +65,9 @@ class RanksContext:
         return self._graphs[rank]
 
     def frame(self, cid: CompileId | None) -> Frame:
-        """The compiled function's first line (from whichever rank recorded it)."""
+        """The user's line for a compiled graph (from whichever rank recorded it)."""
         for ctx in self.contexts.values():
-            f = frame_of(ctx, cid)
+            f = user_frame(ctx.trace, cid)
             if f.filename != "<compiled graph>":
                 return f
         return Frame("<compiled graph>", 0)
@@ -74,7 +76,7 @@ class RanksContext:
 _V = TypeVar("_V")
 
 
-def _ranks_text(by_rank: Mapping[int, _V], fmt: Callable[[_V], str]) -> str:
+def ranks_text(by_rank: Mapping[int, _V], fmt: Callable[[_V], str]) -> str:
     """'rank 0: X; rank 1: Y', ranks with the same value grouped ('ranks 0, 2: X')."""
     groups: dict[str, list[int]] = defaultdict(list)
     for r, v in by_rank.items():
@@ -89,12 +91,10 @@ def _ranks_text(by_rank: Mapping[int, _V], fmt: Callable[[_V], str]) -> str:
 def _user_frame(nodes: Iterable[Node]) -> Frame | None:
     frames = [n.source for n in nodes if n is not None and n.source is not None]
     user = [f for f in frames if not is_framework(f.filename)]
-    if user:
-        return user[0]
-    return frames[0] if frames else None
+    return user[0] if user else None  # torch's own frames: the caller decides (rc.frame)
 
 
-def _finding(
+def rank_finding(
     message: str,
     where: Frame,
     ranks: list[int],
@@ -155,7 +155,7 @@ def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
             continue
         first = next(c[0] for c in per_rank.values() if c)
         where = rc.frame(first)
-        text = _ranks_text(
+        text = ranks_text(
             per_rank,
             lambda cids: (
                 f"{len(cids)} compile(s)" + (f" ({', '.join(map(str, cids))})" if cids else "")
@@ -167,7 +167,8 @@ def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
         )
         extra = sorted({str(c) for cids in per_rank.values() for c in cids} - on_every_rank)
         details = [
-            f"rank {r}: {', '.join(map(str, c)) or 'not compiled'}" for r, c in per_rank.items()
+            f"rank {r}: " + ("; ".join(_compile_story(rc.contexts[r], c)) or "not compiled")
+            for r, c in per_rank.items()
         ]
         details += [
             f"rank {r}'s log is cut short (line {ctx.trace.truncated_line}): a compile "
@@ -175,14 +176,60 @@ def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
             for r, ctx in rc.contexts.items()
             if ctx.trace.truncated_line is not None
         ]
-        yield _finding(
-            f"frame {frame_id}{fn} compiled a different number of times per rank: {text}",
+        why = _why_more(rc, per_rank)
+        yield rank_finding(
+            f"frame {frame_id}{fn} compiled a different number of times per rank: {text}"
+            + (f"; {why}" if why else ""),
             where,
             rc.ranks,
             extra or [str(first)],
             details,
             expr=f"frame {frame_id}",
         )
+
+
+def _dynamic(ctx: AuditContext, cid: CompileId) -> bool:
+    return any(c == cid for c, _ in ctx.token_symbols)
+
+
+def _compile_story(ctx: AuditContext, cids: list[CompileId]) -> list[str]:
+    """Each compile of a frame on one rank: static or dynamic in num_tokens, at which size,
+    and the guard whose failure caused it (torch's recompile reason)."""
+    reasons = {a.compile_id: a.payload_json() for a in ctx.trace.artifacts(RECOMPILE_REASONS)}
+    out = []
+    for cid in cids:
+        n = ctx.compile_sizes.get(cid)
+        text = f"{cid} {'dynamic' if _dynamic(ctx, cid) else 'static'}"
+        text += f" at num_tokens={n}" if n is not None else ""
+        reason = reasons.get(cid)
+        if isinstance(reason, list) and reason:
+            text += f" after `{str(reason[0]).split(': ', 1)[-1].split('  #')[0].strip()}` failed"
+        out.append(text)
+    return out
+
+
+def _why_more(rc: RanksContext, per_rank: dict[int, list[CompileId]]) -> str:
+    """Why the ranks with more compiles made them: static compiles where another rank's were
+    dynamic (one rank left num_tokens unmarked), or guards that failed on them only."""
+    fewest = min(len(c) for c in per_rank.values())
+    parts = []
+    for r, cids in per_rank.items():
+        if len(cids) == fewest:
+            continue
+        ctx = rc.contexts[r]
+        static = [c for c in cids if not _dynamic(ctx, c)]
+        others = [q for q in per_rank if q != r and len(per_rank[q]) == fewest]
+        if (
+            static
+            and others
+            and any(_dynamic(rc.contexts[q], c) for q in others for c in per_rank[q])
+        ):
+            parts.append(
+                f"rank {r} compiled {len(static)} static graph(s) where rank(s) "
+                f"{', '.join(map(str, others))} compiled one dynamic in num_tokens (num_tokens "
+                f"is not marked dynamic on rank {r}: mark it on every rank)"
+            )
+    return "; ".join(parts)
 
 
 def _token_guards(ctx: AuditContext) -> dict[CompileId | None, dict[str, Frame]]:
@@ -252,7 +299,7 @@ def check_token_guards(rc: RanksContext) -> Iterable[Finding]:
                     if detail not in found[key].details:
                         found[key].details.append(detail)
                     continue
-                found[key] = _finding(
+                found[key] = rank_finding(
                     f"compiled graph {cid} guards num_tokens with `{text}` on rank(s) "
                     f"{', '.join(map(str, having))} but not on rank(s) "
                     f"{', '.join(map(str, lacking))}",
@@ -332,8 +379,8 @@ def check_fusion(rc: RanksContext) -> Iterable[Finding]:
         where = _user_frame(nodes[pos] for nodes in fused.values() if pos < len(nodes)) or rc.frame(
             cid
         )
-        text = _ranks_text(placement, lambda p: f"{len(p)} fused op(s)")
-        yield _finding(
+        text = ranks_text(placement, lambda p: f"{len(p)} fused op(s)")
+        yield rank_finding(
             f"compiled graph {cid} has different fused allreduce ops per rank: {text}",
             where,
             rc.ranks,
@@ -409,9 +456,9 @@ def check_collectives(rc: RanksContext) -> Iterable[Finding]:
         )
         at = {r: (s[pos] if pos < len(s) else "nothing") for r, s in seqs.items()}
         where = _user_frame(ns[pos] for ns in nodes.values() if pos < len(ns)) or rc.frame(cid)
-        yield _finding(
+        yield rank_finding(
             f"compiled graph {cid} issues different collectives per rank (a hang): collective "
-            f"#{pos + 1} is {_ranks_text(at, str)}",
+            f"#{pos + 1} is {ranks_text(at, str)}",
             where,
             rc.ranks,
             [str(cid)],

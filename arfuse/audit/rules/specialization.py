@@ -16,12 +16,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from arfuse.audit.findings import Finding, Location
-from arfuse.audit.judge.attribution import Attribution, is_framework, short_path
+from arfuse.audit.judge.attribution import Attribution, is_framework, short_path, user_frame
 from arfuse.audit.judge.context import AuditContext, pretty_source
 from arfuse.audit.judge.domain import recompiles_at
 from arfuse.audit.judge.verdicts import COMPILER, DIVISIBILITY, PIN, RANGE, Decision, decisions
 from arfuse.audit.rules import finding, rule
-from arfuse.audit.trace.records import CompilationMetrics, CompileId, Frame
+from arfuse.audit.trace.records import RECOMPILE_REASONS, CompilationMetrics, CompileId, Frame
 from arfuse.audit.trace.slim import GUARDS
 
 
@@ -324,7 +324,9 @@ _LOC = re.compile(r"([^\s(]+?\.py):(\d+) in ([\w<>.]+)(?: \(([^()]*)\))?")
 # where Dynamo evaluates a guard on behalf of the traced line: never the decision
 _EVAL_PLUMBING = re.compile(r"_dynamo/variables/|fx/experimental/|_dynamo/symbolic_convert")
 _MISMATCH = re.compile(
-    r"tensor '([^']+)' size mismatch at index (\d+)\. expected (\d+), actual (\d+)"
+    # torch 2.6 quotes the source (`tensor 'L['x']'`), later versions the name (`tensor 'x'`)
+    r"tensor '(?:L\[')?([^'\]]+)(?:'\])?' size mismatch at index (\d+)\. expected (\d+), "
+    r"actual (\d+)"
 )
 _TORCH_REL = re.compile(
     r"^(_dynamo|_inductor|fx|_subclasses|_library|_functorch|_prims|_refs|"
@@ -400,12 +402,15 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
 )
 def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
     limit = _recompile_limit(ctx)
-    for frame, events, sizes in _recompiles_by_line(ctx).values():
+    groups, first_static = _recompiles_by_line(ctx)
+    for frame, events, sizes in groups.values():
         cids = list(dict.fromkeys(c for c, _ in events))
         at = f" at num_tokens={', '.join(map(str, sorted(sizes)))}" if sizes else ""
+        message = f"recompiled {len(cids)} time(s){at} because a guard from this line failed"
+        static = first_static.get((frame.filename, frame.line))
         yield finding(
-            message=f"recompiled {len(cids)} time(s){at} because a guard from this line "
-            f"failed{limit}",
+            message=(_static_first(static, len(cids)) if static else message) + limit,
+            fix=_MARK_DYNAMIC.format(arg=static[0], dim=static[1]) if static else "",
             location=Location.of(frame),
             expr="; ".join(dict.fromkeys(g for _, g in events)),
             compile_id=str(cids[0]) if cids else "",
@@ -418,14 +423,37 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
         )
 
 
+_MARK_DYNAMIC = (
+    "mark the token dim dynamic before the first call: "
+    "torch._dynamo.maybe_mark_dynamic({arg}, {dim}) (or torch.compile(dynamic=True))"
+)
+
+
+def _static_first(static: tuple[str, str, int, int, bool], recompiles: int) -> str:
+    """ARF104's message when the graph that failed was static in num_tokens."""
+    arg, dim, was, now, dynamic = static
+    again = "recompiled it dynamic" if dynamic else f"recompiled it static again ({recompiles} "
+    return (
+        f"the first compile was static: num_tokens={was} was a constant of its graph "
+        f"(torch.compile's default dynamic=None does that with the first size it sees, "
+        f"dynamic=False with every size), so num_tokens={now} failed its size check on "
+        f"{arg}.size()[{dim}] and " + (again if dynamic else again + "recompile(s))")
+    )
+
+
+_Groups = dict[tuple[str, int], tuple[Frame, list[tuple[CompileId, str]], list[int]]]
+
+
 def _recompiles_by_line(
     ctx: AuditContext,
-) -> dict[tuple[str, int], tuple[Frame, list[tuple[CompileId, str]], list[int]]]:
-    """source line -> (its frame, the (recompile, failed guard) pairs, the num_tokens)."""
-    groups: dict[tuple[str, int], tuple[Frame, list[tuple[CompileId, str]], list[int]]] = {}
+) -> tuple[_Groups, dict[tuple[str, int], tuple[str, str, int, int, bool]]]:
+    """source line -> (its frame, the (recompile, failed guard) pairs, the num_tokens); and
+    the lines whose failed graph was static: (arg, dim, its size, the new size, new dynamic)."""
+    groups: _Groups = {}
+    first_static: dict[tuple[str, int], tuple[str, str, int, int, bool]] = {}
     pins = {d.compile_id: d.where for d in decisions(ctx) if d.kind == PIN}
     frame_of = {m.of_compile: m.frame for m in ctx.trace.of(CompilationMetrics)}
-    for art in ctx.trace.artifacts("recompile_reasons"):
+    for art in ctx.trace.artifacts(RECOMPILE_REASONS):
         cid = art.compile_id
         n = ctx.compile_sizes.get(cid) if cid else None
         if n is not None and n < 2:
@@ -433,6 +461,7 @@ def _recompiles_by_line(
         if n is not None and not ctx.domain.lo <= n <= ctx.domain.hi:
             continue  # a size the model does not serve: its recompile never happens in service
         for entry in _reason_entries(art.payload_json()):
+            static: list[tuple[str, str, int, int, bool]] = []
             failed_id, _, text = entry.partition(": ")
             failed = CompileId.parse(failed_id)
             if failed is not None and cid is not None:  # the text does not say its generation
@@ -445,19 +474,23 @@ def _recompiles_by_line(
                     continue
                 if failed in pins:
                     frames = [pins[failed].decision]
-                else:
-                    compiled = frame_of.get(failed)
-                    frames = [compiled] if compiled is not None else []
+                elif frame_of.get(failed) is not None:
+                    frames = [user_frame(ctx.trace, failed)]
+                    if not any(c == failed for c, _ in ctx.token_symbols):
+                        dynamic = any(c == cid for c, _ in ctx.token_symbols)
+                        static.append((arg, dim, int(expected), int(_actual), dynamic))
             elif any(name in text for name in ctx.token_source_names):
                 frames = _reason_lines(ctx, text)
             guard = text.split("  #")[0].strip()
             for f in frames:
+                if static:
+                    first_static.setdefault((f.filename, f.line), static[-1])
                 g = groups.setdefault((f.filename, f.line), (f, [], []))
                 if cid is not None and (cid, guard) not in g[1]:
                     g[1].append((cid, guard))
                 if n is not None and n not in g[2]:
                     g[2].append(n)
-    return groups
+    return groups, first_static
 
 
 def _recompile_limit(ctx: AuditContext) -> str:

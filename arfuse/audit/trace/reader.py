@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -92,7 +93,11 @@ _LAZY_KINDS = frozenset(
     }
 )
 _TAIL = re.compile(rb'"(rank|frame_id|frame_compile_id|attempt|compiled_autograd_id)": (\d+)')
-_NOT_PAYLOAD = re.compile(rb"\n(?!\t)")
+# a newline that ends a payload: not followed by a tab, even after blank lines (a blank payload
+# line loses its tab when a log is copied through tools that strip trailing whitespace)
+_NOT_PAYLOAD = re.compile(rb"\n(?!\n*\t)")
+_RANK_PREFIX = re.compile(rb"\n\[rank\d+\]:")  # torchrun --tee / log-dir prefixes every line
+_HAS_PAYLOAD = re.compile(rb'"has_payload": "([0-9a-f]{32})"')
 _STACK_KINDS = frozenset(
     {
         "create_symbol",
@@ -564,18 +569,56 @@ def _torch_version(trace: Trace) -> str | None:
     return None
 
 
-def _cut(buf: bytes) -> int:
-    """Where the last event of `buf` starts (the newline before its envelope line): what
+def _cut(buf: bytes, end: int | None = None) -> int:
+    """Where the last event of `buf[:end]` starts (the newline before its envelope line): what
     comes before it is whole events, an envelope and all its tab-indented payload lines. 0
     when there is none yet. A newline that ends `buf` is no cut: payload may follow."""
-    end = len(buf) - 1
+    end = len(buf) - 1 if end is None else end
     while True:
         i = buf.rfind(b"\n", 0, end)
         if i <= 0:
             return 0
-        if buf[i + 1 : i + 2] != b"\t":
+        if buf[i + 1 : i + 2] not in (b"\t", b"\n"):
             return i
         end = i
+
+
+def _normalize(buf: bytes, crlf: bool, prefixed: bool) -> bytes:
+    """Lines as torch wrote them: CRLF line ends and `[rankN]:` prefixes (a log copied through
+    Windows tools, torchrun's per-rank prefixes) removed. Whether a file has them is decided
+    once, from its first line (`_line_style`): a plain log pays nothing."""
+    if crlf:
+        buf = buf.replace(b"\r\n", b"\n")
+    if prefixed:
+        buf = _RANK_PREFIX.sub(b"\n", buf)
+    return buf
+
+
+def _line_style(first: bytes) -> tuple[bool, bool]:
+    """(CRLF line ends, `[rankN]:` prefixes) of a log, from the start of its first chunk."""
+    line = first[: first.find(b"\n") + 1] if b"\n" in first[: 1 << 16] else first[: 1 << 16]
+    return line.endswith(b"\r\n"), line.lstrip(b"\n").startswith(b"[rank")
+
+
+def _last_record_whole(buf: bytes) -> bool:
+    """Whether the last record of a log that ends without a newline is whole: its payload's md5
+    matches the one its envelope announces (torch writes `has_payload: <md5>`), or, with no
+    md5 to check, its envelope is whole JSON."""
+    start = _cut(buf)
+    record = buf[start + 1 :]
+    head, _, payload = record.partition(b"\n")
+    m = _ENVELOPE.match(b"\n" + head)
+    if m is None:
+        return False
+    try:
+        loads(m.group(3))
+    except ValueError:
+        return False
+    md5 = _HAS_PAYLOAD.search(head)
+    if md5 is None:
+        return True
+    text = payload.removeprefix(b"\t").replace(b"\n\t", b"\n")
+    return hashlib.md5(text).hexdigest() == md5.group(1).decode()
 
 
 def parse_bytes(data: bytes, source: str = "<memory>", *, strict: bool = False) -> Trace:
@@ -586,7 +629,7 @@ def parse_bytes(data: bytes, source: str = "<memory>", *, strict: bool = False) 
     gc_was_on = gc.isenabled()
     gc.disable()  # many small objects, no cycles: the collector would only rescan them
     try:
-        data = b"\n" + data
+        data = _normalize(b"\n" + data, *_line_style(data))
         reader.feed(data, len(data))
     finally:
         if gc_was_on:
@@ -609,8 +652,9 @@ def parse_stream(
     """Parse a trace from a binary file object chunk by chunk (working memory: one chunk plus
     what the policy keeps). `slim=True` keeps what `policy` says (what every rule family reads
     by default, `slim.DEFAULT`, when None); `slim=False` keeps everything.
-    `progress(bytes_read)` is called after every chunk. A last line without its newline (a job
-    killed while writing) sets `trace.truncated_line`.
+    `progress(bytes_read)` is called after every chunk. A last record without its newline sets
+    `trace.truncated_line` only when it really is cut (a job killed while writing): its
+    payload's md5 does not match, or its envelope is not whole JSON.
     `strict` raises `TraceFormatError` / `TraceReadError` on bad input (see the module doc)."""
     if slim and policy is None:
         policy = DEFAULT
@@ -618,6 +662,7 @@ def parse_stream(
     trace = reader.trace
     buf = b"\n"  # every line the reader sees follows a newline: the first one too
     done = 0
+    style: tuple[bool, bool] | None = None
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
@@ -632,14 +677,17 @@ def parse_stream(
                 ) from None
             done += len(block)
             if block:
-                buf += block
-                cut = _cut(buf)
+                if style is None:
+                    style = _line_style(block)
+                buf = _normalize(buf + block, *style)
+                # only whole lines decide: a line still being read may be a prefixed payload line
+                cut = _cut(buf, buf.rfind(b"\n"))
                 if cut == 0:
                     _check_sizes(buf, source, reader.lines, done)
                     continue  # one event bigger than a chunk: read on
             else:
                 cut = len(buf)
-                if len(buf) > 1 and not buf.endswith(b"\n"):
+                if len(buf) > 1 and not buf.endswith(b"\n") and not _last_record_whole(buf):
                     trace.truncated_line = reader.lines + buf.count(b"\n")
             reader.feed(buf, cut)
             buf = buf[cut:]

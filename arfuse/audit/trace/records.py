@@ -273,8 +273,9 @@ class CompilationMetrics(Event):
 
     @property
     def of_compile(self) -> CompileId | None:
-        """The compile these metrics describe: the id they name, else the envelope's."""
-        return self.metrics_compile_id or self.compile_id
+        """The compile these metrics describe: the envelope's id (the `compile_id` inside the
+        metrics may repeat an older one), else the one they name."""
+        return self.compile_id or self.metrics_compile_id
 
     @property
     def frame(self) -> Frame | None:
@@ -353,10 +354,22 @@ POST_GRAD_FORMS = (
 )
 #: The forms the audit reads today (every reader goes through `Trace.post_grad_graphs`, and
 #: `slim.GRAPHS` keeps these): a new form is one more entry here.
-POST_GRAD_READ = POST_GRAD_FORMS[:1]
+POST_GRAD_READ = POST_GRAD_FORMS  # every form torch has written since 2.5
 FUSION_REPORT = "arfuse_fusion"  # the fusion pass's per-graph report artifact
 CALL_ARTIFACT = "arfuse_audit_call"  # the audit driver's marker before every call
 TORCH_VERSION = "torch_version"
+RECOMPILE_REASONS = "recompile_reasons"
+BREAK_REASON = "dynamo_graph_break_reason"
+COLLECTIVE_SCHEDULE = "inductor_collective_schedule"  # Inductor's final collective order
+TENSOR_META = "inductor_runtime_and_tensor_meta"  # ops + output meta (config.log_tlparse)
+GRAPH_EXECUTION = "graph_execution"  # record_and_log_graph_execution_order()
+OUTPUT_CODE = "inductor_output_code"  # a graph dump kind: the Python Inductor generated
+EXPORTED_PROGRAM = "exported_program"
+#: a frame Dynamo resumed after a graph break is named `torch_dynamo_resume_in_<fn>_at_<line>`
+RESUME_PREFIX = "torch_dynamo_resume_in_"
+#: artifact-name fragments -> cache status, strongest first (fx_graph_cache_miss,
+#: aotautograd_cache_hit, fx_graph_cache_bypass, ...)
+CACHE_STATUS = (("cache_miss", "miss"), ("cache_hit", "hit"), ("cache_bypass", "bypass"))
 
 GRAPH_KINDS = frozenset(
     {
@@ -367,7 +380,7 @@ GRAPH_KINDS = frozenset(
         "aot_joint_graph",
         "inductor_pre_grad_graph",
         POST_GRAD_GRAPH,
-        "inductor_output_code",
+        OUTPUT_CODE,
         "optimized_graph",
     }
 )
@@ -388,13 +401,19 @@ class Trace:
     bytes_read: int = 0
     malformed_count: int = 0
     torch_version: str | None = None  # "2.13.0+cpu", from the log itself when it says
+    _of: dict[tuple[type, int], list[Any]] = field(default_factory=dict, repr=False, compare=False)
 
     def of(self, cls: type) -> Iterator[Any]:
-        """Events of one class, in log order."""
-        return (e for e in self.events if isinstance(e, cls))
+        """Events of one class, in log order. Each class is looked up once per event count
+        (rules ask for the same few classes many times; a 150 MB folder holds 64 traces)."""
+        key = (cls, len(self.events))
+        hit = self._of.get(key)
+        if hit is None:
+            hit = self._of[key] = [e for e in self.events if isinstance(e, cls)]
+        return iter(hit)
 
     def artifacts(self, name: str) -> Iterator[Artifact]:
-        return (e for e in self.events if isinstance(e, Artifact) and e.name == name)
+        return (e for e in self.of(Artifact) if e.name == name)
 
     def post_grad_graphs(self) -> Iterator[Artifact | GraphDump]:
         """Every post-grad graph record (forms: POST_GRAD_READ), in log order."""

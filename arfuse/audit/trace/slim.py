@@ -19,6 +19,7 @@ to the events one chunk added. Memory then grows with what the rules need, not w
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,8 +29,12 @@ from arfuse import optable
 from arfuse.audit.trace.records import (
     AOT_GRAPHS,
     CALL_ARTIFACT,
+    COLLECTIVE_SCHEDULE,
     FUSION_REPORT,
+    GRAPH_EXECUTION,
+    OUTPUT_CODE,
     POST_GRAD_READ,
+    TENSOR_META,
     TORCH_VERSION,
     Artifact,
     CompilationMetrics,
@@ -63,18 +68,33 @@ GUARDS = frozenset(
         "create_unbacked_symbol",
         "artifact:recompile_reasons",
         "artifact:dynamo_graph_break_reason",
+        "dynamo_start.stack",  # the line that called a library function compiled directly
     }
 )
 GRAPHS = frozenset(
     {f"collectives:{name}" for _, name in POST_GRAD_READ} | {f"artifact:{FUSION_REPORT}"}
 )
-RANKS = GUARDS | GRAPHS | {f"collectives:{g}" for g in AOT_GRAPHS}
+#: what tlparse's multi-rank page compares, and the output code's collectives
+DIVERGENCE = frozenset(
+    {
+        f"artifact:{COLLECTIVE_SCHEDULE}",
+        f"artifact:{TENSOR_META}",
+        f"artifact:{GRAPH_EXECUTION}",
+        f"collectives:{OUTPUT_CODE}",
+        "dynamo_start.stack",  # where the user called a compiled library function
+    }
+)
+RANKS = GUARDS | GRAPHS | DIVERGENCE | {f"collectives:{g}" for g in AOT_GRAPHS}
 #: A rule that declares no needs reads all of the above.
 _EVERYTHING_KNOWN = GUARDS | GRAPHS | RANKS
 
 _COMPRESS_OVER = 4096
+# a collective call in Inductor's Python output code (what facts.output_code_collectives counts)
+_COLLECTIVE_CALL = re.compile(rb"torch\.ops\._?c10d_functional\.\w+\.default\(")
 _METRIC_STR_MAX = 500  # config dumps are longer; fail_reason is kept whole
-_METRIC_KEEP = frozenset({"restart_reasons", "fail_reason", "fail_user_frame_filename"})
+_METRIC_KEEP = frozenset(
+    {"restart_reasons", "fail_reason", "fail_user_frame_filename", "fail_user_frame_lineno"}
+)
 
 
 @dataclass(frozen=True)
@@ -159,6 +179,9 @@ def _payload(policy: Policy, name: str, raw: bytes | None, extra: set[str]) -> b
         return None
     if name in policy.payloads:
         return _compress(raw)
+    if name == OUTPUT_CODE and name in policy.collectives:
+        # only its collective calls are read (facts.output_code_collectives): keep those lines
+        return b"\n".join(_COLLECTIVE_CALL.findall(raw))
     if name in policy.collectives:
         return _compress(raw) if optable.text_has_collective(raw, extra) else b""
     return None
