@@ -63,7 +63,7 @@ def parse(path: str, line: int, text: str) -> Suppression | None:
         codes = frozenset(
             c.upper() for c in re.split(r"[\s,]+", m.group("codes")) if _CODE.match(c.upper())
         )
-        if codes:  # only non-ARF codes: the comment is ruff's business
+        if codes:  # with no ARF code among them the comment is only ruff's
             return Suppression(path, line, codes, m.group(0))
     return None
 
