@@ -45,6 +45,7 @@ from torch.fx import Graph, Node
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from arfuse import kernels
+from arfuse.audit.trace.records import FUSION_REPORT
 from arfuse.config import FusionConfig
 from arfuse.patterns.match import ChainMatch, Miss, custom_allreduce_ops, match_chain
 from arfuse.policy import FusionPolicy
@@ -114,7 +115,7 @@ class AllReduceFusionPass(CustomGraphPass):
         report = self.apply(graph)
         torch._logging.trace_structured(
             "artifact",
-            metadata_fn=lambda: {"name": "arfuse_fusion", "encoding": "json"},
+            metadata_fn=lambda: {"name": FUSION_REPORT, "encoding": "json"},
             payload_fn=lambda: json.dumps(report),
         )
 

@@ -7,8 +7,8 @@ arfuse custom ops, DTensor-sharded HF layers).
 """
 
 from arfuse.audit import AuditTarget
-from arfuse.audit.default_target import SIZES, tp_decoder  # noqa: F401 - the default target
-from arfuse.audit.target import with_fusion_pass
+from arfuse.audit.live.default_target import SIZES, tp_decoder  # noqa: F401 - the default target
+from arfuse.audit.live.target import with_fusion_pass
 
 
 def _build_custom_ops():

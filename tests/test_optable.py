@@ -9,7 +9,7 @@ import pytest
 import arfuse
 from arfuse import optable
 from arfuse.audit import analyze
-from arfuse.audit.reader import parse_bytes
+from arfuse.audit.trace.reader import parse_bytes
 from arfuse.policy import FusionPolicy
 from arfuse.thresholds import Thresholds
 

@@ -19,7 +19,7 @@ import torch
 
 import arfuse
 from arfuse.audit import analyze
-from arfuse.audit.reader import parse_bytes
+from arfuse.audit.trace.reader import parse_bytes
 
 PACKAGE = Path(arfuse.__file__).parent
 VLLM = "vllm::all_reduce"
@@ -204,8 +204,8 @@ def test_no_private_definition_in_the_package_is_unused():
 @pytest.mark.parametrize(
     "module,name",
     [
-        ("arfuse.audit.events", "merge"),
-        ("arfuse.audit.reader", "merge"),
+        ("arfuse.audit.trace.records", "merge"),
+        ("arfuse.audit.trace.reader", "merge"),
         ("arfuse.testing.graphs", "post_grad_graph"),
         ("arfuse.patterns.match", "_strip_convert"),
     ],
@@ -345,14 +345,14 @@ def test_the_trace_modules_and_the_cli_each_hold_one_idea():
     """Defect 8: `audit/trace.py` held the event model, the parser, the streaming policy and
     file discovery; `audit/cli.py` rendered HTML. The event model parses nothing and knows no
     reader or policy; the reader defines no event; the policy reads no file; the CLI holds no
-    markup (`audit/html.py` does)."""
+    markup (`audit/report/html.py` does)."""
     audit = PACKAGE / "audit"
-    functions, _, imported = _top_level(audit / "events.py")
+    functions, _, imported = _top_level(audit / "trace" / "records.py")
     assert not {f for f in functions if f.startswith(("parse_", "read_", "open_", "trace_files"))}
-    assert not imported & {"arfuse.audit.reader", "arfuse.audit.slim", "gzip"}
-    _, classes, _ = _top_level(audit / "reader.py")
-    assert not classes & set(dir(__import__("arfuse.audit.events", fromlist=["x"])))
-    functions, _, imported = _top_level(audit / "slim.py")
+    assert not imported & {"arfuse.audit.trace.reader", "arfuse.audit.trace.slim", "gzip"}
+    _, classes, _ = _top_level(audit / "trace" / "reader.py")
+    assert not classes & set(dir(__import__("arfuse.audit.trace.records", fromlist=["x"])))
+    functions, _, imported = _top_level(audit / "trace" / "slim.py")
     assert not {f for f in functions if f.startswith(("parse_", "read_", "open_"))}
-    assert "arfuse.audit.reader" not in imported
+    assert "arfuse.audit.trace.reader" not in imported
     assert not re.search(r"<(html|table|a href|td|tr)\b", (audit / "cli.py").read_text())

@@ -9,26 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from arfuse.audit import baseline as baselines
-from arfuse.audit.context import AuditContext, RunInfo
-from arfuse.audit.domain import TokenDomain
-from arfuse.audit.events import CompilationMetrics, Trace
 from arfuse.audit.findings import Finding
-from arfuse.audit.reader import parse_file
-from arfuse.audit.report import Report
+from arfuse.audit.judge.context import AuditContext, RunInfo
+from arfuse.audit.judge.domain import TokenDomain
+from arfuse.audit.options import AuditOptions
+from arfuse.audit.report import baseline as baselines
+from arfuse.audit.report.model import Report
 from arfuse.audit.rules import Rule, select_rules
+from arfuse.audit.trace.reader import parse_file
+from arfuse.audit.trace.records import FUSION_REPORT, POST_GRAD_GRAPH, CompilationMetrics, Trace
+from arfuse.audit.trace.slim import GUARDS
 
 
 def run_rules(ctx: AuditContext, rules: Sequence[Rule]) -> list[Finding]:
     out: list[Finding] = []
     for r in rules:
-        for f in r.check(ctx):
-            if not f.fix:
-                f.fix = r.fix
+        for f in r.run(ctx):
             if ctx.rank not in f.ranks:
                 f.ranks.append(ctx.rank)
             out.append(f)
@@ -50,9 +50,9 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
     t0 = traces[min(traces)] if traces else Trace()
     compiles = {m.metrics_compile_id or m.compile_id for m in t0.of(CompilationMetrics)}
     recompiles = sum(1 for _ in t0.artifacts("recompile_reasons"))
-    fusion = [a.payload_json() for a in t0.artifacts("arfuse_fusion")]
+    fusion = [a.payload_json() for a in t0.artifacts(FUSION_REPORT)]
     fusion = [p for p in fusion if isinstance(p, dict)]
-    post_grad = sum(1 for _ in t0.artifacts("inductor_post_grad_graph"))
+    post_grad = sum(1 for _ in t0.artifacts(POST_GRAD_GRAPH))
     notes = list(run.notes)
     if not post_grad:
         notes.append(
@@ -126,24 +126,28 @@ def _guard_summary(contexts: dict[int, AuditContext], run: RunInfo) -> dict[str,
 def analyze(
     traces: dict[int, Trace],
     run: RunInfo | None = None,
+    options: AuditOptions | None = None,
     *,
-    select: Iterable[str] = (),
-    ignore: Iterable[str] = (),
-    baseline: str | Path | None = None,
     root: str | Path | None = None,
-    domain: TokenDomain | None = None,
+    **fields: Any,
 ) -> Report:
-    """Run the selected rules over each rank's trace and build the report. `domain` (the
-    num_tokens the model serves) overrides the run's; guards are judged over it."""
+    """Run the selected rules over each rank's trace and build the report. `options` (or its
+    fields as keywords: `select=["ARF1"]`, `max_tokens=65536`) says which rules, the baseline,
+    and the token domain, which overrides the run's; guards are judged over it."""
+    opts = AuditOptions.of(options, **fields)
     run = run or RunInfo()
-    if domain is not None:
-        run.min_tokens, run.max_tokens = domain.lo, domain.hi
+    domain = TokenDomain(
+        run.min_tokens if opts.min_tokens is None else opts.min_tokens,
+        run.max_tokens if opts.max_tokens is None else opts.max_tokens,
+    )
+    run.min_tokens, run.max_tokens = domain.lo, domain.hi
+    select, ignore, baseline = opts.select, opts.ignore, opts.baseline
     rules = select_rules(select, ignore)
     per_rank = [r for r in rules if r.scope == "rank"]
     contexts = {rank: AuditContext(t, run, rank) for rank, t in sorted(traces.items())}
     found = [f for ctx in contexts.values() for f in run_rules(ctx, per_rank)]
-    if any(r.family == "ARF1" for r in per_rank):
-        from arfuse.audit.verdicts import decisions
+    if any(r.needs >= GUARDS for r in per_rank):
+        from arfuse.audit.judge.verdicts import decisions
 
         for ctx in contexts.values():
             decisions(ctx)  # fills ctx.dismissed even when no ARF1 rule found anything
@@ -153,9 +157,7 @@ def analyze(
         ranks_ctx = RanksContext(contexts)
         for r in rules:
             if r.scope == "ranks":
-                for f in r.check(ranks_ctx):
-                    f.fix = f.fix or r.fix
-                    found.append(f)
+                found.extend(r.run(ranks_ctx))
     findings = _merge_ranks(found)
     errors = [
         f"num_tokens={c.num_tokens} (rank {c.rank}): {c.error_type}: "
@@ -174,95 +176,59 @@ def analyze(
     return report
 
 
-def analyze_trace(path: str | Path, run: RunInfo | None = None, **kwargs: Any) -> Report:
-    """Audit a TORCH_TRACE .log you already have (any `L[...].size()[0]` is a token dim unless
+def analyze_trace(path: str | Path, run: RunInfo | None = None, **fields: Any) -> Report:
+    """Audit one trace file you already have (every `.size()[0]` is a token dim unless
     `run.token_sources` says otherwise)."""
-    return analyze({0: parse_file(path)}, run, **kwargs)
+    return analyze({0: parse_file(path)}, run, **fields)
 
 
-def audit_logs(
-    path: str | Path, *, token_sources: Sequence[str] = (), progress: bool = False, **kwargs: Any
-) -> Report:
+def audit_logs(path: str | Path, options: AuditOptions | None = None, **fields: Any) -> Report:
     """Audit recorded logs without running anything (`arfuse audit --trace PATH`): a TORCH_TRACE
     directory (one log per rank), one `.log[.gz]`, a tarball of them, or a `--keep` directory.
     num_tokens is read from the recorded create_symbol sources unless `token_sources` names it
     (`["L['input_ids'].size()[0]"]`); raises `ValueError` listing the candidates when that is
     ambiguous. Several ranks: findings carry their ranks, and the ARF3xx rules compare them."""
     from arfuse.audit.offline import load_traces
-    from arfuse.audit.slim import policy_for
 
-    policy = policy_for(select_rules(kwargs.get("select", ()), kwargs.get("ignore", ())))
-    traces, run = load_traces(path, token_sources=token_sources, progress=progress, policy=policy)
-    return analyze(traces, run, **kwargs)
+    opts = AuditOptions.of(options, **fields)
+    traces, run = load_traces(path, opts)
+    return analyze(traces, run, opts)
 
 
 def audit(
     target: Any,
     sizes: Sequence[int] | None = None,
     *,
-    strict: bool = False,
-    dtrace: bool = False,
-    backend: str | None = None,
-    timeout: float = 600.0,
-    select: Iterable[str] = (),
-    ignore: Iterable[str] = (),
-    baseline: str | Path | None = None,
-    out_dir: str | Path | None = None,
-    progress: bool = False,
+    options: AuditOptions | None = None,
+    **fields: Any,
 ) -> Report:
     """Audit a target. A `"FILE.py:NAME"` / `"pkg.module:NAME"` string runs in a fresh process;
-    an `AuditTarget` or `(model, make_inputs[, kwargs])` tuple runs in this process."""
+    an `AuditTarget` or `(model, make_inputs[, kwargs])` tuple runs in this process. `options`
+    (or its fields as keywords: `strict=True`, `select=["ARF1"]`, `timeout=300`) configure it."""
+    if sizes is not None:
+        fields["sizes"] = sizes
+    opts = AuditOptions.of(options, **fields)
     if isinstance(target, str):
-        from arfuse.audit.run import run_target
+        from arfuse.audit.live.run import run_target
 
-        result = run_target(
-            target,
-            sizes=list(sizes) if sizes else None,
-            out_dir=out_dir,
-            strict=strict,
-            dtrace=dtrace,
-            backend=backend,
-            timeout=timeout,
-            progress=progress,
-        )
+        result = run_target(target, opts)
         try:
-            return analyze(
-                result.traces, result.run, select=select, ignore=ignore, baseline=baseline
-            )
+            return analyze(result.traces, result.run, opts)
         finally:
             result.close()
-    return _audit_in_process(
-        target,
-        sizes,
-        strict=strict,
-        backend=backend,
-        select=select,
-        ignore=ignore,
-        baseline=baseline,
-        out_dir=out_dir,
-    )
+    return _audit_in_process(target, opts)
 
 
-def _audit_in_process(
-    obj: Any,
-    sizes: Sequence[int] | None,
-    *,
-    strict: bool,
-    backend: str | None,
-    select: Iterable[str],
-    ignore: Iterable[str],
-    baseline: str | Path | None,
-    out_dir: str | Path | None,
-) -> Report:
+def _audit_in_process(obj: Any, opts: AuditOptions) -> Report:
     import time
 
     import torch
 
-    from arfuse.audit import sizes as sweeps
-    from arfuse.audit.capture import capture_trace
-    from arfuse.audit.context import CallResult
-    from arfuse.audit.target import coerce
-    from arfuse.audit.worker import sweep_target
+    from arfuse.audit.judge.context import CallResult
+    from arfuse.audit.live import sizes as sweeps
+    from arfuse.audit.live.capture import capture_trace
+    from arfuse.audit.live.target import coerce
+    from arfuse.audit.live.worker import sweep_target
 
     target = coerce(obj, "audit(target)")
     if target.world_size is not None:
@@ -270,17 +236,19 @@ def _audit_in_process(
             "a multi-rank AuditTarget (world_size set) must be audited in a fresh "
             "process: pass its spec string, audit('file.py:NAME')"
         )
-    plan = sweeps.sweep(target, sizes)
+    plan = sweeps.sweep(target, opts.sizes)
     with contextlib.ExitStack() as stack:
-        if out_dir:
-            out = Path(out_dir)
+        if opts.keep:
+            out = opts.keep
             out.mkdir(parents=True, exist_ok=True)
         else:
             out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="arfuse-audit-")))
         torch._dynamo.reset()  # a cached compile of the same code would log no guards
         t0 = time.perf_counter()
         with capture_trace(out / "trace.log") as log:
-            result = sweep_target(target, {"sizes": plan, "strict": strict, "backend": backend})
+            result = sweep_target(
+                target, {"sizes": plan, "strict": opts.strict, "backend": opts.backend}
+            )
         torch._dynamo.reset()
         trace = parse_file(log)
     run = RunInfo(
@@ -295,4 +263,4 @@ def _audit_in_process(
         min_tokens=target.min_tokens,
         max_tokens=target.max_tokens,
     )
-    return analyze({0: trace}, run, select=select, ignore=ignore, baseline=baseline)
+    return analyze({0: trace}, run, opts)

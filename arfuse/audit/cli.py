@@ -9,11 +9,17 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from arfuse.audit.report import FORMATS
+from arfuse.audit.options import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_MIN_TOKENS,
+    DEFAULT_SIZES,
+    DEFAULT_TIMEOUT,
+    AuditOptions,
+)
+from arfuse.audit.report.model import FORMATS
 
 EXIT_USAGE = 2
 
@@ -38,7 +44,7 @@ def _split_sources(values: tuple[str, ...]) -> list[str]:
 
 def _write(path: Path, text: str) -> None:
     """All or nothing (temp file + os.replace): a full disk leaves the old file whole."""
-    from arfuse.audit.files import atomic_write
+    from arfuse.audit.paths import atomic_write
 
     try:
         atomic_write(path, text)
@@ -46,21 +52,12 @@ def _write(path: Path, text: str) -> None:
         raise _fail(f"cannot write {path} ({exc.strerror or exc}); it was left as it was") from exc
 
 
-def _domain(lo: int | None, hi: int | None, run: Any) -> Any:
-    """--min-tokens/--max-tokens over the run's (the target's) domain; ValueError if bad."""
-    from arfuse.audit.domain import TokenDomain
-
-    if lo is None and hi is None:
-        return None
-    return TokenDomain(run.min_tokens if lo is None else lo, run.max_tokens if hi is None else hi)
-
-
 @click.command("audit")
 @click.argument("target", required=False)
 @click.option(
     "--sizes",
-    help="Comma-separated num_tokens to sweep (default: 1,2,16,255,256,"
-    "2047,2048,2049,8192 plus every threshold +-1 the target declares).",
+    help="Comma-separated num_tokens to sweep (default: the target's sizes, else "
+    f"{','.join(map(str, DEFAULT_SIZES))}; plus every threshold +-1 the target declares).",
 )
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
 @click.option(
@@ -134,7 +131,7 @@ def _domain(lo: int | None, hi: int | None, run: Any) -> Any:
 @click.option(
     "--timeout",
     type=float,
-    default=600.0,
+    default=DEFAULT_TIMEOUT,
     show_default=True,
     help="Seconds before the target's process is killed.",
 )
@@ -147,7 +144,8 @@ def _domain(lo: int | None, hi: int | None, run: Any) -> Any:
     "--min-tokens",
     type=int,
     default=None,
-    help="Smallest num_tokens the model serves (default: the target's, else 1).",
+    help="Smallest num_tokens the model serves (default: the target's, else "
+    f"{DEFAULT_MIN_TOKENS}).",
 )
 @click.option(
     "--max-tokens",
@@ -155,7 +153,7 @@ def _domain(lo: int | None, hi: int | None, run: Any) -> Any:
     default=None,
     help="Largest num_tokens the model serves: every guard is judged over "
     "[min, max] and only one that fails inside it is a finding (default: the "
-    "target's, else 32768).",
+    f"target's, else {DEFAULT_MAX_TOKENS}).",
 )
 @click.option(
     "--verbose",
@@ -194,7 +192,7 @@ def audit(
     tensor-parallel example (2 gloo ranks, Inductor + AllReduceFusionPass).
     """
     from arfuse.audit import api
-    from arfuse.audit import baseline as baselines
+    from arfuse.audit.report import baseline as baselines
 
     try:
         extra = []
@@ -207,16 +205,30 @@ def audit(
                 )
             extra.append((kind, Path(path)))
         if sizes:
-            from arfuse.audit.sizes import parse_sizes
+            from arfuse.audit.live.sizes import parse_sizes
 
             size_list = parse_sizes(sizes)
         else:
             size_list = None
-        sel, ign = _split(select), _split(ignore)
+        opts = AuditOptions(
+            sizes=tuple(size_list) if size_list else None,
+            strict=strict,
+            dtrace=dtrace,
+            backend=backend,
+            timeout=timeout,
+            select=tuple(_split(select)),
+            ignore=tuple(_split(ignore)),
+            baseline=baseline,
+            keep=keep,
+            progress=sys.stderr.isatty() if progress is None else progress,
+            token_sources=tuple(_split_sources(token_source)),
+            min_tokens=min_tokens,
+            max_tokens=max_tokens,
+        )
         from arfuse.audit.rules import select_rules
 
-        chosen = select_rules(sel, ign)  # validate before spending a minute compiling
-        from arfuse.audit.files import check_writable
+        select_rules(opts.select, opts.ignore)  # validate before spending a minute compiling
+        from arfuse.audit.paths import check_writable
 
         for dest in [write_baseline, output, *(p for _, p in extra)]:
             if dest is not None:
@@ -225,7 +237,6 @@ def audit(
             raise ValueError(
                 f"--baseline {baseline} does not exist; create it with --write-baseline {baseline}"
             )
-        show = sys.stderr.isatty() if progress is None else progress
         if token_source and trace_file is None:
             raise ValueError(
                 "--token-source names num_tokens in a recorded trace; use it with "
@@ -235,48 +246,29 @@ def audit(
             if target:
                 raise ValueError("pass either TARGET or --trace, not both")
             from arfuse.audit.offline import load_traces
-            from arfuse.audit.slim import policy_for
 
-            traces, run = load_traces(
-                trace_file,
-                token_sources=_split_sources(token_source),
-                progress=show,
-                policy=policy_for(chosen),
-            )
+            traces, run = load_traces(trace_file, opts)
             logs = {r: t.source for r, t in traces.items()}
         else:
-            from arfuse.audit.default_target import SPEC
+            from arfuse.audit.live.default_target import SPEC
 
             spec = target or SPEC
-            from arfuse.audit.run import run_target  # only a live run needs the runner
+            from arfuse.audit.live.run import run_target  # only a live run needs the runner
 
             result = run_target(
                 spec,
-                sizes=size_list,
-                out_dir=keep,
-                strict=strict,
-                dtrace=dtrace,
-                backend=backend,
-                timeout=timeout,
-                progress=show,
+                opts,
                 display=None
                 if target
-                else "built-in TP decoder example (arfuse.audit.default_target:tp_decoder)",
+                else "built-in TP decoder example (arfuse.audit.live.default_target:tp_decoder)",
             )
             traces, run = result.traces, result.run  # parsed in its "reading trace" phase
             logs = {r: str(p) for r, p in result.trace_files.items() if r in traces}
-        report = api.analyze(
-            traces,
-            run,
-            select=sel,
-            ignore=ign,
-            baseline=baseline,
-            domain=_domain(min_tokens, max_tokens, run),
-        )
+        report = api.analyze(traces, run, opts)
     except ValueError as exc:  # the runner's TargetError is a ValueError
         raise _fail(str(exc)) from None
     if html is not None:
-        from arfuse.audit.html import render
+        from arfuse.audit.report.html import render
 
         try:
             render(logs, html, report, warn=lambda m: click.echo(m, err=True))

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from arfuse.audit.events import Frame
+from arfuse.audit.trace.records import Frame
 
 
 @dataclass(frozen=True)

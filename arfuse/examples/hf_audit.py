@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from arfuse.audit import AuditTarget
-from arfuse.audit.target import with_fusion_pass
+from arfuse.audit.live.target import with_fusion_pass
 
 
 def _build(name: str):

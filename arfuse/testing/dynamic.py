@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from arfuse.audit.api import audit
-from arfuse.audit.report import Report
-from arfuse.audit.target import AuditTarget
+from arfuse.audit.live.target import AuditTarget
+from arfuse.audit.report.model import Report
 
 
 def assert_dynamic(

@@ -15,7 +15,7 @@ def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     from arfuse.audit import audit
-    from arfuse.audit.target import load
+    from arfuse.audit.live.target import load
 
     for name in sys.argv[2:]:
         t0 = time.perf_counter()

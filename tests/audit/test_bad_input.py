@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from arfuse.audit.cli import audit as audit_cmd
-from arfuse.audit.files import atomic_write, sarif_location
 from arfuse.audit.findings import Finding, Location
-from arfuse.audit.offline import plain_log
-from arfuse.audit.reader import (
+from arfuse.audit.paths import atomic_write, sarif_location
+from arfuse.audit.report.model import Report
+from arfuse.audit.trace.reader import (
     CHUNK,
     GARBAGE_MIN,
     MALFORMED_KEPT,
@@ -26,7 +26,7 @@ from arfuse.audit.reader import (
     TraceFormatError,
     parse_stream,
 )
-from arfuse.audit.report import Report
+from arfuse.audit.trace.sources import plain_log
 
 DATA = Path(__file__).resolve().parent / "data"
 BRANCH = DATA / "torch-2.13.0-branch.log.gz"
@@ -261,9 +261,9 @@ def test_rank_logs_of_different_torch_versions_get_a_note(tmp_path):
 
 
 def test_a_huge_run_json_is_refused_unread(tmp_path, monkeypatch):
-    import arfuse.audit.offline as offline
+    import arfuse.audit.trace.sources as sources
 
-    monkeypatch.setattr(offline, "_RUN_JSON_MAX", 1000)  # the real cap is 64 MiB
+    monkeypatch.setattr(sources, "_RUN_JSON_MAX", 1000)  # the real cap is 64 MiB
     (tmp_path / "trace").mkdir()
     (tmp_path / "trace" / "rank_0.log").write_bytes(gzip.decompress(BRANCH.read_bytes()))
     (tmp_path / "run.json").write_text('{"notes": ["' + "x" * 5000 + '"]}')

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from arfuse.audit.docs import MARKER, rules_section
 from arfuse.audit.rules import all_rules
+from tools.audit_docs import MARKER, rules_section
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "audit.md"
 
@@ -11,7 +11,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "audit.md"
 def test_rule_docs_in_sync():
     text = DOC.read_text()
     assert text.split(MARKER, 1)[1] == rules_section().split(MARKER, 1)[1], (
-        "regenerate: python -m arfuse.audit.docs docs/audit.md"
+        "regenerate: python -m tools.audit_docs docs/audit.md"
     )
 
 

@@ -4,8 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arfuse.audit.domain import DEFAULT_MAX_TOKENS, TokenDomain
-from arfuse.audit.truth import judge, truth
+from arfuse.audit.judge.domain import TokenDomain
+from arfuse.audit.judge.truth import judge, truth
+from arfuse.audit.options import DEFAULT_MAX_TOKENS
 
 D = TokenDomain()
 T = {"s0", "s77"}

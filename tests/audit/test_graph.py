@@ -1,7 +1,7 @@
 """ARF201's chain finder on printed post-grad graphs (every allreduce and norm form)."""
 
-from arfuse.audit.graph import parse_graph
 from arfuse.audit.rules.fusion import unfused_chains
+from arfuse.audit.trace.graph import parse_graph
 
 HEADER = (
     "class <lambda>(torch.nn.Module):\n"
@@ -76,7 +76,7 @@ def test_fusion_artifact_rules_skipped_and_disabled():
     import json
 
     from arfuse.audit.api import analyze
-    from arfuse.audit.reader import parse_bytes
+    from arfuse.audit.trace.reader import parse_bytes
 
     graph = HEADER + (
         "        # File: /m/model.py:12 in forward, code: out = self.norm(h)\n"

@@ -2,9 +2,9 @@
 
 import pytest
 
-from arfuse.audit.attribution import attribute, is_framework
-from arfuse.audit.events import Frame
-from arfuse.audit.guards import GuardClass, classify
+from arfuse.audit.judge.attribution import attribute, is_framework
+from arfuse.audit.judge.guards import GuardClass, classify
+from arfuse.audit.trace.records import Frame
 
 T = {"s77", "s80"}
 
@@ -73,7 +73,7 @@ def test_sweep_order_thresholds_and_table_hook():
 
     from arfuse import thresholds
     from arfuse.audit import AuditTarget
-    from arfuse.audit.sizes import sweep, table_provider
+    from arfuse.audit.live.sizes import sweep, table_provider
 
     t = AuditTarget(
         model=torch.nn.Identity(),
@@ -96,7 +96,7 @@ def test_attribute_ignores_callers_under_a_test_runner():
     stack = (
         _f("/v/site-packages/_pytest/python.py", 1),
         _f("/m/test_x.py", 33),
-        _f("/v/site-packages/arfuse/audit/worker.py", 5),
+        _f("/v/site-packages/arfuse/audit/live/worker.py", 5),
         _f(TORCH, 1),
         _f(TORCH, 2),
     )

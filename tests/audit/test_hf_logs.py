@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from arfuse.audit import audit_logs
 from arfuse.audit.cli import audit as audit_cmd
-from arfuse.audit.events import CompilationMetrics, CompileId, CreateSymbol
 from arfuse.audit.offline import load_traces
-from arfuse.audit.reader import parse_bytes
-from arfuse.audit.token_source import AmbiguousTokenSource, infer_token_sources
+from arfuse.audit.trace.reader import parse_bytes
+from arfuse.audit.trace.records import CompilationMetrics, CompileId, CreateSymbol
+from arfuse.audit.trace.token_source import AmbiguousTokenSource, infer_token_sources
 
 HF = Path(__file__).resolve().parent / "data" / "hf-llama-gpt2-bert-torch-2.13.0.log.gz"
 TOKENS = "L['kwargs']['input_ids'].size()[1]"
@@ -98,7 +98,7 @@ def test_one_model_compiled_twice_after_a_reset_counts_both_runs():
     import io
 
     from arfuse.audit import analyze
-    from arfuse.audit.reader import parse_stream, read_bytes
+    from arfuse.audit.trace.reader import parse_stream, read_bytes
 
     log = read_bytes(Path(__file__).resolve().parent / "data" / "torch-2.13.0-branch.log.gz")
     once = analyze({0: parse_stream(io.BytesIO(log))})

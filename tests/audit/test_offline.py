@@ -14,9 +14,10 @@ from click.testing import CliRunner
 
 from arfuse.audit import analyze, audit_logs
 from arfuse.audit.cli import audit as audit_cmd
-from arfuse.audit.offline import TraceSource, load_traces, pick_per_rank
-from arfuse.audit.reader import parse_bytes, parse_stream, read_bytes
-from arfuse.audit.token_source import AmbiguousTokenSource
+from arfuse.audit.offline import load_traces
+from arfuse.audit.trace.reader import parse_bytes, parse_stream, read_bytes
+from arfuse.audit.trace.sources import TraceSource, pick_per_rank
+from arfuse.audit.trace.token_source import AmbiguousTokenSource
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"

@@ -1,6 +1,6 @@
-"""The live audit's runner (arfuse/audit/run.py) as a hostile or unlucky user meets it: a typo'd
-target, a target that floods its output, two audits sharing a --keep directory, and an audit
-stopped by Ctrl-C or SIGTERM. Nothing may be left in /tmp, nothing read whole, nothing
+"""The live audit's runner (arfuse/audit/live/run.py) as a hostile or unlucky user meets
+it: a typo'd target, a target that floods its output, two audits sharing a --keep directory,
+and an audit stopped by Ctrl-C or SIGTERM. Nothing may be left in /tmp, nothing read whole, nothing
 clobbered. Targets are tiny (aot_eager, or failing before torch is imported)."""
 
 import contextlib
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from arfuse.audit.run import TargetError, _Display, _read_progress, run_target
+from arfuse.audit.live.run import TargetError, _Display, _read_progress, run_target
+from arfuse.audit.options import AuditOptions
 from arfuse.cli import main
 
 pytestmark = pytest.mark.timeout(300)
@@ -136,7 +137,7 @@ def test_a_flooding_target_is_read_from_its_tail_and_its_directory_removed(tmp_p
     tracemalloc.start()
     try:
         with pytest.raises(TargetError) as err:
-            run_target(f"{target}:build", sizes=[2], timeout=120)
+            run_target(f"{target}:build", AuditOptions(sizes=(2,), timeout=120))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

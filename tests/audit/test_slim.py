@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from arfuse.audit import analyze
-from arfuse.audit.context import RunInfo
-from arfuse.audit.events import Artifact, ChromiumEvent, GuardAddedFast, UnknownEvent
-from arfuse.audit.reader import parse_bytes, parse_stream, read_bytes
+from arfuse.audit.judge.context import RunInfo
 from arfuse.audit.rules import select_rules
-from arfuse.audit.slim import FAMILY_READS, Policy, policy_for
+from arfuse.audit.trace.reader import parse_bytes, parse_stream, read_bytes
+from arfuse.audit.trace.records import Artifact, ChromiumEvent, GuardAddedFast, UnknownEvent
+from arfuse.audit.trace.slim import GRAPHS, GUARDS, RANKS, Policy, policy_for
 
 DATA = Path(__file__).resolve().parent / "data"
 LOGS = sorted(DATA.glob("*.log.gz")) + sorted(DATA.glob("ranks-*/*.log.gz"))
@@ -60,7 +60,7 @@ def test_a_fusion_only_audit_keeps_no_guards():
     assert {e.name for e in guards.of(UnknownEvent)} <= {"describe_tensor", "describe_source"}
 
 
-def test_rule_needs_override_the_family_default():
+def test_rule_needs_decide_the_policy():
     class R:  # a rule that reads one artifact only
         code, needs = "ARF199", frozenset({"artifact:my_artifact"})
 
@@ -72,7 +72,8 @@ def test_rule_needs_override_the_family_default():
         "guard_added",
         "symbolic_shape_specialization",
     }
-    assert set(FAMILY_READS) == {"ARF1", "ARF2", "ARF3"}
+    # every rule declares its needs in its own module; none falls back to "everything"
+    assert {r.needs for r in select_rules()} == {GUARDS, GRAPHS, RANKS}
 
 
 def _vllm_log(report: bool) -> bytes:

@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arfuse.audit.api import analyze
-from arfuse.audit.events import (
+from arfuse.audit.trace.reader import (
+    TraceFormatError,
+    TraceReadError,
+    parse_bytes,
+    parse_file,
+    parse_stream,
+    read_bytes,
+)
+from arfuse.audit.trace.records import (
     ChromiumEvent,
     CompilationMetrics,
     CompileId,
@@ -20,14 +28,6 @@ from arfuse.audit.events import (
     MalformedLine,
     SymbolicShapeSpecialization,
     UnknownEvent,
-)
-from arfuse.audit.reader import (
-    TraceFormatError,
-    TraceReadError,
-    parse_bytes,
-    parse_file,
-    parse_stream,
-    read_bytes,
 )
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -35,12 +35,14 @@ class Rule:
     check: Callable[[Any], Iterable[Finding]]  # AuditContext or RanksContext, as `scope` says
     fix: str = ""
     scope: str = "rank"  # "rank": once per rank's trace; "ranks": once over all ranks
-    # what it reads from a trace, in `arfuse.audit.slim`'s names; empty: its family's default
+    # what it reads from a trace, in `arfuse.audit.trace.slim`'s names; empty: its family's default
     needs: frozenset[str] = frozenset()
 
-    @property
-    def family(self) -> str:
-        return self.code[:4]
+    def run(self, ctx: Any) -> Iterable[Finding]:
+        """The check's findings, named as this rule: a check never writes its own code."""
+        for f in self.check(ctx):
+            f.code, f.name, f.fix = self.code, self.name, f.fix or self.fix
+            yield f
 
 
 _REGISTRY: dict[str, Rule] = {}
@@ -76,11 +78,12 @@ def rule(
     return register
 
 
-def finding(code: str, message: str, location: Location, **fields: Any) -> Finding:
-    """A `Finding` of rule `code`, named as its `@rule` names it (the name is written once)."""
+def finding(message: str, location: Location, **fields: Any) -> Finding:
+    """A finding of the rule whose check returns it: `Rule.run` fills in its code and name, so
+    both are written once, in `@rule`."""
     from arfuse.audit.findings import Finding
 
-    return Finding(code, _REGISTRY[code].name, message, location, **fields)
+    return Finding("", "", message, location, **fields)
 
 
 def all_rules() -> list[Rule]:

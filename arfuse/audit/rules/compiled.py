@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from arfuse.audit.context import AuditContext
-from arfuse.audit.events import CompilationMetrics, Frame
 from arfuse.audit.findings import Finding, Location
+from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.rules import finding, rule
+from arfuse.audit.trace.records import CompilationMetrics, Frame
+from arfuse.audit.trace.slim import GUARDS
 
 BREAK_ARTIFACT = "dynamo_graph_break_reason"
 _BREAK_AT = re.compile(r"Graph break in user code at (.+?):(\d+)\s*$", re.M)
@@ -55,6 +56,7 @@ def _first_line(text: str) -> str:
       the compiled region; `torch.compile(..., fullgraph=True)` turns any break into an error.
       """,
     fix="remove the host-side call at this line, or keep it outside the compiled region",
+    needs=GUARDS,
 )
 def check_graph_break(ctx: AuditContext) -> Iterable[Finding]:
     seen: dict[tuple[str, int], Finding] = {}
@@ -82,7 +84,6 @@ def check_graph_break(ctx: AuditContext) -> Iterable[Finding]:
         size = ctx.compile_sizes.get(art.compile_id) if art.compile_id else None
         frame = Frame(path, line)
         seen[key] = finding(
-            "ARF107",
             message=f"graph break: {why or 'Dynamo stopped the graph here'}; the model runs "
             f"eagerly around this line and compiles the rest as separate frames",
             location=Location.of(frame),
@@ -120,6 +121,7 @@ def check_graph_break(ctx: AuditContext) -> Iterable[Finding]:
       that Dynamo supports.
       """,
     fix="fix the construct Dynamo names in the reason, or compile a region it supports",
+    needs=GUARDS,
 )
 def check_not_compiled(ctx: AuditContext) -> Iterable[Finding]:
     metrics = list(ctx.trace.of(CompilationMetrics))
@@ -140,7 +142,6 @@ def check_not_compiled(ctx: AuditContext) -> Iterable[Finding]:
         size = ctx.compile_sizes.get(cid) if cid else None
         found.append(
             finding(
-                "ARF108",
                 message=f"Dynamo could not compile {d.get('co_name') or 'this frame'} "
                 f"({fail}: {_first_line(m.fail_reason or '')}); it runs eagerly",
                 location=Location.of(frame),
@@ -152,7 +153,6 @@ def check_not_compiled(ctx: AuditContext) -> Iterable[Finding]:
         )
     if not metrics and ctx.run.calls:
         yield finding(
-            "ARF108",
             message=f"nothing compiled: {len(ctx.run.calls)} call(s) ran and none compiled a "
             f"graph (a torch.compiler.disable, or a model that is not the compiled "
             f"one); no verdict on num_tokens is possible",

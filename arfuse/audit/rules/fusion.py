@@ -17,13 +17,20 @@ from collections import deque
 from collections.abc import Iterable
 
 from arfuse import optable
-from arfuse.audit.attribution import is_framework
-from arfuse.audit.context import AuditContext
-from arfuse.audit.events import Artifact, CompilationMetrics, CompileId, Frame
 from arfuse.audit.findings import Finding, Location
-from arfuse.audit.graph import Graph, Node, parse_graph
+from arfuse.audit.judge.attribution import is_framework
+from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.rules import finding, rule
-from arfuse.audit.slim import FUSION_REPORT
+from arfuse.audit.trace.graph import Graph, Node, parse_graph
+from arfuse.audit.trace.records import (
+    FUSION_REPORT,
+    POST_GRAD_GRAPH,
+    Artifact,
+    CompilationMetrics,
+    CompileId,
+    Frame,
+)
+from arfuse.audit.trace.slim import GRAPHS
 
 _PASS_THROUGH = {
     "_c10d_functional.wait_tensor",
@@ -45,8 +52,7 @@ _RSQRT = {"aten.rsqrt", "aten.reciprocal"}
 
 def post_grad_graphs(ctx: AuditContext) -> list[tuple[CompileId | None, Graph]]:
     return [
-        (a.compile_id, parse_graph(a.payload or ""))
-        for a in ctx.trace.artifacts("inductor_post_grad_graph")
+        (a.compile_id, parse_graph(a.payload or "")) for a in ctx.trace.artifacts(POST_GRAD_GRAPH)
     ]
 
 
@@ -55,7 +61,7 @@ def left_by_range(ctx: AuditContext) -> set[int]:
     pass report written just before the graph (same compile) lists chains under `by_range`."""
     reports = sorted(fusion_reports(ctx), key=lambda ap: ap[0].line_no)
     out = set()
-    for g in ctx.trace.artifacts("inductor_post_grad_graph"):
+    for g in ctx.trace.artifacts(POST_GRAD_GRAPH):
         before = [p for a, p in reports if a.line_no < g.line_no and a.compile_id == g.compile_id]
         if before and before[-1].get("by_range") and not before[-1].get("skipped"):
             out.add(g.line_no)
@@ -149,12 +155,13 @@ def _where(nodes: list[Node]) -> tuple[Frame | None, list[Frame]]:
       match).
       """,
     fix="compile with arfuse.AllReduceFusionPass(), or see ARF202/ARF203 for why it skipped",
+    needs=GRAPHS,
 )
 def check_unfused(ctx: AuditContext) -> Iterable[Finding]:
     found: dict[tuple[str, int], Finding] = {}
     intended = left_by_range(ctx)
     allreduce_ops, norm_ops = configured_ops(ctx)
-    for art in ctx.trace.artifacts("inductor_post_grad_graph"):
+    for art in ctx.trace.artifacts(POST_GRAD_GRAPH):
         if art.line_no in intended:
             continue  # a compile range above the fusion threshold: unfused by design
         cid, graph = art.compile_id, parse_graph(art.payload or "")
@@ -174,7 +181,6 @@ def check_unfused(ctx: AuditContext) -> Iterable[Finding]:
                 (where.filename, where.line),
                 f"{cid}: {chain} (node {ar.name})",
                 finding(
-                    "ARF201",
                     message=f"{chain} left unfused in compiled graph {cid}",
                     location=Location.of(where),
                     expr=chain,
@@ -245,6 +251,7 @@ def fusion_reports(ctx: AuditContext) -> list[tuple[Artifact, dict]]:
       the tensor-parallel group, compile at the real world size).
       """,
     fix="act on the reason in the message",
+    needs=GRAPHS,
 )
 def check_disabled(ctx: AuditContext) -> Iterable[Finding]:
     found: dict[str, Finding] = {}
@@ -257,7 +264,6 @@ def check_disabled(ctx: AuditContext) -> Iterable[Finding]:
             continue
         frame = frame_of(ctx, art.compile_id)
         found[reason] = finding(
-            "ARF202",
             message=f"fusion pass disabled: {reason}",
             location=Location.of(frame),
             expr=str(reason),
@@ -293,6 +299,7 @@ def check_disabled(ctx: AuditContext) -> Iterable[Finding]:
       model (dtype, hidden size, contiguous residual).
       """,
     fix="act on the reason in the message",
+    needs=GRAPHS,
 )
 def check_skipped(ctx: AuditContext) -> Iterable[Finding]:
     graphs = dict(post_grad_graphs(ctx))
@@ -312,7 +319,6 @@ def check_skipped(ctx: AuditContext) -> Iterable[Finding]:
                 (frame.filename, frame.line, reason),
                 f"graph {art.compile_id}: node {node}",
                 finding(
-                    "ARF203",
                     message=f"fusion pass skipped node {node}: {reason}",
                     location=Location.of(frame),
                     expr=reason,

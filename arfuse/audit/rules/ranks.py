@@ -16,14 +16,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from arfuse import optable
-from arfuse.audit.attribution import is_framework
-from arfuse.audit.context import AuditContext, pretty_source
-from arfuse.audit.events import AOT_GRAPHS, CompilationMetrics, CompileId, Frame, GraphDump
 from arfuse.audit.findings import Finding, Location
-from arfuse.audit.graph import Graph, Node, parse_graph
+from arfuse.audit.judge.attribution import is_framework
+from arfuse.audit.judge.context import AuditContext, pretty_source
+from arfuse.audit.judge.verdicts import decisions
 from arfuse.audit.rules import finding, rule
 from arfuse.audit.rules.fusion import configured_ops, frame_of, fusion_reports, post_grad_graphs
-from arfuse.audit.verdicts import decisions
+from arfuse.audit.trace.graph import Graph, Node, parse_graph
+from arfuse.audit.trace.records import AOT_GRAPHS, CompilationMetrics, CompileId, Frame, GraphDump
+from arfuse.audit.trace.slim import RANKS
 
 
 class RanksContext:
@@ -94,7 +95,6 @@ def _user_frame(nodes: Iterable[Node]) -> Frame | None:
 
 
 def _finding(
-    code: str,
     message: str,
     where: Frame,
     ranks: list[int],
@@ -103,7 +103,6 @@ def _finding(
     expr: str = "",
 ) -> Finding:
     return finding(
-        code,
         message=message,
         location=Location.of(where),
         expr=expr,
@@ -143,6 +142,7 @@ def _finding(
       """,
     fix="make every rank take the same decisions (see ARF302/ARF304 for the line)",
     scope="ranks",
+    needs=RANKS,
 )
 def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
     by_frame: dict[int, dict[int, list[CompileId]]] = defaultdict(lambda: {r: [] for r in rc.ranks})
@@ -176,7 +176,6 @@ def check_compile_count(rc: RanksContext) -> Iterable[Finding]:
             if ctx.trace.truncated_line is not None
         ]
         yield _finding(
-            "ARF301",
             f"frame {frame_id}{fn} compiled a different number of times per rank: {text}",
             where,
             rc.ranks,
@@ -229,6 +228,7 @@ def _token_guards(ctx: AuditContext) -> dict[CompileId | None, dict[str, Frame]]
       """,
     fix="make the decision identical on every rank, or move it into a custom op",
     scope="ranks",
+    needs=RANKS,
 )
 def check_token_guards(rc: RanksContext) -> Iterable[Finding]:
     guards = {r: _token_guards(ctx) for r, ctx in rc.contexts.items()}
@@ -253,7 +253,6 @@ def check_token_guards(rc: RanksContext) -> Iterable[Finding]:
                         found[key].details.append(detail)
                     continue
                 found[key] = _finding(
-                    "ARF302",
                     f"compiled graph {cid} guards num_tokens with `{text}` on rank(s) "
                     f"{', '.join(map(str, having))} but not on rank(s) "
                     f"{', '.join(map(str, lacking))}",
@@ -306,6 +305,7 @@ def _placement(n: Node) -> str:
       """,
     fix="compile every rank with the same fusion pass, FusionConfig and thresholds",
     scope="ranks",
+    needs=RANKS,
 )
 def check_fusion(rc: RanksContext) -> Iterable[Finding]:
     matches = {
@@ -334,7 +334,6 @@ def check_fusion(rc: RanksContext) -> Iterable[Finding]:
         )
         text = _ranks_text(placement, lambda p: f"{len(p)} fused op(s)")
         yield _finding(
-            "ARF303",
             f"compiled graph {cid} has different fused allreduce ops per rank: {text}",
             where,
             rc.ranks,
@@ -390,6 +389,7 @@ def _collectives(graph: Graph, extra: tuple[str, ...] = ()) -> list[Node]:
       """,
     fix="make every rank issue the same collectives in the same order",
     scope="ranks",
+    needs=RANKS,
 )
 def check_collectives(rc: RanksContext) -> Iterable[Finding]:
     common = set.intersection(*[set(rc.graphs(r)) for r in rc.ranks])
@@ -410,7 +410,6 @@ def check_collectives(rc: RanksContext) -> Iterable[Finding]:
         at = {r: (s[pos] if pos < len(s) else "nothing") for r, s in seqs.items()}
         where = _user_frame(ns[pos] for ns in nodes.values() if pos < len(ns)) or rc.frame(cid)
         yield _finding(
-            "ARF304",
             f"compiled graph {cid} issues different collectives per rank (a hang): collective "
             f"#{pos + 1} is {_ranks_text(at, str)}",
             where,

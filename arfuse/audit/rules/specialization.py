@@ -3,7 +3,7 @@
 Evidence comes from the trace: `guard_added_fast` and `symbolic_shape_specialization` events,
 `recompile_reasons` artifacts, and `compilation_metrics` of compiles that failed with
 `ConstraintViolationError`. Each guard on a token symbol is judged exactly over the token domain
-(`arfuse.audit.verdicts`): a guard that holds for every num_tokens the model serves is not a
+(`arfuse.audit.judge.verdicts`): a guard that holds for every num_tokens the model serves is not a
 finding; one that fails somewhere gets the code its truth earns (ARF101 a pin, ARF102 a
 threshold, ARF103 a residue class, ARF106 the compiler's own switch) and names the token counts
 where the compiled graph stops being valid.
@@ -15,20 +15,20 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from arfuse.audit.attribution import Attribution, is_framework, short_path
-from arfuse.audit.context import AuditContext, pretty_source
-from arfuse.audit.domain import recompiles_at
-from arfuse.audit.events import CompilationMetrics, CompileId, Frame
 from arfuse.audit.findings import Finding, Location
+from arfuse.audit.judge.attribution import Attribution, is_framework, short_path
+from arfuse.audit.judge.context import AuditContext, pretty_source
+from arfuse.audit.judge.domain import recompiles_at
+from arfuse.audit.judge.verdicts import COMPILER, DIVISIBILITY, PIN, RANGE, Decision, decisions
 from arfuse.audit.rules import finding, rule
-from arfuse.audit.verdicts import COMPILER, DIVISIBILITY, PIN, RANGE, Decision, decisions
+from arfuse.audit.trace.records import CompilationMetrics, CompileId, Frame
+from arfuse.audit.trace.slim import GUARDS
 
 
 @dataclass
 class _Line:
-    """Every decision of one rule at one source line, across compiles."""
+    """Every decision of one kind at one source line, across compiles."""
 
-    code: str
     where: Attribution
     decisions: list[Decision] = field(default_factory=list)
 
@@ -56,13 +56,13 @@ def _cve_compiles(ctx: AuditContext) -> set[CompileId]:
     return out
 
 
-def _lines(ctx: AuditContext, code: str) -> list[_Line]:
+def _lines(ctx: AuditContext, kind: str) -> list[_Line]:
     lines: dict[tuple[str, int], _Line] = {}
-    cve = _cve_compiles(ctx) if code == PIN else set()
+    cve = _cve_compiles(ctx) if kind == PIN else set()
     for d in decisions(ctx):
-        if d.code != code or d.compile_id in cve:
+        if d.kind != kind or d.compile_id in cve:
             continue
-        lines.setdefault(d.line_key, _Line(code, d.where)).decisions.append(d)
+        lines.setdefault(d.line_key, _Line(d.where)).decisions.append(d)
     return list(lines.values())
 
 
@@ -91,7 +91,6 @@ def _finding(ctx: AuditContext, line: _Line, message: str) -> Finding:
     )
     first = line.decisions[0]
     return finding(
-        line.code,
         message=message,
         location=Location.of(a.decision),
         expr="; ".join(line.exprs),
@@ -135,6 +134,7 @@ def _finding(ctx: AuditContext, line: _Line, message: str) -> Finding:
       (`torch.sym_max`, `//`) instead of Python `int`/`numpy` on it.
       """,
     fix="move the comparison into a custom op's real kernel, or keep the size symbolic",
+    needs=GUARDS,
 )
 def check_pinned(ctx: AuditContext) -> Iterable[Finding]:
     for line in _lines(ctx, PIN):
@@ -191,6 +191,7 @@ def check_pinned(ctx: AuditContext) -> Iterable[Finding]:
       range on purpose (`arfuse.compile(model, ranges="auto")`).
       """,
     fix="branch at run time inside a custom op's real kernel, or compile per range on purpose",
+    needs=GUARDS,
 )
 def check_range(ctx: AuditContext) -> Iterable[Finding]:
     for line in _lines(ctx, RANGE):
@@ -245,6 +246,7 @@ def check_range(ctx: AuditContext) -> Iterable[Finding]:
       that does not involve num_tokens.
       """,
     fix="pad num_tokens outside the compiled region, or reshape a dim that is not num_tokens",
+    needs=GUARDS,
 )
 def check_divisibility(ctx: AuditContext) -> Iterable[Finding]:
     for line in _lines(ctx, DIVISIBILITY):
@@ -292,6 +294,7 @@ _INT32_MAX = "2147483647"
       """,
     fix="warm the second compile before serving, chunk the large tensor, or narrow "
     "--max-tokens to what you serve",
+    needs=GUARDS,
 )
 def check_compiler_switch(ctx: AuditContext) -> Iterable[Finding]:
     for line in _lines(ctx, COMPILER):
@@ -393,10 +396,11 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
       Remove the guard named in the finding (see ARF101-ARF103 at the same line).
       """,
     fix="remove the guard at this line (see the ARF101-ARF103 finding at the same line)",
+    needs=GUARDS,
 )
 def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
     groups: dict[tuple[str, int], tuple[Frame, list[tuple[CompileId, str]], list[int]]] = {}
-    pins = {d.compile_id: d.where for d in decisions(ctx) if d.code == PIN}
+    pins = {d.compile_id: d.where for d in decisions(ctx) if d.kind == PIN}
     code_of = {
         m.metrics_compile_id or m.compile_id: m.metrics for m in ctx.trace.of(CompilationMetrics)
     }
@@ -458,7 +462,6 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
         cids = list(dict.fromkeys(c for c, _ in events))
         at = f" at num_tokens={', '.join(map(str, sorted(sizes)))}" if sizes else ""
         yield finding(
-            "ARF104",
             message=f"recompiled {len(cids)} time(s){at} because a guard from this line "
             f"failed{limit}",
             location=Location.of(frame),
@@ -497,13 +500,14 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
       Remove the specialization at the reported line (see ARF101).
       """,
     fix="remove the specialization at this line (see ARF101)",
+    needs=GUARDS,
 )
 def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
     cve = _cve_compiles(ctx)
     metrics = {m.metrics_compile_id or m.compile_id: m for m in ctx.trace.of(CompilationMetrics)}
     seen: dict[tuple[str, int], Finding] = {}
     for d in decisions(ctx):
-        if d.compile_id not in cve or d.code != PIN:
+        if d.compile_id not in cve or d.kind != PIN:
             continue
         cid, where, expr, sym = d.compile_id, d.where, d.verdict.expr, d.guards[0].symbol
         key = d.line_key
@@ -512,7 +516,6 @@ def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
         f = seen.get(key)
         if f is None:
             seen[key] = finding(
-                "ARF105",
                 message=f"ConstraintViolationError: {why}"
                 if why
                 else "ConstraintViolationError: num_tokens was specialized",
@@ -536,7 +539,6 @@ def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
             str(m.get("co_name", "")),
         )
         seen[(frame.filename, frame.line)] = finding(
-            "ARF105",
             message="ConstraintViolationError: "
             + (m.get("fail_reason") or "").strip().splitlines()[0:1][0]
             if m.get("fail_reason")

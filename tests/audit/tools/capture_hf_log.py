@@ -5,7 +5,7 @@ writes into one log.
 
     TORCH_TRACE=/tmp/hf_trace python tests/audit/tools/capture_hf_log.py [inductor|aot_eager]
 
-The parser benchmark (`python -m arfuse.audit.bench LOG`) and the token-source tests
+The parser benchmark (`python -m tools.audit_bench LOG`) and the token-source tests
 (tests/audit/test_hf_logs.py, data/hf-*.log.gz) use its output. CPU only.
 """
 

@@ -1,6 +1,6 @@
 """The token domain: the num_tokens a model must serve, and a guard's verdict over it.
 
-A guard matters only if it can fail for a token count the model serves. `arfuse.audit.truth`
+A guard matters only if it can fail for a token count the model serves. `arfuse.audit.judge.truth`
 evaluates each guard at every count of the domain; a `Verdict` says where it holds:
 
     holds on [2, 2048]: "valid for num_tokens in [2, 2,048]; recompiles at 2,048 -> 2,049"
@@ -8,15 +8,15 @@ evaluates each guard at every count of the domain; a `Verdict` says where it hol
 
 Sizes 0 and 1 are left out: torch specializes them on every dynamic dim (a dynamic size's range
 starts at 2), so a guard that only fails at 1 is torch's own bound, not a decision. No numpy
-here: `import arfuse.audit.domain` stays cheap for the CLI.
+here: `import arfuse.audit.judge.domain` stays cheap for the CLI.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_MIN_TOKENS = 1
-DEFAULT_MAX_TOKENS = 32768  # 2-4x the prefill chunks vLLM and SGLang schedule by default (8k-16k)
+from arfuse.audit.options import DEFAULT_MAX_TOKENS, DEFAULT_MIN_TOKENS
+
 MAX_DOMAIN = 1 << 26  # exhaustive evaluation stays a few MB per operand in chunks
 _FIRST_DYNAMIC = 2  # torch specializes sizes 0 and 1
 

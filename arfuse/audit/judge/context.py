@@ -15,8 +15,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from arfuse.audit.domain import DEFAULT_MAX_TOKENS, DEFAULT_MIN_TOKENS, TokenDomain
-from arfuse.audit.events import (
+from arfuse.audit.judge.domain import TokenDomain
+from arfuse.audit.options import DEFAULT_MAX_TOKENS, DEFAULT_MIN_TOKENS
+from arfuse.audit.trace.records import (
+    CALL_ARTIFACT,
     Artifact,
     CompileId,
     CreateSymbol,
@@ -26,7 +28,6 @@ from arfuse.audit.events import (
     UnknownEvent,
 )
 
-CALL_ARTIFACT = "arfuse_audit_call"
 _SIZE_SOURCE = re.compile(r"\.size\(\)\[(\d+)\]$")
 _INT_ARG_SOURCE = re.compile(r"^L\['[^']+'\]$")
 _INT = re.compile(r"^-?\d+$")

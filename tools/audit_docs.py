@@ -1,6 +1,6 @@
 """Regenerate docs/audit.md's rule section from the registry (the docs test checks it):
 
-python -m arfuse.audit.docs docs/audit.md
+python -m tools.audit_docs docs/audit.md
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ form and cost seconds of compile.
 
 from __future__ import annotations
 
-from arfuse.audit.target import AuditTarget, with_fusion_pass
+from arfuse.audit.live.target import AuditTarget, with_fusion_pass
 
-SPEC = "arfuse.audit.default_target:tp_decoder"
+SPEC = "arfuse.audit.live.default_target:tp_decoder"
 # num_tokens 1 is left out: it always compiles its own graph (torch's 0/1 specialization),
 # which would double the run time without telling anything about the model.
 SIZES = (2, 16, 255, 256, 2047, 2048, 2049, 4096)

@@ -1,7 +1,7 @@
 """What a streamed trace keeps: only the events, stacks and payloads the selected rules read.
 
-Each rule declares what it reads (`Rule.needs`, a set of names; its family's default,
-`FAMILY_READS`, when it declares nothing). The names:
+Each rule declares what it reads (`Rule.needs`, a set of names, usually one of `GUARDS`,
+`GRAPHS`, `RANKS` below; a rule that declares nothing reads all of them). The names:
 
     "guard_added_fast"            keep these events (their scalar fields)
     "guard_added_fast.stack"      ... and their user_stack / stack frames
@@ -25,7 +25,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from arfuse import optable
-from arfuse.audit.events import (
+from arfuse.audit.trace.records import (
+    AOT_GRAPHS,
+    CALL_ARTIFACT,
+    FUSION_REPORT,
+    POST_GRAD_GRAPH,
+    TORCH_VERSION,
     Artifact,
     CompilationMetrics,
     Event,
@@ -44,12 +49,13 @@ CONTEXT = frozenset(
         "compilation_metrics",
         "describe_tensor",
         "describe_source",
-        "artifact:arfuse_audit_call",
-        "artifact:torch_version",
+        f"artifact:{CALL_ARTIFACT}",
+        f"artifact:{TORCH_VERSION}",
     }
 )
 
-_ARF1 = frozenset(
+#: What a rule reads, in the names `Policy.of` takes; each rule declares its `needs` from these.
+GUARDS = frozenset(
     {
         "guard_added_fast.stack",
         "guard_added.stack",
@@ -59,17 +65,11 @@ _ARF1 = frozenset(
         "artifact:dynamo_graph_break_reason",
     }
 )
-_GRAPHS = frozenset({"collectives:inductor_post_grad_graph", "artifact:arfuse_fusion"})
-#: What a rule of each family reads when it declares nothing itself.
-FAMILY_READS = {
-    "ARF1": _ARF1,
-    "ARF2": _GRAPHS,
-    "ARF3": _ARF1 | _GRAPHS | {"collectives:aot_inference_graph", "collectives:aot_forward_graph"},
-}
-#: A rule of an unknown family reads all of the above.
-_EVERYTHING_KNOWN = frozenset().union(*FAMILY_READS.values())
+GRAPHS = frozenset({f"collectives:{POST_GRAD_GRAPH}", f"artifact:{FUSION_REPORT}"})
+RANKS = GUARDS | GRAPHS | {f"collectives:{g}" for g in AOT_GRAPHS}
+#: A rule that declares no needs reads all of the above.
+_EVERYTHING_KNOWN = GUARDS | GRAPHS | RANKS
 
-FUSION_REPORT = "arfuse_fusion"  # the fusion pass's per-graph report artifact
 _COMPRESS_OVER = 4096
 _METRIC_STR_MAX = 500  # config dumps are longer; fail_reason is kept whole
 _METRIC_KEEP = frozenset({"restart_reasons", "fail_reason", "fail_user_frame_filename"})
@@ -116,10 +116,10 @@ class Policy:
 
 
 def reads_of(rules: Iterable[Rule]) -> frozenset[str]:
-    """What the rules read together (a rule without `reads` reads its family's default)."""
+    """What the rules read together (a rule that declares no `needs` reads everything known)."""
     out: set[str] = set()
     for r in rules:
-        out |= getattr(r, "needs", None) or FAMILY_READS.get(r.code[:4], _EVERYTHING_KNOWN)
+        out |= r.needs or _EVERYTHING_KNOWN
     return frozenset(out)
 
 
@@ -128,7 +128,7 @@ def policy_for(rules: Iterable[Rule], extra_ops: Iterable[str] = ()) -> Policy:
     return Policy.of(reads_of(rules), extra_ops)
 
 
-#: What every rule family reads by default: the reader's policy when it is given none.
+#: What every rule reads: the reader's policy when it is given none.
 DEFAULT = Policy.of(_EVERYTHING_KNOWN)
 
 

@@ -1,4 +1,4 @@
-"""Read TORCH_TRACE logs into `arfuse.audit.events`: fast on real logs, safe on anything else.
+"""Read TORCH_TRACE logs into `arfuse.audit.trace.records`: fast on real logs, safe on the rest.
 
     trace = parse_file("dedicated_log_torch_trace_rank_0_x.log.gz")   # everything, strict
     trace = parse_stream(fh, name, policy=policy_for(rules))          # what the rules read
@@ -28,8 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from arfuse.audit.events import (
+from arfuse.audit.trace.records import (
     GRAPH_KINDS,
+    TORCH_VERSION,
     Artifact,
     ChromiumEvent,
     CompilationMetrics,
@@ -48,7 +49,7 @@ from arfuse.audit.events import (
     UnknownEvent,
     loads,
 )
-from arfuse.audit.slim import DEFAULT, Policy, slim
+from arfuse.audit.trace.slim import DEFAULT, Policy, slim
 
 MAX_LINE = 64 << 20  # a longer line is not a trace line: stop before it eats memory
 MAX_EVENT = 1 << 30  # one envelope plus its payload lines
@@ -541,7 +542,7 @@ class _Reader:
 
 
 def _torch_version(trace: Trace) -> str | None:
-    for a in trace.artifacts("torch_version"):
+    for a in trace.artifacts(TORCH_VERSION):
         p = a.payload_json()
         if isinstance(p, dict) and isinstance(p.get("pytorch_version"), str):
             return p["pytorch_version"]

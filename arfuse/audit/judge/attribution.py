@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from arfuse.audit.events import Frame
-from arfuse.audit.files import package_path
+from arfuse.audit.paths import package_path
+from arfuse.audit.trace.records import Frame
 
 # Path segments of libraries whose frames never "make the decision" for the user.
 _LIBRARY = re.compile(

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from arfuse.audit.domain import TokenDomain, Verdict
+from arfuse.audit.judge.domain import TokenDomain, Verdict
 
 _CHUNK = 1 << 20
 

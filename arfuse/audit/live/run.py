@@ -1,14 +1,14 @@
 """The parent side of `arfuse audit`: start one worker process per target, show its phases,
 collect `run.json` and the TORCH_TRACE logs, and leave nothing behind.
 
-    result = run_target("model.py:build", sizes=[16, 2048, 2049])
+    result = run_target("model.py:build", AuditOptions(sizes=(16, 2048, 2049)))
     result.run          # RunInfo: sizes, token sources, how each call ended
     result.traces       # {rank: Trace} of the audited ranks
     result.trace_files  # {rank: Path to the .log}
     result.close()      # remove the temporary directory now (else: at exit)
 
-The parent imports no torch: the worker (`arfuse.audit.worker`) does, once. Where the run
-writes, and how it is cleaned up on every way out, is `arfuse.audit.workspace`; if this process
+The parent imports no torch: the worker (`arfuse.audit.live.worker`) does, once. Where the run
+writes, and how it is cleaned up on every way out, is `arfuse.audit.live.workspace`; if this process
 is killed outright (SIGKILL), the worker notices, kills its ranks and removes the temporary
 directory itself.
 """
@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arfuse.audit.context import RunInfo
-from arfuse.audit.events import Trace
-from arfuse.audit.reader import trace_files
-from arfuse.audit.target import split_spec
-from arfuse.audit.workspace import Workspace, kill, watch
+from arfuse.audit.judge.context import RunInfo
+from arfuse.audit.live.target import split_spec
+from arfuse.audit.live.workspace import Workspace, kill, watch
+from arfuse.audit.options import AuditOptions
+from arfuse.audit.trace.reader import trace_files
+from arfuse.audit.trace.records import Trace
 
 #: how much of the worker's output a crash report quotes (read from the end of the log only:
 #: a target may print hundreds of MB)
@@ -60,38 +61,32 @@ def _rank_of(path: Path) -> int:
 
 
 def run_target(
-    spec: str,
-    *,
-    sizes: list[int] | None = None,
-    out_dir: str | Path | None = None,
-    strict: bool = False,
-    dtrace: bool = False,
-    backend: str | None = None,
-    timeout: float = 600.0,
-    progress: bool = False,
-    display: str | None = None,
+    spec: str, options: AuditOptions | None = None, display: str | None = None
 ) -> RunResult:
+    """Run `spec` in a worker process as `options` say (sizes, strict, backend, timeout, keep,
+    dtrace, progress); `display` names the target on the progress line."""
+    opts = options or AuditOptions()
     try:
         split_spec(spec)  # a typo'd target fails here, before any process starts
     except ValueError as exc:
         raise TargetError(str(exc)) from None
     try:
-        workspace = Workspace(out_dir)
+        workspace = Workspace(opts.keep)
     except ValueError as exc:
         raise TargetError(str(exc)) from None
-    config = {  # what the worker reads (arfuse.audit.worker)
+    config = {  # what the worker reads (arfuse.audit.live.worker)
         "spec": spec,
         "out": str(workspace.path),
-        "sizes": sizes,
-        "strict": strict,
-        "backend": backend,
-        "timeout": timeout,
+        "sizes": list(opts.sizes) if opts.sizes else None,
+        "strict": opts.strict,
+        "backend": opts.backend,
+        "timeout": opts.timeout,
         "display": display,
         "parent": os.getpid(),
         "temporary": workspace.temporary,
     }
     try:
-        return _run(workspace, config, dtrace=dtrace, progress=progress)
+        return _run(workspace, config, dtrace=opts.dtrace, progress=opts.progress)
     except BaseException:
         workspace.close()
         raise
@@ -121,7 +116,7 @@ def _run(
     with _Display(progress, display or spec) as show:
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "arfuse.audit.worker", str(out / "config.json")],
+                [sys.executable, "-m", "arfuse.audit.live.worker", str(out / "config.json")],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -158,7 +153,7 @@ def _run(
             )
         run = RunInfo.load(out / "run.json")
         show.phase("reading trace")
-        from arfuse.audit.reader import parse_file
+        from arfuse.audit.trace.reader import parse_file
 
         traces = {r: parse_file(p) for r, p in files.items() if r in run.ranks}
     return RunResult(out, run, files, traces, workspace)

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arfuse.audit.domain import DEFAULT_MAX_TOKENS, DEFAULT_MIN_TOKENS, TokenDomain
-
-DEFAULT_SIZES = (1, 2, 16, 255, 256, 2047, 2048, 2049, 8192)
+from arfuse.audit.judge.domain import TokenDomain
+from arfuse.audit.options import DEFAULT_MAX_TOKENS, DEFAULT_MIN_TOKENS
 
 
 @dataclass

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from arfuse.audit.events import CreateSymbol, Trace
+from arfuse.audit.trace.records import CreateSymbol, Trace
 
 
 class AmbiguousTokenSource(ValueError):

@@ -12,8 +12,8 @@ optionally followed by payload lines that start with a tab:
 File names in stacks are ids into `{"str": [path, id]}` lines (string interning). Each event
 becomes one dataclass (`GuardAddedFast`, `CreateSymbol`, ...); kinds this module does not know
 are kept as `UnknownEvent`, and lines that are not events become `MalformedLine` records.
-Payloads are kept as raw bytes and decoded on first use. `arfuse.audit.reader` builds these
-from bytes; `arfuse.audit.slim` decides what a streamed trace keeps.
+Payloads are kept as raw bytes and decoded on first use. `arfuse.audit.trace.reader` builds these
+from bytes; `arfuse.audit.trace.slim` decides what a streamed trace keeps.
 
 The format is the same in torch 2.11 and 2.13 (fixture logs of both are under
 tests/audit/data/).
@@ -319,6 +319,21 @@ class MalformedLine:
     error: str
 
 
+# -- the names of records and artifacts: this module is their one owner ------------------------
+#: A post-grad graph is recorded in one of three forms, by torch version: an artifact named
+#: POST_GRAD_GRAPH (torch 2.13), a top-level record of that kind (graph dump), or an artifact
+#: named AFTER_POST_GRAD_GRAPH. Each form is ("artifact" | "graph", name).
+POST_GRAD_GRAPH = "inductor_post_grad_graph"
+AFTER_POST_GRAD_GRAPH = "after_post_grad_graph"
+POST_GRAD_FORMS = (
+    ("artifact", POST_GRAD_GRAPH),
+    ("graph", POST_GRAD_GRAPH),
+    ("artifact", AFTER_POST_GRAD_GRAPH),
+)
+FUSION_REPORT = "arfuse_fusion"  # the fusion pass's per-graph report artifact
+CALL_ARTIFACT = "arfuse_audit_call"  # the audit driver's marker before every call
+TORCH_VERSION = "torch_version"
+
 GRAPH_KINDS = frozenset(
     {
         "dynamo_output_graph",
@@ -327,7 +342,7 @@ GRAPH_KINDS = frozenset(
         "aot_inference_graph",
         "aot_joint_graph",
         "inductor_pre_grad_graph",
-        "inductor_post_grad_graph",
+        POST_GRAD_GRAPH,
         "inductor_output_code",
         "optimized_graph",
     }

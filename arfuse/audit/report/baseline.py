@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from arfuse.audit.files import rel
 from arfuse.audit.findings import Finding
+from arfuse.audit.paths import rel
 from arfuse.jsonfile import read_json
 
 VERSION = 1

@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable
 
-from arfuse.audit.target import DEFAULT_SIZES, AuditTarget
+from arfuse.audit.live.target import AuditTarget
+from arfuse.audit.options import DEFAULT_SIZES
 
 THRESHOLD_PROVIDERS: list[Callable[[AuditTarget], Iterable[int]]] = []
 

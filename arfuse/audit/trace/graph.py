@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from arfuse.audit.events import Frame
+from arfuse.audit.trace.records import Frame
 
 _COMMENT = re.compile(r"^\s*# File: (.+?):(\d+) in ([^,]+), code: (.*)$")
 _NODE = re.compile(r"^\s*(\w+)(?:: \"[^\"]*\")? = ([\w.]+)\((.*)\)(?:;.*)?$")

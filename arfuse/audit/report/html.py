@@ -35,7 +35,7 @@ def _tlparse(log: Path, out_dir: Path) -> str | None:
 
 def _compile_dir(cid: str) -> str:
     """tlparse's directory of one compile id: `0/1` -> `-_0_1_0`, `!2/0/1_1` -> `2_0_1_1`."""
-    from arfuse.audit.events import CompileId
+    from arfuse.audit.trace.records import CompileId
 
     c = CompileId.parse(cid)
     if c is None:
@@ -105,7 +105,7 @@ def render(
     """tlparse: DIR/ for one rank; for several, tlparse's multi-rank report (DIR/index.html,
     DIR/rank_N/), or one tlparse run per rank when this tlparse has no --all-ranks-html. Then
     DIR/findings.html links every finding to its compile id's page on each of its ranks."""
-    from arfuse.audit.offline import plain_log
+    from arfuse.audit.trace.sources import plain_log
 
     html.mkdir(parents=True, exist_ok=True)
     rank_dirs: dict[int, str] = {}

@@ -1,6 +1,6 @@
 """The child side of `arfuse audit`: load the target, compile, sweep, log; nothing else.
 
-    python -m arfuse.audit.worker CONFIG.json
+    python -m arfuse.audit.live.worker CONFIG.json
 
 runs in a fresh process (TORCH_TRACE already in its environment), so the user's compile state
 and a crashing target cannot affect the caller. It writes into the config's `out` directory:
@@ -22,7 +22,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from arfuse.audit.context import CALL_ARTIFACT, CallResult, RunInfo
+from arfuse.audit.judge.context import CallResult, RunInfo
+from arfuse.audit.trace.records import CALL_ARTIFACT
 
 EXIT_TARGET_ERROR = 3
 EXIT_PARENT_GONE = 4
@@ -78,7 +79,7 @@ def _as_args(inputs: Any) -> tuple:
 
 def sweep(config: dict[str, Any], rank: int = 0) -> dict[str, Any]:
     """Load the target and sweep it. Runs on one rank (or the only process)."""
-    from arfuse.audit import target as targets
+    from arfuse.audit.live import target as targets
 
     return sweep_target(targets.load(config["spec"]), config, rank)
 
@@ -129,7 +130,7 @@ def _sweep(
 ) -> dict[str, Any]:
     import torch
 
-    from arfuse.audit import target as targets
+    from arfuse.audit.live import target as targets
 
     strict = config.get("strict") or target.strict
     compile_here = _compiles(target, rank)
@@ -228,8 +229,8 @@ def main(config_path: str) -> int:
         _follow_parent(int(config["parent"]), out, bool(config.get("temporary")))
     t0 = time.perf_counter()
     try:
-        from arfuse.audit import sizes as sweeps
-        from arfuse.audit import target as targets
+        from arfuse.audit.live import sizes as sweeps
+        from arfuse.audit.live import target as targets
 
         target = targets.load(config["spec"])
         config["sizes"] = sweeps.sweep(target, config.get("sizes"))
@@ -245,7 +246,7 @@ def main(config_path: str) -> int:
             with SpawnedGroup(
                 world_size=target.world_size,
                 backend="gloo",
-                timeout=float(config.get("timeout", 600)),
+                timeout=float(config["timeout"]),
             ) as group:
                 try:
                     results = group.run(_rank_sweep, config)
@@ -276,8 +277,8 @@ def main(config_path: str) -> int:
         backend=first["backend"],
         strict=first["strict"],
         seconds=round(time.perf_counter() - t0, 2),
-        min_tokens=config.get("min_tokens") or target.min_tokens,
-        max_tokens=config.get("max_tokens") or target.max_tokens,
+        min_tokens=target.min_tokens,
+        max_tokens=target.max_tokens,
     )
     (out / "run.json").write_text(json.dumps(run.to_json(), indent=1))
     return 0

@@ -1,6 +1,6 @@
 """Trace reader speed on real logs, side by side with tlparse (not a test):
 
-    python -m arfuse.audit.bench LOG [LOG ...] [--mb 200] [--token-source SRC]
+    python -m tools.audit_bench LOG [LOG ...] [--mb 200] [--token-source SRC]
 
 LOG is a TORCH_TRACE `.log` or `.log.gz` (several are concatenated; `--mb` repeats the result
 up to that size). Writes the plain log to a temporary directory, then measures on it:
@@ -33,7 +33,7 @@ from typing import Any
 
 def _plain(files: list[Path], mb: float, out: Path) -> int:
     """Concatenate `files` (decompressed) into `out`, repeated up to `mb` MB; its size."""
-    from arfuse.audit.reader import open_trace
+    from arfuse.audit.trace.reader import open_trace
 
     with out.open("wb") as dst:
         for f in files:
@@ -52,9 +52,9 @@ def _plain(files: list[Path], mb: float, out: Path) -> int:
 def _reader(path: Path, repeat: int) -> dict[str, float]:
     import gc
 
-    from arfuse.audit.reader import parse_stream
     from arfuse.audit.rules import all_rules
-    from arfuse.audit.slim import policy_for
+    from arfuse.audit.trace.reader import parse_stream
+    from arfuse.audit.trace.slim import policy_for
 
     policy = policy_for(all_rules())
     best_cpu = best_wall = float("inf")
@@ -259,7 +259,8 @@ def stream_bench(sizes_gb: list[float], directory: Path) -> None:
                     written += len(chunk)
                     i += 1
             proc = subprocess.run(
-                [sys.executable, "-m", "arfuse.audit.bench", "--stream-child", str(path)],
+                [sys.executable, "-m", "tools.audit_bench", "--stream-child", str(path)],
+                cwd=Path(__file__).resolve().parents[1],
                 check=False,
                 capture_output=True,
                 text=True,

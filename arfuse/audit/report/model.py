@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arfuse.audit.baseline import fingerprint
-from arfuse.audit.files import rel, sarif_location
 from arfuse.audit.findings import Finding
+from arfuse.audit.paths import rel, sarif_location
+from arfuse.audit.report.baseline import fingerprint
 
 FORMATS = ("text", "json", "markdown", "sarif")
 

@@ -46,7 +46,7 @@ def capture_trace(path: str | Path) -> Iterator[Path]:
         with path.open("w") as out:
             for text, sid in sorted(table.items(), key=lambda kv: kv[1]):
                 out.write(
-                    f"V0000 00:00:00.000000 0 arfuse/audit/capture.py:0] "
+                    f"V0000 00:00:00.000000 0 arfuse/audit/live/capture.py:0] "
                     f"{json.dumps({'str': [text, sid]})}\n"
                 )
             out.write(body.read_text())

@@ -6,11 +6,11 @@ floor-division consequences give one verdict, not three. Then:
 
     holds everywhere in the domain                  -> dismissed (counted, listed with the reason)
     a compiler guard implied by the model's guards  -> folded into the model line's decision
-    fails somewhere in the domain                   -> a decision with a code:
-        one count / every count but a few  ARF101     a residue class   ARF103
-        contiguous runs                    ARF102     torch's own code  ARF106
+    fails somewhere in the domain                   -> a decision of one kind:
+        one count / every count but a few  PIN        a residue class   DIVISIBILITY
+        contiguous runs                    RANGE      torch's own code  COMPILER
 
-    for d in decisions(ctx): d.code, d.where.decision, d.verdict.describe()
+    for d in decisions(ctx): d.kind, d.where.decision, d.verdict.describe()
 """
 
 from __future__ import annotations
@@ -18,16 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from arfuse.audit.attribution import Attribution, attribute, short_path
-from arfuse.audit.context import AuditContext
-from arfuse.audit.domain import Verdict
-from arfuse.audit.events import CompileId, GuardAddedFast, SymbolicShapeSpecialization
-from arfuse.audit.guards import GuardClass, classify, symbols
+from arfuse.audit.judge.attribution import Attribution, attribute, short_path
+from arfuse.audit.judge.context import AuditContext
+from arfuse.audit.judge.domain import Verdict
+from arfuse.audit.judge.guards import GuardClass, classify, symbols
+from arfuse.audit.trace.records import CompileId, GuardAddedFast, SymbolicShapeSpecialization
 
 if TYPE_CHECKING:
     import numpy as np
 
-PIN, RANGE, DIVISIBILITY, COMPILER = "ARF101", "ARF102", "ARF103", "ARF106"
+#: what a failing decision is; the rules (not the judge) name the codes
+PIN, RANGE, DIVISIBILITY, COMPILER = "pin", "range", "divisibility", "compiler"
 _BY_SHAPE = {
     "point": PIN,
     "except": PIN,
@@ -62,7 +63,7 @@ class Decision:
     compile_id: CompileId | None
     guards: list[TokenGuard]
     verdict: Verdict
-    code: str
+    kind: str  # PIN, RANGE, DIVISIBILITY or COMPILER
     folded: list[TokenGuard] = field(default_factory=list)  # compiler re-checks of this line
 
     @property
@@ -109,7 +110,7 @@ def decisions(ctx: AuditContext) -> list[Decision]:
         return cached
     groups: dict[tuple[Any, str, int], list[TokenGuard]] = {}
     lo, hi = ctx.domain.lo, ctx.domain.hi
-    for g in token_guards(ctx):  # numpy (arfuse.audit.truth) loads only if there are any
+    for g in token_guards(ctx):  # numpy (arfuse.audit.judge.truth) loads only if there are any
         size = ctx.compile_sizes.get(g.compile_id) if g.compile_id else None
         if size is not None and not lo <= size <= hi:
             _dismiss(
@@ -161,8 +162,8 @@ def _judge_line(
     ctx: AuditContext, guards: list[TokenGuard]
 ) -> list[tuple[Decision, np.ndarray | None]]:
     """The conjunction of the judgeable guards as one decision; an unjudgeable guard is its
-    own decision, coded by its syntax."""
-    from arfuse.audit.truth import holds, verdict_of
+    own decision, its kind given by its syntax."""
+    from arfuse.audit.judge.truth import holds, verdict_of
 
     first_cid, where = guards[0].compile_id, guards[0].where
     compiler = where.by == "compiler"  # its own switch, whatever the shape: ARF106
@@ -176,8 +177,8 @@ def _judge_line(
             cls = classify(g.expr, set(g.tokens))
             if cls in _BY_SYNTAX:
                 v = Verdict(g.expr, "unknown", ctx.domain, reason=got)
-                code = COMPILER if compiler else _BY_SYNTAX[cls]
-                out.append((Decision(where, first_cid, [g], v, code), None))
+                kind = COMPILER if compiler else _BY_SYNTAX[cls]
+                out.append((Decision(where, first_cid, [g], v, kind), None))
             else:
                 _dismiss(ctx, [g], where, f"torch's own bound on a dynamic size ({got})")
             continue
@@ -190,8 +191,8 @@ def _judge_line(
     if judgeable and total is not None:
         expr = " & ".join(dict.fromkeys(g.expr for g in judgeable))
         v = verdict_of(expr, total, start, ctx.domain)
-        code = COMPILER if compiler else _BY_SHAPE.get(v.shape, RANGE)
-        out.insert(0, (Decision(where, first_cid, judgeable, v, code), total))
+        kind = COMPILER if compiler else _BY_SHAPE.get(v.shape, RANGE)
+        out.insert(0, (Decision(where, first_cid, judgeable, v, kind), total))
     return out
 
 
