@@ -2,9 +2,9 @@
 
 import pytest
 
-from arfuse.audit import suppress
+from arfuse.audit.report import suppress
 from arfuse.audit.findings import Finding, Location
-from arfuse.audit.source_line import comment_start, normalise
+from arfuse.audit.report.source_line import comment_start, normalise
 
 
 def _finding(path, line, code):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,10 @@ from arfuse.audit.findings import Finding
 from arfuse.audit.paths import rel, sarif_location
 from arfuse.audit.report.baseline import fingerprint
 
-FORMATS = ("text", "json", "markdown", "sarif")
+FORMATS = ("text", "json", "markdown", "sarif", "github")
+#: `--format json` follows this JSON Schema (shipped in the package); "version" is its version
+JSON_VERSION = 1
+SCHEMA = "findings.schema.json"
 
 
 @dataclass
@@ -26,10 +28,21 @@ class Report:
     summary: dict[str, Any] = field(default_factory=dict)
     baselined: set[int] = field(default_factory=set)  # indexes of findings in the baseline
     errors: list[str] = field(default_factory=list)  # target errors at some size
+    suppressed: dict[int, str] = field(default_factory=dict)  # index -> the inline comment
 
     @property
     def new(self) -> list[Finding]:
-        return [f for i, f in enumerate(self.findings) if i not in self.baselined]
+        return [
+            f
+            for i, f in enumerate(self.findings)
+            if i not in self.baselined and i not in self.suppressed
+        ]
+
+    @property
+    def verdict(self) -> str:
+        from arfuse.audit.report.verdict import verdict
+
+        return verdict(self)
 
     @property
     def exit_code(self) -> int:
@@ -47,35 +60,42 @@ class Report:
         where = Path(root) if root else Path.cwd()
         if fmt == "text":
             return to_text(self, where, verbose)
+        if fmt == "github":
+            from arfuse.audit.report.github import to_github
+
+            return to_github(self, where)
         return {"json": to_json, "markdown": to_markdown, "sarif": to_sarif}[fmt](self, where)
 
 
-def _json_finding(f: Finding, root: Path, baselined: bool) -> dict[str, Any]:
+def _json_finding(f: Finding, root: Path, baselined: bool, suppressed: str | None) -> dict:
     d = f.to_json()
     d["path"] = rel(f.path, root)
     d["frames"] = [{"path": rel(x.path, root), "line": x.line} for x in f.frames]
     d["baselined"] = baselined
+    d["suppressed"] = suppressed
+    d["fingerprint"] = fingerprint(f, root)
     return d
 
 
 def to_json(report: Report, root: Path) -> str:
+    summary = dict(report.summary)
+    if summary.get("dismissed"):
+        summary["dismissed"] = [{**d, "path": rel(d["path"], root)} for d in summary["dismissed"]]
     return json.dumps(
         {
+            "$schema": f"https://github.com/arfuse/arfuse/blob/main/arfuse/audit/report/{SCHEMA}",
+            "version": JSON_VERSION,
+            "exit_code": report.exit_code,
+            "verdict": report.verdict,
             "findings": [
-                _json_finding(f, root, i in report.baselined) for i, f in enumerate(report.findings)
+                _json_finding(f, root, i in report.baselined, report.suppressed.get(i))
+                for i, f in enumerate(report.findings)
             ],
-            "summary": report.summary,
+            "summary": summary,
             "errors": report.errors,
         },
         indent=2,
     )
-
-
-def _counts(report: Report) -> str:
-    by = Counter(f.code for f in report.new)
-    if not by:
-        return "no new findings"
-    return ", ".join(f"{c} x{n}" for c, n in sorted(by.items()))
 
 
 def to_text(report: Report, root: Path, verbose: bool = False) -> str:
@@ -131,7 +151,13 @@ def to_text(report: Report, root: Path, verbose: bool = False) -> str:
     for path in sorted(by_file):
         lines.append(path)
         for i, f in sorted(by_file[path], key=lambda t: (t[1].line, t[1].code)):
-            mark = "  (baselined)" if i in report.baselined else ""
+            mark = (
+                "  (baselined)"
+                if i in report.baselined
+                else f"  (suppressed: {report.suppressed[i]})"
+                if i in report.suppressed
+                else ""
+            )
             lines.append(f"  {path}:{f.line}: {f.code} [{f.name}] {f.message}{mark}")
             if f.location.code:
                 lines.append(f"    {f.line:>5} | {f.location.code}")
@@ -155,18 +181,7 @@ def to_text(report: Report, root: Path, verbose: bool = False) -> str:
         lines.append(f"error: {e}")
     for note in s.get("notes", []):
         lines.append(f"note: {note}")
-    domain = (
-        f" over num_tokens in [{s['domain'][0]:,}, {s['domain'][1]:,}]" if s.get("domain") else ""
-    )
-    verdict = (
-        f"PASS: num_tokens stays dynamic{domain}"
-        if not report.new and not report.errors
-        else "FAIL"
-    )
-    lines.append(
-        f"{verdict}: {len(report.findings)} finding(s), {len(report.baselined)} "
-        f"baselined, {_counts(report)}. `arfuse rules` explains each code."
-    )
+    lines.append(f"{report.verdict}. `arfuse rules` explains each code.")
     return "\n".join(lines) + "\n"
 
 
@@ -190,7 +205,13 @@ def to_markdown(report: Report, root: Path) -> str:
     if report.findings:
         out += ["| | code | rule | where | finding |", "|---|---|---|---|---|"]
         for i, f in enumerate(report.findings):
-            state = "baselined" if i in report.baselined else "**new**"
+            state = (
+                "baselined"
+                if i in report.baselined
+                else "suppressed"
+                if i in report.suppressed
+                else "**new**"
+            )
             msg = f.message
             src = f" <br>`{f.location.code}`" if f.location.code else ""
             cell = (msg + src).replace("|", "\\|")
@@ -203,10 +224,12 @@ def to_markdown(report: Report, root: Path) -> str:
             out += ["<details><summary>How to fix</summary>", ""]
             out += [f"- `{c}`: {fx}" for c, fx in sorted(fixes.items())]
             out += ["", "</details>", ""]
-    for e in report.errors:
-        out.append(f"> **error:** {e}")
+    if report.errors:
+        out += ["## Errors", "", "The audit did not complete:", ""]
+        out += [f"- {e}" for e in report.errors] + [""]
     for n in s.get("notes", []):
         out.append(f"> note: {n}")
+    out += ["", f"**{report.verdict}**"]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -247,7 +270,16 @@ def to_sarif(report: Report, root: Path) -> str:
         if i in report.baselined:
             result["baselineState"] = "unchanged"
             result["suppressions"] = [{"kind": "external", "justification": "in baseline"}]
+        elif i in report.suppressed:
+            result["suppressions"] = [{"kind": "inSource", "justification": report.suppressed[i]}]
         results.append(result)
+    invocation = {
+        "executionSuccessful": not report.errors,
+        "exitCode": report.exit_code,
+        "toolExecutionNotifications": [
+            {"level": "error", "message": {"text": e}} for e in report.errors
+        ],
+    }
     sarif = {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
@@ -271,8 +303,9 @@ def to_sarif(report: Report, root: Path) -> str:
                         ],
                     }
                 },
+                "invocations": [invocation],
                 "results": results,
-                "properties": {"summary": report.summary},
+                "properties": {"summary": report.summary, "verdict": report.verdict},
             }
         ],
     }

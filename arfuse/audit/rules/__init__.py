@@ -10,6 +10,8 @@ Families (one module each):
     ARF3xx  ranks.py           cross-rank consistency: compiles, token guards, fused ops and
                                collectives that differ between ranks (scope "ranks": the check
                                gets a `RanksContext` of every rank's trace, runs once)
+    ARF9xx  hygiene.py         the audit's own exceptions: unused inline suppressions, stale
+                               baseline entries (scope "report": found by `report.accept`)
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ class Rule:
     docs: str
     check: Callable[[Any], Iterable[Finding]]  # AuditContext or RanksContext, as `scope` says
     fix: str = ""
-    scope: str = "rank"  # "rank": once per rank's trace; "ranks": once over all ranks
+    # "rank": once per rank's trace; "ranks": once over all ranks; "report": reads no trace,
+    # its findings come from the report step (suppressions, baseline: `report.accept`)
+    scope: str = "rank"
     # what it reads from a trace, in `arfuse.audit.trace.slim`'s names; empty: its family's default
     needs: frozenset[str] = frozenset()
 
@@ -90,6 +94,7 @@ def all_rules() -> list[Rule]:
     from arfuse.audit.rules import (  # noqa: F401 - registers rules
         compiled,
         fusion,
+        hygiene,
         ranks,
         specialization,
     )

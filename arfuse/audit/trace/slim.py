@@ -119,7 +119,8 @@ def reads_of(rules: Iterable[Rule]) -> frozenset[str]:
     """What the rules read together (a rule that declares no `needs` reads everything known)."""
     out: set[str] = set()
     for r in rules:
-        out |= r.needs or _EVERYTHING_KNOWN
+        if r.scope != "report":  # those read no trace
+            out |= r.needs or _EVERYTHING_KNOWN
     return frozenset(out)
 
 

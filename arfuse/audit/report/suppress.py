@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from arfuse.audit.findings import Finding
-from arfuse.audit.source_line import comment_start
+from arfuse.audit.report.source_line import comment_start
 
 _ARFUSE = re.compile(r"#\s*arfuse:\s*ignore\b(?:\[(?P<codes>[^\]]*)\])?", re.I)
 _NOQA = re.compile(r"#\s*noqa:\s*(?P<codes>[A-Z]+[0-9]+(?:[\s,]+[A-Z]+[0-9]+)*)", re.I)

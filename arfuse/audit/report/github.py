@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from arfuse.audit.files import rel
+from arfuse.audit.paths import rel
 
 
 def _data(text: str) -> str:
