@@ -104,12 +104,16 @@ class FileConfig:
         return out
 
     def targets(self) -> list[str]:
-        """The declared targets; `FILE.py:NAME` made absolute, `pkg.module:NAME` as written."""
+        """The declared targets; `FILE.py:NAME` relative to the working directory (absolute
+        when the file is not under it), `pkg.module:NAME` as written."""
         out = []
         for t in self.get("targets", []):
             file, sep, name = t.rpartition(":")
-            if sep and file.endswith(".py") and not Path(file).is_absolute():
-                t = f"{self.root / file}:{name}"
+            if sep and file.endswith(".py"):
+                where = (self.root / file).resolve()
+                here = Path.cwd().resolve()
+                shown = where.relative_to(here) if where.is_relative_to(here) else where
+                t = f"{shown}:{name}"
             out.append(t)
         return out
 

@@ -37,9 +37,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def run_audit(target: Any, rootdir: Any = None, **overrides: Any) -> Any:
     """Audit `target` with the `[tool.arfuse]` found from `rootdir`; pytest.fail on a failing
     report; the report otherwise."""
-    from arfuse.audit.options import options_for
-
     from arfuse.audit.api import run
+    from arfuse.audit.options import options_for
 
     report = run(options_for(target, start=rootdir, **overrides))
     if report.exit_code != 0:

@@ -222,6 +222,23 @@ def _follow_parent(parent: int, out: Path, temporary: bool) -> None:
     threading.Thread(target=watch, name="arfuse-follow-parent", daemon=True).start()
 
 
+def _user_line(exc: BaseException) -> str:
+    """`file:line` of the innermost frame of the user's code in the exception's traceback (its
+    causes included): where an import or build() failed, not where arfuse re-raised it."""
+    from arfuse.audit.judge.attribution import is_framework
+
+    where = ""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        for frame in traceback.extract_tb(e.__traceback__):
+            if not frame.filename.startswith("<") and not is_framework(frame.filename):
+                where = f"{frame.filename}:{frame.lineno}"
+        e = e.__cause__ or e.__context__
+    return where
+
+
 def main(config_path: str) -> int:
     config = json.loads(Path(config_path).read_text())
     out = Path(config["out"])
@@ -254,12 +271,15 @@ def main(config_path: str) -> int:
                     raise ValueError(f"the target failed on a rank:\n{exc}") from None
             ranks = list(range(target.world_size)) if target.audit_ranks == "all" else [0]
     except Exception as exc:  # noqa: BLE001 - every target error becomes a message + exit 3
+        traceback.print_exc()  # into worker.log, which the message points at
+        sys.stderr.flush()
         (out / "fatal.json").write_text(
             json.dumps(
                 {
                     "message": f"{type(exc).__name__}: {exc}"
                     if not isinstance(exc, ValueError)
                     else str(exc),
+                    "where": _user_line(exc),
                     "traceback": traceback.format_exc(),
                 }
             )

@@ -67,6 +67,35 @@ class Report:
         return {"json": to_json, "markdown": to_markdown, "sarif": to_sarif}[fmt](self, where)
 
 
+def combine(reports: list[Report]) -> Report:
+    """One report of several targets' (`targets = [...]` in [tool.arfuse]): findings and
+    errors together, each target's summary under "targets"."""
+    if len(reports) == 1:
+        return reports[0]
+    findings: list[Finding] = []
+    out = Report(findings)
+    for r in reports:
+        offset = len(findings)
+        findings += r.findings
+        out.baselined |= {offset + i for i in r.baselined}
+        out.suppressed.update({offset + i: c for i, c in r.suppressed.items()})
+        out.errors += [f"{r.summary.get('target')}: {e}" for e in r.errors]
+    domains = {tuple(r.summary.get("domain") or ()) for r in reports}
+    out.summary = {
+        "target": ", ".join(str(r.summary.get("target")) for r in reports),
+        "targets": [r.summary for r in reports],
+        "findings": len(findings),
+        "new": len(out.new),
+        "baselined": len(out.baselined),
+        "suppressed": len(out.suppressed),
+        "rules": sorted({c for r in reports for c in r.summary.get("rules", [])}),
+        "checked_dynamic": all(r.summary.get("checked_dynamic") for r in reports),
+        "notes": [n for r in reports for n in r.summary.get("notes", [])],
+        **({"domain": list(domains.pop())} if len(domains) == 1 and () not in domains else {}),
+    }
+    return out
+
+
 def _json_finding(f: Finding, root: Path, baselined: bool, suppressed: str | None) -> dict:
     d = f.to_json()
     d["path"] = rel(f.path, root)
@@ -111,13 +140,14 @@ def to_text(report: Report, root: Path, verbose: bool = False) -> str:
         if len(set(per_rank.values())) < 2
         else "/".join(str(n) for n in per_rank.values()) + " (ranks " + "/".join(per_rank) + ")"
     )
-    lines = [
-        f"arfuse audit: {s.get('target', '?')}",
-        f"  {swept}{compiles} compiles, "
-        f"{s.get('recompiles', 0)} recompiles, {s.get('seconds', 0)} s, "
-        f"backend {s.get('backend', '?')}, ranks audited {s.get('ranks', [0])} "
-        f"of world size {s.get('world_size', 1)})",
-    ]
+    lines = [f"arfuse audit: {s.get('target', '?')}"]
+    if "sizes" in s:  # a run that stopped before reading a trace has nothing to count
+        lines.append(
+            f"  {swept}{compiles} compiles, "
+            f"{s.get('recompiles', 0)} recompiles, {s.get('seconds', 0)} s, "
+            f"backend {s.get('backend', '?')}, ranks audited {s.get('ranks', [0])} "
+            f"of world size {s.get('world_size', 1)})"
+        )
     if s.get("domain"):
         lo, hi = s["domain"]
         n = s.get("dismissed_guards", 0)

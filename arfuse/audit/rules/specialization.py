@@ -21,7 +21,7 @@ from arfuse.audit.judge.context import AuditContext, pretty_source
 from arfuse.audit.judge.domain import recompiles_at
 from arfuse.audit.judge.verdicts import COMPILER, DIVISIBILITY, PIN, RANGE, Decision, decisions
 from arfuse.audit.rules import finding, rule
-from arfuse.audit.trace.records import CompilationMetrics, CompileId, Frame
+from arfuse.audit.trace.records import CompilationMetrics, CompileId, DynamoStart, Frame
 from arfuse.audit.trace.slim import GUARDS
 
 
@@ -66,6 +66,16 @@ def _lines(ctx: AuditContext, kind: str) -> list[_Line]:
     return list(lines.values())
 
 
+def _compiled_frame(ctx: AuditContext, compile_id: object) -> Frame | None:
+    """The model's frame Dynamo compiled as `compile_id` (the innermost frame of its
+    `dynamo_start` stack outside torch and arfuse): where a compiler-made finding is shown."""
+    for e in ctx.trace.of(DynamoStart):
+        if str(e.compile_id) == str(compile_id):
+            user = [f for f in e.stack or () if not is_framework(f.filename)]
+            return user[-1] if user else None
+    return None
+
+
 def _finding(ctx: AuditContext, line: _Line, message: str) -> Finding:
     a = line.where
     details = []
@@ -90,13 +100,17 @@ def _finding(ctx: AuditContext, line: _Line, message: str) -> Finding:
         }
     )
     first = line.decisions[0]
+    frames = list(a.frames)
+    site = _compiled_frame(ctx, first.compile_id) if a.by == "compiler" else None
+    if site is not None:  # shown on the model's code; the compiler's line is the related one
+        frames = [site, *frames]
     return finding(
         message=message,
-        location=Location.of(a.decision),
+        location=Location.of(frames[0]),
         expr="; ".join(line.exprs),
         symbol=first.guards[0].symbol,
         compile_id=str(first.compile_id) if first.compile_id else "",
-        frames=[Location.of(f) for f in a.frames],
+        frames=[Location.of(f) for f in frames],
         details=details,
         num_tokens=sizes,
     )
@@ -294,7 +308,7 @@ _INT32_MAX = "2147483647"
       """,
     fix="warm the second compile before serving, chunk the large tensor, or narrow "
     "--max-tokens to what you serve",
-    needs=GUARDS,
+    needs=GUARDS | {"dynamo_start.stack"},  # the compiled frame: where it is shown
 )
 def check_compiler_switch(ctx: AuditContext) -> Iterable[Finding]:
     for line in _lines(ctx, COMPILER):
