@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arfuse.audit.options import AuditOptions
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - the tomli backport (a dependency on 3.10 only)
@@ -102,6 +104,19 @@ class FileConfig:
         if "baseline" in self.values:
             out["baseline"] = str(self.root / self.values["baseline"])
         return out
+
+    def options(self, **overrides: Any) -> AuditOptions:
+        """The `AuditOptions` of this table (for `arfuse.audit.audit()` and the pytest plugin);
+        keyword arguments override its keys."""
+        fields: dict[str, Any] = {
+            k.replace("-", "_"): v
+            for k, v in self.values.items()
+            if k not in ("targets", "per-file-ignores", "baseline")
+        }
+        if "baseline" in self.values:
+            fields["baseline"] = self.root / self.values["baseline"]
+        fields["per_file_ignores"] = self.per_file_ignores()
+        return AuditOptions.of(None, **{**fields, **overrides})
 
     def targets(self) -> list[str]:
         """The declared targets; `FILE.py:NAME` relative to the working directory (absolute

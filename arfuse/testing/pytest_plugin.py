@@ -35,12 +35,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def run_audit(target: Any, rootdir: Any = None, **overrides: Any) -> Any:
-    """Audit `target` with the `[tool.arfuse]` found from `rootdir`; pytest.fail on a failing
-    report; the report otherwise."""
-    from arfuse.audit.api import run
-    from arfuse.audit.options import options_for
+    """Audit `target` with the `[tool.arfuse]` found from `rootdir` (keyword arguments
+    override it); pytest.fail with the text report when it fails, else the report."""
+    from arfuse.audit.api import audit
+    from arfuse.audit.config import find
 
-    report = run(options_for(target, start=rootdir, **overrides))
+    report = audit(target, options=find(rootdir).options(**overrides))
     if report.exit_code != 0:
         pytest.fail(report.render("text"), pytrace=False)
     return report

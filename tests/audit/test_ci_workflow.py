@@ -13,7 +13,9 @@ import pytest
 
 pytestmark = pytest.mark.timeout(600)
 DATA = Path(__file__).resolve().parent / "data"
-SCHEMA = Path(__file__).resolve().parents[2] / "arfuse" / "audit" / "report" / "findings.schema.json"
+SCHEMA = (
+    Path(__file__).resolve().parents[2] / "arfuse" / "audit" / "report" / "findings.schema.json"
+)
 
 LAYER = '''"""A layer with a threshold (suppressed), a sliding window (baselined) and a suppression
 that suppresses nothing."""
@@ -82,11 +84,20 @@ def repo(tmp_path: Path) -> Path:
     # accepted long ago, when the line still had a comment and other spacing; plus an entry
     # for a line that was fixed since (stale)
     entries = [
-        {"code": "ARF102", "path": "models/layer.py", "line": window - 3,
-         "source": "y = x[ -4095 : ]   # the window",
-         "target": "models/layer.py:build"},
-        {"code": "ARF103", "path": "models/layer.py", "line": 30, "source": "x = x.view(-1, 4)",
-         "target": "models/layer.py:build"},
+        {
+            "code": "ARF102",
+            "path": "models/layer.py",
+            "line": window - 3,
+            "source": "y = x[ -4095 : ]   # the window",
+            "target": "models/layer.py:build",
+        },
+        {
+            "code": "ARF103",
+            "path": "models/layer.py",
+            "line": 30,
+            "source": "x = x.view(-1, 4)",
+            "target": "models/layer.py:build",
+        },
     ]
     (tmp_path / "audit" / "baseline.json").write_text(
         json.dumps({"version": 1, "findings": entries}, indent=2) + "\n"
@@ -98,8 +109,16 @@ def test_a_team_repository_end_to_end(repo: Path):
     layer = repo / "models" / "layer.py"
     out = repo / "out"
     res = arfuse(
-        "audit", "--keep", "out/keep", "--also", "json=out/a.json", "--also", "sarif=out/a.sarif",
-        "--also", "github=out/a.gh", cwd=repo / "models",  # config found upward
+        "audit",
+        "--keep",
+        "out/keep",
+        "--also",
+        "json=out/a.json",
+        "--also",
+        "sarif=out/a.sarif",
+        "--also",
+        "github=out/a.gh",
+        cwd=repo / "models",  # config found upward
     )
     stderr = res.stderr.decode()
     assert res.returncode == 1, res.stdout.decode() + stderr
@@ -117,13 +136,17 @@ def test_a_team_repository_end_to_end(repo: Path):
     threshold = _line(layer, "if x.shape[0] <= 2048")
     window = _line(layer, "y = x[-4095:]")
     unused = _line(layer, "return y + 1")
-    assert got == [
-        ("ARF102", threshold, False, True),
-        ("ARF102", window, True, False),  # comment and spacing ignored: still the same line
-        ("ARF104", threshold, False, True),
-        ("ARF901", unused, False, False),  # ARF101 suppressed nothing there
-        ("ARF902", 3 + 9, False, False),  # the stale entry, at its line in the baseline
-    ] or got
+    assert (
+        got
+        == [
+            ("ARF102", threshold, False, True),
+            ("ARF102", window, True, False),  # comment and spacing ignored: still the same line
+            ("ARF104", threshold, False, True),
+            ("ARF901", unused, False, False),  # ARF101 suppressed nothing there
+            ("ARF902", 3 + 9, False, False),  # the stale entry, at its line in the baseline
+        ]
+        or got
+    )
     by = {f["code"]: f for f in report["findings"]}
     assert by["ARF902"]["path"] == "audit/baseline.json"
     assert "ARF103" in by["ARF902"]["message"]
@@ -131,13 +154,16 @@ def test_a_team_repository_end_to_end(repo: Path):
     last = res.stdout.decode().rstrip().splitlines()[-1]
     assert last.startswith("FAIL: 2 new finding(s)"), last
     gh = (out / "a.gh").read_text().splitlines()
-    assert f"::error file=models/layer.py,line={unused},title=ARF901 unused-suppression::" in (
-        gh[0][: gh[0].index("::", 8) + 2]
-    ) or gh
+    assert (
+        f"::error file=models/layer.py,line={unused},title=ARF901 unused-suppression::"
+        in (gh[0][: gh[0].index("::", 8) + 2])
+        or gh
+    )
 
     # the baseline is rewritten, not appended to: the stale entry goes
-    wrote = arfuse("audit", "--trace", "out/keep", "--write-baseline", "audit/baseline.json",
-                   cwd=repo)
+    wrote = arfuse(
+        "audit", "--trace", "out/keep", "--write-baseline", "audit/baseline.json", cwd=repo
+    )
     assert wrote.returncode == 0, wrote.stderr.decode()
     entries = json.loads((repo / "audit" / "baseline.json").read_text())["findings"]
     assert [(e["code"], e["line"]) for e in entries] == [("ARF102", window)]
@@ -152,8 +178,17 @@ def test_a_team_repository_end_to_end(repo: Path):
 
 def test_a_target_that_fails_to_import(repo: Path):
     res = arfuse(
-        "audit", "models/broken.py:build", "--keep", "out/keep", "--also", "json=out/b.json",
-        "--also", "sarif=out/b.sarif", "--also", "markdown=out/b.md", cwd=repo,
+        "audit",
+        "models/broken.py:build",
+        "--keep",
+        "out/keep",
+        "--also",
+        "json=out/b.json",
+        "--also",
+        "sarif=out/b.sarif",
+        "--also",
+        "markdown=out/b.md",
+        cwd=repo,
     )
     assert res.returncode == 2
     stderr = res.stderr.decode()
@@ -177,8 +212,9 @@ def test_a_target_that_fails_to_import(repo: Path):
 
 def test_piped_trace_on_stdin_and_bad_settings(tmp_path: Path):
     log = DATA / "torch-2.13.0-branch.log.gz"
-    piped = arfuse("audit", "--trace", "-", "--format", "json", cwd=tmp_path,
-                   stdin=log.read_bytes())
+    piped = arfuse(
+        "audit", "--trace", "-", "--format", "json", cwd=tmp_path, stdin=log.read_bytes()
+    )
     from_file = arfuse("audit", "--trace", str(log), "--format", "json", cwd=tmp_path)
     assert piped.returncode == from_file.returncode == 1, piped.stderr.decode()
     codes = lambda r: [(f["code"], f["line"]) for f in json.loads(r.stdout)["findings"]]  # noqa: E731
@@ -199,10 +235,10 @@ def test_piped_trace_on_stdin_and_bad_settings(tmp_path: Path):
     (tmp_path / "pyproject.toml").write_text('[tool.arfuse]\nignore = ["ARF104"]\n')
     cfg = arfuse("audit", "--trace", str(log), "--format", "json", cwd=tmp_path)
     assert {f["code"] for f in json.loads(cfg.stdout)["findings"]} == {"ARF102", "ARF103"}
-    isolated = arfuse("audit", "--trace", str(log), "--format", "json", "--isolated",
-                      cwd=tmp_path)
+    isolated = arfuse("audit", "--trace", str(log), "--format", "json", "--isolated", cwd=tmp_path)
     assert "ARF104" in {f["code"] for f in json.loads(isolated.stdout)["findings"]}
     # a flag overrides the file
-    flag = arfuse("audit", "--trace", str(log), "--format", "json", "--ignore", "ARF103",
-                  cwd=tmp_path)
+    flag = arfuse(
+        "audit", "--trace", str(log), "--format", "json", "--ignore", "ARF103", cwd=tmp_path
+    )
     assert {f["code"] for f in json.loads(flag.stdout)["findings"]} == {"ARF102", "ARF104"}

@@ -7,7 +7,7 @@ import pytest
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.timeout(600)
 
-MODEL = '''
+MODEL = """
 import torch
 
 from arfuse.audit import AuditTarget
@@ -33,9 +33,9 @@ def threshold():
 def clean():
     return AuditTarget(Clean(), lambda n: (torch.randn(n, 8),), {"backend": "aot_eager"},
                        sizes=[16, 257])
-'''
+"""
 
-TESTS = '''
+TESTS = """
 import pytest
 import torch
 
@@ -58,17 +58,17 @@ def test_in_process_target_keeps_trace_out_of_the_log(arfuse_audit):
 
 def test_config_applies(arfuse_audit):
     arfuse_audit("models.py:threshold", ignore=["ARF1"], select=["ARF1", "ARF2"])
-'''
+"""
 
 
 def test_plugin_in_a_users_suite(pytester: pytest.Pytester):
     pytester.makepyfile(models=MODEL, test_models=TESTS)
-    pytester.makepyprojecttoml('[tool.arfuse]\nmax-tokens = 4096\n')
+    pytester.makepyprojecttoml("[tool.arfuse]\nmax-tokens = 4096\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", timeout=500)
     result.assert_outcomes(passed=2, failed=2)
     out = result.stdout.str()
     # the failure is the report: the line, the code, the verdict - no traceback of the plugin
-    line = MODEL.splitlines().index("        if x.shape[0] <= 256:") + 1
+    line = MODEL.lstrip("\n").splitlines().index("        if x.shape[0] <= 256:") + 1
     assert f"models.py:{line}: ARF102" in out, out
     assert "FAIL: 2 new finding(s)" in out
     assert "pytest_plugin.py" not in out
