@@ -444,7 +444,9 @@ def _error_report(spec: str, message: str) -> Any:
     output is still written and says why."""
     from arfuse.audit.report.model import Report
 
-    return Report([], {"target": spec or "built-in example", "notes": []}, errors=[message])
+    summary = {"target": spec or "built-in example", "rules": [], "notes": []}
+    summary.update(findings=0, new=0, baselined=0, suppressed=0)
+    return Report([], summary, errors=[message])
 
 
 def _baselinable(report: Any) -> list:
