@@ -83,8 +83,7 @@ def load(path: str | Path) -> list[dict[str, Any]]:
 def _matches(entry: dict[str, Any], key: dict[str, Any]) -> bool:
     if entry.get("code") != key["code"]:
         return False
-    ep, kp = str(entry.get("path", "")), key["path"]
-    if not (ep == kp or kp.endswith("/" + ep) or ep.endswith("/" + kp)):
+    if not _same_file(str(entry.get("path", "")), key["path"]):
         return False
     if entry.get("source") and key["source"]:
         return normalise(entry["source"]) == normalise(key["source"])
@@ -99,8 +98,13 @@ def target_key(spec: str, root: Path) -> str:
     return spec
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Paths written relative to different working directories name the same file."""
+    return a == b or a.endswith("/" + b) or b.endswith("/" + a)
+
+
 def _mine(entry: dict[str, Any], target: str) -> bool:
-    return entry.get("target") in (None, "", target)
+    return not entry.get("target") or _same_file(str(entry["target"]), target)
 
 
 def match(

@@ -75,6 +75,11 @@ def source_line(path: str, line: int, recorded: str = "") -> str:
     return recorded
 
 
+def _real(path: str) -> str:
+    """One name per file (the trace's absolute path, the target's relative one)."""
+    return os.path.realpath(path) if os.path.exists(path) else path
+
+
 def scan(path: str) -> list[Suppression]:
     """Every suppression in file `path` (none when it cannot be read)."""
     try:
@@ -102,18 +107,18 @@ def apply(
     findings = list(findings)
     ran = set(ran)
     at: dict[tuple[str, int], Suppression] = {}
-    for path in dict.fromkeys([*files, *(f.path for f in findings)]):
+    for path in dict.fromkeys(_real(p) for p in [*files, *(f.path for f in findings)]):
         for s in scan(path):
             at[(s.path, s.line)] = s
     for f in findings:  # a file not here: the recorded source line
-        if (f.path, f.line) not in at and not os.path.isfile(f.path):
+        if (_real(f.path), f.line) not in at and not os.path.isfile(f.path):
             s = parse(f.path, f.line, f.location.code)
             if s is not None:
-                at[(f.path, f.line)] = s
+                at[(_real(f.path), f.line)] = s
     out = Outcome([], [], [])
     used: dict[tuple[str, int], set[str]] = {}
     for f in findings:
-        s = at.get((f.path, f.line))
+        s = at.get((_real(f.path), f.line))
         if s is not None and s.covers(f.code):
             out.suppressed.append((f, s))
             used.setdefault((s.path, s.line), set()).add(f.code)
