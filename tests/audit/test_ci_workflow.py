@@ -4,6 +4,7 @@ target that fails to import, piped output and `--trace -`."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,26 @@ def test_piped_trace_on_stdin_and_bad_settings(tmp_path: Path):
         "audit", "--trace", str(log), "--format", "json", "--ignore", "ARF103", cwd=tmp_path
     )
     assert {f["code"] for f in json.loads(flag.stdout)["findings"]} == {"ARF102", "ARF104"}
+
+
+def test_html_is_one_self_contained_page_linked_from_tlparse(tmp_path: Path):
+    res = arfuse(
+        "audit", "--trace", str(DATA / "ranks-divergent-torch-2.13.0"), "--html", "html", "-q",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr.decode()
+    html = tmp_path / "html"
+    page = (html / "findings.html").read_text()
+    assert "<style>" in page and "<link" not in page and "<script" not in page
+    # every link is relative and lands on a file tlparse wrote
+    hrefs = re.findall(r'href="([^"]+)"', page)
+    assert hrefs and all(not h.startswith(("/", "http")) for h in hrefs)
+    assert all((html / h).is_file() for h in hrefs), hrefs
+    # ARF303: a table row per rank; each finding shows its fix
+    block = page[page.index('<span class="code">ARF303</span>') :].split('<div class="finding"')[0]
+    rows = re.findall(r"<tr><td>(\d)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", block)
+    assert [(r, g) for r, g, _ in rows] == [("0", "0/0"), ("1", "0/0")], rows
+    assert "no fused op" in rows[1][2]
+    assert page.count('class="fix"') == page.count('class="finding"') > 0
+    for index in (html / "index.html", html / "rank_0" / "index.html"):
+        assert 'findings.html">arfuse audit findings</a>' in index.read_text()
