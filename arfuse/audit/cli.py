@@ -9,7 +9,7 @@ import contextlib
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +275,7 @@ def audit(
     else:
         specs = file_config.targets() or [""]  # "": the built-in example
     show = not quiet if progress is None else progress and not quiet
-    reports = []
+    reports: list[Any] = []
     for spec in specs:
         try:
             opts = _options(
@@ -305,7 +305,7 @@ def audit(
 
             where = html if len(specs) == 1 else html / f"target_{len(reports)}"
             try:
-                render(logs, where, report, warn=lambda m: quiet or click.echo(m, err=True))
+                render(logs, where, report, warn=_notice(quiet))
             except ValueError as exc:
                 report.errors.append(str(exc))
         reports.append(report)
@@ -427,7 +427,7 @@ def _stdin_log(trace_file: Path) -> Iterator[Path]:
     import shutil
     import tempfile
 
-    stdin = click.get_binary_stream("stdin")
+    stdin = sys.stdin.buffer
     with tempfile.TemporaryDirectory(prefix="arfuse-stdin-") as tmp:
         head = stdin.read(2)
         if not head:
@@ -439,12 +439,22 @@ def _stdin_log(trace_file: Path) -> Iterator[Path]:
         yield path
 
 
+def _notice(quiet: bool) -> Callable[[str], None]:
+    """Where notices (the tlparse report's path, warnings) go: stderr, unless -q."""
+
+    def notice(message: str) -> None:
+        if not quiet:
+            click.echo(message, err=True)
+
+    return notice
+
+
 def _error_report(spec: str, message: str) -> Any:
     """The report of a run that could not judge the model (exit 2), so every requested
     output is still written and says why."""
     from arfuse.audit.report.model import Report
 
-    summary = {"target": spec or "built-in example", "rules": [], "notes": []}
+    summary: dict[str, Any] = {"target": spec or "built-in example", "rules": [], "notes": []}
     summary.update(findings=0, new=0, baselined=0, suppressed=0)
     return Report([], summary, errors=[message])
 

@@ -33,7 +33,7 @@ from arfuse.audit.options import AuditOptions
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - the tomli backport (a dependency on 3.10 only)
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 SECTION = "tool.arfuse"
 

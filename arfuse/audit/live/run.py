@@ -133,13 +133,13 @@ def _run(
         fatal = out / "fatal.json"
         if fatal.exists():
             info = json.loads(fatal.read_text())
-            log = (
+            where = (
                 "rerun with --keep DIR and read DIR/worker.log"
                 if workspace.temporary
                 else str(log_path)
             )
             at = f"{rel(info['where'], Path.cwd())}: " if info.get("where") else ""
-            raise TargetError(f"{spec}: {at}{info['message']}\n(full traceback: {log})")
+            raise TargetError(f"{spec}: {at}{info['message']}\n(full traceback: {where})")
         if proc.returncode != 0 or not (out / "run.json").exists():
             raise TargetError(
                 f"{spec}: the audit worker exited with code {proc.returncode} "

@@ -112,25 +112,25 @@ def apply(
             at[(s.path, s.line)] = s
     for f in findings:  # a file not here: the recorded source line
         if (_real(f.path), f.line) not in at and not os.path.isfile(f.path):
-            s = parse(f.path, f.line, f.location.code)
-            if s is not None:
-                at[(_real(f.path), f.line)] = s
+            recorded = parse(f.path, f.line, f.location.code)
+            if recorded is not None:
+                at[(_real(f.path), f.line)] = recorded
     out = Outcome([], [], [])
     used: dict[tuple[str, int], set[str]] = {}
     for f in findings:
-        s = at.get((_real(f.path), f.line))
-        if s is not None and s.covers(f.code):
-            out.suppressed.append((f, s))
-            used.setdefault((s.path, s.line), set()).add(f.code)
+        hit = at.get((_real(f.path), f.line))
+        if hit is not None and hit.covers(f.code):
+            out.suppressed.append((f, hit))
+            used.setdefault((hit.path, hit.line), set()).add(f.code)
         else:
             out.kept.append(f)
     for key, s in sorted(at.items()):
-        hit = used.get(key, set())
+        reported = used.get(key, set())
         if not s.codes:
-            if not hit and every_rule:
+            if not reported and every_rule:
                 out.unused.append((s, frozenset()))
             continue
-        idle = frozenset(c for c in s.codes if c not in hit and c in ran)
+        idle = frozenset(c for c in s.codes if c not in reported and c in ran)
         if idle:
             out.unused.append((s, idle))
     return out
