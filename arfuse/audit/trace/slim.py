@@ -119,7 +119,7 @@ def reads_of(rules: Iterable[Rule]) -> frozenset[str]:
     """What the rules read together (a rule that declares no `needs` reads everything known)."""
     out: set[str] = set()
     for r in rules:
-        if r.scope != "report":  # those read no trace
+        if getattr(r, "scope", "rank") != "report":  # those read no trace
             out |= r.needs or _EVERYTHING_KNOWN
     return frozenset(out)
 
