@@ -71,7 +71,9 @@ def test_rule_needs_decide_the_policy():
         "guard_added_fast",
         "guard_added",
         "symbolic_shape_specialization",
+        "dynamo_start",  # ARF106: the compiled frame, where a compiler-made finding is shown
     }
+    assert "dynamo_start" not in policy_for(select_rules(["ARF1"], ["ARF106"])).stacks
     # every rule declares its needs in its own module; none falls back to "everything"
     assert {r.needs for r in select_rules()} == {GUARDS, GRAPHS, RANKS}
 
