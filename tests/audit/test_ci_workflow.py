@@ -266,3 +266,26 @@ def test_html_is_one_self_contained_page_linked_from_tlparse(tmp_path: Path):
     assert page.count('class="fix"') == page.count('class="finding"') > 0
     for index in (html / "index.html", html / "rank_0" / "index.html"):
         assert 'findings.html">arfuse audit findings</a>' in index.read_text()
+
+
+def test_every_target_of_the_config_in_one_command(repo: Path):
+    text = PYPROJECT.replace(
+        'targets = ["models/layer.py:build"]',
+        'targets = ["models/layer.py:build", "models/broken.py:build"]',
+    )
+    (repo / "pyproject.toml").write_text(text)
+    res = arfuse("audit", "-q", "--also", "json=out/all.json", cwd=repo)
+    assert res.returncode == 2  # the worst of the two: one target did not import
+    out = res.stdout.decode()
+    assert "arfuse audit: models/layer.py:build" in out
+    assert "arfuse audit: models/broken.py:build" in out
+    assert out.rstrip().splitlines()[-1].startswith("arfuse audit, 2 targets: ERROR")
+    assert res.stderr.decode().count("error: ") == 1  # -q: the error, no phases
+    report = json.loads((repo / "out" / "all.json").read_text())
+    jsonschema.validate(report, json.loads(SCHEMA.read_text()))
+    assert [s["target"] for s in report["summary"]["targets"]] == [
+        "models/layer.py:build",
+        "models/broken.py:build",
+    ]
+    assert report["errors"][0].startswith("models/broken.py:build: ")
+    assert {f["code"] for f in report["findings"]} >= {"ARF102", "ARF104", "ARF901", "ARF902"}
