@@ -2,8 +2,8 @@
 
 import pytest
 
-from arfuse.audit.report import suppress
 from arfuse.audit.findings import Finding, Location
+from arfuse.audit.report import suppress
 from arfuse.audit.report.source_line import comment_start, normalise
 
 
