@@ -289,3 +289,20 @@ def test_every_target_of_the_config_in_one_command(repo: Path):
     ]
     assert report["errors"][0].startswith("models/broken.py:build: ")
     assert {f["code"] for f in report["findings"]} >= {"ARF102", "ARF104", "ARF901", "ARF902"}
+
+
+def test_json_paths_are_relative_and_compiler_findings_sit_on_the_model(tmp_path: Path):
+    """The H200 trace of a tiny HF Llama: ARF106 (Inductor's 64-bit indexing switch) is shown
+    at the compiled model frame, Inductor's line related; dismissed guards carry the package
+    path, not the recording machine's site-packages."""
+    res = arfuse(
+        "audit", "--trace", str(DATA / "gpu-torch-2.11.0" / "hf_llama.tar.gz"),
+        "--max-tokens", "65536", "--format", "json", cwd=tmp_path,
+    )  # fmt: skip
+    report = json.loads(res.stdout)
+    jsonschema.validate(report, json.loads(SCHEMA.read_text()))
+    (f,) = report["findings"]
+    assert f["code"] == "ARF106" and f["path"] == "transformers/utils/generic.py"
+    assert [x["path"] for x in f["frames"]] == [f["path"], "torch/_inductor/codegen/simd.py"]
+    assert report["summary"]["dismissed"]
+    assert all(d["path"].startswith("torch/") for d in report["summary"]["dismissed"])
