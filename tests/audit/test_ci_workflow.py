@@ -236,6 +236,13 @@ def test_piped_trace_on_stdin_and_bad_settings(tmp_path: Path):
     (tmp_path / "pyproject.toml").write_text('[tool.arfuse]\nignore = ["ARF104"]\n')
     cfg = arfuse("audit", "--trace", str(log), "--format", "json", cwd=tmp_path)
     assert {f["code"] for f in json.loads(cfg.stdout)["findings"]} == {"ARF102", "ARF103"}
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.arfuse]\nignore = ["ARF104"]\n'
+        '[tool.arfuse.per-file-ignores]\n"/*/capture_trace_fixtures.py" = ["ARF103"]\n'
+    )
+    per_file = arfuse("audit", "--trace", str(log), "--format", "json", cwd=tmp_path)
+    assert {f["code"] for f in json.loads(per_file.stdout)["findings"]} == {"ARF102"}
+    (tmp_path / "pyproject.toml").write_text('[tool.arfuse]\nignore = ["ARF104"]\n')
     isolated = arfuse("audit", "--trace", str(log), "--format", "json", "--isolated", cwd=tmp_path)
     assert "ARF104" in {f["code"] for f in json.loads(isolated.stdout)["findings"]}
     # a flag overrides the file
