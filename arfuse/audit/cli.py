@@ -242,8 +242,10 @@ def audit(
     """Prove a compiled model stays dynamic in num_tokens.
 
     TARGET is FILE.py:NAME or pkg.module:NAME; NAME() returns an arfuse.audit.AuditTarget or
-    (model, make_inputs[, torch_compile_kwargs]). With no TARGET, audits the built-in
-    tensor-parallel example (2 gloo ranks, Inductor + AllReduceFusionPass).
+    (model, make_inputs[, torch_compile_kwargs]). With no TARGET, audits each target of
+    `targets` in [tool.arfuse] (pyproject.toml, found from here upward), else the built-in
+    tensor-parallel example (2 gloo ranks, Inductor + AllReduceFusionPass). Settings come from
+    [tool.arfuse]; flags override them.
     """
     from arfuse.audit.config import FileConfig
 
