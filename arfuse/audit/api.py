@@ -40,8 +40,11 @@ def _merge_ranks(findings: list[Finding]) -> list[Finding]:
     merged: dict[tuple[str, str, int], Finding] = {}
     for f in findings:
         key = (f.code, f.path, f.line)
-        if key in merged:
-            merged[key].ranks = sorted(set(merged[key].ranks) | set(f.ranks))
+        if key in merged:  # another rank, or another compiler guard shown at the same frame
+            m = merged[key]
+            m.ranks = sorted(set(m.ranks) | set(f.ranks))
+            m.details += [d for d in f.details if d not in m.details]
+            m.frames += [x for x in f.frames if x not in m.frames]
         else:
             merged[key] = f
     return sorted(merged.values(), key=Finding.sort_key)

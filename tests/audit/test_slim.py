@@ -12,7 +12,7 @@ from arfuse.audit.judge.context import RunInfo
 from arfuse.audit.rules import select_rules
 from arfuse.audit.trace.reader import parse_bytes, parse_stream, read_bytes
 from arfuse.audit.trace.records import Artifact, ChromiumEvent, GuardAddedFast, UnknownEvent
-from arfuse.audit.trace.slim import GRAPHS, GUARDS, RANKS, Policy, policy_for
+from arfuse.audit.trace.slim import COMPILED_FRAMES, GRAPHS, GUARDS, RANKS, Policy, policy_for
 
 DATA = Path(__file__).resolve().parent / "data"
 LOGS = sorted(DATA.glob("*.log.gz")) + sorted(DATA.glob("ranks-*/*.log.gz"))
@@ -71,16 +71,16 @@ def test_rule_needs_decide_the_policy():
         "guard_added_fast",
         "guard_added",
         "symbolic_shape_specialization",
-        "dynamo_start",  # ARF106: the compiled frame, where a compiler-made finding is shown
+        "dynamo_start",  # ARF104/106: the compiled frame, where compiler findings are shown
     }
-    assert "dynamo_start" not in policy_for(select_rules(["ARF1"], ["ARF106"])).stacks
+    assert "dynamo_start" not in policy_for(select_rules(["ARF1"], ["ARF104", "ARF106"])).stacks
     # every rule declares its needs in its own module; none falls back to "everything"
-    # (ARF106 also reads the compiled frame; ARF9xx read no trace)
+    # (ARF104/106 also read the compiled frame; ARF9xx read no trace)
     assert {r.needs for r in select_rules() if r.scope != "report"} == {
         GUARDS,
         GRAPHS,
         RANKS,
-        GUARDS | {"dynamo_start.stack"},
+        GUARDS | COMPILED_FRAMES,
     }
 
 

@@ -22,7 +22,7 @@ from arfuse.audit.judge.domain import recompiles_at
 from arfuse.audit.judge.verdicts import COMPILER, DIVISIBILITY, PIN, RANGE, Decision, decisions
 from arfuse.audit.rules import finding, rule
 from arfuse.audit.trace.records import CompilationMetrics, CompileId, DynamoStart, Frame
-from arfuse.audit.trace.slim import GUARDS
+from arfuse.audit.trace.slim import COMPILED_FRAMES, GUARDS
 
 
 @dataclass
@@ -308,7 +308,7 @@ _INT32_MAX = "2147483647"
       """,
     fix="warm the second compile before serving, chunk the large tensor, or narrow "
     "--max-tokens to what you serve",
-    needs=GUARDS | {"dynamo_start.stack"},  # the compiled frame: where it is shown
+    needs=GUARDS | COMPILED_FRAMES,
 )
 def check_compiler_switch(ctx: AuditContext) -> Iterable[Finding]:
     for line in _lines(ctx, COMPILER):
@@ -410,7 +410,7 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
       Remove the guard named in the finding (see ARF101-ARF103 at the same line).
       """,
     fix="remove the guard at this line (see the ARF101-ARF103 finding at the same line)",
-    needs=GUARDS,
+    needs=GUARDS | COMPILED_FRAMES,
 )
 def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
     groups: dict[tuple[str, int], tuple[Frame, list[tuple[CompileId, str]], list[int]]] = {}
@@ -475,13 +475,17 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
     for frame, events, sizes in groups.values():
         cids = list(dict.fromkeys(c for c, _ in events))
         at = f" at num_tokens={', '.join(map(str, sorted(sizes)))}" if sizes else ""
+        frames = [frame]
+        site = _compiled_frame(ctx, cids[0]) if cids and is_framework(frame.filename) else None
+        if site is not None:  # a compiler guard failed: shown at the model's compiled frame
+            frames = [site, frame]
         yield finding(
             message=f"recompiled {len(cids)} time(s){at} because a guard from this line "
             f"failed{limit}",
-            location=Location.of(frame),
+            location=Location.of(frames[0]),
             expr="; ".join(dict.fromkeys(g for _, g in events)),
             compile_id=str(cids[0]) if cids else "",
-            frames=[Location.of(frame)],
+            frames=[Location.of(f) for f in frames],
             details=[
                 f"recompile {c} (num_tokens={ctx.compile_sizes.get(c, '?')}): failed `{g}`"
                 for c, g in events

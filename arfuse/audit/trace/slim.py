@@ -67,8 +67,10 @@ GUARDS = frozenset(
 )
 GRAPHS = frozenset({f"collectives:{POST_GRAD_GRAPH}", f"artifact:{FUSION_REPORT}"})
 RANKS = GUARDS | GRAPHS | {f"collectives:{g}" for g in AOT_GRAPHS}
+#: The model frame each compile began in: where a finding the compiler made is shown.
+COMPILED_FRAMES = frozenset({"dynamo_start.stack"})
 #: A rule that declares no needs reads all of the above.
-_EVERYTHING_KNOWN = GUARDS | GRAPHS | RANKS
+_EVERYTHING_KNOWN = GUARDS | GRAPHS | RANKS | COMPILED_FRAMES
 
 _COMPRESS_OVER = 4096
 _METRIC_STR_MAX = 500  # config dumps are longer; fail_reason is kept whole
