@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from arfuse import optable
 from arfuse.patterns.spec import AXES, FusionSpec
 
 
@@ -50,7 +51,7 @@ class FusionConfig:
     quant: frozenset[str] = field(default=frozenset(AXES["quant"]))
     allreduce_ops: tuple[str, ...] = ()
     norm_ops: tuple[str, ...] = ()
-    hidden_multiple: int = 8
+    hidden_multiple: int = optable.HIDDEN_MULTIPLE
     token_range: tuple[int, int | None] | None = None
     fused_max_tokens: int | None = None
 

@@ -38,7 +38,7 @@ from typing import Any, cast
 
 import torch
 import torch.distributed as dist
-from torch._inductor.custom_graph_pass import CustomGraphPass
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 from torch._inductor.pattern_matcher import stable_topological_sort
 from torch._prims_common import is_contiguous_or_false
 from torch.fx import Graph, Node
@@ -123,10 +123,9 @@ class AllReduceFusionPass(CustomGraphPass):
         """Changes with arfuse's matching/replacement code, the config and the policy, so the
         FX graph cache never serves a graph compiled by another version, config or thresholds
         table of the pass."""
-        digest = hashlib.sha256(self.config.key().encode())
+        digest = hashlib.sha256(get_hash_for_files(_SOURCES))  # read once per process (lru_cache)
+        digest.update(self.config.key().encode())
         digest.update(self.policy.key().encode())
-        for path in _SOURCES:
-            digest.update(Path(path).read_bytes())
         return digest.digest()
 
     # -- the pass ------------------------------------------------------------------------------

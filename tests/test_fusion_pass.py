@@ -170,10 +170,17 @@ class TestCacheKey:
             dst.write_text(Path(src).read_text())
             copies.append(str(dst))
         monkeypatch.setattr(fusion_mod, "_SOURCES", tuple(copies))
+        from torch._inductor.custom_graph_pass import get_hash_for_files
+
+        get_hash_for_files.cache_clear()
         before = arfuse.AllReduceFusionPass().uuid()
         with open(copies[-1], "a") as f:
             f.write("\n# a change to the matcher\n")
+        # the sources are hashed once per process (torch's lru_cache), not on every call ...
+        assert arfuse.AllReduceFusionPass().uuid() == before
+        get_hash_for_files.cache_clear()  # ... so a new process sees the change
         assert arfuse.AllReduceFusionPass().uuid() != before
+        get_hash_for_files.cache_clear()  # the next test hashes the real sources again
 
 
 class TestConfig:

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from arfuse.audit.findings import Finding
-from arfuse.audit.judge.context import AuditContext, RunInfo
+from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.judge.domain import TokenDomain
 from arfuse.audit.options import AuditOptions
 from arfuse.audit.report.accept import accept
 from arfuse.audit.report.model import Report
 from arfuse.audit.rules import Rule, all_rules, select_rules
 from arfuse.audit.trace.reader import parse_file
-from arfuse.audit.trace.records import FUSION_REPORT, POST_GRAD_GRAPH, CompilationMetrics, Trace
+from arfuse.audit.trace.records import FUSION_REPORT, CompilationMetrics, Trace
+from arfuse.audit.trace.run_info import RunInfo
 from arfuse.audit.trace.slim import GUARDS
 
 
@@ -52,11 +53,11 @@ def _merge_ranks(findings: list[Finding]) -> list[Finding]:
 
 def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) -> dict[str, Any]:
     t0 = traces[min(traces)] if traces else Trace()
-    compiles = {m.metrics_compile_id or m.compile_id for m in t0.of(CompilationMetrics)}
+    compiles = {m.of_compile for m in t0.of(CompilationMetrics)}
     recompiles = sum(1 for _ in t0.artifacts("recompile_reasons"))
     fusion = [a.payload_json() for a in t0.artifacts(FUSION_REPORT)]
     fusion = [p for p in fusion if isinstance(p, dict)]
-    post_grad = sum(1 for _ in t0.artifacts(POST_GRAD_GRAPH))
+    post_grad = sum(1 for _ in t0.post_grad_graphs())
     notes = list(run.notes)
     if not post_grad:
         notes.append(
@@ -102,7 +103,7 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
             **({"ranges": ranges} if ranges else {}),
         },
         "compiles_by_rank": {
-            str(r): len({m.metrics_compile_id or m.compile_id for m in t.of(CompilationMetrics)})
+            str(r): len({m.of_compile for m in t.of(CompilationMetrics)})
             for r, t in sorted(traces.items())
         },
         "findings": len(findings),
@@ -113,11 +114,11 @@ def _summary(traces: dict[int, Trace], run: RunInfo, findings: list[Finding]) ->
     }
 
 
-def _guard_summary(contexts: dict[int, AuditContext], run: RunInfo) -> dict[str, Any]:
+def _guard_summary(contexts: dict[int, AuditContext], run: RunInfo, judged: bool) -> dict[str, Any]:
     """The token domain, and the guards judged harmless over it (each with the reason)."""
     dismissed: dict[tuple[str, str, int], dict[str, Any]] = {}
     for rank, ctx in contexts.items():
-        for d in ctx.dismissed:
+        for d in ctx.judgement.dismissed if judged else []:
             entry = dismissed.setdefault((d["expr"], d["path"], d["line"]), {**d, "ranks": []})
             entry["ranks"].append(rank)
     return {
@@ -150,11 +151,7 @@ def analyze(
     per_rank = [r for r in rules if r.scope == "rank"]
     contexts = {rank: AuditContext(t, run, rank) for rank, t in sorted(traces.items())}
     found = [f for ctx in contexts.values() for f in run_rules(ctx, per_rank)]
-    if any(r.needs >= GUARDS for r in per_rank):
-        from arfuse.audit.judge.verdicts import decisions
-
-        for ctx in contexts.values():
-            decisions(ctx)  # fills ctx.dismissed even when no ARF1 rule found anything
+    judged = any(r.needs >= GUARDS for r in per_rank)  # else no guard was judged at all
     if len(contexts) > 1:
         from arfuse.audit.rules.ranks import RanksContext
 
@@ -175,7 +172,7 @@ def analyze(
             "leaves none; `arfuse rules` lists the codes"
         )
     report = Report(findings, _summary(traces, run, findings), errors=errors)
-    report.summary.update(_guard_summary(contexts, run))
+    report.summary.update(_guard_summary(contexts, run, judged))
     where = Path(root) if root else Path.cwd()
     accept(
         report,
@@ -259,11 +256,11 @@ def _audit_in_process(obj: Any, opts: AuditOptions) -> Report:
 
     import torch
 
-    from arfuse.audit.judge.context import CallResult
     from arfuse.audit.live import sizes as sweeps
     from arfuse.audit.live.capture import capture_trace
     from arfuse.audit.live.target import coerce
     from arfuse.audit.live.worker import sweep_target
+    from arfuse.audit.trace.run_info import CallResult
 
     target = coerce(obj, "audit(target)")
     if target.world_size is not None:

@@ -270,6 +270,8 @@ def audit(
         raise _fail(str(exc)) from None
     if write_baseline and update_baseline:
         raise _fail("pass --write-baseline or --update-baseline, not both")
+    if trace_file is not None and target:
+        raise _fail("pass either TARGET or --trace, not both")
     if trace_file is not None:
         specs = [str(trace_file)]
     elif target:
@@ -414,7 +416,7 @@ def _run_one(spec: str, trace_file: Path | None, opts: AuditOptions) -> tuple[An
     result = run_target(
         spec or SPEC,
         opts,
-        display=spec or "built-in TP decoder example (arfuse.audit.live.default_target:tp_decoder)",
+        display=spec or f"built-in TP decoder example ({SPEC})",
     )
     logs = {r: str(p) for r, p in result.trace_files.items() if r in result.traces}
     return api.analyze(result.traces, result.run, opts), logs

@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from arfuse.audit.judge.context import AuditContext, RunInfo
+from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.options import AuditOptions
-from arfuse.audit.trace.records import POST_GRAD_GRAPH, CompilationMetrics, Trace
+from arfuse.audit.trace.records import CompilationMetrics, Trace
+from arfuse.audit.trace.run_info import RunInfo
 from arfuse.audit.trace.slim import policy_for
 from arfuse.audit.trace.sources import discover, parse_sources, pick_per_rank
 from arfuse.audit.trace.token_source import infer_token_sources
@@ -82,9 +83,7 @@ def load_traces(
         run.ranks = sorted(traces)
         run.world_size = max(traces) + 1
         run.backend = (
-            "inductor"
-            if any(True for t in traces.values() for _ in t.artifacts(POST_GRAD_GRAPH))
-            else "?"
+            "inductor" if any(True for t in traces.values() for _ in t.post_grad_graphs()) else "?"
         )
         run.sizes = _summary_sizes(traces, run)
         run.notes.append(

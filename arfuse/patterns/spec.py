@@ -21,6 +21,8 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from arfuse import optable
+
 ALLREDUCE_FORMS = ("c10d", "arfuse", "custom")
 NORM_FORMS = ("hf", "rms_norm", "gemma", "custom_op")
 RESIDUAL_FORMS = ("none", "ar+res", "res+ar")
@@ -67,8 +69,7 @@ class FusionSpec:
 
     @property
     def fused_op(self) -> str:
-        suffix = "_fp8" if self.quant == "fp8" else ""
-        return f"arfuse::fused_allreduce_rmsnorm{suffix}"
+        return optable.FUSED_RMSNORM_FP8 if self.quant == "fp8" else optable.FUSED_RMSNORM
 
     @classmethod
     def parse(cls, name: str) -> FusionSpec:

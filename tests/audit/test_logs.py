@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from arfuse.audit import analyze_trace
-from arfuse.audit.judge.context import RunInfo
+from arfuse.audit.trace.run_info import RunInfo
 
 DATA = Path(__file__).resolve().parent / "data"
 TOOL = (Path(__file__).resolve().parent / "tools" / "capture_trace_fixtures.py").read_text()

@@ -8,11 +8,19 @@ from pathlib import Path
 import pytest
 
 from arfuse.audit import analyze
-from arfuse.audit.judge.context import RunInfo
 from arfuse.audit.rules import select_rules
 from arfuse.audit.trace.reader import parse_bytes, parse_stream, read_bytes
 from arfuse.audit.trace.records import Artifact, ChromiumEvent, GuardAddedFast, UnknownEvent
-from arfuse.audit.trace.slim import COMPILED_FRAMES, GRAPHS, GUARDS, RANKS, Policy, policy_for
+from arfuse.audit.trace.run_info import RunInfo
+from arfuse.audit.trace.slim import (
+    COMPILED_FRAMES,
+    DEFAULT,
+    GRAPHS,
+    GUARDS,
+    RANKS,
+    Policy,
+    policy_for,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 LOGS = sorted(DATA.glob("*.log.gz")) + sorted(DATA.glob("ranks-*/*.log.gz"))
@@ -82,6 +90,7 @@ def test_rule_needs_decide_the_policy():
         RANKS,
         GUARDS | COMPILED_FRAMES,
     }
+    assert policy_for(select_rules()) == DEFAULT  # the reader's default keeps what all rules read
 
 
 def _vllm_log(report: bool) -> bytes:

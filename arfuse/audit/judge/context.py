@@ -1,22 +1,17 @@
 """What the rules look at: one rank's parsed trace plus what the driver knows about the run.
 
-`RunInfo` is written by the driver (`run.json`): the sizes it fed, which sources are token
-dims, and how each call ended. `AuditContext` joins it with the trace: which compile happened
-at which num_tokens (the driver logs an `arfuse_audit_call` artifact before every call), and
-which shape symbols are token symbols.
+`AuditContext` joins the run (`arfuse.audit.trace.run_info.RunInfo`) with the trace: which
+compile happened at which num_tokens (the driver logs an `arfuse_audit_call` artifact before
+every call), which shape symbols are token symbols, and the guards' judgement.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from arfuse.audit.judge.domain import TokenDomain
-from arfuse.audit.options import DEFAULT_MAX_TOKENS, DEFAULT_MIN_TOKENS
 from arfuse.audit.trace.records import (
     CALL_ARTIFACT,
     Artifact,
@@ -27,6 +22,10 @@ from arfuse.audit.trace.records import (
     Trace,
     UnknownEvent,
 )
+from arfuse.audit.trace.run_info import RunInfo
+
+if TYPE_CHECKING:
+    from arfuse.audit.judge.verdicts import Judgement
 
 _SIZE_SOURCE = re.compile(r"\.size\(\)\[(\d+)\]$")
 _INT_ARG_SOURCE = re.compile(r"^L\['[^']+'\]$")
@@ -38,65 +37,6 @@ def pretty_source(source: str) -> str:
     return re.sub(r"L\['([^']+)'\]", r"\1", source)
 
 
-@dataclass
-class CallResult:
-    index: int
-    num_tokens: int
-    ok: bool = True
-    error_type: str = ""
-    error: str = ""
-    rank: int = 0
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> CallResult:
-        return cls(
-            **{
-                k: d[k]
-                for k in ("index", "num_tokens", "ok", "error_type", "error", "rank")
-                if k in d
-            }
-        )
-
-
-@dataclass
-class RunInfo:
-    """What the driver did. Defaults describe a bare trace: any `.size()[0]` is a token dim."""
-
-    target: str = "<trace>"
-    sizes: list[int] = field(default_factory=list)
-    token_sources: list[str] = field(default_factory=list)
-    token_dims: dict[str, list[int]] = field(default_factory=dict)  # arg name -> dims
-    calls: list[CallResult] = field(default_factory=list)
-    world_size: int = 1
-    ranks: list[int] = field(default_factory=lambda: [0])
-    backend: str = ""
-    strict: bool = False
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    min_tokens: int = DEFAULT_MIN_TOKENS  # the token domain the model must serve
-    max_tokens: int = DEFAULT_MAX_TOKENS
-
-    @property
-    def domain(self) -> TokenDomain:
-        return TokenDomain(self.min_tokens, self.max_tokens)
-
-    def to_json(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["calls"] = [c.__dict__ for c in self.calls]
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> RunInfo:
-        d = dict(d)
-        d["calls"] = [CallResult.from_json(c) for c in d.get("calls", [])]
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-    @classmethod
-    def load(cls, path: str | Path) -> RunInfo:
-        return cls.from_json(json.loads(Path(path).read_text()))
-
-
 class AuditContext:
     """One rank's trace + the run; cached lookups the rules share."""
 
@@ -104,8 +44,15 @@ class AuditContext:
         self.trace = trace
         self.run = run or RunInfo()
         self.rank = rank
-        self.domain = self.run.domain
-        self.dismissed: list[dict[str, Any]] = []  # guards judged harmless, with the reason
+        self.domain = TokenDomain(self.run.min_tokens, self.run.max_tokens)
+
+    @cached_property
+    def judgement(self) -> Judgement:
+        """Every token guard judged over the domain (`arfuse.audit.judge.verdicts.judge`),
+        computed on first use: no caller has to run it first."""
+        from arfuse.audit.judge.verdicts import judge
+
+        return judge(self)
 
     # -- which call triggered which compile ---------------------------------------------
     @cached_property

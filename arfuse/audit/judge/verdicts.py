@@ -10,7 +10,9 @@ floor-division consequences give one verdict, not three. Then:
         one count / every count but a few  PIN        a residue class   DIVISIBILITY
         contiguous runs                    RANGE      torch's own code  COMPILER
 
-    for d in decisions(ctx): d.kind, d.where.decision, d.verdict.describe()
+    j = judge(ctx)   # or ctx.judgement (computed once per context, on first use)
+    for d in j.decisions: d.kind, d.where.decision, d.verdict.describe()
+    j.dismissed        # the guards that hold everywhere, each with the reason
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from arfuse.audit.judge.attribution import Attribution, attribute, short_path
-from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.judge.domain import Verdict
 from arfuse.audit.judge.guards import GuardClass, classify, symbols
 from arfuse.audit.trace.records import CompileId, GuardAddedFast, SymbolicShapeSpecialization
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from arfuse.audit.judge.context import AuditContext
 
 #: what a failing decision is; the rules (not the judge) name the codes
 PIN, RANGE, DIVISIBILITY, COMPILER = "pin", "range", "divisibility", "compiler"
@@ -102,19 +105,48 @@ def token_guards(ctx: AuditContext) -> list[TokenGuard]:
     return out
 
 
+@dataclass
+class Judgement:
+    """Every token guard of one rank's trace, judged: the decisions that fail somewhere in the
+    domain, and the guards dismissed (hold everywhere, or re-check a model line) with why."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    dismissed: list[dict[str, Any]] = field(default_factory=list)
+    _seen: set[tuple[str, str, int]] = field(default_factory=set, repr=False)
+
+    def dismiss(self, guards: list[TokenGuard], where: Attribution, reason: str) -> None:
+        for g in guards:
+            key = (g.expr, where.decision.filename, where.decision.line)
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            self.dismissed.append(
+                {
+                    "expr": g.expr,
+                    "path": where.decision.filename,
+                    "line": where.decision.line,
+                    "by": where.by,
+                    "compile_id": str(g.compile_id) if g.compile_id else "",
+                    "reason": reason,
+                }
+            )
+
+
 def decisions(ctx: AuditContext) -> list[Decision]:
-    """The decisions that fail somewhere in the domain (cached on the context); the guards
-    that hold everywhere, or re-check a model line, go to `ctx.dismissed`."""
-    cached = ctx.__dict__.get("_decisions")
-    if cached is not None:
-        return cached
+    """The decisions of `ctx`'s judgement (judged once per context)."""
+    return ctx.judgement.decisions
+
+
+def judge(ctx: AuditContext) -> Judgement:
+    """Judge every token guard of one rank's trace over the token domain (a pure function of
+    the context; `AuditContext.judgement` keeps its result)."""
+    j = Judgement()
     groups: dict[tuple[Any, str, int], list[TokenGuard]] = {}
     lo, hi = ctx.domain.lo, ctx.domain.hi
     for g in token_guards(ctx):  # numpy (arfuse.audit.judge.truth) loads only if there are any
         size = ctx.compile_sizes.get(g.compile_id) if g.compile_id else None
         if size is not None and not lo <= size <= hi:
-            _dismiss(
-                ctx,
+            j.dismiss(
                 [g],
                 g.where,
                 f"compiled for num_tokens={size:,}, outside the token "
@@ -125,7 +157,7 @@ def decisions(ctx: AuditContext) -> list[Decision]:
         groups.setdefault(key, []).append(g)
     judged: list[tuple[Decision, np.ndarray | None]] = []
     for guards in groups.values():
-        judged += _judge_line(ctx, guards)
+        judged += _judge_line(ctx, j, guards)
     out: list[Decision] = []
     kept: list[tuple[Decision, np.ndarray]] = []
     # strongest first (most failing counts), model lines before the compiler's
@@ -143,8 +175,7 @@ def decisions(ctx: AuditContext) -> list[Decision]:
             host.folded += d.guards
             line = f"{short_path(host.where.decision.filename)}:{host.where.decision.line}"
             who = "the compiler re-checks" if d.where.by == "compiler" else "follows from"
-            _dismiss(
-                ctx,
+            j.dismiss(
                 d.guards,
                 d.where,
                 f"{who} the guard decided at {line} (folded into that finding)",
@@ -154,12 +185,12 @@ def decisions(ctx: AuditContext) -> list[Decision]:
             kept.append((d, t))
         out.append(d)
     out.sort(key=lambda d: (d.line_key, str(d.compile_id)))
-    ctx.__dict__["_decisions"] = out
-    return out
+    j.decisions = out
+    return j
 
 
 def _judge_line(
-    ctx: AuditContext, guards: list[TokenGuard]
+    ctx: AuditContext, j: Judgement, guards: list[TokenGuard]
 ) -> list[tuple[Decision, np.ndarray | None]]:
     """The conjunction of the judgeable guards as one decision; an unjudgeable guard is its
     own decision, its kind given by its syntax."""
@@ -180,11 +211,11 @@ def _judge_line(
                 kind = COMPILER if compiler else _BY_SYNTAX[cls]
                 out.append((Decision(where, first_cid, [g], v, kind), None))
             else:
-                _dismiss(ctx, [g], where, f"torch's own bound on a dynamic size ({got})")
+                j.dismiss([g], where, f"torch's own bound on a dynamic size ({got})")
             continue
         truth, start = got
         if truth.all():
-            _dismiss(ctx, [g], where, verdict_of(g.expr, truth, start, ctx.domain).describe())
+            j.dismiss([g], where, verdict_of(g.expr, truth, start, ctx.domain).describe())
             continue
         total = truth if total is None else total & truth
         judgeable.append(g)
@@ -217,22 +248,3 @@ def _implied_by(
         if not (conj & ~truth).any():
             return same[0][0]
     return None
-
-
-def _dismiss(ctx: AuditContext, guards: list[TokenGuard], where: Attribution, reason: str) -> None:
-    seen = ctx.__dict__.setdefault("_dismissed_keys", set())
-    for g in guards:
-        key = (g.expr, where.decision.filename, where.decision.line)
-        if key in seen:
-            continue
-        seen.add(key)
-        ctx.dismissed.append(
-            {
-                "expr": g.expr,
-                "path": where.decision.filename,
-                "line": where.decision.line,
-                "by": where.by,
-                "compile_id": str(g.compile_id) if g.compile_id else "",
-                "reason": reason,
-            }
-        )

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arfuse.audit.judge.context import RunInfo
 from arfuse.audit.live.target import split_spec
 from arfuse.audit.live.workspace import Workspace, kill, watch
 from arfuse.audit.options import AuditOptions
 from arfuse.audit.paths import rel
 from arfuse.audit.trace.reader import trace_files
 from arfuse.audit.trace.records import Trace
+from arfuse.audit.trace.run_info import RunInfo
 
 #: how much of the worker's output a crash report quotes (read from the end of the log only:
 #: a target may print hundreds of MB)
@@ -93,6 +93,27 @@ def run_target(
         raise
 
 
+def _check_finished(workspace: Workspace, spec: str, returncode: int | None) -> None:
+    """A TargetError saying why the worker did not finish, if it did not."""
+    out, log_path = workspace.path, workspace.path / "worker.log"
+    fatal = out / "fatal.json"
+    if fatal.exists():
+        info = json.loads(fatal.read_text())
+        where = (
+            "rerun with --keep DIR and read DIR/worker.log"
+            if workspace.temporary
+            else str(log_path)
+        )
+        at = f"{rel(info['where'], Path.cwd())}: " if info.get("where") else ""
+        raise TargetError(f"{spec}: {at}{info['message']}\n(full traceback: {where})")
+    if returncode != 0 or not (out / "run.json").exists():
+        raise TargetError(
+            f"{spec}: the audit worker exited with code {returncode} "
+            f"before finishing (a crash in the target or torch). Last output:"
+            f"\n{_tail(log_path)}"
+        )
+
+
 def _run(
     workspace: Workspace, config: dict[str, Any], *, dtrace: bool, progress: bool
 ) -> RunResult:
@@ -130,22 +151,7 @@ def _run(
                 kill(proc)
                 raise
             kill(proc)  # ranks the worker left behind, if any
-        fatal = out / "fatal.json"
-        if fatal.exists():
-            info = json.loads(fatal.read_text())
-            where = (
-                "rerun with --keep DIR and read DIR/worker.log"
-                if workspace.temporary
-                else str(log_path)
-            )
-            at = f"{rel(info['where'], Path.cwd())}: " if info.get("where") else ""
-            raise TargetError(f"{spec}: {at}{info['message']}\n(full traceback: {where})")
-        if proc.returncode != 0 or not (out / "run.json").exists():
-            raise TargetError(
-                f"{spec}: the audit worker exited with code {proc.returncode} "
-                f"before finishing (a crash in the target or torch). Last output:"
-                f"\n{_tail(log_path)}"
-            )
+        _check_finished(workspace, spec, proc.returncode)
         files = {_rank_of(p): p for p in trace_files(trace_dir)}
         if not files:
             raise TargetError(

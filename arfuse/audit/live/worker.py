@@ -22,8 +22,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from arfuse.audit.judge.context import CallResult, RunInfo
 from arfuse.audit.trace.records import CALL_ARTIFACT
+from arfuse.audit.trace.run_info import CallResult, RunInfo
 
 EXIT_TARGET_ERROR = 3
 EXIT_PARENT_GONE = 4
@@ -125,6 +125,25 @@ def sweep_target(target: Any, config: dict[str, Any], rank: int = 0) -> dict[str
         return _sweep(target.materialize(), config, rank, warming)
 
 
+def _inputs(target: Any, n: int) -> tuple:
+    try:
+        return _as_args(target.make_inputs(n))
+    except Exception as exc:  # noqa: BLE001 - a target error, reported with its fix
+        raise ValueError(f"make_inputs({n}) raised {type(exc).__name__}: {exc}") from exc
+
+
+def _call(model: Any, args: tuple, result: dict[str, Any]) -> dict[str, Any]:
+    """One call of the compiled model; an exception is recorded, not raised."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            model(*args)
+    except Exception as exc:  # noqa: BLE001 - recorded; ConstraintViolationError is a finding
+        result.update(ok=False, error_type=type(exc).__name__, error=f"{exc}"[:2000])
+    return result
+
+
 def _sweep(
     target: Any, config: dict[str, Any], rank: int, warming: threading.Thread | None = None
 ) -> dict[str, Any]:
@@ -147,10 +166,7 @@ def _sweep(
     dims_by_name: dict[str, list[int]] = {}
     sizes: list[int] = config["sizes"]
     for i, n in enumerate(sizes):
-        try:
-            args = _as_args(target.make_inputs(n))
-        except Exception as exc:  # noqa: BLE001 - a target error, reported with its fix
-            raise ValueError(f"make_inputs({n}) raised {type(exc).__name__}: {exc}") from exc
+        args = _inputs(target, n)
         if not sources:
             sources, dims_by_name = targets.token_sources(target, args)
             if not sources:
@@ -168,12 +184,7 @@ def _sweep(
             if warming is not None:
                 warming.join()  # one probe, not two racing
         t0 = time.perf_counter()
-        result: dict[str, Any] = {"index": i, "num_tokens": n, "ok": True, "rank": rank}
-        try:
-            with torch.no_grad():
-                model(*args)
-        except Exception as exc:  # noqa: BLE001 - recorded; ConstraintViolationError is a finding
-            result.update(ok=False, error_type=type(exc).__name__, error=f"{exc}"[:2000])
+        result = _call(model, args, {"index": i, "num_tokens": n, "ok": True, "rank": rank})
         calls.append(result)
         _progress(
             progress,

@@ -22,7 +22,7 @@ def _property(text: str) -> str:
     return _data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def to_github(report: Any, root: Path) -> str:
+def render(report: Any, root: Path, verbose: bool = False) -> str:
     lines = []
     for f in report.new:
         props = [f"file={_property(rel(f.path, root))}", f"line={max(f.line, 1)}"]

@@ -1,7 +1,7 @@
 """The rule registry. A rule is a small object: code, kebab-case name, summary, ruff-style docs
 (what it does / why is this bad / example / fix) and a check function over an `AuditContext`.
 
-Families (one module each):
+Families (a module holds one family or part of one):
     ARF1xx  specialization.py  num_tokens specialization, each guard judged over the token
                                domain: pins, range and divisibility guards, recompiles,
                                ConstraintViolationError, the compiler's own switches (ARF101-106)
@@ -91,14 +91,13 @@ def finding(message: str, location: Location, **fields: Any) -> Finding:
 
 
 def all_rules() -> list[Rule]:
-    from arfuse.audit.rules import (  # noqa: F401 - registers rules
-        compiled,
-        fusion,
-        hygiene,
-        ranks,
-        specialization,
-    )
+    """Every registered rule, by code: each module of this package registers its own, so a new
+    rule (or a new family module) is written in one place."""
+    import importlib
+    import pkgutil
 
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
     return [_REGISTRY[c] for c in sorted(_REGISTRY)]
 
 

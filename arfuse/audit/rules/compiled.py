@@ -135,10 +135,8 @@ def check_not_compiled(ctx: AuditContext) -> Iterable[Finding]:
         if "ConstraintViolation" in fail:
             continue
         d = m.metrics
-        path = d.get("fail_user_frame_filename") or d.get("co_filename") or "<unknown>"
-        line = int(d.get("fail_user_frame_lineno") or d.get("co_firstlineno") or 0)
-        frame = Frame(str(path), line, str(d.get("co_name") or ""))
-        cid = m.metrics_compile_id or m.compile_id
+        frame = m.failed_frame
+        cid = m.of_compile
         size = ctx.compile_sizes.get(cid) if cid else None
         found.append(
             finding(

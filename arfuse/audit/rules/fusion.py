@@ -24,7 +24,6 @@ from arfuse.audit.rules import finding, rule
 from arfuse.audit.trace.graph import Graph, Node, parse_graph
 from arfuse.audit.trace.records import (
     FUSION_REPORT,
-    POST_GRAD_GRAPH,
     Artifact,
     CompilationMetrics,
     CompileId,
@@ -51,9 +50,7 @@ _RSQRT = {"aten.rsqrt", "aten.reciprocal"}
 
 
 def post_grad_graphs(ctx: AuditContext) -> list[tuple[CompileId | None, Graph]]:
-    return [
-        (a.compile_id, parse_graph(a.payload or "")) for a in ctx.trace.artifacts(POST_GRAD_GRAPH)
-    ]
+    return [(a.compile_id, parse_graph(a.payload or "")) for a in ctx.trace.post_grad_graphs()]
 
 
 def left_by_range(ctx: AuditContext) -> set[int]:
@@ -61,7 +58,7 @@ def left_by_range(ctx: AuditContext) -> set[int]:
     pass report written just before the graph (same compile) lists chains under `by_range`."""
     reports = sorted(fusion_reports(ctx), key=lambda ap: ap[0].line_no)
     out = set()
-    for g in ctx.trace.artifacts(POST_GRAD_GRAPH):
+    for g in ctx.trace.post_grad_graphs():
         before = [p for a, p in reports if a.line_no < g.line_no and a.compile_id == g.compile_id]
         if before and before[-1].get("by_range") and not before[-1].get("skipped"):
             out.add(g.line_no)
@@ -161,7 +158,7 @@ def check_unfused(ctx: AuditContext) -> Iterable[Finding]:
     found: dict[tuple[str, int], Finding] = {}
     intended = left_by_range(ctx)
     allreduce_ops, norm_ops = configured_ops(ctx)
-    for art in ctx.trace.artifacts(POST_GRAD_GRAPH):
+    for art in ctx.trace.post_grad_graphs():
         if art.line_no in intended:
             continue  # a compile range above the fusion threshold: unfused by design
         cid, graph = art.compile_id, parse_graph(art.payload or "")
@@ -199,12 +196,8 @@ def _grouped(found: dict, key: tuple, detail: str, first: Finding) -> None:
 
 def frame_of(ctx: AuditContext, cid: CompileId | None) -> Frame:
     for m in ctx.trace.of(CompilationMetrics):
-        if (m.metrics_compile_id or m.compile_id) == cid and m.metrics.get("co_filename"):
-            return Frame(
-                m.metrics["co_filename"],
-                int(m.metrics.get("co_firstlineno") or 0),
-                str(m.metrics.get("co_name", "")),
-            )
+        if m.of_compile == cid and m.frame is not None:
+            return m.frame
     return Frame("<compiled graph>", 0)
 
 

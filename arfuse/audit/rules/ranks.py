@@ -42,7 +42,7 @@ class RanksContext:
         """Compile ids that finished (a compilation_metrics event), in log order."""
         seen: dict[CompileId, None] = {}
         for m in self.contexts[rank].trace.of(CompilationMetrics):
-            cid = m.metrics_compile_id or m.compile_id
+            cid = m.of_compile
             if cid is not None:
                 seen.setdefault(cid, None)
         return list(seen)

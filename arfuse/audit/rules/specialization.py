@@ -50,7 +50,7 @@ def _cve_compiles(ctx: AuditContext) -> set[CompileId]:
     out = set()
     for m in ctx.trace.of(CompilationMetrics):
         if "ConstraintViolation" in (m.fail_type or ""):
-            cid = m.metrics_compile_id or m.compile_id
+            cid = m.of_compile
             if cid is not None:
                 out.add(cid)
     return out
@@ -413,11 +413,36 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
     needs=GUARDS | COMPILED_FRAMES,
 )
 def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
+    limit = _recompile_limit(ctx)
+    for frame, events, sizes in _recompiles_by_line(ctx).values():
+        cids = list(dict.fromkeys(c for c, _ in events))
+        at = f" at num_tokens={', '.join(map(str, sorted(sizes)))}" if sizes else ""
+        frames = [frame]
+        site = _compiled_frame(ctx, cids[0]) if cids and is_framework(frame.filename) else None
+        if site is not None:  # a compiler guard failed: shown at the model's compiled frame
+            frames = [site, frame]
+        yield finding(
+            message=f"recompiled {len(cids)} time(s){at} because a guard from this line "
+            f"failed{limit}",
+            location=Location.of(frames[0]),
+            expr="; ".join(dict.fromkeys(g for _, g in events)),
+            compile_id=str(cids[0]) if cids else "",
+            frames=[Location.of(f) for f in frames],
+            details=[
+                f"recompile {c} (num_tokens={ctx.compile_sizes.get(c, '?')}): failed `{g}`"
+                for c, g in events
+            ],
+            num_tokens=sorted(sizes),
+        )
+
+
+def _recompiles_by_line(
+    ctx: AuditContext,
+) -> dict[tuple[str, int], tuple[Frame, list[tuple[CompileId, str]], list[int]]]:
+    """source line -> (its frame, the (recompile, failed guard) pairs, the num_tokens)."""
     groups: dict[tuple[str, int], tuple[Frame, list[tuple[CompileId, str]], list[int]]] = {}
     pins = {d.compile_id: d.where for d in decisions(ctx) if d.kind == PIN}
-    code_of = {
-        m.metrics_compile_id or m.compile_id: m.metrics for m in ctx.trace.of(CompilationMetrics)
-    }
+    frame_of = {m.of_compile: m.frame for m in ctx.trace.of(CompilationMetrics)}
     for art in ctx.trace.artifacts("recompile_reasons"):
         cid = art.compile_id
         n = ctx.compile_sizes.get(cid) if cid else None
@@ -439,15 +464,8 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
                 if failed in pins:
                     frames = [pins[failed].decision]
                 else:
-                    m = code_of.get(failed) or {}
-                    if m.get("co_filename"):
-                        frames = [
-                            Frame(
-                                m["co_filename"],
-                                int(m.get("co_firstlineno") or 0),
-                                str(m.get("co_name", "")),
-                            )
-                        ]
+                    compiled = frame_of.get(failed)
+                    frames = [compiled] if compiled is not None else []
             elif any(name in text for name in ctx.token_source_names):
                 frames = _reason_lines(ctx, text)
             guard = text.split("  #")[0].strip()
@@ -457,41 +475,23 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
                     g[1].append((cid, guard))
                 if n is not None and n not in g[2]:
                     g[2].append(n)
+    return groups
+
+
+def _recompile_limit(ctx: AuditContext) -> str:
     limit_hits = sorted(
         n
         for m in ctx.trace.of(CompilationMetrics)
         if "recompile limit" in (m.fail_reason or "").lower()
-        for n in [ctx.compile_sizes.get(m.metrics_compile_id or m.compile_id)]
+        for n in [ctx.compile_sizes.get(m.of_compile)]
         if n is not None
     )
-    limit = (
-        (
-            f"; torch._dynamo's recompile limit was hit at num_tokens={limit_hits[0]}: from "
-            f"there on new sizes run EAGERLY (not compiled)"
-        )
-        if limit_hits
-        else ""
+    if not limit_hits:
+        return ""
+    return (
+        f"; torch._dynamo's recompile limit was hit at num_tokens={limit_hits[0]}: from "
+        f"there on new sizes run EAGERLY (not compiled)"
     )
-    for frame, events, sizes in groups.values():
-        cids = list(dict.fromkeys(c for c, _ in events))
-        at = f" at num_tokens={', '.join(map(str, sorted(sizes)))}" if sizes else ""
-        frames = [frame]
-        site = _compiled_frame(ctx, cids[0]) if cids and is_framework(frame.filename) else None
-        if site is not None:  # a compiler guard failed: shown at the model's compiled frame
-            frames = [site, frame]
-        yield finding(
-            message=f"recompiled {len(cids)} time(s){at} because a guard from this line "
-            f"failed{limit}",
-            location=Location.of(frames[0]),
-            expr="; ".join(dict.fromkeys(g for _, g in events)),
-            compile_id=str(cids[0]) if cids else "",
-            frames=[Location.of(f) for f in frames],
-            details=[
-                f"recompile {c} (num_tokens={ctx.compile_sizes.get(c, '?')}): failed `{g}`"
-                for c, g in events
-            ],
-            num_tokens=sorted(sizes),
-        )
 
 
 @rule(
@@ -522,7 +522,7 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
 )
 def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
     cve = _cve_compiles(ctx)
-    metrics = {m.metrics_compile_id or m.compile_id: m for m in ctx.trace.of(CompilationMetrics)}
+    metrics = {m.of_compile: m for m in ctx.trace.of(CompilationMetrics)}
     seen: dict[tuple[str, int], Finding] = {}
     for d in decisions(ctx):
         if d.compile_id not in cve or d.kind != PIN:
@@ -550,12 +550,7 @@ def check_constraint_violation(ctx: AuditContext) -> Iterable[Finding]:
     # A failed compile whose trace names no pin: attribute to the frame torch blamed.
     for cid in cve - {CompileId.parse(f.compile_id) for f in seen.values()}:
         m = metrics[cid].metrics
-        path, line = m.get("fail_user_frame_filename"), m.get("fail_user_frame_lineno")
-        frame = Frame(
-            path or m.get("co_filename") or "<unknown>",
-            int(line or m.get("co_firstlineno") or 0),
-            str(m.get("co_name", "")),
-        )
+        frame = metrics[cid].failed_frame
         seen[(frame.filename, frame.line)] = finding(
             message="ConstraintViolationError: "
             + (m.get("fail_reason") or "").strip().splitlines()[0:1][0]

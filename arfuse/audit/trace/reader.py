@@ -120,6 +120,20 @@ _EXAMPLE = (
 )
 
 
+class _Span:
+    """The payload lines after one envelope, sliced out only for an event that keeps them."""
+
+    __slots__ = ("data", "end", "to")
+
+    def __init__(self, data: bytes, end: int, to: int) -> None:
+        self.data, self.end, self.to = data, end, to
+
+    def bytes(self) -> bytes | None:
+        if self.to <= self.end + 1:
+            return None
+        return self.data[self.end + 1 : self.to].rstrip(b"\n")
+
+
 class TraceFormatError(ValueError):
     """The input is not a TORCH_TRACE log (or not one this reader can hold in memory)."""
 
@@ -403,11 +417,9 @@ class _Reader:
         """Parse `data[:stop]`: whole lines, each preceded by a newline (`data[0]` is one).
         A leading newline lets one literal-prefixed regex find every envelope, the first one
         included (5x faster than a multi-line `^` anchor tried at every byte)."""
-        trace, policy = self.trace, self.policy
         events: list[Event] = []
         matches = list(_ENVELOPE.finditer(data, 0, stop))
         counted_to, lines = 0, self.lines
-        head_only, stack_kinds = self.head_only, self.stack_kinds
         covered_to = 1  # bytes up to here are envelopes or their payloads
         for i, m in enumerate(matches):
             start, end = m.start() + 1, m.end()
@@ -417,105 +429,104 @@ class _Reader:
                 self._garbage(data, covered_to, start, lines)
             lines += data.count(b"\n", counted_to, start)
             counted_to = start
-            line_no = lines
             nxt = matches[i + 1].start() + 1 if i + 1 < len(matches) else stop
             covered_to = _payload_end(data, end, nxt)
-            raw = m.group(3)
-            km = _KIND.match(raw)
-            kind = km.group(1) if km else None
-            if kind == b"chromium_event":  # the most frequent kind, never needed: no JSON
-                self.good += 1
-                if policy is None:
-                    events.append(
-                        ChromiumEvent(
-                            line_no,
-                            m.group(1).decode(),
-                            m.group(2).decode(),
-                            None,
-                            None,
-                        )
-                    )
-                continue
-            if (
-                policy is not None
-                and kind is not None
-                and kind != b"dynamo_start"
-                and not policy.builds(kind.decode())
-                and raw.endswith(b"}")
-            ):
-                self.good += 1  # a kind no selected rule reads: not even parsed
-                continue
-            payload = None
-            meta: dict[str, Any] | None
-            common: dict[str, Any]
-            if kind in _LAZY_KINDS and raw.endswith(b"}"):
-                meta = _tail_meta(raw)
-                if "has_payload" in meta and covered_to > end + 1:
-                    payload = data[end + 1 : covered_to].rstrip(b"\n")
-                rank = meta.get("rank")
-                common = {
-                    "line_no": line_no,
-                    "timestamp": m.group(1).decode(),
-                    "emitter": m.group(2).decode(),
-                    "compile_id": self._compile_id(meta),
-                    "rank": rank,
-                    "raw_payload": payload,
-                }
-                name = kind.decode()
-                self.good += 1
-                if name == "compilation_metrics":
-                    events.append(CompilationMetrics(**common, raw_meta=raw))
-                else:
-                    events.append(UnknownEvent(**common, name=name, raw_meta=raw))
-                continue
-            meta = (
-                _head_meta(raw)
-                if kind in head_only
-                else _stack_meta(raw)
-                if kind in stack_kinds
-                else None
-            )
-            if meta is None:
-                try:
-                    meta = loads(raw)
-                except ValueError as exc:
-                    self._bad(line_no, raw, f"bad JSON: {exc}")
-                    continue
-            if not isinstance(meta, dict):
-                self._bad(line_no, raw, "metadata is not a JSON object")
-                continue
-            if "str" in meta and isinstance(meta["str"], list) and len(meta["str"]) == 2:
-                text, sid = meta["str"]
-                if isinstance(sid, int):
-                    trace.strings[sid] = str(text)
-                self.good += 1
-                continue
-            names = [k for k in meta if k not in _ENVELOPE_KEYS]
-            if not names:
-                self._bad(line_no, raw, "no event kind")
-                continue
-            self.good += 1
-            name = names[0]
-            rank = meta.get("rank")
-            if "has_payload" in meta and covered_to > end + 1:
-                payload = data[end + 1 : covered_to].rstrip(b"\n")
-            common = {
-                "line_no": line_no,
-                "timestamp": m.group(1).decode(),
-                "emitter": m.group(2).decode(),
-                "compile_id": self._compile_id(meta, name == "dynamo_start"),
-                "rank": rank if isinstance(rank, int) else None,
-                "raw_payload": payload,
-            }
-            events.append(_build(name, meta[name], common, self.resolver))
+            event = self._event(m, lines, _Span(data, end, covered_to))
+            if event is not None:
+                events.append(event)
         if covered_to < stop:
             lines += data.count(b"\n", counted_to, covered_to)
             counted_to = covered_to
             self._garbage(data, covered_to, stop, lines)
         self.lines = lines + data.count(b"\n", counted_to, stop)
-        if policy is not None:
-            events = slim(events, policy, self.resolver, self.extra_ops)
-        trace.events.extend(events)
+        if self.policy is not None:
+            events = slim(events, self.policy, self.resolver, self.extra_ops)
+        self.trace.events.extend(events)
+
+    def _event(self, m: re.Match[bytes], line_no: int, payload: _Span) -> Event | None:
+        """One envelope (and the payload lines after it) as an event; None for a string-table
+        entry, a kind the policy does not build, or a bad line (counted as such)."""
+        policy, raw = self.policy, m.group(3)
+        km = _KIND.match(raw)
+        kind = km.group(1) if km else None
+        if kind == b"chromium_event":  # the most frequent kind, never needed: no JSON
+            self.good += 1
+            if policy is None:
+                return ChromiumEvent(line_no, m.group(1).decode(), m.group(2).decode(), None, None)
+            return None
+        if (
+            policy is not None
+            and kind is not None
+            and kind != b"dynamo_start"
+            and not policy.builds(kind.decode())
+            and raw.endswith(b"}")
+        ):
+            self.good += 1  # a kind no selected rule reads: not even parsed
+            return None
+        if kind in _LAZY_KINDS and raw.endswith(b"}"):
+            return self._lazy_event(m, kind, line_no, payload)
+        meta = (
+            _head_meta(raw)
+            if kind in self.head_only
+            else _stack_meta(raw)
+            if kind in self.stack_kinds
+            else None
+        )
+        if meta is None:
+            try:
+                meta = loads(raw)
+            except ValueError as exc:
+                self._bad(line_no, raw, f"bad JSON: {exc}")
+                return None
+        return self._json_event(m, meta, line_no, payload)
+
+    def _lazy_event(self, m: re.Match[bytes], kind: bytes, line_no: int, payload: _Span) -> Event:
+        """A kind whose metadata is decoded only when a rule reads it."""
+        raw = m.group(3)
+        meta = _tail_meta(raw)
+        common: dict[str, Any] = {
+            "line_no": line_no,
+            "timestamp": m.group(1).decode(),
+            "emitter": m.group(2).decode(),
+            "compile_id": self._compile_id(meta),
+            "rank": meta.get("rank"),
+            "raw_payload": payload.bytes() if "has_payload" in meta else None,
+        }
+        name = kind.decode()
+        self.good += 1
+        if name == "compilation_metrics":
+            return CompilationMetrics(**common, raw_meta=raw)
+        return UnknownEvent(**common, name=name, raw_meta=raw)
+
+    def _json_event(
+        self, m: re.Match[bytes], meta: Any, line_no: int, payload: _Span
+    ) -> Event | None:
+        raw = m.group(3)
+        if not isinstance(meta, dict):
+            self._bad(line_no, raw, "metadata is not a JSON object")
+            return None
+        if "str" in meta and isinstance(meta["str"], list) and len(meta["str"]) == 2:
+            text, sid = meta["str"]
+            if isinstance(sid, int):
+                self.trace.strings[sid] = str(text)
+            self.good += 1
+            return None
+        names = [k for k in meta if k not in _ENVELOPE_KEYS]
+        if not names:
+            self._bad(line_no, raw, "no event kind")
+            return None
+        self.good += 1
+        name = names[0]
+        rank = meta.get("rank")
+        common = {
+            "line_no": line_no,
+            "timestamp": m.group(1).decode(),
+            "emitter": m.group(2).decode(),
+            "compile_id": self._compile_id(meta, name == "dynamo_start"),
+            "rank": rank if isinstance(rank, int) else None,
+            "raw_payload": payload.bytes() if "has_payload" in meta else None,
+        }
+        return _build(name, meta[name], common, self.resolver)
 
     # -- is this a trace at all ---------------------------------------------------------------
     def check(self, final: bool) -> None:

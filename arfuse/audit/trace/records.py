@@ -271,6 +271,27 @@ class CompilationMetrics(Event):
             return parsed.in_generation(self.compile_id.generation)
         return parsed
 
+    @property
+    def of_compile(self) -> CompileId | None:
+        """The compile these metrics describe: the id they name, else the envelope's."""
+        return self.metrics_compile_id or self.compile_id
+
+    @property
+    def frame(self) -> Frame | None:
+        """The compiled frame (`co_filename:co_firstlineno`), None when the metrics lack it."""
+        m = self.metrics
+        if not m.get("co_filename"):
+            return None
+        return Frame(m["co_filename"], int(m.get("co_firstlineno") or 0), str(m.get("co_name", "")))
+
+    @property
+    def failed_frame(self) -> Frame:
+        """The user frame torch blamed for a failed compile, else the compiled frame."""
+        m = self.metrics
+        path = m.get("fail_user_frame_filename") or m.get("co_filename") or "<unknown>"
+        line = int(m.get("fail_user_frame_lineno") or m.get("co_firstlineno") or 0)
+        return Frame(str(path), line, str(m.get("co_name") or ""))
+
 
 @dataclass(slots=True)
 class Artifact(Event):
@@ -330,6 +351,9 @@ POST_GRAD_FORMS = (
     ("graph", POST_GRAD_GRAPH),
     ("artifact", AFTER_POST_GRAD_GRAPH),
 )
+#: The forms the audit reads today (every reader goes through `Trace.post_grad_graphs`, and
+#: `slim.GRAPHS` keeps these): a new form is one more entry here.
+POST_GRAD_READ = POST_GRAD_FORMS[:1]
 FUSION_REPORT = "arfuse_fusion"  # the fusion pass's per-graph report artifact
 CALL_ARTIFACT = "arfuse_audit_call"  # the audit driver's marker before every call
 TORCH_VERSION = "torch_version"
@@ -371,6 +395,17 @@ class Trace:
 
     def artifacts(self, name: str) -> Iterator[Artifact]:
         return (e for e in self.events if isinstance(e, Artifact) and e.name == name)
+
+    def post_grad_graphs(self) -> Iterator[Artifact | GraphDump]:
+        """Every post-grad graph record (forms: POST_GRAD_READ), in log order."""
+        artifacts = {name for form, name in POST_GRAD_READ if form == "artifact"}
+        dumps = {name for form, name in POST_GRAD_READ if form == "graph"}
+        return (
+            e
+            for e in self.events
+            if (isinstance(e, Artifact) and e.name in artifacts)
+            or (isinstance(e, GraphDump) and e.graph_kind in dumps)
+        )
 
     def compile_ids(self) -> list[CompileId]:
         seen: dict[CompileId, None] = {}

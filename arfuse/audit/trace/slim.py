@@ -29,7 +29,7 @@ from arfuse.audit.trace.records import (
     AOT_GRAPHS,
     CALL_ARTIFACT,
     FUSION_REPORT,
-    POST_GRAD_GRAPH,
+    POST_GRAD_READ,
     TORCH_VERSION,
     Artifact,
     CompilationMetrics,
@@ -65,7 +65,9 @@ GUARDS = frozenset(
         "artifact:dynamo_graph_break_reason",
     }
 )
-GRAPHS = frozenset({f"collectives:{POST_GRAD_GRAPH}", f"artifact:{FUSION_REPORT}"})
+GRAPHS = frozenset(
+    {f"collectives:{name}" for _, name in POST_GRAD_READ} | {f"artifact:{FUSION_REPORT}"}
+)
 RANKS = GUARDS | GRAPHS | {f"collectives:{g}" for g in AOT_GRAPHS}
 #: The model frame each compile began in: where a finding the compiler made is shown.
 COMPILED_FRAMES = frozenset({"dynamo_start.stack"})

@@ -22,10 +22,10 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, cast
 
-from arfuse.audit.judge.context import RunInfo
 from arfuse.audit.trace.reader import open_trace, parse_stream
 from arfuse.audit.trace.records import Trace
-from arfuse.audit.trace.slim import Policy, policy_for
+from arfuse.audit.trace.run_info import RunInfo
+from arfuse.audit.trace.slim import DEFAULT, Policy
 
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _LOG = re.compile(r"\.log(\.gz)?$")
@@ -242,9 +242,7 @@ def parse_sources(
     """Stream-parse one log per rank (a progress bar over all of them when `progress`),
     keeping what `policy` says (every rule's needs by default)."""
     if policy is None:
-        from arfuse.audit.rules import all_rules
-
-        policy = policy_for(all_rules())
+        policy = DEFAULT  # what every rule reads (their `needs` are slim's read sets)
     made = _progress_bar(progress, sources)
     traces: dict[int, Trace] = {}
     if made is None:
