@@ -251,23 +251,8 @@ def audit(
 
     ctx = click.get_current_context()
     file_config: FileConfig = ctx.meta.get("arfuse.file_config") or FileConfig()
-    extra: list[tuple[str, Path]] = []
-    for item in also:
-        kind, sep, path = item.partition("=")
-        if not sep or kind not in FORMATS or not path:
-            raise _fail(
-                f"--also takes FORMAT=PATH with FORMAT one of {', '.join(FORMATS)}; got {item!r}"
-            )
-        extra.append((kind, Path(path)))
     baseline_out = write_baseline or update_baseline
-    try:
-        from arfuse.audit.paths import check_writable
-
-        for dest in [baseline_out, output, *(p for _, p in extra)]:
-            if dest is not None:
-                check_writable(dest)  # before the audit, not after it
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+    extra = _outputs(also, [baseline_out, output])
     if write_baseline and update_baseline:
         raise _fail("pass --write-baseline or --update-baseline, not both")
     if trace_file is not None and target:
@@ -317,28 +302,43 @@ def audit(
 
     report = combine(reports)
     if baseline_out is not None and not report.errors:
-        from arfuse.audit.report import baseline as baselines
-
-        for r in reports:
-            try:
-                text = baselines.write_text(
-                    baseline_out,
-                    _baselinable(r),
-                    Path.cwd(),
-                    r.summary["target"],
-                    keep_old=update_baseline is not None,
-                )
-            except ValueError as exc:
-                raise _fail(str(exc)) from None
-            _write(baseline_out, text)
-            if not quiet:
-                click.echo(
-                    f"wrote {len(_baselinable(r))} finding(s) of {r.summary['target']} to "
-                    f"{baseline_out}",
-                    err=True,
-                )
+        _write_baselines(reports, baseline_out, update_baseline is not None, quiet)
         raise click.exceptions.Exit(0)
-    for kind, dest in extra:  # also on exit 2: a CI job's upload and summary show the error
+    _emit(report, reports, fmt, verbose, extra, output)
+    raise click.exceptions.Exit(report.exit_code)
+
+
+def _outputs(also: tuple[str, ...], dests: list[Path | None]) -> list[tuple[str, Path]]:
+    """The --also renderings; every file to write checked before the audit, not after it."""
+    from arfuse.audit.paths import check_writable
+
+    extra: list[tuple[str, Path]] = []
+    for item in also:
+        kind, sep, path = item.partition("=")
+        if not sep or kind not in FORMATS or not path:
+            raise _fail(
+                f"--also takes FORMAT=PATH with FORMAT one of {', '.join(FORMATS)}; got {item!r}"
+            )
+        extra.append((kind, Path(path)))
+    try:
+        for dest in [*dests, *(p for _, p in extra)]:
+            if dest is not None:
+                check_writable(dest)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    return extra
+
+
+def _emit(
+    report: Any,
+    reports: list[Any],
+    fmt: str,
+    verbose: bool,
+    extra: list[tuple[str, Path]],
+    output: Path | None,
+) -> None:
+    """Every requested rendering (also on exit 2: a CI job's upload and summary show why)."""
+    for kind, dest in extra:
         _write(dest, report.render(kind))
     if fmt == "text" and len(reports) > 1:
         text = "\n".join(r.render("text", verbose=verbose) for r in reports)
@@ -349,7 +349,25 @@ def audit(
         _write(output, text)
     else:
         click.echo(text, nl=False)
-    raise click.exceptions.Exit(report.exit_code)
+
+
+def _write_baselines(reports: list[Any], path: Path, keep_old: bool, quiet: bool) -> None:
+    """--write-baseline / --update-baseline: each target's findings, in turn, into `path`."""
+    from arfuse.audit.report import baseline as baselines
+
+    for r in reports:
+        try:
+            text = baselines.write_text(
+                path, _baselinable(r), Path.cwd(), r.summary["target"], keep_old=keep_old
+            )
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        _write(path, text)
+        if not quiet:
+            click.echo(
+                f"wrote {len(_baselinable(r))} finding(s) of {r.summary['target']} to {path}",
+                err=True,
+            )
 
 
 def _options(
