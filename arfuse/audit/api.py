@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,9 @@ from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.judge.domain import TokenDomain
 from arfuse.audit.judge.evidence import HOW, why_not_judged
 from arfuse.audit.options import AuditOptions
-from arfuse.audit.report import baseline as baselines
+from arfuse.audit.report.accept import accept
 from arfuse.audit.report.model import Report
-from arfuse.audit.rules import Rule, select_rules
+from arfuse.audit.rules import Rule, all_rules, select_rules
 from arfuse.audit.trace import facts
 from arfuse.audit.trace.reader import parse_file
 from arfuse.audit.trace.records import FUSION_REPORT, RECOMPILE_REASONS, Trace
@@ -43,8 +44,11 @@ def _merge_ranks(findings: list[Finding]) -> list[Finding]:
     merged: dict[tuple[str, str, int], Finding] = {}
     for f in findings:
         key = (f.code, f.path, f.line)
-        if key in merged:
-            merged[key].ranks = sorted(set(merged[key].ranks) | set(f.ranks))
+        if key in merged:  # another rank, or another compiler guard shown at the same frame
+            m = merged[key]
+            m.ranks = sorted(set(m.ranks) | set(f.ranks))
+            m.details += [d for d in f.details if d not in m.details]
+            m.frames += [x for x in f.frames if x not in m.frames]
         else:
             merged[key] = f
     return sorted(merged.values(), key=Finding.sort_key)
@@ -211,14 +215,34 @@ def analyze(
         for c in run.calls
         if not c.ok and "ConstraintViolation" not in c.error_type
     ]
+    if not rules:
+        errors.append(
+            f"no rule ran: --select {' '.join(select) or '(all)'} --ignore {' '.join(ignore)} "
+            "leaves none; `arfuse rules` lists the codes"
+        )
     report = Report(findings, _summary(traces, run, findings, rules), errors=errors)
     report.summary.update(_guard_summary(contexts, run, judged))
-    if baseline is not None:
-        report.baselined = baselines.match(
-            findings, baselines.load(baseline), Path(root) if root else Path.cwd()
-        )
+    where = Path(root) if root else Path.cwd()
+    accept(
+        report,
+        rules,
+        every_rule=len(rules) == len(all_rules()),
+        target=run.target,
+        files=_source_files(report, run),
+        baseline=baseline,
+        per_file_ignores=opts.per_file_ignores,
+        root=where,
+    )
+    report.summary["findings"] = len(report.findings)
+    report.summary["by_code"] = dict(sorted(Counter(f.code for f in report.findings).items()))
     report.summary["new"] = len(report.new)
     report.summary["baselined"] = len(report.baselined)
+    report.summary["suppressed"] = len(report.suppressed)
+    report.summary["rules"] = [r.code for r in rules]
+    # "stays dynamic" rests on the rules that judge guards on num_tokens
+    report.summary["checked_dynamic"] = any(
+        r.check.__module__.endswith(".specialization") for r in rules
+    )
     why = why_not_judged(contexts)
     if why:  # said even beside findings: those do not prove num_tokens stays dynamic either
         report.summary["not_judged"] = f"{why}; {HOW}"
@@ -227,6 +251,17 @@ def analyze(
     else:
         report.summary["verdict"] = "not_judged" if why else "pass"
     return report
+
+
+def _source_files(report: Report, run: RunInfo) -> list[str]:
+    """The files whose inline suppressions are checked: those of the findings and of the
+    guards judged harmless, and the target's own file."""
+    files = [f.path for f in report.findings]
+    files += [d["path"] for d in report.summary.get("dismissed", [])]
+    spec_file = run.target.rpartition(":")[0]
+    if spec_file.endswith(".py"):
+        files.append(spec_file)
+    return list(dict.fromkeys(files))
 
 
 def analyze_trace(path: str | Path, run: RunInfo | None = None, **fields: Any) -> Report:

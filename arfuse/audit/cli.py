@@ -5,9 +5,11 @@ Exit codes: 0 clean, 1 findings not in the baseline, 2 usage or target error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +55,46 @@ def _write(path: Path, text: str) -> None:
         raise _fail(f"cannot write {path} ({exc.strerror or exc}); it was left as it was") from exc
 
 
+def _config_option(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    """--config / --isolated (both eager): once both are known, load [tool.arfuse] and hand
+    it to click as the command's default_map, so every flag given overrides its key."""
+    ctx.meta[f"arfuse.{param.name}"] = value
+    if "arfuse.config" in ctx.meta and "arfuse.isolated" in ctx.meta:
+        from arfuse.audit import config
+
+        path, isolated = ctx.meta["arfuse.config"], ctx.meta["arfuse.isolated"]
+        try:
+            if path is not None and isolated:
+                raise ValueError("--config and --isolated contradict each other; pass one")
+            found = (
+                config.FileConfig() if isolated else config.load(path) if path else config.find()
+            )
+        except ValueError as exc:
+            raise click.UsageError(str(exc), ctx) from None
+        ctx.meta["arfuse.file_config"] = found
+        ctx.default_map = {**(ctx.default_map or {}), **found.default_map()}
+    return value
+
+
 @click.command("audit")
 @click.argument("target", required=False)
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    is_eager=True,
+    expose_value=False,
+    callback=_config_option,
+    help="Read settings from this file (a pyproject.toml's [tool.arfuse], or a TOML file of "
+    "the table) instead of the first pyproject.toml with [tool.arfuse] from here upward.",
+)
+@click.option(
+    "--isolated",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_config_option,
+    help="Ignore every config file.",
+)
 @click.option(
     "--sizes",
     help="Comma-separated num_tokens to sweep (default: the target's sizes, else "
@@ -83,7 +123,13 @@ def _write(path: Path, text: str) -> None:
 @click.option(
     "--write-baseline",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Add this run's findings to a baseline file and exit 0.",
+    help="Write this run's findings as the target's entries of a baseline file (replacing "
+    "them: stale entries go; other targets' entries stay) and exit 0.",
+)
+@click.option(
+    "--update-baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Like --write-baseline, but keep every entry already in the file.",
 )
 @click.option("--select", multiple=True, help="Rule codes or prefixes to run (ARF1, ARF102).")
 @click.option("--ignore", multiple=True, help="Rule codes or prefixes to skip (ARF104).")
@@ -111,9 +157,10 @@ def _write(path: Path, text: str) -> None:
 @click.option(
     "--trace",
     "trace_file",
-    type=click.Path(exists=True, path_type=Path),
+    type=click.Path(exists=True, allow_dash=True, path_type=Path),
     help="Audit recorded logs instead of running a target: a TORCH_TRACE directory "
-    "(one log per rank), one .log[.gz], a tarball of them, or a --keep directory.",
+    "(one log per rank), one .log[.gz], a tarball of them, a --keep directory, or - "
+    "(a log, plain or gzipped, on stdin).",
 )
 @click.option(
     "--token-source",
@@ -131,7 +178,7 @@ def _write(path: Path, text: str) -> None:
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=DEFAULT_TIMEOUT,
     show_default=True,
     help="Seconds before the target's process is killed.",
@@ -139,7 +186,8 @@ def _write(path: Path, text: str) -> None:
 @click.option(
     "--progress/--no-progress",
     default=None,
-    help="Progress bar on stderr (default: when stderr is a terminal).",
+    help="Progress on stderr: a bar on a terminal, one plain line per phase otherwise "
+    "(a CI log). Default: on, unless -q.",
 )
 @click.option(
     "--min-tokens",
@@ -163,6 +211,9 @@ def _write(path: Path, text: str) -> None:
     help="Text output: also list every guard that holds over the whole token domain, "
     "with the reason it is not a finding.",
 )
+@click.option(
+    "--quiet", "-q", is_flag=True, help="Only the report: no progress, phases or notices."
+)
 def audit(
     target: str | None,
     sizes: str | None,
@@ -171,6 +222,7 @@ def audit(
     also: tuple[str, ...],
     baseline: Path | None,
     write_baseline: Path | None,
+    update_baseline: Path | None,
     select: tuple[str, ...],
     ignore: tuple[str, ...],
     html: Path | None,
@@ -185,131 +237,260 @@ def audit(
     min_tokens: int | None,
     max_tokens: int | None,
     verbose: bool,
+    quiet: bool,
 ) -> None:
     """Prove a compiled model stays dynamic in num_tokens.
 
     TARGET is FILE.py:NAME or pkg.module:NAME; NAME() returns an arfuse.audit.AuditTarget or
-    (model, make_inputs[, torch_compile_kwargs]). With no TARGET, audits the built-in
-    tensor-parallel example (2 gloo ranks, Inductor + AllReduceFusionPass).
+    (model, make_inputs[, torch_compile_kwargs]). With no TARGET, audits each target of
+    `targets` in [tool.arfuse] (pyproject.toml, found from here upward), else the built-in
+    tensor-parallel example (2 gloo ranks, Inductor + AllReduceFusionPass). Settings come from
+    [tool.arfuse]; flags override them.
     """
-    from arfuse.audit import api
+    from arfuse.audit.config import FileConfig
 
-    try:
-        extra = _also(also)
-        opts = AuditOptions(
-            sizes=_sizes(sizes),
-            strict=strict,
-            dtrace=dtrace,
-            backend=backend,
-            timeout=timeout,
-            select=tuple(_split(select)),
-            ignore=tuple(_split(ignore)),
-            baseline=baseline,
-            keep=keep,
-            progress=sys.stderr.isatty() if progress is None else progress,
-            token_sources=tuple(_split_sources(token_source)),
-            min_tokens=min_tokens,
-            max_tokens=max_tokens,
-        )
-        _check_before_running(
-            opts, target, trace_file, [write_baseline, output, *dict(extra).values()]
-        )
-        traces, run, logs = _collect(opts, target, trace_file)
-        report = api.analyze(traces, run, opts)
-    except ValueError as exc:  # the runner's TargetError is a ValueError
-        raise _fail(str(exc)) from None
-    if html is not None:
-        from arfuse.audit.report.html import render
-
+    ctx = click.get_current_context()
+    file_config: FileConfig = ctx.meta.get("arfuse.file_config") or FileConfig()
+    baseline_out = write_baseline or update_baseline
+    extra = _outputs(also, [baseline_out, output])
+    if write_baseline and update_baseline:
+        raise _fail("pass --write-baseline or --update-baseline, not both")
+    if trace_file is not None and target:
+        raise _fail("pass either TARGET or --trace, not both")
+    if trace_file is not None:
+        specs = [str(trace_file)]
+    elif target:
+        specs = [target]
+    else:
+        specs = file_config.targets() or [""]  # "": the built-in example
+    show = not quiet if progress is None else progress and not quiet
+    reports: list[Any] = []
+    for spec in specs:
         try:
-            render(logs, html, report, warn=lambda m: click.echo(m, err=True))
-        except ValueError as exc:
-            raise _fail(str(exc)) from None
-    if write_baseline is not None:
-        _write_baseline(write_baseline, report)
+            opts = _options(
+                sizes,
+                strict,
+                dtrace,
+                backend,
+                timeout,
+                select,
+                ignore,
+                baseline,
+                keep,
+                show,
+                token_source,
+                min_tokens,
+                max_tokens,
+                trace_file,
+                baseline_out,
+                file_config,
+            )
+            report, logs = _run_one(spec, trace_file, opts)
+        except ValueError as exc:  # the runner's TargetError is a ValueError
+            click.echo(f"error: {exc}", err=True)
+            report, logs = _error_report(spec, str(exc)), {}
+        if html is not None and logs:
+            from arfuse.audit.report.html import render
+
+            where = html if len(specs) == 1 else html / f"target_{len(reports)}"
+            try:
+                render(logs, where, report, warn=_notice(quiet))
+            except ValueError as exc:
+                report.errors.append(str(exc))
+        reports.append(report)
+    from arfuse.audit.report.model import combine
+
+    report = combine(reports)
+    if baseline_out is not None and not report.errors:
+        _write_baselines(reports, baseline_out, update_baseline is not None, quiet)
+        raise click.exceptions.Exit(0)
+    _emit(report, reports, fmt, verbose, extra, output)
+    raise click.exceptions.Exit(report.exit_code)
+
+
+def _outputs(also: tuple[str, ...], dests: list[Path | None]) -> list[tuple[str, Path]]:
+    """The --also renderings; every file to write checked before the audit, not after it."""
+    from arfuse.audit.paths import check_writable
+
+    extra: list[tuple[str, Path]] = []
+    for item in also:
+        kind, sep, path = item.partition("=")
+        if not sep or kind not in FORMATS or not path:
+            raise _fail(
+                f"--also takes FORMAT=PATH with FORMAT one of {', '.join(FORMATS)}; got {item!r}"
+            )
+        extra.append((kind, Path(path)))
+    try:
+        for dest in [*dests, *(p for _, p in extra)]:
+            if dest is not None:
+                check_writable(dest)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    return extra
+
+
+def _emit(
+    report: Any,
+    reports: list[Any],
+    fmt: str,
+    verbose: bool,
+    extra: list[tuple[str, Path]],
+    output: Path | None,
+) -> None:
+    """Every requested rendering (also on exit 2: a CI job's upload and summary show why)."""
     for kind, dest in extra:
         _write(dest, report.render(kind))
-    text = report.render(fmt, verbose=verbose)
+    if fmt == "text" and len(reports) > 1:
+        text = "\n".join(r.render("text", verbose=verbose) for r in reports)
+        text += f"arfuse audit, {len(reports)} targets: {report.verdict}.\n"
+    else:
+        text = report.render(fmt, verbose=verbose)
     if output is not None:
         _write(output, text)
     else:
         click.echo(text, nl=False)
-    raise click.exceptions.Exit(report.exit_code)
 
 
-def _also(also: tuple[str, ...]) -> list[tuple[str, Path]]:
-    extra = []
-    for item in also:
-        kind, sep, path = item.partition("=")
-        if not sep or kind not in FORMATS or not path:
-            raise ValueError(
-                f"--also takes FORMAT=PATH with FORMAT one of {', '.join(FORMATS)}; got {item!r}"
+def _write_baselines(reports: list[Any], path: Path, keep_old: bool, quiet: bool) -> None:
+    """--write-baseline / --update-baseline: each target's findings, in turn, into `path`."""
+    from arfuse.audit.report import baseline as baselines
+
+    for r in reports:
+        try:
+            text = baselines.write_text(
+                path, _baselinable(r), Path.cwd(), r.summary["target"], keep_old=keep_old
             )
-        extra.append((kind, Path(path)))
-    return extra
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        _write(path, text)
+        if not quiet:
+            click.echo(
+                f"wrote {len(_baselinable(r))} finding(s) of {r.summary['target']} to {path}",
+                err=True,
+            )
 
 
-def _sizes(sizes: str | None) -> tuple[int, ...] | None:
-    if not sizes:
-        return None
-    from arfuse.audit.live.sizes import parse_sizes
+def _options(
+    sizes, strict, dtrace, backend, timeout, select, ignore, baseline, keep, show,
+    token_source, min_tokens, max_tokens, trace_file, baseline_out, file_config,
+) -> AuditOptions:  # fmt: skip
+    """The one AuditOptions of this command line (flags over [tool.arfuse]); ValueError when
+    a value is wrong, before a minute is spent compiling."""
+    if sizes is not None:
+        from arfuse.audit.live.sizes import parse_sizes
 
-    return tuple(parse_sizes(sizes))
-
-
-def _check_before_running(
-    opts: AuditOptions, target: str | None, trace_file: Path | None, dests: list[Path | None]
-) -> None:
-    """Every usage error, before spending a minute compiling."""
-    from arfuse.audit.paths import check_writable
-    from arfuse.audit.rules import select_rules
-
-    select_rules(opts.select, opts.ignore)
-    for dest in dests:
-        if dest is not None:
-            check_writable(dest)  # before the audit, not after it
-    if opts.baseline is not None and not opts.baseline.exists():
-        raise ValueError(
-            f"--baseline {opts.baseline} does not exist; create it with "
-            f"--write-baseline {opts.baseline}"
-        )
-    if opts.token_sources and trace_file is None:
+        size_list = parse_sizes(sizes)  # "" too: an empty sweep is an error, not the default
+    else:
+        size_list = None
+    if baseline is not None and not baseline.exists():
+        if baseline_out is None:
+            raise ValueError(
+                f"--baseline {baseline} does not exist; create it with --write-baseline {baseline}"
+            )
+        baseline = None  # the first --write-baseline of a configured baseline
+    if token_source and trace_file is None:
         raise ValueError(
             "--token-source names num_tokens in a recorded trace; use it with "
             "--trace (a live audit knows its token dims from the target)"
         )
-    if trace_file is not None and target:
-        raise ValueError("pass either TARGET or --trace, not both")
+    opts = AuditOptions(
+        sizes=tuple(size_list) if size_list else None,
+        strict=strict,
+        dtrace=dtrace,
+        backend=backend,
+        timeout=timeout,
+        select=tuple(_split(select)),
+        ignore=tuple(_split(ignore)),
+        baseline=baseline,
+        keep=keep,
+        progress=show and (trace_file is None or sys.stderr.isatty()),
+        token_sources=tuple(_split_sources(token_source)),
+        min_tokens=min_tokens,
+        max_tokens=max_tokens,
+        per_file_ignores=file_config.per_file_ignores(),
+    )
+    from arfuse.audit.rules import select_rules
+
+    select_rules(opts.select, opts.ignore)  # validate before spending a minute compiling
+    return opts
 
 
-def _collect(
-    opts: AuditOptions, target: str | None, trace_file: Path | None
-) -> tuple[dict[int, Any], Any, dict[int, str]]:
-    """(traces by rank, the run, each rank's log path): read from --trace, or a live run."""
+def _run_one(spec: str, trace_file: Path | None, opts: AuditOptions) -> tuple[Any, dict]:
+    """One target (or one recorded trace): its report, and its rank logs for --html."""
+    from arfuse.audit import api
+
     if trace_file is not None:
         from arfuse.audit.offline import load_traces
 
-        traces, run = load_traces(trace_file, opts)
-        return traces, run, {r: t.source for r, t in traces.items()}
+        with _stdin_log(trace_file) as path:
+            traces, run = load_traces(path, opts)
+            if str(trace_file) == "-":
+                run.target = "<stdin>"
+            logs = {r: t.source for r, t in traces.items()}
+            return api.analyze(traces, run, opts), logs
     from arfuse.audit.live.default_target import SPEC
     from arfuse.audit.live.run import run_target  # only a live run needs the runner
 
-    display = None if target else f"built-in TP decoder example ({SPEC})"
-    result = run_target(target or SPEC, opts, display=display)
+    result = run_target(
+        spec or SPEC,
+        opts,
+        display=spec or f"built-in TP decoder example ({SPEC})",
+    )
     logs = {r: str(p) for r, p in result.trace_files.items() if r in result.traces}
-    return result.traces, result.run, logs  # parsed in its "reading trace" phase
+    return api.analyze(result.traces, result.run, opts), logs
 
 
-def _write_baseline(path: Path, report: Any) -> None:
-    from arfuse.audit.report import baseline as baselines
+@contextlib.contextmanager
+def _stdin_log(trace_file: Path) -> Iterator[Path]:
+    """`--trace -`: the log on stdin, spooled to a temporary file (gzip is detected)."""
+    if str(trace_file) != "-":
+        yield trace_file
+        return
+    import shutil
+    import tempfile
 
-    try:
-        text = baselines.merge_dump(path, report.findings, Path.cwd(), report.summary["target"])
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    _write(path, text)
-    click.echo(f"wrote {len(report.findings)} finding(s) to {path}", err=True)
-    raise click.exceptions.Exit(0)
+    stdin = sys.stdin.buffer
+    with tempfile.TemporaryDirectory(prefix="arfuse-stdin-") as tmp:
+        head = stdin.read(2)
+        if not head:
+            raise ValueError("--trace -: nothing on stdin; pipe a TORCH_TRACE log into it")
+        path = Path(tmp) / ("stdin.log.gz" if head == b"\x1f\x8b" else "stdin.log")
+        with path.open("wb") as out:
+            out.write(head)
+            shutil.copyfileobj(stdin, out, 1 << 20)
+        yield path
+
+
+def _notice(quiet: bool) -> Callable[[str], None]:
+    """Where notices (the tlparse report's path, warnings) go: stderr, unless -q."""
+
+    def notice(message: str) -> None:
+        if not quiet:
+            click.echo(message, err=True)
+
+    return notice
+
+
+def _error_report(spec: str, message: str) -> Any:
+    """The report of a run that could not judge the model (exit 2), so every requested
+    output is still written and says why."""
+    from arfuse.audit.report.model import Report
+
+    summary: dict[str, Any] = {"target": spec or "built-in example", "rules": [], "notes": []}
+    summary.update(findings=0, new=0, baselined=0, suppressed=0)
+    return Report([], summary, errors=[message])
+
+
+def _baselinable(report: Any) -> list:
+    """The findings a baseline accepts: not suppressed ones, not the ARF9xx about the baseline
+    and the suppressions themselves (those are fixed at their source)."""
+    from arfuse.audit.rules import get_rule
+
+    return [
+        f
+        for i, f in enumerate(report.findings)
+        if i not in report.suppressed and get_rule(f.code).scope != "report"
+    ]
 
 
 @click.command("rules")

@@ -43,10 +43,15 @@ class AuditOptions:
     token_sources: tuple[str, ...] = ()  # offline: which sizes are num_tokens (torch's names)
     min_tokens: int | None = None  # the token domain guards are judged over
     max_tokens: int | None = None
+    # [tool.arfuse] per-file-ignores: (glob, codes or prefixes); a dict is accepted too
+    per_file_ignores: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("sizes", "select", "ignore", "token_sources"):
             object.__setattr__(self, name, _tuple(getattr(self, name)))
+        pfi = self.per_file_ignores
+        items = pfi.items() if isinstance(pfi, dict) else pfi
+        object.__setattr__(self, "per_file_ignores", tuple((g, tuple(c)) for g, c in items))
         for name in ("baseline", "keep"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):

@@ -50,6 +50,8 @@ def test_rules_lists_every_rule_with_docs():
         "ARF306",
         "ARF307",
         "ARF308",
+        "ARF901",
+        "ARF902",
     ]
     for code in codes:
         assert code in result.output
@@ -63,7 +65,7 @@ def test_rules_one_code_and_json():
     assert one.exit_code == 0 and one.output.startswith("ARF103 (num-tokens-divisibility-guard)")
     data = json.loads(CliRunner().invoke(main, ["rules", "--format", "json"]).output)
     names = [r["name"] for r in data]
-    assert all(n == n.lower() and " " not in n for n in names) and len(set(names)) == 20
+    assert all(n == n.lower() and " " not in n for n in names) and len(set(names)) == 22
     bad = CliRunner().invoke(main, ["rules", "ARF999"])
     assert bad.exit_code == 2 and "unknown rule" in bad.output
 

@@ -71,7 +71,7 @@ def test_select_and_ignore():
     assert {f.code for f in analyze_trace(path, select=["ARF103"]).findings} == {"ARF103"}
     assert "ARF104" not in {f.code for f in analyze_trace(path, ignore=["ARF104"]).findings}
     with pytest.raises(ValueError, match="matches no rule"):
-        analyze_trace(path, select=["ARF9"])
+        analyze_trace(path, select=["ARF8"])
 
 
 def test_recompile_limit_is_called_out(tmp_path):

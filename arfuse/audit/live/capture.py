@@ -27,7 +27,9 @@ def capture_trace(path: str | Path) -> Iterator[Path]:
     old_level, old_propagate = log.level, log.propagate
     # Without TORCH_TRACE, torch's lazy handler removes itself on the first record, mid-emit,
     # and logging then skips the next handler for that record: park it while we capture.
-    parked = [h for h in log.handlers if getattr(h, "root_dir", "") is None]
+    # Park every other handler too but a real TORCH_TRACE one: pytest attaches its capture
+    # handlers to non-propagating loggers, and a failing test would print every record.
+    parked = [h for h in log.handlers if getattr(h, "root_dir", None) is None]
     for h in parked:
         log.removeHandler(h)
     log.setLevel(logging.DEBUG)

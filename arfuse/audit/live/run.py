@@ -28,6 +28,7 @@ from typing import Any
 from arfuse.audit.live.target import split_spec
 from arfuse.audit.live.workspace import Workspace, kill, watch
 from arfuse.audit.options import AuditOptions
+from arfuse.audit.paths import rel
 from arfuse.audit.trace.reader import trace_files
 from arfuse.audit.trace.records import Trace
 from arfuse.audit.trace.run_info import RunInfo
@@ -103,7 +104,8 @@ def _check_finished(workspace: Workspace, spec: str, returncode: int | None) -> 
             if workspace.temporary
             else str(log_path)
         )
-        raise TargetError(f"{spec}: {info['message']}\n(full traceback: {where})")
+        at = f"{rel(info['where'], Path.cwd())}: " if info.get("where") else ""
+        raise TargetError(f"{spec}: {at}{info['message']}\n(full traceback: {where})")
     if returncode != 0 or not (out / "run.json").exists():
         raise TargetError(
             f"{spec}: the audit worker exited with code {returncode} "
@@ -217,17 +219,19 @@ def _read_progress(path: Path, offset: int, show: _Display) -> int:
 
 
 class _Display:
-    """The progress line on stderr: "importing", "compiling", "sweeping 3/8", "reading trace",
-    with the time spent so far."""
+    """The phases on stderr: "importing", "compiling", "sweeping 3/8", "reading trace", with
+    the time spent so far - a live line on a terminal, one plain line per phase otherwise (a
+    CI log shows what the job is doing while it runs, and no escape codes)."""
 
     def __init__(self, enabled: bool, label: str) -> None:
         self.enabled = enabled
         self.label = label
         self._bar: Any = None
         self._task: Any = None
+        self._t0 = time.monotonic()
 
     def __enter__(self) -> _Display:
-        if self.enabled:
+        if self.enabled and sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
@@ -239,6 +243,8 @@ class _Display:
             )
             self._bar.start()
             self._task = self._bar.add_task(self._text("importing"), total=None)
+        elif self.enabled:
+            self.phase("importing")
         return self
 
     def _text(self, phase: str) -> str:
@@ -247,6 +253,10 @@ class _Display:
     def phase(self, text: str) -> None:
         if self._bar is not None:
             self._bar.update(self._task, description=self._text(text))
+        elif self.enabled:
+            elapsed = time.monotonic() - self._t0
+            print(f"arfuse audit: {text} [{elapsed:.1f} s] {self.label}", file=sys.stderr)
+            sys.stderr.flush()
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:

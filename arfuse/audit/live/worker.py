@@ -233,6 +233,33 @@ def _follow_parent(parent: int, out: Path, temporary: bool) -> None:
     threading.Thread(target=watch, name="arfuse-follow-parent", daemon=True).start()
 
 
+def _fatal(out: Path, exc: Exception) -> None:
+    """fatal.json (the message the parent shows, with the user's file:line) and the traceback
+    in worker.log, which the message points at."""
+    traceback.print_exc()
+    sys.stderr.flush()
+    message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    info = {"message": message, "where": _user_line(exc), "traceback": traceback.format_exc()}
+    (out / "fatal.json").write_text(json.dumps(info))
+
+
+def _user_line(exc: BaseException) -> str:
+    """`file:line` of the innermost frame of the user's code in the exception's traceback (its
+    causes included): where an import or build() failed, not where arfuse re-raised it."""
+    from arfuse.audit.judge.attribution import is_framework
+
+    where = ""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        for frame in traceback.extract_tb(e.__traceback__):
+            if not frame.filename.startswith("<") and not is_framework(frame.filename):
+                where = f"{frame.filename}:{frame.lineno}"
+        e = e.__cause__ or e.__context__
+    return where
+
+
 def main(config_path: str) -> int:
     config = json.loads(Path(config_path).read_text())
     out = Path(config["out"])
@@ -265,16 +292,7 @@ def main(config_path: str) -> int:
                     raise ValueError(f"the target failed on a rank:\n{exc}") from None
             ranks = list(range(target.world_size)) if target.audit_ranks == "all" else [0]
     except Exception as exc:  # noqa: BLE001 - every target error becomes a message + exit 3
-        (out / "fatal.json").write_text(
-            json.dumps(
-                {
-                    "message": f"{type(exc).__name__}: {exc}"
-                    if not isinstance(exc, ValueError)
-                    else str(exc),
-                    "traceback": traceback.format_exc(),
-                }
-            )
-        )
+        _fatal(out, exc)
         return EXIT_TARGET_ERROR
     first = results[0]
     run = RunInfo(

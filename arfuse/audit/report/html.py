@@ -6,7 +6,7 @@ DIR/findings.html linking every finding to its compiled graph's page.
 
 from __future__ import annotations
 
-import html as h
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from arfuse.audit.paths import rel
 
 
 def _tlparse(log: Path, out_dir: Path) -> str | None:
@@ -44,38 +46,97 @@ def _compile_dir(cid: str) -> str:
     return f"{ca}_{c.frame_id}_{c.frame_compile_id}_{c.attempt}"
 
 
+_RANK_ROW = re.compile(r"^(?:graph (?P<graph>\S+) )?rank (?P<rank>\d+): (?P<text>.*)$")
+
+
+def _graph_links(f: Any, html: Path, rank_dirs: dict[int, str]) -> list[dict[str, str]]:
+    """Relative links to the tlparse page of each compile id the finding names, per rank."""
+    links = []
+    for r in f.ranks or sorted(rank_dirs):
+        if r not in rank_dirs:
+            continue
+        cids = [f.compile_id] + [
+            d.split(":")[0].removeprefix("graph ").split(" rank ")[0].strip()
+            for d in f.details
+            if d.startswith("graph ")
+        ]
+        for cid in dict.fromkeys(c for c in cids if c):
+            d = _compile_dir(cid)
+            where = html / rank_dirs[r] / d
+            if d and where.is_dir():
+                pages = sorted(where.glob("compilation_metrics*.html"))
+                href = f"{rank_dirs[r]}/{d}/" + (pages[0].name if pages else "")
+                links.append({"href": href.removeprefix("./"), "label": f"rank {r} graph {cid}"})
+    return links
+
+
 def _findings_page(report: Any, html: Path, rank_dirs: dict[int, str]) -> Path:
-    """findings.html: every finding with a link to its compile id's tlparse page per rank."""
-    rows = []
-    for f in report.findings:
-        links = []
-        for r in f.ranks or sorted(rank_dirs):
-            if r not in rank_dirs:
-                continue
-            cids = [f.compile_id] + [
-                d.split(":")[0].removeprefix("graph ").strip()
-                for d in f.details
-                if d.startswith("graph ")
-            ]
-            for cid in dict.fromkeys(c for c in cids if c):
-                d = _compile_dir(cid)
-                where = html / rank_dirs[r] / d
-                if d and where.is_dir():
-                    pages = sorted(where.glob("compilation_metrics*.html"))
-                    target = f"{rank_dirs[r]}/{d}/" + (pages[0].name if pages else "")
-                    links.append(f'<a href="{target}">rank {r} graph {cid}</a>')
-        rows.append(
-            f"<tr><td>{f.code}</td><td>{h.escape(f.path)}:{f.line}</td>"
-            f"<td>{h.escape(f.message)}</td><td>{'<br>'.join(links)}</td></tr>"
+    """findings.html: one self-contained page (inline CSS, relative links) with each finding's
+    source line, fix, per-rank table (the ARF3xx details "graph G rank R: ...") and links to
+    its compile ids' tlparse pages."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    root = Path.cwd()
+    items = []
+    for i, f in enumerate(report.findings):
+        rows = [m.groupdict() for m in map(_RANK_ROW.match, f.details) if m]
+        items.append(
+            {
+                "code": f.code,
+                "name": f.name,
+                "state": "baselined"
+                if i in report.baselined
+                else "suppressed"
+                if i in report.suppressed
+                else "new",
+                "where": f"{rel(f.path, root)}:{f.line}",
+                "line": f.line,
+                "message": f.message,
+                "source": f.location.code,
+                "rank_rows": rows,
+                "details": [d for d in f.details if not _RANK_ROW.match(d)],
+                "via": [f"{rel(x.path, root)}:{x.line}" for x in f.frames[1:]],
+                "fix": f.fix,
+                "links": _graph_links(f, html, rank_dirs),
+            }
         )
+    s = report.summary
+    env = Environment(
+        loader=PackageLoader("arfuse.audit.report", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+    )
+    verdict = report.verdict
     page = html / "findings.html"
     page.write_text(
-        "<html><body><h1>arfuse audit findings</h1><table border=1>"
-        "<tr><th>code</th><th>where</th><th>finding</th><th>tlparse</th></tr>"
-        + "".join(rows)
-        + "</table></body></html>\n"
+        env.get_template("findings.html.j2").render(
+            target=s.get("target", "?"),
+            summary_line=f"num_tokens {', '.join(map(str, s.get('sizes', [])))}: "
+            f"{s.get('compiles', 0)} compiles, {s.get('recompiles', 0)} recompiles",
+            tlparse="index.html" if (html / "index.html").is_file() else "",
+            verdict=verdict,
+            verdict_class="fail"
+            if report.exit_code
+            else "pass"
+            if "stays dynamic" in verdict
+            else "empty",
+            errors=report.errors,
+            findings=items,
+        )
     )
     return page
+
+
+def _link_from_tlparse(index: Path, to: str) -> None:
+    """Put a link to findings.html at the top of a tlparse index.html (once)."""
+    if not index.is_file():
+        return
+    text = index.read_text(errors="replace")
+    link = f'<p><a href="{to}">arfuse audit findings</a></p>'
+    if link in text:
+        return
+    at = text.find("<body")
+    at = text.find(">", at) + 1 if at >= 0 else 0
+    index.write_text(text[:at] + link + text[at:])
 
 
 def _all_ranks(plain: dict[int, Path], html: Path, tmp: Path) -> bool:
@@ -132,6 +193,10 @@ def render(
     if not rank_dirs:
         return
     page = _findings_page(report, html, rank_dirs)
+    for d in {".", *rank_dirs.values()}:
+        _link_from_tlparse(
+            html / d / "index.html", "findings.html" if d == "." else "../findings.html"
+        )
     if len(logs) > 1 and not unified:
         items = "".join(
             f'<li><a href="{d}/index.html">rank {r}</a></li>' for r, d in rank_dirs.items()

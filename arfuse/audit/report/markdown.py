@@ -30,7 +30,13 @@ def render(report: Report, root: Path, verbose: bool = False) -> str:
     if report.findings:
         out += ["| | code | rule | where | finding |", "|---|---|---|---|---|"]
         for i, f in enumerate(report.findings):
-            state = "baselined" if i in report.baselined else "**new**"
+            state = (
+                "baselined"
+                if i in report.baselined
+                else "suppressed"
+                if i in report.suppressed
+                else "**new**"
+            )
             msg = f.message
             src = f" <br>`{f.location.code}`" if f.location.code else ""
             cell = (msg + src).replace("|", "\\|")
@@ -43,8 +49,10 @@ def render(report: Report, root: Path, verbose: bool = False) -> str:
             out += ["<details><summary>How to fix</summary>", ""]
             out += [f"- `{c}`: {fx}" for c, fx in sorted(fixes.items())]
             out += ["", "</details>", ""]
-    for e in report.errors:
-        out.append(f"> **error:** {e}")
+    if report.errors:
+        out += ["## Errors", "", "The audit did not complete:", ""]
+        out += [f"- {e}" for e in report.errors] + [""]
     for n in s.get("notes", []):
         out.append(f"> note: {n}")
+    out += ["", f"**{report.verdict}**"]
     return "\n".join(out).rstrip() + "\n"

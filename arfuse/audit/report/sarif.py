@@ -18,9 +18,16 @@ def render(report: Report, root: Path, verbose: bool = False) -> str:
     rules = all_rules()
     index = {r.code: i for i, r in enumerate(rules)}
     results = [
-        _result(f, index.get(f.code, 0), root, i in report.baselined)
+        _result(f, index.get(f.code, 0), root, i in report.baselined, report.suppressed.get(i))
         for i, f in enumerate(report.findings)
     ]
+    invocation = {
+        "executionSuccessful": not report.errors,
+        "exitCode": report.exit_code,
+        "toolExecutionNotifications": [
+            {"level": "error", "message": {"text": e}} for e in report.errors
+        ],
+    }
     sarif = {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
@@ -44,8 +51,9 @@ def render(report: Report, root: Path, verbose: bool = False) -> str:
                         ],
                     }
                 },
+                "invocations": [invocation],
                 "results": results,
-                "properties": {"summary": report.summary},
+                "properties": {"summary": report.summary, "verdict": report.verdict},
             }
         ],
     }
@@ -61,7 +69,9 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _result(f: Finding, rule_index: int, root: Path, baselined: bool) -> dict[str, Any]:
+def _result(
+    f: Finding, rule_index: int, root: Path, baselined: bool, suppressed: str | None
+) -> dict[str, Any]:
     region: dict[str, Any] = {"startLine": max(f.line, 1)}
     if f.location.code:
         region["snippet"] = {"text": f.location.code}
@@ -92,4 +102,6 @@ def _result(f: Finding, rule_index: int, root: Path, baselined: bool) -> dict[st
     if baselined:
         result["baselineState"] = "unchanged"
         result["suppressions"] = [{"kind": "external", "justification": "in baseline"}]
+    elif suppressed is not None:
+        result["suppressions"] = [{"kind": "inSource", "justification": suppressed}]
     return result

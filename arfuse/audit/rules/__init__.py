@@ -12,6 +12,8 @@ Families (a module holds one family or part of one):
                                gets a `RanksContext` of every rank's trace, runs once)
             divergence.py      what tlparse's multi-rank page compares: cache hits, tensor
                                metadata, execution order; collectives never waited for
+    ARF9xx  hygiene.py         the audit's own exceptions: unused inline suppressions, stale
+                               baseline entries (scope "report": found by `report.accept`)
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ class Rule:
     docs: str
     check: Callable[[Any], Iterable[Finding]]  # AuditContext or RanksContext, as `scope` says
     fix: str = ""
-    scope: str = "rank"  # "rank": once per rank's trace; "ranks": once over all ranks
+    # "rank": once per rank's trace; "ranks": once over all ranks; "report": reads no trace,
+    # its findings come from the report step (suppressions, baseline: `report.accept`)
+    scope: str = "rank"
     # what it reads from a trace, in `arfuse.audit.trace.slim`'s names; empty: its family's default
     needs: frozenset[str] = frozenset()
 

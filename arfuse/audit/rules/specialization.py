@@ -21,8 +21,14 @@ from arfuse.audit.judge.context import AuditContext, pretty_source
 from arfuse.audit.judge.domain import recompiles_at
 from arfuse.audit.judge.verdicts import COMPILER, DIVISIBILITY, PIN, RANGE, Decision, decisions
 from arfuse.audit.rules import finding, rule
-from arfuse.audit.trace.records import RECOMPILE_REASONS, CompilationMetrics, CompileId, Frame
-from arfuse.audit.trace.slim import GUARDS
+from arfuse.audit.trace.records import (
+    RECOMPILE_REASONS,
+    CompilationMetrics,
+    CompileId,
+    DynamoStart,
+    Frame,
+)
+from arfuse.audit.trace.slim import COMPILED_FRAMES, GUARDS
 
 
 @dataclass
@@ -66,6 +72,16 @@ def _lines(ctx: AuditContext, kind: str) -> list[_Line]:
     return list(lines.values())
 
 
+def _compiled_frame(ctx: AuditContext, compile_id: object) -> Frame | None:
+    """The model's frame Dynamo compiled as `compile_id` (the innermost frame of its
+    `dynamo_start` stack outside torch and arfuse): where a compiler-made finding is shown."""
+    for e in ctx.trace.of(DynamoStart):
+        if str(e.compile_id) == str(compile_id):
+            user = [f for f in e.stack or () if not is_framework(f.filename)]
+            return user[-1] if user else None
+    return None
+
+
 def _finding(ctx: AuditContext, line: _Line, message: str) -> Finding:
     a = line.where
     details = []
@@ -90,13 +106,17 @@ def _finding(ctx: AuditContext, line: _Line, message: str) -> Finding:
         }
     )
     first = line.decisions[0]
+    frames = list(a.frames)
+    site = _compiled_frame(ctx, first.compile_id) if a.by == "compiler" else None
+    if site is not None:  # shown on the model's code; the compiler's line is the related one
+        frames = [site, *frames]
     return finding(
         message=message,
-        location=Location.of(a.decision),
+        location=Location.of(frames[0]),
         expr="; ".join(line.exprs),
         symbol=first.guards[0].symbol,
         compile_id=str(first.compile_id) if first.compile_id else "",
-        frames=[Location.of(f) for f in a.frames],
+        frames=[Location.of(f) for f in frames],
         details=details,
         num_tokens=sizes,
     )
@@ -294,7 +314,7 @@ _INT32_MAX = "2147483647"
       """,
     fix="warm the second compile before serving, chunk the large tensor, or narrow "
     "--max-tokens to what you serve",
-    needs=GUARDS,
+    needs=GUARDS | COMPILED_FRAMES,
 )
 def check_compiler_switch(ctx: AuditContext) -> Iterable[Finding]:
     for line in _lines(ctx, COMPILER):
@@ -398,7 +418,7 @@ def _reason_lines(ctx: AuditContext, text: str) -> list[Frame]:
       Remove the guard named in the finding (see ARF101-ARF103 at the same line).
       """,
     fix="remove the guard at this line (see the ARF101-ARF103 finding at the same line)",
-    needs=GUARDS,
+    needs=GUARDS | COMPILED_FRAMES,
 )
 def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
     limit = _recompile_limit(ctx)
@@ -408,13 +428,17 @@ def check_recompile(ctx: AuditContext) -> Iterable[Finding]:
         at = f" at num_tokens={', '.join(map(str, sorted(sizes)))}" if sizes else ""
         message = f"recompiled {len(cids)} time(s){at} because a guard from this line failed"
         static = first_static.get((frame.filename, frame.line))
+        frames = [frame]
+        site = _compiled_frame(ctx, cids[0]) if cids and is_framework(frame.filename) else None
+        if site is not None:  # a compiler guard failed: shown at the model's compiled frame
+            frames = [site, frame]
         yield finding(
             message=(_static_first(static, len(cids)) if static else message) + limit,
             fix=_MARK_DYNAMIC.format(arg=static[0], dim=static[1]) if static else "",
-            location=Location.of(frame),
+            location=Location.of(frames[0]),
             expr="; ".join(dict.fromkeys(g for _, g in events)),
             compile_id=str(cids[0]) if cids else "",
-            frames=[Location.of(frame)],
+            frames=[Location.of(f) for f in frames],
             details=[
                 f"recompile {c} (num_tokens={ctx.compile_sizes.get(c, '?')}): failed `{g}`"
                 for c, g in events

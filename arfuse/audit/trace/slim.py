@@ -85,8 +85,10 @@ DIVERGENCE = frozenset(
     }
 )
 RANKS = GUARDS | GRAPHS | DIVERGENCE | {f"collectives:{g}" for g in AOT_GRAPHS}
+#: The model frame each compile began in: where a finding the compiler made is shown.
+COMPILED_FRAMES = frozenset({"dynamo_start.stack"})
 #: A rule that declares no needs reads all of the above.
-_EVERYTHING_KNOWN = GUARDS | GRAPHS | RANKS
+_EVERYTHING_KNOWN = GUARDS | GRAPHS | RANKS | COMPILED_FRAMES
 
 _COMPRESS_OVER = 4096
 # a collective call in Inductor's Python output code (what facts.output_code_collectives counts)
@@ -141,7 +143,8 @@ def reads_of(rules: Iterable[Rule]) -> frozenset[str]:
     """What the rules read together (a rule that declares no `needs` reads everything known)."""
     out: set[str] = set()
     for r in rules:
-        out |= r.needs or _EVERYTHING_KNOWN
+        if getattr(r, "scope", "rank") != "report":  # those read no trace
+            out |= r.needs or _EVERYTHING_KNOWN
     return frozenset(out)
 
 
