@@ -233,6 +233,13 @@ def analyze(
         per_file_ignores=opts.per_file_ignores,
         root=where,
     )
+    _conclude(report, rules, contexts)
+    return report
+
+
+def _conclude(report: Report, rules: Sequence[Rule], contexts: dict[int, AuditContext]) -> None:
+    """The counts after suppressions and the baseline, what the verdict rests on (which rules
+    ran) and the verdict itself: NOT JUDGED when no compile made the token dim symbolic."""
     report.summary["findings"] = len(report.findings)
     report.summary["by_code"] = dict(sorted(Counter(f.code for f in report.findings).items()))
     report.summary["new"] = len(report.new)
@@ -250,7 +257,6 @@ def analyze(
         report.summary["verdict"] = "fail"
     else:
         report.summary["verdict"] = "not_judged" if why else "pass"
-    return report
 
 
 def _source_files(report: Report, run: RunInfo) -> list[str]:

@@ -72,6 +72,7 @@ def _header(s: dict[str, Any], root: Path, verbose: bool) -> list[str]:
         lines.append(
             f"  fusion pass: {fusion['matches']} allreduce chain(s) fused in "
             f"{fusion['graphs']} graph(s)"
+            + (f" over {len(s['ranks'])} ranks" if len(s.get("ranks") or []) > 1 else "")
         )
         for r in fusion.get("ranges") or []:
             lo, hi = r["range"]
