@@ -190,6 +190,19 @@ def check_variant(
     }
 
 
+def _fused_kwargs(node) -> dict:
+    """A fused-op node's arguments by name, whether functionalized or reinplaced; {} else."""
+    if node.op != "call_function":
+        return {}
+    target, args = node.target, node.args
+    if target in (torch.ops.higher_order.auto_functionalized,):
+        target, args = args[0], ()
+    if not str(target).startswith("arfuse.fused_allreduce_rmsnorm"):
+        return {}
+    names = [a.name for a in target._schema.arguments]
+    return dict(zip(names, args, strict=False)) | dict(node.kwargs)
+
+
 def check_policy_reaches_the_op() -> dict:
     """Two passes with different FusionPolicies compile one chain each: the policy digest each
     emitted into its graph, the one the op's kernel dispatch received at run time, and whether
@@ -222,11 +235,9 @@ def check_policy_reaches_the_op() -> dict:
             with torch.no_grad():
                 compiled(x, residual, weight, None)
             emitted = [
-                n.kwargs["policy"]
-                for g in capture.graphs
-                for n in g.graph.nodes
-                if n.op == "call_function" and "policy" in n.kwargs
+                _fused_kwargs(n).get("policy") for g in capture.graphs for n in g.graph.nodes
             ]
+            emitted = [p for p in emitted if p is not None]
             rows.append(
                 {
                     "digest": policy.digest(),
