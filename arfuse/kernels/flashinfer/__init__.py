@@ -2,7 +2,8 @@
 
     fused op (CUDA input) -> backend.backend(FusedArgs)
         plan.py       which strategy, per call, on host data (no sync, no guard):
-                      one-shot / two-shot within the thresholds, else unfused (reason logged once)
+                      one-shot / two-shot within the thresholds of the op's FusionPolicy (the
+                      pass's, by digest), else unfused (reason logged once)
         workspace.py  the CUDA IPC workspace, created collectively on first need
         kernel.py     one launch of the kernel into preallocated outputs
         unfused.py    NCCL allreduce in place + one Triton add+RMSNorm(+FP8) kernel
