@@ -72,6 +72,7 @@ class FusionPolicy:
 # it is a cache from the name in a compiled graph back to the object. A graph served from the
 # FX graph cache finds its entry too: a cache hit needs the pass's uuid(), which takes it.
 _BY_DIGEST: dict[str, FusionPolicy] = {}
+# FusionPolicy.current() for direct calls ("" digest), rebuilt when the table or switch changes
 _current: tuple[tuple[int, bool], FusionPolicy] | None = None
 
 
