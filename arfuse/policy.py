@@ -37,7 +37,7 @@ class FusionPolicy:
     def current(cls) -> FusionPolicy:
         """The policy in force in this process: the thresholds table (defaults, the
         ARFUSE_THRESHOLDS file, any override) and ARFUSE_TWOSHOT, read now."""
-        from arfuse.kernels.flashinfer.settings import settings
+        from arfuse.settings import settings
 
         return cls(thresholds.table(), settings.twoshot)
 
@@ -81,7 +81,7 @@ def resolve(digest: str) -> FusionPolicy:
     of the op, not emitted by the pass) is `FusionPolicy.current()`."""
     global _current
     if not digest:
-        from arfuse.kernels.flashinfer.settings import settings
+        from arfuse.settings import settings
 
         stamp = (thresholds.generation(), settings.twoshot)
         if _current is None or _current[0] != stamp:

@@ -8,7 +8,7 @@ import torch.distributed as dist
 from arfuse.kernels.args import FusedArgs, FusedResult
 from arfuse.kernels.flashinfer import kernel, unfused
 from arfuse.kernels.flashinfer.plan import choose_strategy, fallback, site_for, stats
-from arfuse.kernels.flashinfer.settings import settings
+from arfuse.settings import settings
 from arfuse.policy import FusionPolicy
 
 ALIGNMENT = 16  # bytes: the kernel moves 16-byte vectors

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from arfuse import optable
 from arfuse import thresholds as th
 from arfuse.kernels.flashinfer import library
-from arfuse.kernels.flashinfer.settings import STRATEGY_ENV, TWOSHOT_ENV
+from arfuse.settings import STRATEGY_ENV, TWOSHOT_ENV
 from arfuse.kernels.flashinfer.workspace import MAX_COMM_BYTES, Workspace, create_workspace
 from arfuse.policy import FusionPolicy, resolve
 
