@@ -14,7 +14,8 @@ Inductor's reinplacing, later in post-grad, passes `mm` itself when nothing else
 does for a plain all_reduce, and a copy otherwise):
 
     fused = auto_functionalized(arfuse.fused_allreduce_rmsnorm.default, input=mm,
-        residual=residual, weight=weight, eps=1e-5, weight_offset=0.0, group_name="0")
+        residual=residual, weight=weight, eps=1e-5, weight_offset=0.0, group_name="0",
+        policy="3f2a...")                       # the pass's FusionPolicy.digest()
     out = fused[0]
     add = fused[1]
 
@@ -26,7 +27,7 @@ multiply by a scalar (Gemma's embedding scale), which moves onto each rank's par
 A reduced value normed directly and used elsewhere too (HF's vocab-parallel embedding: the
 first input_layernorm, and the residual of the first attention add) fuses without a residual:
 
-    fused = arfuse.fused_allreduce_rmsnorm(embedding, None, weight, 1e-6, 0.0, "0")
+    fused = arfuse.fused_allreduce_rmsnorm(embedding, None, weight, 1e-6, 0.0, "0", "3f2a...")
     out = fused[0]
     wait = fused[1]                                             # the reduced value, for the add
 
@@ -116,6 +117,7 @@ class AllReduceFusionPass(CustomGraphPass):
     ) -> None:
         self.config = config or FusionConfig()
         self.policy = policy or FusionPolicy.current()
+        self._policy_digest = self.policy.digest()  # the ops it emits run under this policy
         # each skip reason is warned once per pass, or per set shared by several passes
         self._warned = set() if warned is None else warned
         self.num_matches = 0
@@ -139,7 +141,7 @@ class AllReduceFusionPass(CustomGraphPass):
         table of the pass."""
         digest = hashlib.sha256(get_hash_for_files(_SOURCES))  # read once per process (lru_cache)
         digest.update(self.config.key().encode())
-        digest.update(self.policy.key().encode())
+        digest.update(self._policy_digest.encode())
         return digest.digest()
 
     # -- the pass ------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ class AllReduceFusionPass(CustomGraphPass):
             if why is not None:  # intended: this range is left to Inductor's own fusion
                 by_range.append((why, found.norm_out.name))
                 continue
-            erased.update(_rewrite(graph, found))
+            erased.update(_rewrite(graph, found, self._policy_digest))
             matches.append(found)
             self.matched[found.spec.name] += 1
         if matches:
@@ -312,8 +314,9 @@ def _fake_call(node: Node) -> None:
         node.meta["val"] = target(*args, **kwargs)
 
 
-def _rewrite(graph: Graph, m: ChainMatch) -> list[Node]:
-    """Insert the fused op, rewire the chain's outputs to it, erase the chain; return erased."""
+def _rewrite(graph: Graph, m: ChainMatch, policy: str) -> list[Node]:
+    """Insert the fused op, rewire the chain's outputs to it, erase the chain; return erased.
+    `policy`: the pass's policy digest, which the op's run-time plan resolves back."""
     stack_trace = m.last.meta.get("stack_trace")
     with graph.inserting_before(m.last):
         x, chain = m.allreduce_input, set(m.nodes)
@@ -331,7 +334,9 @@ def _rewrite(graph: Graph, m: ChainMatch) -> list[Node]:
             op = getattr(torch.ops.arfuse.fused_allreduce_rmsnorm_fp8, overload)
             kwargs["scale"] = m.scale
             names = ("quant_out", "norm_out", "residual_out")
-        kwargs.update(eps=m.eps, weight_offset=m.weight_offset, group_name=m.group_name)
+        kwargs.update(
+            eps=m.eps, weight_offset=m.weight_offset, group_name=m.group_name, policy=policy
+        )
         # the op may sum into `input`: functional form, so reinplacing (a later post-grad
         # pass) gives it the input's buffer when the input is dead, a copy when it is not
         fused = graph.call_function(auto_functionalized, (op,), kwargs)

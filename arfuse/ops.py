@@ -6,9 +6,9 @@
     arfuse::rms_norm(Tensor input, Tensor weight, float eps) -> Tensor
         RMSNorm over the last dim with float32 accumulation: a custom-op norm form.
     arfuse::fused_allreduce_rmsnorm(Tensor(a!) input, residual?, weight, eps, weight_offset,
-        group_name) -> (norm_out, residual_out)
+        group_name, policy="") -> (norm_out, residual_out)
     arfuse::fused_allreduce_rmsnorm_fp8(Tensor(a!) input, residual?, weight, scale, eps,
-        weight_offset, group_name) -> (quant_out, norm_out, residual_out)
+        weight_offset, group_name, policy="") -> (quant_out, norm_out, residual_out)
         all_reduce(input) [+ residual] -> RMSNorm [-> static per-tensor FP8 e4m3]. The outputs
         are new tensors; `residual_out` is the sum fed to the norm (the allreduce result itself
         when `residual` is None); `weight_offset` is 1.0 for the Gemma `(1 + weight)` form,
@@ -18,7 +18,9 @@
         contents afterwards are unspecified. Under torch.compile this costs nothing to get
         right: functionalization wraps the call in `auto_functionalized`, and Inductor's
         reinplacing hands the op the input's own buffer when nothing reads it afterwards (the
-        usual case: a row-parallel matmul's output) and a copy otherwise.
+        usual case: a row-parallel matmul's output) and a copy otherwise. `policy` is the
+        `FusionPolicy.digest()` of the pass that emitted the op: the GPU plan decides one-shot,
+        two-shot or unfused by that policy's thresholds ("", a direct call: the policy in force).
     arfuse::fused_allreduce_rmsnorm[_fp8].eps_tensor(... Tensor eps ...)
         The same with eps as a 0-d tensor: under `torch.compile(dynamic=True)` Dynamo turns a
         model's float eps into a graph input, so the pass has no number to pass.
@@ -51,17 +53,17 @@ LIB.define("all_reduce(Tensor input, str group_name) -> Tensor")
 LIB.define("rms_norm(Tensor input, Tensor weight, float eps) -> Tensor")
 LIB.define(
     "fused_allreduce_rmsnorm(Tensor(a!) input, Tensor? residual, Tensor weight, float eps, "
-    "float weight_offset, str group_name) -> (Tensor norm_out, Tensor residual_out)"
+    'float weight_offset, str group_name, str policy="") -> (Tensor norm_out, Tensor residual_out)'
 )
 LIB.define(
     "fused_allreduce_rmsnorm_fp8(Tensor(a!) input, Tensor? residual, Tensor weight, Tensor scale, "
-    "float eps, float weight_offset, str group_name) "
+    'float eps, float weight_offset, str group_name, str policy="") '
     "-> (Tensor quant_out, Tensor norm_out, Tensor residual_out)"
 )
 
 _FUSED = (
     "Tensor(a!) input, Tensor? residual, Tensor weight, {scale}{eps} eps, float weight_offset, "
-    "str group_name"
+    'str group_name, str policy=""'
 )
 _OUT = "(Tensor norm_out, Tensor residual_out)"
 _OUT_FP8 = "(Tensor quant_out, Tensor norm_out, Tensor residual_out)"
@@ -168,13 +170,13 @@ def _rms_norm_fake(input, weight, eps):
 
 
 @torch.library.register_fake("arfuse::fused_allreduce_rmsnorm", lib=LIB)
-def _fused_fake(input, residual, weight, eps, weight_offset, group_name):
+def _fused_fake(input, residual, weight, eps, weight_offset, group_name, policy=""):
     _check_activation("fused_allreduce_rmsnorm", input, residual, weight, eps)
     return torch.empty_like(input), torch.empty_like(input)
 
 
 @torch.library.register_fake("arfuse::fused_allreduce_rmsnorm_fp8", lib=LIB)
-def _fused_fp8_fake(input, residual, weight, scale, eps, weight_offset, group_name):
+def _fused_fp8_fake(input, residual, weight, scale, eps, weight_offset, group_name, policy=""):
     _check_activation("fused_allreduce_rmsnorm_fp8", input, residual, weight, eps)
     _check_scale(scale)
     return (
@@ -193,15 +195,17 @@ def _check_eps(eps: torch.Tensor) -> None:
 
 
 @torch.library.register_fake("arfuse::fused_allreduce_rmsnorm.eps_tensor", lib=LIB)
-def _fused_eps_tensor_fake(input, residual, weight, eps, weight_offset, group_name):
+def _fused_eps_tensor_fake(input, residual, weight, eps, weight_offset, group_name, policy=""):
     _check_eps(eps)
-    return _fused_fake(input, residual, weight, 0.0, weight_offset, group_name)
+    return _fused_fake(input, residual, weight, 0.0, weight_offset, group_name, policy)
 
 
 @torch.library.register_fake("arfuse::fused_allreduce_rmsnorm_fp8.eps_tensor", lib=LIB)
-def _fused_fp8_eps_tensor_fake(input, residual, weight, scale, eps, weight_offset, group_name):
+def _fused_fp8_eps_tensor_fake(
+    input, residual, weight, scale, eps, weight_offset, group_name, policy=""
+):
     _check_eps(eps)
-    return _fused_fp8_fake(input, residual, weight, scale, 0.0, weight_offset, group_name)
+    return _fused_fp8_fake(input, residual, weight, scale, 0.0, weight_offset, group_name, policy)
 
 
 # ---- real kernels -----------------------------------------------------------------------------
@@ -219,20 +223,24 @@ def _rms_norm_impl(input, weight, eps):
 
 
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm", "CompositeExplicitAutograd")
-def _fused_impl(input, residual, weight, eps, weight_offset, group_name):
+def _fused_impl(input, residual, weight, eps, weight_offset, group_name, policy=""):
     _check_activation("fused_allreduce_rmsnorm", input, residual, weight, eps)
     group = kernels.resolve_group(group_name)
-    result = kernels.run_fused(FusedArgs(input, residual, weight, None, eps, weight_offset, group))
+    result = kernels.run_fused(
+        FusedArgs(input, residual, weight, None, eps, weight_offset, group, policy)
+    )
     return result.norm, result.residual
 
 
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm_fp8", "CompositeExplicitAutograd")
-def _fused_fp8_impl(input, residual, weight, scale, eps, weight_offset, group_name):
+def _fused_fp8_impl(input, residual, weight, scale, eps, weight_offset, group_name, policy=""):
     _check_activation("fused_allreduce_rmsnorm_fp8", input, residual, weight, eps)
     _check_scale(scale)
     group = kernels.resolve_group(group_name)
     return tuple(
-        kernels.run_fused(FusedArgs(input, residual, weight, scale, eps, weight_offset, group))
+        kernels.run_fused(
+            FusedArgs(input, residual, weight, scale, eps, weight_offset, group, policy)
+        )
     )
 
 
@@ -282,12 +290,16 @@ def fused_allreduce_rmsnorm_fp8(
 
 # eps as a 0-d tensor (a CPU scalar when Dynamo lifted a float: reading it does not sync)
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm.eps_tensor", "CompositeExplicitAutograd")
-def _fused_eps_tensor_impl(input, residual, weight, eps, weight_offset, group_name):
+def _fused_eps_tensor_impl(input, residual, weight, eps, weight_offset, group_name, policy=""):
     _check_eps(eps)
-    return _fused_impl(input, residual, weight, float(eps), weight_offset, group_name)
+    return _fused_impl(input, residual, weight, float(eps), weight_offset, group_name, policy)
 
 
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm_fp8.eps_tensor", "CompositeExplicitAutograd")
-def _fused_fp8_eps_tensor_impl(input, residual, weight, scale, eps, weight_offset, group_name):
+def _fused_fp8_eps_tensor_impl(
+    input, residual, weight, scale, eps, weight_offset, group_name, policy=""
+):
     _check_eps(eps)
-    return _fused_fp8_impl(input, residual, weight, scale, float(eps), weight_offset, group_name)
+    return _fused_fp8_impl(
+        input, residual, weight, scale, float(eps), weight_offset, group_name, policy
+    )

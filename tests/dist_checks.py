@@ -190,6 +190,77 @@ def check_variant(
     }
 
 
+def _fused_kwargs(node) -> dict:
+    """A fused-op node's arguments by name, whether functionalized or reinplaced; {} else."""
+    if node.op != "call_function":
+        return {}
+    target, args = node.target, node.args
+    if target in (torch.ops.higher_order.auto_functionalized,):
+        target, args = args[0], ()
+    if not str(target).startswith("arfuse.fused_allreduce_rmsnorm"):
+        return {}
+    names = [a.name for a in target._schema.arguments]
+    return dict(zip(names, args, strict=False)) | dict(node.kwargs)
+
+
+def check_policy_reaches_the_op() -> dict:
+    """Two passes with different FusionPolicies compile one chain each: the policy digest each
+    emitted into its graph, the one the op's kernel dispatch received at run time, and whether
+    that digest resolves to the pass's own policy object; then a direct call of the op."""
+    from arfuse import kernels
+    from arfuse.policy import FusionPolicy, resolve
+    from arfuse.thresholds import Thresholds
+
+    table = FusionPolicy().table
+    changed = {arch: dict(per_world) for arch, per_world in table.items()}
+    changed["sm90"][2] = Thresholds(oneshot_max_mb=1, fused_max_mb=2, source="test")
+    policies = [FusionPolicy(table, twoshot=False), FusionPolicy(changed, twoshot=True)]
+    seen: list[str] = []
+
+    def spy(args):  # a kernel backend that only records, then lets the exact path run
+        seen.append(args.policy)
+
+    spec = FusionSpec.parse("c10d/rms_norm/ar+res/none")
+    x, residual, weight, _ = _inputs(5, 64, torch.float32, False, seed=5)
+    rows = []
+    kernels.register_backend(spy)
+    try:
+        for policy in policies:
+            capture = PostGradCapture(arfuse.AllReduceFusionPass(policy=policy))
+            torch._dynamo.reset()
+            compiled = torch.compile(
+                make_chain(spec, 1e-6, False, True), backend=capture.backend, fullgraph=True
+            )
+            seen.clear()
+            with torch.no_grad():
+                compiled(x, residual, weight, None)
+            emitted = [
+                _fused_kwargs(n).get("policy") for g in capture.graphs for n in g.graph.nodes
+            ]
+            emitted = [p for p in emitted if p is not None]
+            rows.append(
+                {
+                    "digest": policy.digest(),
+                    "emitted": emitted,
+                    "seen": list(seen),
+                    "resolves_to_pass_policy": [resolve(d) is policy for d in seen],
+                }
+            )
+        seen.clear()
+        with torch.no_grad():
+            torch.ops.arfuse.fused_allreduce_rmsnorm(
+                x, residual, weight, 1e-6, 0.0, dist.group.WORLD.group_name
+            )
+        direct = list(seen)
+    finally:
+        kernels._BACKENDS.remove(spy)
+    return {
+        "passes": rows,
+        "direct": direct,
+        "direct_resolves_to_current": resolve("") == FusionPolicy.current(),
+    }
+
+
 def count_allreduces(counts: dict) -> int:
     return sum(v for k, v in counts.items() if k in ALLREDUCE_TARGETS and "wait" not in k)
 
@@ -630,7 +701,9 @@ def check_release_workspaces_per_group() -> dict:
     Workspaces are built already released where they will be destroyed (no FlashInfer on CPU),
     so only the bookkeeping runs; the groups are real gloo groups."""
     from arfuse.kernels.flashinfer import plan, workspace
+    from arfuse.policy import resolve
 
+    policy = resolve("")
     groups = [dist.new_group([0, 1]), dist.new_group([0, 1])]
     saved, saved_sites = dict(workspace._workspaces), dict(plan._sites)
     try:
@@ -652,7 +725,8 @@ def check_release_workspaces_per_group() -> dict:
                 released=g is groups[0],
             )
             workspace._workspaces[ws.key] = ws
-            plan._sites[(0, g.group_name, 64, torch.bfloat16)] = plan.Site(None, workspace=ws)
+            key = (0, g.group_name, 64, torch.bfloat16, policy.digest())
+            plan._sites[key] = plan.Site(None, policy, workspace=ws)
             made.append(ws)
         released = workspace.release_workspaces(groups[0])
         return {
@@ -660,7 +734,7 @@ def check_release_workspaces_per_group() -> dict:
             "remaining": [k[0] == groups[1].group_name for k in workspace._workspaces],
             "other_live": not made[1].released,
             "sites_kept": [
-                plan._sites[(0, g.group_name, 64, torch.bfloat16)].workspace is ws
+                plan._sites[(0, g.group_name, 64, torch.bfloat16, policy.digest())].workspace is ws
                 for g, ws in zip(groups, made, strict=True)
             ],
         }

@@ -303,3 +303,17 @@ def test_dynamic_true_graph_uses_the_eps_tensor_overload(group2):
     assert [a.get("arfuse.fused_allreduce_rmsnorm.eps_tensor") for a in r["after"]] == [4]
     assert r["skipped"] == []
     assert all(e <= 1e-5 for e in r["errors"].values()), r["errors"]
+
+
+def test_the_fused_op_runs_under_the_policy_of_the_pass_that_emitted_it(group2):
+    """Issue 21: the pass writes its own FusionPolicy's digest into the op; the op's kernel
+    dispatch receives exactly that digest and resolves it to the pass's policy object; a
+    direct call of the op carries "" (the policy in force)."""
+    r = group2.run(dc.check_policy_reaches_the_op)[0]
+    first, second = r["passes"]
+    assert first["digest"] != second["digest"]
+    for row in (first, second):
+        assert row["emitted"] == [row["digest"]]
+        assert row["seen"] == [row["digest"]]
+        assert row["resolves_to_pass_policy"] == [True]
+    assert r["direct"] == [""] and r["direct_resolves_to_current"]

@@ -116,3 +116,39 @@ def test_uuid_changes_with_the_policy():
     changed["sm90"][4] = Thresholds(oneshot_max_mb=1, fused_max_mb=4, source="test")
     threshold = arfuse.AllReduceFusionPass(policy=FusionPolicy(changed, twoshot=True))
     assert len({base.uuid(), twoshot_off.uuid(), threshold.uuid()}) == 3
+
+
+def test_policy_digest_names_its_content_and_resolves_to_the_object():
+    import torch
+
+    from arfuse.kernels.args import FusedArgs
+    from arfuse.policy import resolve
+
+    table = FusionPolicy().table
+    on, off = FusionPolicy(table, twoshot=True), FusionPolicy(table, twoshot=False)
+    assert on.digest() != off.digest() and len(on.digest()) == 16
+    assert FusionPolicy(table, twoshot=True).digest() == on.digest()  # content, not identity
+    # an equal policy registered first (the default pass's) may answer: same content, same plan
+    assert resolve(on.digest()) == on and resolve(off.digest()) == off
+    unique = {arch: dict(per_world) for arch, per_world in table.items()}
+    unique["sm90"][8] = Thresholds(oneshot_max_mb=1, fused_max_mb=3, source="this test only")
+    custom = FusionPolicy(unique)
+    assert resolve(custom.digest()) is custom
+    assert resolve("") == FusionPolicy.current()  # a direct call of the op: the policy in force
+    assert resolve("").digest() == FusionPolicy.current().digest()
+    with pytest.raises(ValueError, match="policy '0123456789abcdef'.*build the pass"):
+        resolve("0123456789abcdef")
+    args = FusedArgs(torch.ones(2, 8), None, torch.ones(8), None, 1e-6, 0.0, None)  # type: ignore[arg-type]
+    assert args.policy == ""
+
+
+def test_run_time_policy_follows_a_thresholds_override():
+    from arfuse import thresholds as th
+    from arfuse.policy import resolve
+
+    before = resolve("")
+    changed = {"sm90": {"2": {"oneshot_max_mb": 1, "fused_max_mb": 2}}}
+    with th.override(changed):
+        during = resolve("")
+        assert during == FusionPolicy.current() and during.digest() != before.digest()
+    assert resolve("").digest() == before.digest()

@@ -39,6 +39,7 @@ class FusedArgs:
     eps: float
     weight_offset: float  # added to the norm weight: 1.0 for Gemma's (1 + weight), else 0.0
     group: dist.ProcessGroup
+    policy: str = ""  # FusionPolicy.digest() of the pass that emitted the op; "": in force now
 
     @property
     def hidden(self) -> int:

@@ -2,11 +2,12 @@
 
     fused op (CUDA input) -> backend.backend(FusedArgs)
         plan.py       which strategy, per call, on host data (no sync, no guard):
-                      one-shot / two-shot within the thresholds, else unfused (reason logged once)
+                      one-shot / two-shot within the thresholds of the op's FusionPolicy (the
+                      pass's, by digest), else unfused (reason logged once)
         workspace.py  the CUDA IPC workspace, created collectively on first need
         kernel.py     one launch of the kernel into preallocated outputs
         unfused.py    NCCL allreduce in place + one Triton add+RMSNorm(+FP8) kernel
-        settings.py   what the environment forced (strategy, two-shot switch, PDL)
+        ../../settings.py  what the environment forced (strategy, two-shot switch, PDL)
         library.py    FlashInfer, imported lazily
 
 The choice happens inside the opaque op at run time, so the compiled graph has no Python branch
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from arfuse.kernels.flashinfer.backend import backend, prepare
 from arfuse.kernels.flashinfer.plan import choose_strategy, fallback_reasons, stats
-from arfuse.kernels.flashinfer.settings import force_strategy, forced_strategy, settings
+from arfuse.settings import force_strategy, forced_strategy, settings
 from arfuse.kernels.flashinfer.workspace import Workspace, create_workspace, release_workspaces
 
 __all__ = [

@@ -8,7 +8,8 @@ import torch.distributed as dist
 from arfuse.kernels.args import FusedArgs, FusedResult
 from arfuse.kernels.flashinfer import kernel, unfused
 from arfuse.kernels.flashinfer.plan import choose_strategy, fallback, site_for, stats
-from arfuse.kernels.flashinfer.settings import settings
+from arfuse.settings import settings
+from arfuse.policy import FusionPolicy
 
 ALIGNMENT = 16  # bytes: the kernel moves 16-byte vectors
 
@@ -17,7 +18,7 @@ def backend(args: FusedArgs) -> FusedResult | None:
     """The fused kernel where the plan says so, else the unfused path; None off CUDA."""
     if not args.input.is_cuda:
         return None
-    site = site_for(args.input, args.group)
+    site = site_for(args.input, args.group, args.policy)
     if site.reason is not None:
         fallback(*site.reason)
         return unfused.unfused(args)
@@ -38,7 +39,7 @@ def backend(args: FusedArgs) -> FusedResult | None:
         site.limits.fused_max_tokens,
         ws.max_tokens,
         settings.strategy,
-        settings.twoshot,
+        site.policy.twoshot,
     )
     if why is not None:
         fallback(*why)
@@ -61,11 +62,17 @@ def backend(args: FusedArgs) -> FusedResult | None:
     return out
 
 
-def prepare(group: dist.ProcessGroup, hidden: int, dtype: torch.dtype = torch.bfloat16) -> bool:
-    """Create the workspace for (group, hidden, dtype) now - before CUDA-graph capture.
+def prepare(
+    group: dist.ProcessGroup,
+    hidden: int,
+    dtype: torch.dtype = torch.bfloat16,
+    policy: FusionPolicy | None = None,
+) -> bool:
+    """Create the workspace for (group, hidden, dtype) under `policy` (default: the one in
+    force, which a pass built without one also uses) now - before CUDA-graph capture.
     Collective. Returns False (reason logged) when the fused kernel does not apply."""
     probe = torch.empty(1, hidden, dtype=dtype, device=torch.cuda.current_device())
-    site = site_for(probe, group)
+    site = site_for(probe, group, "" if policy is None else policy.digest())
     if site.reason is not None:
         fallback(*site.reason)
         return False

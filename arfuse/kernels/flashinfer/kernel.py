@@ -10,7 +10,7 @@ from typing import Any
 
 from arfuse.kernels.args import FusedArgs, FusedResult
 from arfuse.kernels.flashinfer import library
-from arfuse.kernels.flashinfer.settings import settings
+from arfuse.settings import settings
 from arfuse.kernels.flashinfer.workspace import Workspace
 
 

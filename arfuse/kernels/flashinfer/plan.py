@@ -1,12 +1,15 @@
 """Per-call planning: which strategy runs this call, on host data only (no sync, no guard).
 
-    one-shot   tokens <= oneshot_max_tokens                  (thresholds table)
+    one-shot   tokens <= oneshot_max_tokens                  (the policy's thresholds table)
     two-shot   oneshot_max_tokens < tokens <= fused_max_tokens, tokens > world_size
     unfused    everything else, with the reason logged once (`fallback_reasons`)
 
-What depends only on (device, group, hidden, dtype) - whether the kernel applies at all, the
-thresholds, the workspace - is resolved once per thresholds generation into a `Site`; what
-depends on the token count is `choose_strategy`, a pure function.
+The thresholds and the two-shot switch are those of the FusionPolicy the pass fused under: the
+op carries its digest (`FusedArgs.policy`, "" for a direct call: the policy in force now) and
+`arfuse.policy.resolve` gives it back. What depends only on (device, group, hidden, dtype,
+policy) - whether the kernel applies at all, the limits, the workspace - is resolved once into a
+`Site` (a digest names immutable content, so a site never goes stale; "" resolves to the digest
+of the table in force); what depends on the token count is `choose_strategy`, a pure function.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import torch.distributed as dist
 from arfuse import optable
 from arfuse import thresholds as th
 from arfuse.kernels.flashinfer import library
-from arfuse.kernels.flashinfer.settings import STRATEGY_ENV, TWOSHOT_ENV
+from arfuse.settings import STRATEGY_ENV, TWOSHOT_ENV
 from arfuse.kernels.flashinfer.workspace import MAX_COMM_BYTES, Workspace, create_workspace
+from arfuse.policy import FusionPolicy, resolve
 
 log = logging.getLogger("arfuse.kernels.flashinfer")
 
@@ -98,13 +102,13 @@ def workspace_tokens(limits: th.Limits) -> int:
 
 @dataclass
 class Site:
-    """What one (device, group, hidden, dtype) needs, resolved once (per thresholds change)."""
+    """What one (device, group, hidden, dtype, policy) needs, resolved once."""
 
     reason: Reason | None  # set when the kernel never applies here
+    policy: FusionPolicy
     limits: th.Limits | None = None
     world_size: int = 0
     workspace: Workspace | None = None
-    generation: int = -1
 
     def ensure_workspace(self, group: dist.ProcessGroup, input: torch.Tensor) -> Workspace | None:
         """This site's live workspace, created (collectively) on first need; None during
@@ -152,18 +156,19 @@ def _site_reason(input: torch.Tensor, group: dist.ProcessGroup) -> Reason | None
     return None
 
 
-def site_for(input: torch.Tensor, group: dist.ProcessGroup) -> Site:
-    key = (input.device.index, group.group_name, input.shape[-1], input.dtype)
-    gen = th.generation()
+def site_for(input: torch.Tensor, group: dist.ProcessGroup, policy: str = "") -> Site:
+    """The site of this input's shape and group under the policy with this digest."""
+    resolved = resolve(policy)
+    key = (input.device.index, group.group_name, input.shape[-1], input.dtype, resolved.digest())
     site = _sites.get(key)
-    if site is not None and site.generation == gen:
+    if site is not None:
         return site
     reason = _site_reason(input, group)
-    site = Site(reason=reason, generation=gen)
+    site = Site(reason=reason, policy=resolved)
     if reason is None:
         cap = torch.cuda.get_device_capability(input.device)
         world = dist.get_world_size(group)
-        limits = th.lookup(cap, world, input.dtype, input.shape[-1])
+        limits = resolved.limits(cap, world, input.dtype, input.shape[-1])
         if limits is None or limits.fused_max_tokens < 1:
             site.reason = (
                 "no-entry",

@@ -1,4 +1,4 @@
-"""What the operator chose for the FlashInfer backend, read from the environment at import.
+"""What the operator chose for the fused ops' GPU backend, read from the environment at import.
 
     ARFUSE_FLASHINFER_STRATEGY=oneshot|twoshot|unfused   force a strategy (tests, benchmarks)
     ARFUSE_TWOSHOT=0      the thresholds' two-shot window runs unfused (and `arfuse.compile`
