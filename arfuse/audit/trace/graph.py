@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from arfuse.audit.trace.records import Frame
 
@@ -44,6 +45,9 @@ class Graph:
         return [self.nodes[u] for u in node.users] if node else []
 
 
+# The fusion rules and the cross-rank checks each read the same post-grad graphs (and ranks of
+# one job print identical ones): parse each text once. Callers only read the result.
+@lru_cache(maxsize=256)
 def parse_graph(text: str) -> Graph:
     nodes: dict[str, Node] = {}
     source: Frame | None = None
