@@ -407,8 +407,8 @@ def test_per_hidden_entry_errors_say_what_to_write():
 def test_flashinfer_settings_come_from_the_environment_and_feed_the_compile_policy():
     """One switch: ARFUSE_TWOSHOT decides the run-time dispatch and the compile-time policy."""
     from arfuse.kernels.flashinfer import settings
-    from arfuse.settings import Settings
     from arfuse.policy import FusionPolicy
+    from arfuse.settings import Settings
 
     env = {
         "ARFUSE_TWOSHOT": "0",

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from arfuse.kernels.flashinfer.backend import backend, prepare
 from arfuse.kernels.flashinfer.plan import choose_strategy, fallback_reasons, stats
-from arfuse.settings import force_strategy, forced_strategy, settings
 from arfuse.kernels.flashinfer.workspace import Workspace, create_workspace, release_workspaces
+from arfuse.settings import force_strategy, forced_strategy, settings
 
 __all__ = [
     "Workspace",

@@ -8,8 +8,8 @@ import torch.distributed as dist
 from arfuse.kernels.args import FusedArgs, FusedResult
 from arfuse.kernels.flashinfer import kernel, unfused
 from arfuse.kernels.flashinfer.plan import choose_strategy, fallback, site_for, stats
-from arfuse.settings import settings
 from arfuse.policy import FusionPolicy
+from arfuse.settings import settings
 
 ALIGNMENT = 16  # bytes: the kernel moves 16-byte vectors
 

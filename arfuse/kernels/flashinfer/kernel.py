@@ -10,8 +10,8 @@ from typing import Any
 
 from arfuse.kernels.args import FusedArgs, FusedResult
 from arfuse.kernels.flashinfer import library
-from arfuse.settings import settings
 from arfuse.kernels.flashinfer.workspace import Workspace
+from arfuse.settings import settings
 
 
 def _pattern(comm: Any, fp8: bool) -> Any:

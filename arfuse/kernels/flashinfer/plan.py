@@ -24,9 +24,9 @@ import torch.distributed as dist
 from arfuse import optable
 from arfuse import thresholds as th
 from arfuse.kernels.flashinfer import library
-from arfuse.settings import STRATEGY_ENV, TWOSHOT_ENV
 from arfuse.kernels.flashinfer.workspace import MAX_COMM_BYTES, Workspace, create_workspace
 from arfuse.policy import FusionPolicy, resolve
+from arfuse.settings import STRATEGY_ENV, TWOSHOT_ENV
 
 log = logging.getLogger("arfuse.kernels.flashinfer")
 
