@@ -19,10 +19,12 @@ does for a plain all_reduce, and a copy otherwise):
     out = fused[0]
     add = fused[1]
 
-With a static FP8 quant after the norm the op is `arfuse.fused_allreduce_rmsnorm_fp8` and
-`fused[0]` is the float8_e4m3fn tensor. Views between the collective and the add are replayed
-on the collective's input, so 3-D `[batch, seq, hidden]` models fuse like 2-D ones; so is a
-multiply by a scalar (Gemma's embedding scale), which moves onto each rank's partial sum.
+With a static FP8 quant after the norm the op is `arfuse.fused_allreduce_rmsnorm_quant_fp8`
+(`fused[0]` the float8_e4m3fn tensor, `fused[1]` the residual), or
+`arfuse.fused_allreduce_rmsnorm_fp8` (quant, norm, residual) where the bf16 norm is read too.
+Views between the collective and the add are replayed on the collective's input, so 3-D
+`[batch, seq, hidden]` models fuse like 2-D ones; so is a multiply by a scalar (Gemma's
+embedding scale), which moves onto each rank's partial sum.
 
 A reduced value normed directly and used elsewhere too (HF's vocab-parallel embedding: the
 first input_layernorm, and the residual of the first attention add) fuses without a residual:
@@ -330,10 +332,14 @@ def _rewrite(graph: Graph, m: ChainMatch, policy: str) -> list[Node]:
         if m.scale is None:
             op = getattr(torch.ops.arfuse.fused_allreduce_rmsnorm, overload)
             names: tuple[str, ...] = ("norm_out", "residual_out")
-        else:
+        elif any(user not in chain for user in m.norm_out.users):  # the bf16 norm is read too
             op = getattr(torch.ops.arfuse.fused_allreduce_rmsnorm_fp8, overload)
             kwargs["scale"] = m.scale
             names = ("quant_out", "norm_out", "residual_out")
+        else:  # only the FP8 value is read: the op that does not store the norm
+            op = getattr(torch.ops.arfuse.fused_allreduce_rmsnorm_quant_fp8, overload)
+            kwargs["scale"] = m.scale
+            names = ("quant_out", "residual_out")
         kwargs.update(
             eps=m.eps, weight_offset=m.weight_offset, group_name=m.group_name, policy=policy
         )
@@ -348,7 +354,8 @@ def _rewrite(graph: Graph, m: ChainMatch, policy: str) -> list[Node]:
     for node in [fused, *outs.values()]:
         if stack_trace:
             node.meta["stack_trace"] = stack_trace
-    m.norm_out.replace_all_uses_with(outs["norm_out"])
+    if "norm_out" in outs:
+        m.norm_out.replace_all_uses_with(outs["norm_out"])
     m.residual_out.replace_all_uses_with(outs["residual_out"])
     if m.quant_out is not None:
         m.quant_out.replace_all_uses_with(outs["quant_out"])

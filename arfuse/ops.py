@@ -9,10 +9,14 @@
         group_name, policy="") -> (norm_out, residual_out)
     arfuse::fused_allreduce_rmsnorm_fp8(Tensor(a!) input, residual?, weight, scale, eps,
         weight_offset, group_name, policy="") -> (quant_out, norm_out, residual_out)
+    arfuse::fused_allreduce_rmsnorm_quant_fp8(... the same inputs ...) -> (quant_out, residual_out)
         all_reduce(input) [+ residual] -> RMSNorm [-> static per-tensor FP8 e4m3]. The outputs
         are new tensors; `residual_out` is the sum fed to the norm (the allreduce result itself
         when `residual` is None); `weight_offset` is 1.0 for the Gemma `(1 + weight)` form,
-        else 0.0. `input` is the reduction's buffer, as in vLLM's fused op: the op may
+        else 0.0. `_quant_fp8` is the FP8 op without the bf16 norm output, for the usual graph
+        where only the quantized value is read (FlashInfer's `kARResidualRMSNormFP8Quant`
+        against `...OutFP8Quant`): it does not spend the stores of a norm nobody reads.
+        `input` is the reduction's buffer, as in vLLM's fused op: the op may
         overwrite it (the GPU unfused path sums into it in place, as plain Inductor's
         all_reduce does; the fused kernel and the CPU exact path leave it alone), so its
         contents afterwards are unspecified. Under torch.compile this costs nothing to get
@@ -61,16 +65,27 @@ LIB.define(
     "-> (Tensor quant_out, Tensor norm_out, Tensor residual_out)"
 )
 
+LIB.define(
+    "fused_allreduce_rmsnorm_quant_fp8(Tensor(a!) input, Tensor? residual, Tensor weight, "
+    'Tensor scale, float eps, float weight_offset, str group_name, str policy="") '
+    "-> (Tensor quant_out, Tensor residual_out)"
+)
+
 _FUSED = (
     "Tensor(a!) input, Tensor? residual, Tensor weight, {scale}{eps} eps, float weight_offset, "
     'str group_name, str policy=""'
 )
 _OUT = "(Tensor norm_out, Tensor residual_out)"
 _OUT_FP8 = "(Tensor quant_out, Tensor norm_out, Tensor residual_out)"
+_OUT_QUANT = "(Tensor quant_out, Tensor residual_out)"
 LIB.define(f"fused_allreduce_rmsnorm.eps_tensor({_FUSED.format(scale='', eps='Tensor')}) -> {_OUT}")
 LIB.define(
     f"fused_allreduce_rmsnorm_fp8.eps_tensor("
     f"{_FUSED.format(scale='Tensor scale, ', eps='Tensor')}) -> {_OUT_FP8}"
+)
+LIB.define(
+    f"fused_allreduce_rmsnorm_quant_fp8.eps_tensor("
+    f"{_FUSED.format(scale='Tensor scale, ', eps='Tensor')}) -> {_OUT_QUANT}"
 )
 
 SUPPORTED_DTYPES = tuple(getattr(torch, name) for name in optable.SUPPORTED_DTYPES)
@@ -84,6 +99,11 @@ class FusedOutputs(NamedTuple):
 class FusedFP8Outputs(NamedTuple):
     quant: torch.Tensor
     norm: torch.Tensor
+    residual: torch.Tensor
+
+
+class FusedQuantOutputs(NamedTuple):
+    quant: torch.Tensor
     residual: torch.Tensor
 
 
@@ -142,17 +162,15 @@ def _check_contiguous(op: str, name: str, t: torch.Tensor) -> None:
         )
 
 
-def _check_scale(scale: torch.Tensor) -> None:
+def _check_scale(scale: torch.Tensor, op: str = "fused_allreduce_rmsnorm_fp8") -> None:
     if scale.numel() != 1:
         raise ValueError(
-            "arfuse::fused_allreduce_rmsnorm_fp8: static per-tensor FP8 needs a "
+            f"arfuse::{op}: static per-tensor FP8 needs a "
             f"scale with exactly one element, got shape {tuple(scale.shape)}; "
             "per-token or per-channel scales are not supported"
         )
     if scale.dtype != torch.float32:
-        raise ValueError(
-            f"arfuse::fused_allreduce_rmsnorm_fp8: scale dtype {scale.dtype} must be torch.float32"
-        )
+        raise ValueError(f"arfuse::{op}: scale dtype {scale.dtype} must be torch.float32")
 
 
 # ---- fake kernels (shape/dtype propagation and validation at compile time) -------------------
@@ -186,6 +204,13 @@ def _fused_fp8_fake(input, residual, weight, scale, eps, weight_offset, group_na
     )
 
 
+@torch.library.register_fake("arfuse::fused_allreduce_rmsnorm_quant_fp8", lib=LIB)
+def _fused_quant_fake(input, residual, weight, scale, eps, weight_offset, group_name, policy=""):
+    _check_activation("fused_allreduce_rmsnorm_quant_fp8", input, residual, weight, eps)
+    _check_scale(scale, "fused_allreduce_rmsnorm_quant_fp8")
+    return torch.empty_like(input, dtype=FP8), torch.empty_like(input)
+
+
 def _check_eps(eps: torch.Tensor) -> None:
     if eps.dim() != 0 or not eps.dtype.is_floating_point:
         raise ValueError(
@@ -206,6 +231,14 @@ def _fused_fp8_eps_tensor_fake(
 ):
     _check_eps(eps)
     return _fused_fp8_fake(input, residual, weight, scale, 0.0, weight_offset, group_name, policy)
+
+
+@torch.library.register_fake("arfuse::fused_allreduce_rmsnorm_quant_fp8.eps_tensor", lib=LIB)
+def _fused_quant_eps_tensor_fake(
+    input, residual, weight, scale, eps, weight_offset, group_name, policy=""
+):
+    _check_eps(eps)
+    return _fused_quant_fake(input, residual, weight, scale, 0.0, weight_offset, group_name, policy)
 
 
 # ---- real kernels -----------------------------------------------------------------------------
@@ -242,6 +275,17 @@ def _fused_fp8_impl(input, residual, weight, scale, eps, weight_offset, group_na
             FusedArgs(input, residual, weight, scale, eps, weight_offset, group, policy)
         )
     )
+
+
+@torch.library.impl(LIB, "fused_allreduce_rmsnorm_quant_fp8", "CompositeExplicitAutograd")
+def _fused_quant_impl(input, residual, weight, scale, eps, weight_offset, group_name, policy=""):
+    _check_activation("fused_allreduce_rmsnorm_quant_fp8", input, residual, weight, eps)
+    _check_scale(scale, "fused_allreduce_rmsnorm_quant_fp8")
+    group = kernels.resolve_group(group_name)
+    result = kernels.run_fused(
+        FusedArgs(input, residual, weight, scale, eps, weight_offset, group, policy, norm=False)
+    )
+    return result.quant, result.residual
 
 
 # ---- Python entry points with named results ---------------------------------------------------
@@ -288,6 +332,23 @@ def fused_allreduce_rmsnorm_fp8(
     )
 
 
+def fused_allreduce_rmsnorm_quant_fp8(
+    input: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    group_name: str,
+    *,
+    weight_offset: float = 0.0,
+) -> FusedQuantOutputs:
+    return FusedQuantOutputs(
+        *torch.ops.arfuse.fused_allreduce_rmsnorm_quant_fp8(
+            input, residual, weight, scale, eps, weight_offset, group_name
+        )
+    )
+
+
 # eps as a 0-d tensor (a CPU scalar when Dynamo lifted a float: reading it does not sync)
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm.eps_tensor", "CompositeExplicitAutograd")
 def _fused_eps_tensor_impl(input, residual, weight, eps, weight_offset, group_name, policy=""):
@@ -301,5 +362,17 @@ def _fused_fp8_eps_tensor_impl(
 ):
     _check_eps(eps)
     return _fused_fp8_impl(
+        input, residual, weight, scale, float(eps), weight_offset, group_name, policy
+    )
+
+
+@torch.library.impl(
+    LIB, "fused_allreduce_rmsnorm_quant_fp8.eps_tensor", "CompositeExplicitAutograd"
+)
+def _fused_quant_eps_tensor_impl(
+    input, residual, weight, scale, eps, weight_offset, group_name, policy=""
+):
+    _check_eps(eps)
+    return _fused_quant_impl(
         input, residual, weight, scale, float(eps), weight_offset, group_name, policy
     )

@@ -36,7 +36,8 @@ NORM_OPS = ("aten::rms_norm", "aten::_fused_rms_norm", ARFUSE_RMS_NORM)
 #: The fused ops the pass inserts; every one's name starts with FUSED_PREFIX.
 FUSED_PREFIX = "arfuse::fused_allreduce"
 FUSED_RMSNORM = "arfuse::fused_allreduce_rmsnorm"
-FUSED_RMSNORM_FP8 = "arfuse::fused_allreduce_rmsnorm_fp8"
+FUSED_RMSNORM_FP8 = "arfuse::fused_allreduce_rmsnorm_fp8"  # quant and the bf16 norm
+FUSED_RMSNORM_QUANT_FP8 = "arfuse::fused_allreduce_rmsnorm_quant_fp8"  # quant only
 
 #: Collectives every rank must issue in the same order (ARF304), by namespace and op name.
 COLLECTIVE_NAMESPACES = ("_c10d_functional", "c10d_functional", "c10d", "_dtensor")

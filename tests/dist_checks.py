@@ -66,6 +66,7 @@ ALLREDUCE_TARGETS = (
 FUSED_TARGETS = (
     "arfuse.fused_allreduce_rmsnorm.default",
     "arfuse.fused_allreduce_rmsnorm_fp8.default",
+    "arfuse.fused_allreduce_rmsnorm_quant_fp8.default",
 )
 
 
@@ -108,8 +109,11 @@ def _norm(h, weight, eps, form):
     return weight * hf.to(h.dtype)
 
 
-def make_chain(spec: FusionSpec, eps: float, three_d: bool, residual_live: bool):
-    """The eager computation a model writes for `spec`."""
+def make_chain(
+    spec: FusionSpec, eps: float, three_d: bool, residual_live: bool, norm_live: bool = False
+):
+    """The eager computation a model writes for `spec`; `norm_live`: FP8 chains return the
+    norm before the quant too (so the fused op must produce it)."""
 
     def chain(x, residual, weight, scale):
         y = _all_reduce(x, spec.allreduce)
@@ -121,10 +125,11 @@ def make_chain(spec: FusionSpec, eps: float, three_d: bool, residual_live: bool)
             h = residual + y
         else:
             h = y
-        out = _norm(h, weight, eps, spec.norm)
+        out = norm = _norm(h, weight, eps, spec.norm)
         if spec.quant == "fp8":
             out = (out.to(torch.float32) / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        return (out, h) if residual_live else out
+        outs = (out, h) if residual_live else (out,)
+        return outs + (norm,) if norm_live else outs if residual_live else out
 
     return chain
 
@@ -155,6 +160,7 @@ def check_variant(
     tokens=(5, 33, 1),
     hidden: int = 64,
     eps: float = 1e-6,
+    norm_live: bool = False,
 ) -> dict:
     """Fuse one variant; report op counts before/after, matches and errors vs eager."""
     spec = FusionSpec.parse(spec_name)
@@ -162,7 +168,7 @@ def check_variant(
     config = CUSTOM_CONFIG if spec.allreduce == "custom" else arfuse.FusionConfig()
     fusion = CountingPass(config)
     capture = PostGradCapture(fusion)
-    chain = make_chain(spec, eps, three_d, residual_live)
+    chain = make_chain(spec, eps, three_d, residual_live, norm_live)
     torch._dynamo.reset()
     compiled = torch.compile(chain, backend=capture.backend, fullgraph=True)
     errors, outputs = {}, []
@@ -173,7 +179,7 @@ def check_variant(
             torch._dynamo.maybe_mark_dynamic(residual, 1 if three_d else 0)
             got = compiled(x, residual, weight, scale)
             want = chain(x, residual, weight, scale)
-            got, want = (got, want) if residual_live else ((got,), (want,))
+            got, want = (got, want) if residual_live or norm_live else ((got,), (want,))
             errs = []
             for g, w in zip(got, want, strict=False):
                 assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, w.dtype, g.shape)

@@ -199,15 +199,16 @@ def test_fused_op_rejects_bad_weight_and_eps(bad, message, fake):
     with mode if fake else torch.no_grad():
         with pytest.raises(ValueError, match="arfuse::fused_allreduce_rmsnorm: " + message):
             arfuse.ops.fused_allreduce_rmsnorm(**args)
-        with pytest.raises(ValueError, match="arfuse::fused_allreduce_rmsnorm_fp8: " + message):
-            arfuse.ops.fused_allreduce_rmsnorm_fp8(
-                args["input"],
-                args["residual"],
-                args["weight"],
-                scale,
-                args["eps"],
-                args["group_name"],
-            )
+        for name in ("fused_allreduce_rmsnorm_fp8", "fused_allreduce_rmsnorm_quant_fp8"):
+            with pytest.raises(ValueError, match=f"arfuse::{name}: " + message):
+                getattr(arfuse.ops, name)(
+                    args["input"],
+                    args["residual"],
+                    args["weight"],
+                    scale,
+                    args["eps"],
+                    args["group_name"],
+                )
 
 
 def test_rms_norm_op_rejects_negative_eps_and_keeps_zero():

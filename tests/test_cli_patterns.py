@@ -15,7 +15,7 @@ def test_patterns_lists_every_variant_as_json():
     names = {p["name"] for p in patterns}
     assert "c10d/hf/ar+res/fp8" in names and "custom/custom_op/res+ar/none" in names
     fp8 = [p for p in patterns if p["quant"] == "fp8"]
-    assert {p["fused_op"] for p in fp8} == {"arfuse::fused_allreduce_rmsnorm_fp8"}
+    assert {p["fused_op"] for p in fp8} == {"arfuse::fused_allreduce_rmsnorm_quant_fp8"}
     assert all(p["enabled"] for p in patterns)
 
 

@@ -44,6 +44,7 @@ def test_fused_ops_declare_input_as_their_only_mutable_argument():
     for packet in (
         torch.ops.arfuse.fused_allreduce_rmsnorm,
         torch.ops.arfuse.fused_allreduce_rmsnorm_fp8,
+        torch.ops.arfuse.fused_allreduce_rmsnorm_quant_fp8,
     ):
         for name in ("default", "eps_tensor"):
             schema = getattr(packet, name)._schema

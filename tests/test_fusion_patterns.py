@@ -19,7 +19,7 @@ DTYPE_CYCLE = ("bf16", "fp16", "fp32")
 pytestmark = pytest.mark.timeout(300)
 
 
-def _assert_fused(result, spec_name):
+def _assert_fused(result, spec_name, norm_live=False):
     spec_fp8 = spec_name.endswith("/fp8")
     assert result["graphs"] >= 1
     assert result["matched"] == {spec_name: result["graphs"]}, result["skipped"]
@@ -29,8 +29,9 @@ def _assert_fused(result, spec_name):
         assert dc.count_allreduces(after) == 0, after
         assert after.get("_c10d_functional.wait_tensor.default", 0) == 0
         assert dc.count_fused(after) == 1
-        op = "arfuse.fused_allreduce_rmsnorm" + ("_fp8" if spec_fp8 else "") + ".default"
-        assert after.get(op) == 1
+        # FP8: the op that also writes the bf16 norm only where the graph reads that norm
+        suffix = ("_fp8" if norm_live else "_quant_fp8") if spec_fp8 else ""
+        assert after.get(f"arfuse.fused_allreduce_rmsnorm{suffix}.default") == 1, after
         assert after.get("aten.rsqrt.default", 0) == 0
         assert after.get("arfuse.rms_norm.default", 0) == 0
         assert after.get("aten.clamp_max.default", 0) == 0
@@ -74,6 +75,26 @@ def test_dtype_shape_liveness_matrix(group2, spec_name, dtype, three_d, residual
     _assert_ranks_agree(results)
 
 
+@pytest.mark.parametrize(
+    "spec_name,dtype,residual_live",
+    [
+        ("c10d/rms_norm/res+ar/fp8", "bf16", True),
+        ("c10d/hf/none/fp8", "fp32", False),
+        ("arfuse/custom_op/ar+res/fp8", "fp16", True),
+    ],
+)
+def test_fp8_chain_whose_norm_is_read_keeps_the_norm_output(
+    group2, spec_name, dtype, residual_live
+):
+    """A graph that reads the bf16 norm as well as its FP8 quant gets
+    `fused_allreduce_rmsnorm_fp8` (which writes both); the usual graph, reading only the
+    quant, gets `_quant_fp8` (above: every variant). Outputs match eager either way."""
+    results = group2.run(dc.check_variant, spec_name, dtype, False, residual_live, norm_live=True)
+    _assert_fused(results[0], spec_name, norm_live=True)
+    assert len(results[0]["outputs"][0]) == 2 + residual_live
+    _assert_ranks_agree(results)
+
+
 @pytest.mark.parametrize("eps", [1e-5, 1e-6, 3e-3])
 def test_any_eps_is_carried_into_the_fused_op(group2, eps):
     results = group2.run(
@@ -102,7 +123,7 @@ def test_reduced_value_used_elsewhere_takes_the_residual_output(group2, index, n
     assert r["matched"] == {k: r["graphs"] for k in expected} and r["skipped"] == []
     chains = len(expected)
     norm_op = "arfuse.rms_norm.default" if norm == "custom_op" else "aten.rsqrt.default"
-    fp8_op = "arfuse.fused_allreduce_rmsnorm_fp8.default"
+    fp8_op = "arfuse.fused_allreduce_rmsnorm_quant_fp8.default"  # the bf16 norm is not read
     for before, after in zip(r["before"], r["after"], strict=True):
         assert dc.count_allreduces(before) == chains and dc.count_fused(before) == 0
         assert before.get(norm_op) == chains

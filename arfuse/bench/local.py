@@ -5,12 +5,16 @@ what the bare pass costs wherever the op runs unfused (past the fusion threshold
 functions, each `torch.compile`d once with the token dim dynamic, as a serving engine compiles:
 
     inductor   x = a * 2; funcol.all_reduce(x); + residual; F.rms_norm [-> FP8]  (plain Inductor)
-    op         x = a * 2; arfuse::fused_allreduce_rmsnorm[_fp8](x, ...)   (what the pass emits)
+    op         x = a * 2; arfuse::fused_allreduce_rmsnorm[_quant_fp8](x, ...)  (what the pass emits)
 
 `a * 2` (Inductor's one pointwise kernel, `triton_poi_*`) stands for the row-parallel matmul:
-`x` is dead after the collective in both. Each is timed two ways: under a CUDA graph (GPU time
-only) and eagerly (a loop of calls; host overhead counts where it exceeds the GPU time); one
-profiled eager run per variant sorts its CUDA kernel time by kernel name into
+`x` is dead after the collective in both. Both compile with pointwise autotuning off, so the
+producer is the same kernel with the same launch config in both: autotuned, the two copies of
+that one kernel picked configs up to 2x apart on an H200 (0.85 against 1.7 TB/s at hidden
+4096), which decided the ratio of whole-call times more than anything the op does. Each is
+timed two ways: under a CUDA graph (GPU time only) and eagerly (a loop of calls; host
+overhead counts where it exceeds the GPU time); one profiled eager run per variant sorts its
+CUDA kernel time by kernel name into
     producer  the `a * 2` kernel: subtracted, local work = time - producer
     copy      copy kernels (a clone of the reduction buffer)
     allreduce NCCL kernels
@@ -36,6 +40,11 @@ from arfuse.bench.timing import time_cuda_graph, time_eager
 
 VARIANTS = ("inductor", "op")
 KINDS = ("producer", "copy", "allreduce", "epilogue")  # kernel categories of the split
+# one producer config for both variants
+COMPILE_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {
+    "triton.autotune_pointwise": False
+}
+EAGER_CALLS = 64  # calls per synchronised eager loop: the sync's own cost spread thin
 
 
 def chains(group: dist.ProcessGroup) -> dict[str, Callable]:
@@ -57,7 +66,7 @@ def chains(group: dist.ProcessGroup) -> dict[str, Callable]:
                 x, residual, weight, st.EPS, 0.0, name
             )
         else:
-            out, _, h = torch.ops.arfuse.fused_allreduce_rmsnorm_fp8(
+            out, h = torch.ops.arfuse.fused_allreduce_rmsnorm_quant_fp8(
                 x, residual, weight, scale, st.EPS, 0.0, name
             )
         return out, h
@@ -148,7 +157,7 @@ def run_local(
     with torch.no_grad():
         for case in cases:
             torch._dynamo.reset()  # each case compiles afresh, never near the recompile limit
-            fns = {k: torch.compile(f) for k, f in chains(group).items()}
+            fns = {k: torch.compile(f, options=COMPILE_OPTIONS) for k, f in chains(group).items()}
             for t in tokens:
                 b = st.make_buffers(
                     t, case.hidden, DTYPES[case.dtype], device, case.residual, case.quant == "fp8"
@@ -175,7 +184,7 @@ def _measure(row: LocalRow, fns: dict, b: st.Buffers, group, on_gpu: bool, n_inn
         else:
             row.eager_us[name] = time_eager(step, b.count, group)
     if on_gpu:
-        row.eager_us = _time_eager_cuda(steps, b.count, n_inner, reps)
+        row.eager_us = _time_eager_cuda(steps, b.count, EAGER_CALLS, reps)
     return row.to_json()
 
 
@@ -239,11 +248,12 @@ def markdown(result: dict, target: float = 0.98) -> str:
         f"- command: `{env['command']}`",
         "- local work = variant - its producer kernel (`a * 2`, standing for the matmul "
         "whose output is reduced; its time from the profile), us per call. graph: median over "
-        "CUDA-graph replays of 16 calls on rotating buffers; eager: loops of 16 calls "
+        f"CUDA-graph replays of 16 calls on rotating buffers; eager: loops of {EAGER_CALLS} calls "
         "synchronised at the ends, the variants taking turns, the fastest loop of each. "
         f"ratio = inductor / op (target >= {target:.2f}x). Gap op - inductor split: copy and "
         "epilogue = GPU time in copy / other kernels (profiler, one eager run), host = "
-        "eager - graph of op minus that of inductor.",
+        "eager - graph of op minus that of inductor. Both compiled with pointwise autotuning "
+        "off: the same producer kernel and config in both.",
         "",
     ]
     groups: dict[tuple, list[dict]] = {}

@@ -149,7 +149,7 @@ def build(name: str, buffers: Buffers, group: dist.ProcessGroup) -> Callable[[in
     else:
 
         def step(i):
-            torch.ops.arfuse.fused_allreduce_rmsnorm_fp8(
+            torch.ops.arfuse.fused_allreduce_rmsnorm_quant_fp8(
                 b.xs[i], b.residuals[i], b.weight, b.scale, EPS, 0.0, group_name
             )
 

@@ -18,6 +18,7 @@ def add_rms_norm(
     weight_offset,
     HAS_RESIDUAL: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    HAS_NORM: tl.constexpr,
     FP8_LIMIT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -33,8 +34,9 @@ def add_rms_norm(
     hf = h.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(hf * hf, axis=0) / hidden + eps)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) + weight_offset
-    norm = (hf * rstd * w).to(norm_ptr.dtype.element_ty)
-    tl.store(norm_ptr + offs, norm, mask=mask)
+    norm = (hf * rstd * w).to(h_ptr.dtype.element_ty)
+    if HAS_NORM:
+        tl.store(norm_ptr + offs, norm, mask=mask)
     if HAS_SCALE:
         q = norm.to(tl.float32) / tl.load(scale_ptr)
         q = tl.minimum(

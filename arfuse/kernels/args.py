@@ -19,11 +19,12 @@ FP8 = getattr(torch, FP8_DTYPE)  # the quant output's dtype
 
 
 class FusedResult(NamedTuple):
-    """(quant, norm, residual): quant is None without an FP8 scale; `residual` is the sum fed
-    to the norm (the allreduce result itself when the call has no residual)."""
+    """(quant, norm, residual): quant is None without an FP8 scale, norm is None when the call
+    does not want it (`FusedArgs.norm`); `residual` is the sum fed to the norm (the allreduce
+    result itself when the call has no residual)."""
 
     quant: torch.Tensor | None
-    norm: torch.Tensor
+    norm: torch.Tensor | None
     residual: torch.Tensor
 
 
@@ -40,6 +41,7 @@ class FusedArgs:
     weight_offset: float  # added to the norm weight: 1.0 for Gemma's (1 + weight), else 0.0
     group: dist.ProcessGroup
     policy: str = ""  # FusionPolicy.digest() of the pass that emitted the op; "": in force now
+    norm: bool = True  # whether the bf16 norm is an output (False: FP8 only, `_quant_fp8`)
 
     @property
     def hidden(self) -> int:
@@ -53,4 +55,5 @@ class FusedArgs:
         """Uninitialised outputs of this call's shapes, for kernels that write in place."""
         x = self.input
         quant = None if self.scale is None else torch.empty_like(x, dtype=FP8)
-        return FusedResult(quant, torch.empty_like(x), torch.empty_like(x))
+        norm = torch.empty_like(x) if self.norm else None
+        return FusedResult(quant, norm, torch.empty_like(x))

@@ -69,7 +69,9 @@ class FusionSpec:
 
     @property
     def fused_op(self) -> str:
-        return optable.FUSED_RMSNORM_FP8 if self.quant == "fp8" else optable.FUSED_RMSNORM
+        """The op the pass emits (FP8: `FUSED_RMSNORM_FP8` instead where the graph also reads
+        the bf16 norm)."""
+        return optable.FUSED_RMSNORM_QUANT_FP8 if self.quant == "fp8" else optable.FUSED_RMSNORM
 
     @classmethod
     def parse(cls, name: str) -> FusionSpec:

@@ -46,6 +46,7 @@ def assert_row(row, tol=TOL):
     if row.get("fp8"):
         assert row["fp8_rel_l2"] < FP8_TOL, where
         assert row["fp8_max_steps_vs_own_norm"] <= 1.01, where
+        assert row["quant_only_same"], where
     if "poisoned_all_written" in row:
         assert row["poisoned_all_written"], where
         assert row["poisoned_equals_op"], where
@@ -173,6 +174,18 @@ def _one_call(T, hidden, dtype, residual_on, weight_offset, fp8, seed):
         step = (own_deq.abs() * 0.125).clamp_min(2.0**-9 * FP8_SCALE)
         row["fp8_max_steps_vs_own_norm"] = float(((deq - own_deq).abs() / step).max())
         row["xrank_identical"] &= _same_on_all_ranks(quant)
+        # the op without the bf16 norm (what the pass emits when only the FP8 value is read):
+        # the same strategy, the same bits, and it runs the same way
+        x_again, before = x_keep.clone(), fb.stats.copy()
+        q_only, res_only = arfuse.ops.fused_allreduce_rmsnorm_quant_fp8(
+            x_again, residual, weight, scale, EPS, group.group_name, weight_offset=weight_offset
+        )
+        torch.cuda.synchronize()
+        row["quant_only_same"] = bool(
+            _ran(before) == ran
+            and torch.equal(q_only.view(torch.uint8), quant.view(torch.uint8))
+            and torch.equal(res_only, res)
+        )
     if ran in ("oneshot", "twoshot"):
         site = plan.site_for(x, group)
         poison = [torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))]

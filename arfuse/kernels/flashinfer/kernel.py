@@ -14,10 +14,13 @@ from arfuse.kernels.flashinfer.workspace import Workspace
 from arfuse.settings import settings
 
 
-def _pattern(comm: Any, fp8: bool) -> Any:
+def _pattern(comm: Any, fp8: bool, norm: bool) -> Any:
     p = comm.AllReduceFusionPattern
-    # The op returns norm_out too, so FP8 uses the Out variant (writes norm and quant).
-    return p.kARResidualRMSNormOutFP8Quant if fp8 else p.kARResidualRMSNorm
+    if not fp8:
+        return p.kARResidualRMSNorm
+    # `_fp8` returns the bf16 norm too (the Out variant writes norm and quant); `_quant_fp8`
+    # writes only the quantized value
+    return p.kARResidualRMSNormOutFP8Quant if norm else p.kARResidualRMSNormFP8Quant
 
 
 def launch(strategy: str, ws: Workspace, args: FusedArgs, out: FusedResult) -> None:
@@ -48,7 +51,7 @@ def launch(strategy: str, ws: Workspace, args: FusedArgs, out: FusedResult) -> N
         use_oneshot=strategy == "oneshot",
         trigger_completion_at_end=True,
         fp32_acc=True,
-        pattern_code=_pattern(comm, args.scale is not None),
+        pattern_code=_pattern(comm, args.scale is not None, out.norm is not None),
         allreduce_out=None,
         residual_in=residual,
         residual_out=out.residual,
