@@ -265,26 +265,25 @@ def _fused_impl(input, residual, weight, eps, weight_offset, group_name, policy=
     return result.norm, result.residual
 
 
+def _run_fp8(op, input, residual, weight, scale, eps, weight_offset, group_name, policy, norm):
+    _check_activation(op, input, residual, weight, eps)
+    _check_scale(scale, op)
+    group = kernels.resolve_group(group_name)
+    return kernels.run_fused(
+        FusedArgs(input, residual, weight, scale, eps, weight_offset, group, policy, norm=norm)
+    )
+
+
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm_fp8", "CompositeExplicitAutograd")
 def _fused_fp8_impl(input, residual, weight, scale, eps, weight_offset, group_name, policy=""):
-    _check_activation("fused_allreduce_rmsnorm_fp8", input, residual, weight, eps)
-    _check_scale(scale)
-    group = kernels.resolve_group(group_name)
-    return tuple(
-        kernels.run_fused(
-            FusedArgs(input, residual, weight, scale, eps, weight_offset, group, policy)
-        )
-    )
+    args = (input, residual, weight, scale, eps, weight_offset, group_name, policy)
+    return tuple(_run_fp8("fused_allreduce_rmsnorm_fp8", *args, norm=True))
 
 
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm_quant_fp8", "CompositeExplicitAutograd")
 def _fused_quant_impl(input, residual, weight, scale, eps, weight_offset, group_name, policy=""):
-    _check_activation("fused_allreduce_rmsnorm_quant_fp8", input, residual, weight, eps)
-    _check_scale(scale, "fused_allreduce_rmsnorm_quant_fp8")
-    group = kernels.resolve_group(group_name)
-    result = kernels.run_fused(
-        FusedArgs(input, residual, weight, scale, eps, weight_offset, group, policy, norm=False)
-    )
+    args = (input, residual, weight, scale, eps, weight_offset, group_name, policy)
+    result = _run_fp8("fused_allreduce_rmsnorm_quant_fp8", *args, norm=False)
     return result.quant, result.residual
 
 

@@ -60,7 +60,10 @@ CONTEXT = frozenset(
 )
 
 #: What a rule reads, in the names `Policy.of` takes; each rule declares its `needs` from these.
-GUARDS = frozenset(
+#: The model frame each compile began in: where a finding the compiler made is shown, and the
+#: line that called a library function compiled directly.
+COMPILED_FRAMES = frozenset({"dynamo_start.stack"})
+GUARDS = COMPILED_FRAMES | frozenset(
     {
         "guard_added_fast.stack",
         "guard_added.stack",
@@ -68,27 +71,23 @@ GUARDS = frozenset(
         "create_unbacked_symbol",
         "artifact:recompile_reasons",
         "artifact:dynamo_graph_break_reason",
-        "dynamo_start.stack",  # the line that called a library function compiled directly
     }
 )
 GRAPHS = frozenset(
     {f"collectives:{name}" for _, name in POST_GRAD_READ} | {f"artifact:{FUSION_REPORT}"}
 )
 #: what tlparse's multi-rank page compares, and the output code's collectives
-DIVERGENCE = frozenset(
+DIVERGENCE = COMPILED_FRAMES | frozenset(
     {
         f"artifact:{COLLECTIVE_SCHEDULE}",
         f"artifact:{TENSOR_META}",
         f"artifact:{GRAPH_EXECUTION}",
         f"collectives:{OUTPUT_CODE}",
-        "dynamo_start.stack",  # where the user called a compiled library function
     }
 )
 RANKS = GUARDS | GRAPHS | DIVERGENCE | {f"collectives:{g}" for g in AOT_GRAPHS}
-#: The model frame each compile began in: where a finding the compiler made is shown.
-COMPILED_FRAMES = frozenset({"dynamo_start.stack"})
 #: A rule that declares no needs reads all of the above.
-_EVERYTHING_KNOWN = GUARDS | GRAPHS | RANKS | COMPILED_FRAMES
+_EVERYTHING_KNOWN = GUARDS | GRAPHS | RANKS
 
 _COMPRESS_OVER = 4096
 # a collective call in Inductor's Python output code (what facts.output_code_collectives counts)
