@@ -334,12 +334,12 @@ def _rewrite(graph: Graph, m: ChainMatch, policy: str) -> list[Node]:
             names: tuple[str, ...] = ("norm_out", "residual_out")
         elif any(user not in chain for user in m.norm_out.users):  # the bf16 norm is read too
             op = getattr(torch.ops.arfuse.fused_allreduce_rmsnorm_fp8, overload)
-            kwargs["scale"] = m.scale
             names = ("quant_out", "norm_out", "residual_out")
         else:  # only the FP8 value is read: the op that does not store the norm
             op = getattr(torch.ops.arfuse.fused_allreduce_rmsnorm_quant_fp8, overload)
-            kwargs["scale"] = m.scale
             names = ("quant_out", "residual_out")
+        if m.scale is not None:
+            kwargs["scale"] = m.scale
         kwargs.update(
             eps=m.eps, weight_offset=m.weight_offset, group_name=m.group_name, policy=policy
         )

@@ -255,35 +255,34 @@ def _rms_norm_impl(input, weight, eps):
     return rms_norm_f32(input, weight, eps, 0.0).to(input.dtype)
 
 
-@torch.library.impl(LIB, "fused_allreduce_rmsnorm", "CompositeExplicitAutograd")
-def _fused_impl(input, residual, weight, eps, weight_offset, group_name, policy=""):
-    _check_activation("fused_allreduce_rmsnorm", input, residual, weight, eps)
-    group = kernels.resolve_group(group_name)
-    result = kernels.run_fused(
-        FusedArgs(input, residual, weight, None, eps, weight_offset, group, policy)
-    )
-    return result.norm, result.residual
-
-
-def _run_fp8(op, input, residual, weight, scale, eps, weight_offset, group_name, policy, norm):
+def _run(op, input, residual, weight, scale, eps, weight_offset, group_name, policy, norm=True):
+    """Check one fused call (the FP8 scale too, where the op has one) and dispatch it."""
     _check_activation(op, input, residual, weight, eps)
-    _check_scale(scale, op)
+    if scale is not None:
+        _check_scale(scale, op)
     group = kernels.resolve_group(group_name)
     return kernels.run_fused(
         FusedArgs(input, residual, weight, scale, eps, weight_offset, group, policy, norm=norm)
     )
 
 
+@torch.library.impl(LIB, "fused_allreduce_rmsnorm", "CompositeExplicitAutograd")
+def _fused_impl(input, residual, weight, eps, weight_offset, group_name, policy=""):
+    args = (input, residual, weight, None, eps, weight_offset, group_name, policy)
+    result = _run("fused_allreduce_rmsnorm", *args)
+    return result.norm, result.residual
+
+
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm_fp8", "CompositeExplicitAutograd")
 def _fused_fp8_impl(input, residual, weight, scale, eps, weight_offset, group_name, policy=""):
     args = (input, residual, weight, scale, eps, weight_offset, group_name, policy)
-    return tuple(_run_fp8("fused_allreduce_rmsnorm_fp8", *args, norm=True))
+    return tuple(_run("fused_allreduce_rmsnorm_fp8", *args))
 
 
 @torch.library.impl(LIB, "fused_allreduce_rmsnorm_quant_fp8", "CompositeExplicitAutograd")
 def _fused_quant_impl(input, residual, weight, scale, eps, weight_offset, group_name, policy=""):
     args = (input, residual, weight, scale, eps, weight_offset, group_name, policy)
-    result = _run_fp8("fused_allreduce_rmsnorm_quant_fp8", *args, norm=False)
+    result = _run("fused_allreduce_rmsnorm_quant_fp8", *args, norm=False)
     return result.quant, result.residual
 
 

@@ -83,7 +83,8 @@ def _launch(rows: int, params: tuple, constexprs: tuple, num_warps: int) -> None
     device = params[0].device.index
     key = (device, *(p.dtype for p in params[:7]), params[7], constexprs, num_warps)
     compiled = _compiled.get(key)
-    if compiled is not None and _direct and _direct_applies(params, device):
+    direct = _direct and _direct_applies(params, device)
+    if compiled is not None and direct:
         stream = torch._C._cuda_getCurrentRawStream(device)
         args = (*params, *constexprs)
         try:  # what Triton's JIT does once it has found the compiled kernel, hooks included
@@ -112,7 +113,7 @@ def _launch(rows: int, params: tuple, constexprs: tuple, num_warps: int) -> None
         BLOCK=block,
         num_warps=num_warps,
     )
-    if _direct and _direct_applies(params, device):  # specialised for aligned pointers
+    if direct and _direct:  # specialised for aligned pointers: reusable for them
         _compiled.setdefault(key, launched)
 
 
