@@ -235,3 +235,27 @@ def test_progress_shows_phases_and_waits_for_whole_lines(tmp_path):
         fh.write('ing", "done": 3, "total": 8, "num_tokens": 255, "seconds": 0.01, "ok": true}\n')
     _read_progress(path, offset, show)
     assert show.seen[-1] == "sweeping 3/8 (num_tokens=255, 0.0 s)"
+
+
+PROBE_IMPORTS = """
+import sys
+from arfuse.audit.live.worker import _vec_isa_probe
+
+probe = _vec_isa_probe()
+modules, finders = set(sys.modules), list(sys.meta_path)
+assert probe(), "no vector ISA found"
+print(sorted(set(sys.modules) - modules), sys.meta_path == finders)
+"""
+
+
+def test_the_vec_isa_probe_imports_nothing_on_its_thread(tmp_path):
+    """The probe runs on a thread beside torch.compile's own imports. setuptools' import puts a
+    finder at the head of sys.meta_path; racing the main thread's lookup it once made
+    `import torch._functorch.aot_autograd` fail in CI. Cold kernel cache: the probe's longest
+    path (it builds the ISA test kernels)."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE_IMPORTS], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[] True"

@@ -90,6 +90,21 @@ def _compiles(target: Any, rank: int) -> bool:
     return audited or target.compile_ranks == "all"
 
 
+def _vec_isa_probe() -> Any:
+    """`cpu_vec_isa.valid_vec_isa_list` with everything it imports already imported, so it can
+    run on a thread that imports nothing. An import racing the main thread's (torch.compile
+    imports AOTAutograd meanwhile) can be handed a half-initialised package: CI once failed
+    with "cannot import name 'autograd_cache'". A test checks the probe leaves sys.modules as
+    it found it, cold cache included."""
+    import torch._inductor.codecache  # noqa: F401
+    import torch._inductor.cpp_builder  # noqa: F401
+    import torch.utils._filelock  # noqa: F401
+    import torch.utils.cpp_extension  # noqa: F401 - the probe's build step; pulls in setuptools
+    from torch._inductor import cpu_vec_isa
+
+    return cpu_vec_isa.valid_vec_isa_list
+
+
 def _warm_vec_isa() -> threading.Thread | None:
     """Inductor's first CPU compile probes which vector ISAs work - it builds and loads a test
     kernel per ISA in subprocesses (about 2 s with a warm cache, 9 s cold, on 2 cores) - and
@@ -100,19 +115,15 @@ def _warm_vec_isa() -> threading.Thread | None:
 
         if torch.cuda.is_available():
             return None
-        # everything the probe imports, imported here: the thread itself must import nothing
-        import torch._inductor.codecache  # noqa: F401
-        import torch._inductor.cpp_builder  # noqa: F401
-        import torch.utils._filelock  # noqa: F401
-        from torch._inductor import cpu_vec_isa
+        probe = _vec_isa_probe()
     except Exception:  # noqa: BLE001 - an optimisation only
         return None
 
-    def probe() -> None:
+    def run() -> None:
         with contextlib.suppress(Exception):
-            cpu_vec_isa.valid_vec_isa_list()
+            probe()
 
-    thread = threading.Thread(target=probe, name="arfuse-vec-isa-probe", daemon=True)
+    thread = threading.Thread(target=run, name="arfuse-vec-isa-probe", daemon=True)
     thread.start()
     return thread
 
