@@ -40,9 +40,11 @@ class FusionConfig:
     token_range: (lo, hi) inclusive, hi None = unbounded: the graph is compiled only for
         num_tokens in this range (set by `arfuse.compile` per compile range); the pass fuses a
         chain only if the whole range lies at or below its fusion threshold.
-    fused_max_tokens: override the thresholds table's fusion limit (in tokens) for
-        `token_range` decisions; None = the table for the chain's GPU, world size, dtype and
-        hidden (no table, e.g. on CPU: fuse in every range).
+    fused_max_tokens: override the thresholds table's fusion limit (in tokens), for
+        `token_range` decisions and, without a token range, for the run-time branch between
+        the fused op and plain Inductor's chain (`arfuse.token_branch`); None = the table for
+        the chain's GPU, world size, dtype and hidden (no table, e.g. on CPU: fuse at every
+        size, no branch).
     """
 
     allreduce: frozenset[str] = field(default=frozenset(AXES["allreduce"]))

@@ -26,6 +26,14 @@ Views between the collective and the add are replayed on the collective's input,
 `[batch, seq, hidden]` models fuse like 2-D ones; so is a multiply by a scalar (Gemma's
 embedding scale), which moves onto each rank's partial sum.
 
+Above its fusion limit (the thresholds table for the chain's GPU and world size, or
+`FusionConfig.fused_max_tokens`) a chain runs faster unfused. Where the graph's token count is
+dynamic, the pass emits the op and the chain as it was as two branches of a `cond` on the token
+count (`arfuse.token_branch`, whose docstring shows that graph), so above the limit the
+compiled graph runs plain Inductor's kernels; a static size above the limit is left to Inductor
+(`by_range`). Under Inductor's CUDA graphs, which do not capture a `cond`, the op is emitted
+alone and runs its own unfused path above the limit.
+
 A reduced value normed directly and used elsewhere too (HF's vocab-parallel embedding: the
 first input_layernorm, and the residual of the first attention add) fuses without a residual:
 
@@ -55,13 +63,14 @@ from typing import Any, cast
 import torch
 import torch.distributed as dist
 from torch._higher_order_ops.auto_functionalize import auto_functionalized
+from torch._inductor import config as inductor_config
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 from torch._inductor.pattern_matcher import stable_topological_sort
 from torch._prims_common import is_contiguous_or_false
 from torch.fx import Graph, Node
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from arfuse import kernels
+from arfuse import kernels, token_branch
 from arfuse.audit.trace.records import FUSION_REPORT
 from arfuse.config import FusionConfig
 from arfuse.patterns.match import ChainMatch, Miss, custom_allreduce_ops, match_chain
@@ -71,6 +80,7 @@ _SOURCES = tuple(
     str(Path(__file__).parent / rel)
     for rel in (
         "fusion.py",
+        "token_branch.py",
         "config.py",
         "policy.py",
         "optable.py",
@@ -171,7 +181,7 @@ class AllReduceFusionPass(CustomGraphPass):
                     (f"pattern {found.spec.name} is disabled in FusionConfig", found.norm_out.name)
                 )
                 continue
-            why = _group_unusable(found.group_name)
+            why = self._group_unusable(found.group_name)
             if why is not None:
                 disabled = why
             else:
@@ -183,7 +193,11 @@ class AllReduceFusionPass(CustomGraphPass):
             if why is not None:  # intended: this range is left to Inductor's own fusion
                 by_range.append((why, found.norm_out.name))
                 continue
-            erased.update(_rewrite(graph, found, self._policy_digest))
+            limit = self._branch_limit(found)
+            if isinstance(limit, str):  # every size this graph serves runs unfused
+                by_range.append((limit, found.norm_out.name))
+                continue
+            erased.update(_rewrite(graph, found, self._policy_digest, limit))
             matches.append(found)
             self.matched[found.spec.name] += 1
         if matches:
@@ -224,6 +238,32 @@ class AllReduceFusionPass(CustomGraphPass):
             f"fusion threshold at {limit} tokens (hidden {_val(m.norm_out).shape[-1]}, "
             f"{_val(m.allreduce_input).dtype}); add {limit} to the split points (or use "
             "ranges='auto') so fusion is decided per range, not dropped for the whole range"
+        )
+
+    def _group_unusable(self, group_name: str) -> str | None:
+        """Why the pass cannot fuse collectives of this group at all, or None."""
+        return _group_unusable(group_name)
+
+    def _branch_limit(self, m: ChainMatch) -> int | str | None:
+        """Without a token range (the bare pass): the chain's fusion limit in tokens where only
+        the run time knows which side of it a call lies (the op and plain Inductor's chain as
+        two branches, `token_branch`); a reason where every size the graph serves lies above
+        it; None where the op alone is right (below it, no limit known, a token range
+        decided it, or Inductor's CUDA graphs, which do not capture a branch)."""
+        if self.config.token_range is not None or inductor_config.triton.cudagraphs:
+            return None
+        limit = _fused_max_tokens(m, self.config, self.policy)
+        if limit is None:
+            return None
+        tokens = token_branch.tokens_of(m.allreduce_input)
+        below = token_branch.decided(tokens, limit)
+        if below is None:
+            return limit
+        if below:
+            return None
+        return (
+            f"num_tokens {tokens} lies above the fusion threshold ({limit} tokens): "
+            "the unfused path is faster there"
         )
 
     def _chain_unsupported(self, m: ChainMatch) -> str | None:
@@ -316,55 +356,93 @@ def _fake_call(node: Node) -> None:
         node.meta["val"] = target(*args, **kwargs)
 
 
-def _rewrite(graph: Graph, m: ChainMatch, policy: str) -> list[Node]:
-    """Insert the fused op, rewire the chain's outputs to it, erase the chain; return erased.
-    `policy`: the pass's policy digest, which the op's run-time plan resolves back."""
-    stack_trace = m.last.meta.get("stack_trace")
-    with graph.inserting_before(m.last):
-        x, chain = m.allreduce_input, set(m.nodes)
-        for step in m.steps:  # its operand from the chain becomes the value replayed so far
-            args = tuple(x if a in chain else a for a in step.args)
-            x = graph.call_function(cast(Callable[..., Any], step.target), args, dict(step.kwargs))
-            _fake_call(x)
-        # eps as a graph input (dynamic=True lifts float attributes): the eps_tensor overload
-        overload = "eps_tensor" if isinstance(m.eps, Node) else "default"
-        kwargs: dict[str, Any] = {"input": x, "residual": m.residual, "weight": m.weight}
-        if m.scale is None:
-            op = getattr(torch.ops.arfuse.fused_allreduce_rmsnorm, overload)
-            names: tuple[str, ...] = ("norm_out", "residual_out")
-        elif any(user not in chain for user in m.norm_out.users):  # the bf16 norm is read too
-            op = getattr(torch.ops.arfuse.fused_allreduce_rmsnorm_fp8, overload)
-            names = ("quant_out", "norm_out", "residual_out")
-        else:  # only the FP8 value is read: the op that does not store the norm
-            op = getattr(torch.ops.arfuse.fused_allreduce_rmsnorm_quant_fp8, overload)
-            names = ("quant_out", "residual_out")
-        if m.scale is not None:
-            kwargs["scale"] = m.scale
-        kwargs.update(
-            eps=m.eps, weight_offset=m.weight_offset, group_name=m.group_name, policy=policy
+def _fused_builder(m: ChainMatch, policy: str, functional: bool) -> token_branch.FusedBuilder:
+    """What builds the fused op's nodes for `m` into a graph: the chain's views replayed on its
+    input, then the op (`policy`: the pass's policy digest, which the op's run-time plan
+    resolves back). `functional`: through `auto_functionalized` (the pass's own graph, where
+    reinplacing decides whether the op may sum into its input), else the mutating op itself,
+    after a copy of its input where the builder is asked for one (a branch of a `cond`)."""
+    chain = set(m.nodes)
+    if m.scale is None:
+        op, names = torch.ops.arfuse.fused_allreduce_rmsnorm, ("norm_out", "residual_out")
+    elif any(user not in chain for user in m.norm_out.users):  # the bf16 norm is read too
+        op = torch.ops.arfuse.fused_allreduce_rmsnorm_fp8
+        names = ("quant_out", "norm_out", "residual_out")
+    else:  # only the FP8 value is read: the op that does not store the norm
+        op, names = (
+            torch.ops.arfuse.fused_allreduce_rmsnorm_quant_fp8,
+            ("quant_out", "residual_out"),
         )
+    # eps as a graph input (dynamic=True lifts float attributes): the eps_tensor overload
+    overload = getattr(op, "eps_tensor" if isinstance(m.eps, Node) else "default")
+
+    def build(graph: Graph, outer: Callable[[Node], Node], copy_input: bool) -> list[Node]:
+        def arg(a: Any) -> Any:
+            return torch.fx.node.map_arg(a, outer)
+
+        x = outer(m.allreduce_input)
+        for step in m.steps:  # its operand from the chain becomes the value replayed so far
+            args = tuple(x if a in chain else arg(a) for a in step.args)
+            x = graph.call_function(cast(Callable[..., Any], step.target), args, arg(step.kwargs))
+            _fake_call(x)
+        if copy_input:
+            x = graph.call_function(torch.ops.aten.clone.default, (x,))
+            _fake_call(x)
+        kwargs: dict[str, Any] = {"input": x, "residual": arg(m.residual), "weight": arg(m.weight)}
+        if m.scale is not None:
+            kwargs["scale"] = arg(m.scale)
+        kwargs.update(
+            eps=arg(m.eps), weight_offset=m.weight_offset, group_name=m.group_name, policy=policy
+        )
+        if functional:
+            fused = graph.call_function(auto_functionalized, (overload,), kwargs)
+        else:
+            fused = graph.call_function(overload, (), kwargs)
+        _fake_call(fused)
+        outs = []
+        for i in range(len(names)):
+            outs.append(graph.call_function(operator.getitem, (fused, i)))
+            outs[-1].meta["val"] = fused.meta["val"][i]
+        return outs
+
+    build.names = names  # type: ignore[attr-defined]
+    return build
+
+
+def _outputs(m: ChainMatch, names: tuple[str, ...]) -> list[Node]:
+    """The chain's nodes that the fused op's outputs (`names`) replace."""
+    by_name = {"norm_out": m.norm_out, "residual_out": m.residual_out, "quant_out": m.quant_out}
+    return [cast(Node, by_name[name]) for name in names]
+
+
+def _rewrite(graph: Graph, m: ChainMatch, policy: str, limit: int | None = None) -> list[Node]:
+    """Insert the fused op (with a run-time `limit` in tokens: the branch between it and the
+    chain as it was, `token_branch`), rewire the chain's outputs to it, erase the chain;
+    return the erased nodes."""
+    stack_trace = m.last.meta.get("stack_trace")
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    chain = sorted(m.nodes, key=order.__getitem__)
+    build = _fused_builder(m, policy, functional=limit is None)
+    outputs = _outputs(m, build.names)  # type: ignore[attr-defined]
+    if limit is None:
         # the op may sum into `input`: functional form, so reinplacing (a later post-grad
         # pass) gives it the input's buffer when the input is dead, a copy when it is not
-        fused = graph.call_function(auto_functionalized, (op,), kwargs)
-        _fake_call(fused)
-        outs = {}
-        for i, name in enumerate(names):
-            outs[name] = graph.call_function(operator.getitem, (fused, i))
-            outs[name].meta["val"] = fused.meta["val"][i]
-    for node in [fused, *outs.values()]:
-        if stack_trace:
-            node.meta["stack_trace"] = stack_trace
-    if "norm_out" in outs:
-        m.norm_out.replace_all_uses_with(outs["norm_out"])
-    m.residual_out.replace_all_uses_with(outs["residual_out"])
-    if m.quant_out is not None:
-        m.quant_out.replace_all_uses_with(outs["quant_out"])
-    order = {n: i for i, n in enumerate(graph.nodes)}
-    erased = sorted(m.nodes, key=order.__getitem__, reverse=True)
+        with graph.inserting_before(m.last):
+            results = build(graph, lambda n: n, False)
+        for node in [results[0].args[0], *results]:
+            if stack_trace:
+                node.meta["stack_trace"] = stack_trace
+    else:
+        results = token_branch.rewrite_as_branch(
+            graph, chain, m.allreduce_input, outputs, build, limit
+        )
+    for old, new in zip(outputs, results, strict=True):
+        old.replace_all_uses_with(new)
+    erased = chain[::-1]
     for node in erased:
         graph.erase_node(node)
     # weight-side nodes (the float32 copy, Gemma's 1 + w) and unused outputs go if now unused
-    for node in [*reversed(m.weight_nodes), *outs.values()]:
+    for node in [*reversed(m.weight_nodes), *results]:
         if not node.users:
             graph.erase_node(node)
             erased.append(node)

@@ -35,6 +35,11 @@ NORM_OPS = ("aten::rms_norm", "aten::_fused_rms_norm", ARFUSE_RMS_NORM)
 
 #: The fused ops the pass inserts; every one's name starts with FUSED_PREFIX.
 FUSED_PREFIX = "arfuse::fused_allreduce"
+# the pass's run-time branch on the token count (`arfuse.token_branch`): the subgraph with the
+# chain as it was, which runs above the fusion limit (unfused there by design), and the one
+# with the fused op
+UNFUSED_BRANCH = "arfuse_unfused"
+FUSED_BRANCH = "arfuse_fused"
 FUSED_RMSNORM = "arfuse::fused_allreduce_rmsnorm"
 FUSED_RMSNORM_FP8 = "arfuse::fused_allreduce_rmsnorm_fp8"  # quant and the bf16 norm
 FUSED_RMSNORM_QUANT_FP8 = "arfuse::fused_allreduce_rmsnorm_quant_fp8"  # quant only

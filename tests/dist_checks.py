@@ -83,6 +83,16 @@ class CountingPass(arfuse.AllReduceFusionPass):
         self.after.append(op_counts(graph))
 
 
+class _CountCalls:
+    """A kernel backend that takes no call and counts them: how often the fused op ran."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, args):
+        self.calls += 1
+
+
 def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
     a, e = actual.double(), expected.double()
     return float((a - e).norm() / e.norm().clamp_min(1e-30))
@@ -634,27 +644,40 @@ def check_compile_ranges(splits, fused_max_tokens, tokens, dtype_name="fp32") ->
     }
 
 
-def check_dynamic_true(num_layers: int = 2, tokens=(5, 9, 33)) -> dict:
-    """The example decoder under torch.compile(dynamic=True) with the pass, full Inductor.
+def check_dynamic_true(
+    num_layers: int = 2, tokens=(5, 9, 33), fused_max_tokens: int | None = None
+) -> dict:
+    """The example decoder under torch.compile(dynamic=True) with the pass, full Inductor;
+    `fused_max_tokens`: the pass's fusion limit (each chain a run-time branch on it).
 
     dynamic=True turns the model's float eps into a graph input (a 0-d tensor)."""
     from torch._dynamo.utils import counters
     from torch._inductor import config as inductor_config
 
+    from arfuse import kernels
     from arfuse.examples import build_tp_decoder
 
     inductor_config.force_disable_caches = True
     model, make_inputs = build_tp_decoder(num_layers=num_layers, hidden=64, intermediate=128)
-    fusion = arfuse.AllReduceFusionPass()
+    config = arfuse.FusionConfig(fused_max_tokens=fused_max_tokens)
+    fusion = arfuse.AllReduceFusionPass(config)
     torch._dynamo.reset()
     counters.clear()
     compiled = torch.compile(model, dynamic=True, options={"post_grad_custom_post_pass": fusion})
-    errors = {}
-    with arfuse_warnings() as warned:
-        for t in tokens:
-            (x,) = make_inputs(t)
-            errors[t] = rel_l2(compiled(x).float(), model(x).float())
+    errors, calls, counter = {}, {}, _CountCalls()
+    kernels.register_backend(counter)
+    try:
+        with arfuse_warnings() as warned:
+            for t in tokens:
+                (x,) = make_inputs(t)
+                before = counter.calls
+                got = compiled(x)
+                calls[t] = counter.calls - before
+                errors[t] = rel_l2(got.float(), model(x).float())
+    finally:
+        kernels._BACKENDS.remove(counter)
     return {
+        "calls": calls,
         "num_matches": fusion.num_matches,
         "matched": dict(fusion.matched),
         "skipped": fusion.skipped,
@@ -934,4 +957,76 @@ def check_input_buffer(case: str) -> dict:
         "copies": sum(str(n.target).startswith("aten.clone") for n in graph.nodes),
         "caller_input_unchanged": bool(torch.equal(a, a_keep)),
         "errors": [rel_l2(g.float(), w.float()) for g, w in zip(got, want, strict=True)],
+    }
+
+
+def check_token_branch(
+    spec_name: str = "c10d/rms_norm/ar+res/none",
+    dtype_name: str = "bf16",
+    three_d: bool = False,
+    producer_live: bool = False,
+    norm_live: bool = False,
+    limit: int = 16,
+    tokens=(5, 33, 1),
+    dynamic: bool = True,
+    cudagraphs: bool = False,
+) -> dict:
+    """The bare pass with a fusion limit and a dynamic token count: the chain becomes
+    cond(tokens <= limit, fused op, the chain as it was). The chain reads a producer's output
+    (`a * 2`), which `producer_live` also returns. Reports op counts of the last dynamic graph
+    and of its two branches, how often the op ran per size, and errors vs eager. `dynamic`
+    False: every size compiles static; `cudagraphs`: as under mode="reduce-overhead"."""
+    from torch._inductor import config as inductor_config
+
+    from arfuse import kernels
+
+    spec = FusionSpec.parse(spec_name)
+    base = CUSTOM_CONFIG if spec.allreduce == "custom" else arfuse.FusionConfig()
+    config = arfuse.FusionConfig(**{**base.__dict__, "fused_max_tokens": limit})
+    chain = make_chain(spec, 1e-6, three_d, residual_live=True, norm_live=norm_live)
+
+    def fn(a, residual, weight, scale):
+        x = a * 2
+        outs = chain(x, residual, weight, scale)
+        return (*outs, x + 1) if producer_live else outs
+
+    compiled, fusion, capture = _compile_capture(fn, config)
+    counter = _CountCalls()
+    kernels.register_backend(counter)
+    dtype = DTYPES[dtype_name]
+    calls, errors, caller_unchanged = {}, {}, True
+    try:
+        with torch.no_grad():
+            for t in tokens:
+                a, residual, weight, scale = _inputs(t, 64, dtype, three_d, seed=t)
+                if dynamic:
+                    torch._dynamo.maybe_mark_dynamic(a, 0)
+                    torch._dynamo.maybe_mark_dynamic(residual, 1 if three_d else 0)
+                else:
+                    torch._dynamo.reset()
+                a_keep = a.clone()
+                before = counter.calls
+                with inductor_config.patch({"triton.cudagraphs": cudagraphs}):
+                    got = compiled(a, residual, weight, scale)
+                calls[t] = counter.calls - before
+                caller_unchanged &= bool(torch.equal(a, a_keep))
+                want = fn(a, residual, weight, scale)
+                errors[t] = [
+                    rel_l2(_as_float(g, scale), _as_float(w, scale))
+                    for g, w in zip(got, want, strict=True)
+                ]
+    finally:
+        kernels._BACKENDS.remove(counter)
+    graphs = {}
+    for i, gm in enumerate(capture.graphs):
+        graphs[i] = {"main": dict(op_counts(gm))}
+        for name, sub in gm.named_children():
+            graphs[i][name.rsplit("_", 1)[0]] = dict(op_counts(sub))
+    return _pass_counts(fusion) | {
+        "graphs": graphs,
+        "calls": calls,
+        "errors": errors,
+        "caller_unchanged": caller_unchanged,
+        "by_range": fusion.by_range,
+        "tol": FP8_TOL if spec.quant == "fp8" else TOL[dtype],
     }

@@ -188,31 +188,52 @@ def test_local_work_table_subtracts_the_producer_and_splits_the_gap():
     from arfuse.bench import local
 
     prod = "triton_poi_fused_mul_0"
-    rows = [  # op: a 10 us copy and 2 us slower epilogue, 30 us more host time per eager call
+    rows = [
+        _local_row(  # at the pass's limit: its column is the op's (marked), held to nothing
+            2,
+            {"inductor": 10.0, "op": 11.0, "pass": 11.0},
+            {"inductor": 20.0, "op": 40.0, "pass": 40.0},
+            {v: {prod: 2.0} for v in ("inductor", "op", "pass")},
+        ),
+        # op: a 10 us copy and 2 us slower epilogue, 30 us more host time per eager call; the
+        # pass: Inductor's kernels, 1 us more host time
         _local_row(
             4096,
-            {"inductor": 100.0, "op": 112.0},
-            {"inductor": 150.0, "op": 192.0},
+            {"inductor": 100.0, "op": 112.0, "pass": 100.0},
+            {"inductor": 150.0, "op": 192.0, "pass": 151.0},
             {
                 "inductor": {prod: 50.0, "triton_per_fused_add_1": 50.0},
                 "op": {prod: 50.0, "Memcpy DtoD (Device -> Device)": 10.0, "add_rms_norm": 52.0},
+                "pass": {prod: 50.0, "triton_per_fused_add_1": 50.0},
             },
         ),
-        _local_row(  # the op as fast: 1.00x in both modes
+        _local_row(  # all as fast: 1.00x in both modes
             8192,
-            {"inductor": 200.0, "op": 200.0},
-            {"inductor": 210.0, "op": 210.0},
-            {"inductor": {prod: 100.0}, "op": {prod: 100.0}},
+            {"inductor": 200.0, "op": 200.0, "pass": 200.0},
+            {"inductor": 210.0, "op": 210.0, "pass": 210.0},
+            {v: {prod: 100.0} for v in ("inductor", "op", "pass")},
         ),
     ]
-    assert local.local_work(rows[0], "graph") == {"inductor": 50.0, "op": 62.0}
-    assert local.gap_split(rows[0]) == {"copy": 10.0, "epilogue": 2.0, "host": 30.0}
+    assert local.local_work(rows[1], "graph") == {"inductor": 50.0, "op": 62.0, "pass": 50.0}
+    assert local.gap_split(rows[1]) == {"copy": 10.0, "epilogue": 2.0, "host": 30.0}
     env = {"card": "NVIDIA H200", "capability": "9.0", "world_size": 1, "torch": "2.11"}
     env |= {"python": "3.12", "date": "2026-12-04", "command": "arfuse bench --local-work"}
     md = local.markdown({"env": env, "rows": rows})
-    assert "| 4096 | 50.0 | 62.0 | 0.81x | 100.0 | 142.0 | 0.70x | 10.0 | 2.0 | 30.0 |" in md
-    assert "| 8192 | 100.0 | 100.0 | 1.00x | 110.0 | 110.0 | 1.00x | 0.0 | 0.0 | 0.0 |" in md
+    assert (
+        "| 2 | 8.0 | 9.0 | 9.0* | 0.89x | 0.89x* | 18.0 | 38.0 | 38.0* | 0.47x | 0.47x* "
+        "| 0.0 | 0.0 | 19.0 |" in md
+    )
+    assert (
+        "| 4096 | 50.0 | 62.0 | 50.0 | 0.81x | 1.00x | 100.0 | 142.0 | 101.0 | 0.70x | 0.99x "
+        "| 10.0 | 2.0 | 30.0 |" in md
+    )
+    assert (
+        "| 8192 | 100.0 | 100.0 | 100.0 | 1.00x | 1.00x | 110.0 | 110.0 | 110.0 | 1.00x | 1.00x "
+        "| 0.0 | 0.0 | 0.0 |" in md
+    )
     assert md.rstrip().endswith(
-        "Below 0.98x: hidden 4096 quant none 4096 tokens graph; "
-        "hidden 4096 quant none 4096 tokens eager."
+        "Below 0.98x, the bare pass above its limit: none.\n"
+        "Below 0.98x, the op alone: hidden 4096 quant none 2 graph; "
+        "hidden 4096 quant none 2 eager; hidden 4096 quant none 4096 graph; "
+        "hidden 4096 quant none 4096 eager."
     )

@@ -259,13 +259,17 @@ def test_inductor_compile_and_fx_graph_cache_never_serves_another_config(group2,
         assert torch.equal(again["outputs"][t], a["outputs"][t])
 
 
-def test_dynamic_true_fuses_every_chain(group2):
+@pytest.mark.parametrize("limit,calls", [(None, {5: 4, 9: 4, 33: 4}), (8, {5: 4, 9: 0, 33: 0})])
+def test_dynamic_true_fuses_every_chain(group2, limit, calls):
     """Issue 12: torch.compile(dynamic=True) makes the model's float eps a graph input; the
-    pass fuses it with the eps_tensor overload instead of silently matching nothing."""
-    r = group2.run(dc.check_dynamic_true, timeout=420)[0]
+    pass fuses it with the eps_tensor overload instead of silently matching nothing. With a
+    fusion limit (issue 24) each of the 4 chains is a branch Inductor compiles: the op runs up
+    to 8 tokens, Inductor's own kernels above, in one graph."""
+    r = group2.run(dc.check_dynamic_true, fused_max_tokens=limit, timeout=420)[0]
     assert r["num_matches"] == 4 and r["matched"] == {"c10d/hf/ar+res/none": 4}
     assert r["skipped"] == [] and r["warnings"] == []
     assert r["frames"] == 1  # one capture for 5, 9 and 33 tokens
+    assert r["calls"] == calls
     assert all(e <= 1e-5 for e in r["errors"].values()), r["errors"]
 
 
@@ -318,3 +322,76 @@ def test_the_fused_op_runs_under_the_policy_of_the_pass_that_emitted_it(group2):
         assert row["seen"] == [row["digest"]]
         assert row["resolves_to_pass_policy"] == [True]
     assert r["direct"] == [""] and r["direct_resolves_to_current"]
+
+
+AR_INPLACE = "_c10d_functional.all_reduce_.default"
+AR_FUNCTIONAL = "_c10d_functional.all_reduce.default"
+QUANT = "arfuse.fused_allreduce_rmsnorm_quant_fp8.default"
+
+
+@pytest.mark.parametrize(
+    "args,op,allreduce,extra",
+    [
+        # the usual chain: the producer is dead after it, so the unfused branch sums in place
+        (("c10d/rms_norm/ar+res/none", "bf16"), FUSED, AR_INPLACE, {}),
+        # 3-D: the fused branch replays the view on its input
+        (("c10d/hf/ar+res/none", "bf16", True), FUSED, AR_INPLACE, {"aten.view.default": 1}),
+        # the producer is read after the chain: no summing into it on either side
+        (
+            ("c10d/rms_norm/ar+res/fp8", "bf16", True, True),
+            QUANT,
+            AR_FUNCTIONAL,
+            {"aten.view.default": 1, "aten.clone.default": 1},
+        ),
+        (
+            ("c10d/rms_norm/ar+res/fp8", "bf16", False, False, True),
+            dc.FUSED_TARGETS[1],
+            AR_INPLACE,
+            {},
+        ),
+        (("custom/hf/res+ar/none", "fp32"), FUSED, "arfuse_test.all_reduce.default", {}),
+        (("arfuse/gemma/none/none", "fp16"), FUSED, "arfuse.all_reduce.default", {}),
+    ],
+)
+def test_bare_pass_with_a_limit_branches_on_the_token_count(group2, args, op, allreduce, extra):
+    """With a fusion limit (16 tokens here) and a dynamic token count, the pass emits
+    cond(tokens <= 16, the op, the chain as it was): the op runs at 5 tokens, plain Inductor's
+    chain at 33 (the op is not called), and a static size-1 graph gets the op alone."""
+    r = group2.run(dc.check_token_branch, *args)[0]
+    dynamic, static = r["graphs"][0], r["graphs"][1]
+    assert dynamic["main"]["cond"] == 1
+    assert dc.count_fused(dynamic["main"]) == dc.count_allreduces(dynamic["main"]) == 0
+    fused_branch = {k: v for k, v in dynamic["arfuse_fused"].items() if "getitem" not in k}
+    assert fused_branch == {op: 1, **extra}
+    unfused = dynamic["arfuse_unfused"]
+    assert unfused[allreduce] == 1 and dc.count_allreduces(unfused) == 1
+    assert dc.count_fused(unfused) == 0
+    assert "cond" not in static["main"] and static["main"][op] == 1
+    assert r["calls"] == {5: 1, 33: 0, 1: 1}
+    assert r["caller_unchanged"] and r["skipped"] == [] and r["num_matches"] == 2
+    assert all(e <= r["tol"] for errs in r["errors"].values() for e in errs), r["errors"]
+
+
+def test_bare_pass_leaves_static_sizes_above_the_limit_to_inductor(group2):
+    """Static shapes: a size above the limit compiles plain Inductor's chain (reported under
+    `by_range`), one at or below it the op alone; no branch either way."""
+    r = group2.run(dc.check_token_branch, tokens=(5, 33), dynamic=False)[0]
+    below, above = r["graphs"][0]["main"], r["graphs"][1]["main"]
+    assert below.get(FUSED) == 1 and "cond" not in below
+    assert dc.count_fused(above) == 0 and above[AR_INPLACE] == 1 and "cond" not in above
+    assert r["calls"] == {5: 1, 33: 0}
+    ((reason, _),) = r["by_range"]
+    assert reason == (
+        "num_tokens 33 lies above the fusion threshold (16 tokens): "
+        "the unfused path is faster there"
+    )
+    assert all(e <= r["tol"] for errs in r["errors"].values() for e in errs), r["errors"]
+
+
+def test_bare_pass_under_inductor_cuda_graphs_emits_the_op_alone(group2):
+    """Inductor does not CUDA-graph a compiled cond: under mode="reduce-overhead" the op is
+    emitted alone, and decides unfused above the limit inside."""
+    r = group2.run(dc.check_token_branch, tokens=(5, 33), cudagraphs=True)[0]
+    main = r["graphs"][0]["main"]
+    assert "cond" not in main and main[FUSED] == 1 and dc.count_allreduces(main) == 0
+    assert r["calls"] == {5: 1, 33: 1}

@@ -5,7 +5,13 @@ what the bare pass costs wherever the op runs unfused (past the fusion threshold
 functions, each `torch.compile`d once with the token dim dynamic, as a serving engine compiles:
 
     inductor   x = a * 2; funcol.all_reduce(x); + residual; F.rms_norm [-> FP8]  (plain Inductor)
-    op         x = a * 2; arfuse::fused_allreduce_rmsnorm[_quant_fp8](x, ...)  (what the pass emits)
+    op         x = a * 2; arfuse::fused_allreduce_rmsnorm[_quant_fp8](x, ...)  (the op alone, as
+               the pass emits it under Inductor's CUDA graphs or for static sizes below the limit)
+    pass       `inductor` compiled with the bare pass, its fusion limit PASS_LIMIT tokens: each
+               chain a run-time branch (`arfuse.token_branch`), so above the limit this is
+               Inductor's own kernels behind one host `if`. The pass refuses one-rank groups
+               (nothing to reduce); `OneRankPass` lifts only that, so the graph is the one a
+               TP>=2 model gets.
 
 `a * 2` (Inductor's one pointwise kernel, `triton_poi_*`) stands for the row-parallel matmul:
 `x` is dead after the collective in both. Both compile with pointwise autotuning off, so the
@@ -37,8 +43,13 @@ import torch.nn.functional as F
 from arfuse.bench import strategies as st
 from arfuse.bench.sweep import DTYPES, Case, environment
 from arfuse.bench.timing import time_cuda_graph, time_eager
+from arfuse.config import FusionConfig
+from arfuse.fusion import AllReduceFusionPass
 
-VARIANTS = ("inductor", "op")
+VARIANTS = ("inductor", "op", "pass")
+# the pass variant's fusion limit in tokens: the least a dynamic token count (>= 2) leaves open,
+# so every measured size above it takes the unfused branch, and 1 and 2 tokens the op
+PASS_LIMIT = 2
 KINDS = ("producer", "copy", "allreduce", "epilogue")  # kernel categories of the split
 # one producer config for both variants
 COMPILE_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {
@@ -71,7 +82,21 @@ def chains(group: dist.ProcessGroup) -> dict[str, Callable]:
             )
         return out, h
 
-    return {"inductor": inductor, "op": op}
+    return {"inductor": inductor, "op": op, "pass": inductor}
+
+
+class OneRankPass(AllReduceFusionPass):
+    """The bare pass on the bench's one-rank group, which the pass itself refuses."""
+
+    def _group_unusable(self, group_name: str) -> str | None:
+        return None
+
+
+def compile_options(variant: str) -> dict[str, Any]:
+    if variant != "pass":
+        return COMPILE_OPTIONS
+    fusion = OneRankPass(FusionConfig(fused_max_tokens=PASS_LIMIT))
+    return {**COMPILE_OPTIONS, "post_grad_custom_post_pass": fusion}
 
 
 @dataclass
@@ -157,7 +182,9 @@ def run_local(
     with torch.no_grad():
         for case in cases:
             torch._dynamo.reset()  # each case compiles afresh, never near the recompile limit
-            fns = {k: torch.compile(f, options=COMPILE_OPTIONS) for k, f in chains(group).items()}
+            fns = {
+                k: torch.compile(f, options=compile_options(k)) for k, f in chains(group).items()
+            }
             for t in tokens:
                 b = st.make_buffers(
                     t, case.hidden, DTYPES[case.dtype], device, case.residual, case.quant == "fp8"
@@ -250,39 +277,46 @@ def markdown(result: dict, target: float = 0.98) -> str:
         "whose output is reduced; its time from the profile), us per call. graph: median over "
         f"CUDA-graph replays of 16 calls on rotating buffers; eager: loops of {EAGER_CALLS} calls "
         "synchronised at the ends, the variants taking turns, the fastest loop of each. "
-        f"ratio = inductor / op (target >= {target:.2f}x). Gap op - inductor split: copy and "
-        "epilogue = GPU time in copy / other kernels (profiler, one eager run), host = "
-        "eager - graph of op minus that of inductor. Both compiled with pointwise autotuning "
-        "off: the same producer kernel and config in both.",
+        f"ratio = inductor / variant (target >= {target:.2f}x). pass: the bare pass with its "
+        f"fusion limit at {PASS_LIMIT} tokens, so above it each chain runs Inductor's own "
+        f"kernels behind the pass's run-time branch (at <= {PASS_LIMIT} tokens, marked *, the "
+        "op: not the unfused branch, not held to the target). Gap op - inductor split: copy "
+        "and epilogue = GPU time in copy / other kernels (profiler, one eager run), host = "
+        "eager - graph of op minus that of inductor. All compiled with pointwise autotuning "
+        "off: the same producer kernel and config in each.",
         "",
     ]
     groups: dict[tuple, list[dict]] = {}
     for r in result["rows"]:
         groups.setdefault((r["hidden"], r["dtype"], r["residual"], r["quant"]), []).append(r)
-    misses = []
+    misses: dict[str, list[str]] = {"op": [], "pass": []}
     for (hidden, dtype, residual, quant), rows in groups.items():
         lines += [
             f"## hidden {hidden}, {dtype}, residual {'on' if residual else 'off'}, quant {quant}",
             "",
-            "| tokens | inductor graph | op graph | ratio graph | inductor eager | op eager "
-            "| ratio eager | gap: copy | gap: epilogue | gap: host |",
-            "|" + "---|" * 10,
+            "| tokens | inductor graph | op graph | pass graph | ratio op | ratio pass "
+            "| inductor eager | op eager | pass eager | ratio op | ratio pass "
+            "| gap: copy | gap: epilogue | gap: host |",
+            "|" + "---|" * 14,
         ]
         for r in rows:
             g, e, s = local_work(r, "graph"), local_work(r, "eager"), gap_split(r)
-            rg, re_ = ratio(g["inductor"], g["op"]), ratio(e["inductor"], e["op"])
-            for mode, rv in (("graph", rg), ("eager", re_)):
-                if rv is not None and rv < target:
-                    misses.append(f"hidden {hidden} quant {quant} {r['tokens']} tokens {mode}")
-            lines.append(
-                f"| {r['tokens']} | {_f(g['inductor'])} | {_f(g['op'])} | {_f(rg, 'x')} | "
-                f"{_f(e['inductor'])} | {_f(e['op'])} | {_f(re_, 'x')} | {_f(s['copy'])} | "
-                f"{_f(s['epilogue'])} | {_f(s['host'])} |"
-            )
+            cells = []
+            for mode, t in (("graph", g), ("eager", e)):
+                ratios = {v: ratio(t["inductor"], t[v]) for v in ("op", "pass")}
+                for v, rv in ratios.items():
+                    held = v == "op" or r["tokens"] > PASS_LIMIT
+                    if held and rv is not None and rv < target:
+                        misses[v].append(f"hidden {hidden} quant {quant} {r['tokens']} {mode}")
+                star = "*" if r["tokens"] <= PASS_LIMIT else ""
+                cells += [_f(t["inductor"]), _f(t["op"]), _f(t["pass"]) + star]
+                cells += [_f(ratios["op"], "x"), _f(ratios["pass"], "x") + star]
+            cells += [_f(s["copy"]), _f(s["epilogue"]), _f(s["host"])]
+            lines.append(f"| {r['tokens']} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append(
-        f"Below {target:.2f}x: " + ("; ".join(misses) if misses else "none") + "."
-        if result["rows"] and result["rows"][0].get("graph_us")
-        else "CPU smoke run: eager times only, no GPU kernels; the numbers mean nothing."
-    )
+    if result["rows"] and result["rows"][0].get("graph_us"):
+        for v, name in (("pass", "the bare pass above its limit"), ("op", "the op alone")):
+            lines.append(f"Below {target:.2f}x, {name}: " + ("; ".join(misses[v]) or "none") + ".")
+    else:
+        lines.append("CPU smoke run: eager times only, no GPU kernels; the numbers mean nothing.")
     return "\n".join(lines) + "\n"

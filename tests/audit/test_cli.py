@@ -135,6 +135,27 @@ def test_clean_target_exits_0_and_findings_exit_1_then_baseline_accepts_them(tmp
     assert "(baselined)" in gated.stdout
 
 
+def test_the_bare_pass_branch_on_the_token_count_audits_clean():
+    """Issue 24: the pass's run-time branch (the op up to 32 tokens, plain Inductor's chain
+    above) compiles once for 16-64 tokens, adds no finding - no guard, pin or recompile on
+    num_tokens, and its unfused branch is not ARF201 - on both ranks, cross-rank checks on."""
+    res = subprocess.run(
+        [sys.executable, "-m", "arfuse", "audit", "tp_branch.py:build", "--format", "json"],
+        cwd=FIX,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout)
+    assert report["findings"] == [] and report["errors"] == []
+    summary = report["summary"]
+    assert summary["ranks"] == [0, 1] and summary["sizes"] == [16, 31, 32, 33, 64]
+    assert (summary["compiles"], summary["recompiles"]) == (1, 0)
+    assert summary["fusion"] == {"graphs": 2, "matches": 2, "post_grad_graphs": 2}
+    assert summary["checks"][0].startswith("cross-rank checks ran over 2 ranks")
+
+
 def test_multi_rank_target_audits_every_rank(tmp_path):
     # the real entry point, as CI runs it
     res = subprocess.run(

@@ -1,5 +1,7 @@
 """ARF201's chain finder on printed post-grad graphs (every allreduce and norm form)."""
 
+from pathlib import Path
+
 from arfuse.audit.rules.fusion import unfused_chains
 from arfuse.audit.trace.graph import parse_graph
 
@@ -55,6 +57,32 @@ wait_tensor: "f32[s0, 64]" = torch.ops._c10d_functional.wait_tensor.default(all_
 mm: "f32[s0, 64]" = torch.ops.aten.mm.default(wait_tensor, arg0_1)
 return (mm,)""")
     assert list(unfused_chains(lonely)) == []
+
+
+# The bare pass's run-time branch as Inductor prints it (torch 2.13, `TORCH_LOGS=post_grad_graphs`
+# on a block compiled with FusionConfig(fused_max_tokens=16); paths and some types trimmed), with
+# the unfused branch's name left as `{unfused}`.
+BRANCH = (Path(__file__).parent / "data" / "branch_post_grad.txt").read_text()
+
+
+def test_subgraph_nodes_are_scoped_and_the_pass_unfused_branch_is_not_a_finding():
+    """A subgraph's node names are its own (`mul` here is not the parent's `mul`); the chain in
+    the pass's `arfuse_unfused_N` branch runs only above the fusion limit: not ARF201. The same
+    chain in any other subgraph (a user's own torch.cond) is."""
+    g = parse_graph(BRANCH.replace("{unfused}", "arfuse_unfused_0"))
+    assert g.nodes["arfuse_unfused_0.add_9"].args == ("arfuse_unfused_0.wait_tensor",)
+    assert [u.name for u in g.users("mul")] == ["sym_size_int_1", "cond"]
+    fused = g.nodes["arfuse_fused_0.fused_allreduce_rmsnorm_default"]
+    assert (fused.module, g.nodes["cond"].module) == ("arfuse_fused_0", "")
+    assert list(unfused_chains(g)) == []
+    user = parse_graph(BRANCH.replace("{unfused}", "false_graph_0"))
+    ((ar, add, norm),) = unfused_chains(user)
+    assert (ar.name, add.name, add.source.line) == (
+        "false_graph_0.all_reduce",
+        "false_graph_0.add_9",
+        12,
+    )
+    assert {n.op for n in norm} == {"aten.mean", "aten.rsqrt"}
 
 
 def _artifact(name: str, payload: str, fcid: int = 0) -> str:

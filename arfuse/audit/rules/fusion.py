@@ -8,7 +8,9 @@ artifact the pass writes for every graph it processes:
 "norm_ops": [...]}` (the last two: the extra ops the pass's FusionConfig named, which ARF201
 then recognises too). Under `arfuse.compile` (compile ranges) a range above the fusion threshold
 is left to Inductor on purpose: its chains are listed under `by_range`, and neither ARF201 nor
-ARF203 reports them.
+ARF203 reports them. Nor does ARF201 report the chain in a bare pass's `arfuse_unfused_N`
+branch (`arfuse.token_branch`): it runs only above the fusion limit, where the op would not
+fuse either.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def unfused_chains(
     for node in graph.nodes.values():
         if not optable.is_allreduce(node.target, allreduce_ops):
             continue
+        if node.module.startswith(optable.UNFUSED_BRANCH):
+            continue  # the pass's own branch above the fusion limit: unfused by design
         reduced = _forward(graph, node)
         adds = [u for n in reduced for u in graph.users(n.name) if u.op == "aten.add"]
         add = adds[0] if adds else None

@@ -19,11 +19,13 @@ from arfuse.audit.trace.records import Frame
 _COMMENT = re.compile(r"^\s*# File: (.+?):(\d+) in ([^,]+), code: (.*)$")
 _NODE = re.compile(r"^\s*(\w+)(?:: \"[^\"]*\")? = ([\w.]+)\((.*)\)(?:;.*)?$")
 _IDENT = re.compile(r"\b[A-Za-z_]\w*\b")
+# a subgraph printed inside its parent (a `cond` branch, say): `    class true_graph_0(...)`
+_SUBGRAPH = re.compile(r"^\s+class (\w+)\(torch\.nn\.Module\):\s*$")
 
 
 @dataclass
 class Node:
-    name: str
+    name: str  # "add_9"; in a subgraph "arfuse_unfused_0.add_9" (its names are its own)
     target: str  # "aten.add.Tensor", "_c10d_functional.all_reduce_.default", "operator.getitem"
     args: tuple[str, ...]
     source: Frame | None
@@ -34,6 +36,11 @@ class Node:
         """`aten.add.Tensor` -> `aten.add`; `arfuse.fused_allreduce_rmsnorm.default` -> ..."""
         parts = self.target.split(".")
         return ".".join(parts[:2]) if len(parts) >= 2 else self.target
+
+    @property
+    def module(self) -> str:
+        """The subgraph the node is in ("" for the graph itself)."""
+        return self.name.rpartition(".")[0]
 
 
 @dataclass
@@ -51,7 +58,12 @@ class Graph:
 def parse_graph(text: str) -> Graph:
     nodes: dict[str, Node] = {}
     source: Frame | None = None
+    scope = ""  # subgraphs are printed after the graph, each to the end or the next one
     for line in text.splitlines():
+        sub = _SUBGRAPH.match(line)
+        if sub:
+            scope, source = f"{sub.group(1)}.", None
+            continue
         c = _COMMENT.match(line)
         if c:
             path, lineno, fn, code = c.groups()
@@ -65,9 +77,9 @@ def parse_graph(text: str) -> Graph:
         name, target, argtext = m.groups()
         if target.startswith("torch.ops."):
             target = target[len("torch.ops.") :]
-        args = tuple(a for a in _IDENT.findall(argtext) if a in nodes)
-        node = Node(name, target, args, source)
-        nodes[name] = node
+        args = tuple(scope + a for a in _IDENT.findall(argtext) if scope + a in nodes)
+        node = Node(scope + name, target, args, source)
+        nodes[node.name] = node
         for a in dict.fromkeys(args):
-            nodes[a].users.append(name)
+            nodes[a].users.append(node.name)
     return Graph(nodes)
