@@ -271,7 +271,11 @@ class AllReduceFusionPass(CustomGraphPass):
         if act is None or out is None or weight is None:
             return "graph nodes lack shape metadata (meta['val'])"
         dtype = act.dtype
-        if out.dtype != dtype or weight.dtype != dtype:
+        # a norm read only by the FP8 quant may be float32 (its round trip through `dtype`
+        # dropped): the quant-only op never produces it
+        chain = set(m.nodes)
+        quant_only = m.quant_out is not None and all(u in chain for u in m.norm_out.users)
+        if (out.dtype != dtype and not quant_only) or weight.dtype != dtype:
             return (
                 f"dtypes differ: activation {dtype}, weight {weight.dtype}, norm output "
                 f"{out.dtype}; the fused kernel needs one dtype"

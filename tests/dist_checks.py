@@ -93,6 +93,19 @@ class _CountCalls:
         self.calls += 1
 
 
+@contextlib.contextmanager
+def counting_op_calls():
+    """A _CountCalls registered as a kernel backend (first, so it sees every call) while open."""
+    from arfuse import kernels
+
+    counter = _CountCalls()
+    kernels._BACKENDS.insert(0, counter)
+    try:
+        yield counter
+    finally:
+        kernels._BACKENDS.remove(counter)
+
+
 def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
     a, e = actual.double(), expected.double()
     return float((a - e).norm() / e.norm().clamp_min(1e-30))
@@ -654,7 +667,6 @@ def check_dynamic_true(
     from torch._dynamo.utils import counters
     from torch._inductor import config as inductor_config
 
-    from arfuse import kernels
     from arfuse.examples import build_tp_decoder
 
     inductor_config.force_disable_caches = True
@@ -664,18 +676,14 @@ def check_dynamic_true(
     torch._dynamo.reset()
     counters.clear()
     compiled = torch.compile(model, dynamic=True, options={"post_grad_custom_post_pass": fusion})
-    errors, calls, counter = {}, {}, _CountCalls()
-    kernels.register_backend(counter)
-    try:
-        with arfuse_warnings() as warned:
-            for t in tokens:
-                (x,) = make_inputs(t)
-                before = counter.calls
-                got = compiled(x)
-                calls[t] = counter.calls - before
-                errors[t] = rel_l2(got.float(), model(x).float())
-    finally:
-        kernels._BACKENDS.remove(counter)
+    errors, calls = {}, {}
+    with counting_op_calls() as counter, arfuse_warnings() as warned:
+        for t in tokens:
+            (x,) = make_inputs(t)
+            before = counter.calls
+            got = compiled(x)
+            calls[t] = counter.calls - before
+            errors[t] = rel_l2(got.float(), model(x).float())
     return {
         "calls": calls,
         "num_matches": fusion.num_matches,
@@ -978,8 +986,6 @@ def check_token_branch(
     False: every size compiles static; `cudagraphs`: as under mode="reduce-overhead"."""
     from torch._inductor import config as inductor_config
 
-    from arfuse import kernels
-
     spec = FusionSpec.parse(spec_name)
     base = CUSTOM_CONFIG if spec.allreduce == "custom" else arfuse.FusionConfig()
     config = arfuse.FusionConfig(**{**base.__dict__, "fused_max_tokens": limit})
@@ -991,32 +997,27 @@ def check_token_branch(
         return (*outs, x + 1) if producer_live else outs
 
     compiled, fusion, capture = _compile_capture(fn, config)
-    counter = _CountCalls()
-    kernels.register_backend(counter)
     dtype = DTYPES[dtype_name]
     calls, errors, caller_unchanged = {}, {}, True
-    try:
-        with torch.no_grad():
-            for t in tokens:
-                a, residual, weight, scale = _inputs(t, 64, dtype, three_d, seed=t)
-                if dynamic:
-                    torch._dynamo.maybe_mark_dynamic(a, 0)
-                    torch._dynamo.maybe_mark_dynamic(residual, 1 if three_d else 0)
-                else:
-                    torch._dynamo.reset()
-                a_keep = a.clone()
-                before = counter.calls
-                with inductor_config.patch({"triton.cudagraphs": cudagraphs}):
-                    got = compiled(a, residual, weight, scale)
-                calls[t] = counter.calls - before
-                caller_unchanged &= bool(torch.equal(a, a_keep))
-                want = fn(a, residual, weight, scale)
-                errors[t] = [
-                    rel_l2(_as_float(g, scale), _as_float(w, scale))
-                    for g, w in zip(got, want, strict=True)
-                ]
-    finally:
-        kernels._BACKENDS.remove(counter)
+    with counting_op_calls() as counter, torch.no_grad():
+        for t in tokens:
+            a, residual, weight, scale = _inputs(t, 64, dtype, three_d, seed=t)
+            if dynamic:
+                torch._dynamo.maybe_mark_dynamic(a, 0)
+                torch._dynamo.maybe_mark_dynamic(residual, 1 if three_d else 0)
+            else:
+                torch._dynamo.reset()
+            a_keep = a.clone()
+            before = counter.calls
+            with inductor_config.patch({"triton.cudagraphs": cudagraphs}):
+                got = compiled(a, residual, weight, scale)
+            calls[t] = counter.calls - before
+            caller_unchanged &= bool(torch.equal(a, a_keep))
+            want = fn(a, residual, weight, scale)
+            errors[t] = [
+                rel_l2(_as_float(g, scale), _as_float(w, scale))
+                for g, w in zip(got, want, strict=True)
+            ]
     graphs = {}
     for i, gm in enumerate(capture.graphs):
         graphs[i] = {"main": dict(op_counts(gm))}
@@ -1030,3 +1031,33 @@ def check_token_branch(
         "by_range": fusion.by_range,
         "tol": FP8_TOL if spec.quant == "fp8" else TOL[dtype],
     }
+
+
+def check_fp8_of_float32_norm(form: str = "rms_norm", limit: int | None = None) -> dict:
+    """An FP8 quant of the norm's float32 product, with no round trip through bf16 between:
+    the graph torch 2.11's Inductor leaves of `F.rms_norm(h) -> FP8 quant` (it drops
+    f32 -> bf16 -> f32 casts), and what a model that quantizes the float32 value writes.
+    form: 'rms_norm' (n * w) or 'gemma' (n * (1 + w)). Graph level; errors vs eager."""
+    eps = 1e-6
+
+    def fn(a, residual, weight, scale):
+        h = funcol.all_reduce(a * 2, "sum", dist.group.WORLD) + residual
+        hf = h.to(torch.float32)
+        n = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)
+        w = weight.to(torch.float32)
+        p = n * (1.0 + w) if form == "gemma" else n * w
+        return (p / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), h
+
+    compiled, fusion, capture = _compile_capture(fn, arfuse.FusionConfig(fused_max_tokens=limit))
+    errors = {}
+    with torch.no_grad():
+        for t in (5, 33):
+            a, residual, weight, scale = _inputs(t, 64, torch.bfloat16, False, seed=t)
+            torch._dynamo.maybe_mark_dynamic(a, 0)
+            torch._dynamo.maybe_mark_dynamic(residual, 0)
+            got, want = compiled(a, residual, weight, scale), fn(a, residual, weight, scale)
+            errors[t] = [
+                rel_l2(_as_float(g, scale), _as_float(w_, scale))
+                for g, w_ in zip(got, want, strict=True)
+            ]
+    return _pass_counts(fusion) | {"errors": errors, "graphs": len(capture.graphs)}

@@ -395,3 +395,17 @@ def test_bare_pass_under_inductor_cuda_graphs_emits_the_op_alone(group2):
     main = r["graphs"][0]["main"]
     assert "cond" not in main and main[FUSED] == 1 and dc.count_allreduces(main) == 0
     assert r["calls"] == {5: 1, 33: 1}
+
+
+@pytest.mark.parametrize("form", ["rms_norm", "gemma"])
+def test_fp8_of_a_float32_norm_fuses_as_the_quant_only_op(group2, form):
+    """torch 2.11's Inductor drops the norm's f32 -> bf16 -> f32 round trip before an FP8
+    quant, so `F.rms_norm -> quant` reached the pass as a float32 norm quantized directly, and
+    the pass did not fuse it (found by `arfuse bench --local-work` on the H200, 2026-12-04).
+    That graph fuses as the quant-only op: the bf16 norm is never produced."""
+    r = group2.run(dc.check_fp8_of_float32_norm, form)[0]
+    assert r["skipped"] == [] and r["matched"] == {f"c10d/{form}/ar+res/fp8": 1}
+    (after,) = r["after"]
+    assert after[QUANT] == 1 and dc.count_allreduces(after) == 0
+    assert "aten.rsqrt.default" not in after
+    assert all(e <= dc.FP8_TOL for errs in r["errors"].values() for e in errs), r["errors"]

@@ -16,6 +16,9 @@ cannot be fused. The post-grad forms recognised (bf16 shown; fp32 graphs have no
                 gemma:    same n; out = convert(mul(n, add(convert(weight), 1.0)), bf16)
                 custom_op: out = arfuse.rms_norm(h, weight, eps)
     quant       q = convert(clamp_max(clamp_min(div(convert(out, f32), scale), -448), 448), fp8)
+                rms_norm / gemma before a quant may also keep the product in f32, without the
+                convert to bf16 and back (torch 2.11's Inductor drops that round trip): the
+                quant then divides the product itself
 """
 
 from __future__ import annotations
@@ -334,9 +337,14 @@ def match_norm(h: Node, config: FusionConfig) -> _Norm | Miss | None:
     out, tail = nxt, []
     if not wide:
         down = _only_user(nxt)
-        if down is None or not _is_convert_to(down, dtype):
+        if down is not None and _is_convert_to(down, dtype):
+            out, tail = down, [down]
+        elif match_quant(nxt) is None:
             return None
-        out, tail = down, [down]
+        # else the norm's float32 product goes straight into an FP8 quant: its round trip
+        # through `dtype` was dropped (Inductor before torch 2.12 removes f32 -> bf16 -> f32
+        # casts), or the model quantizes the float32 value itself. The norm stays float32 and
+        # unread: the quant-only fused op applies.
     return _Norm(form, leaf[0], eps, bias, out, nodes + [nxt] + tail, extra + leaf[1] + eps_casts)
 
 
@@ -360,10 +368,9 @@ def _clamped(node: Node) -> tuple[Node, list[Node]] | None:
 
 def match_quant(out: Node) -> tuple[Node, Node, list[Node]] | None:
     """FP8 static quant of `out` -> (scale, quant_out, nodes)."""
-    starts = (
-        [out]
-        if _dtype(out) == torch.float32
-        else _users(out, lambda u: _is_convert_to(u, torch.float32))
+    # a float32 `out` may still pass through a no-op convert to float32 first
+    starts = ([out] if _dtype(out) == torch.float32 else []) + _users(
+        out, lambda u: _is_convert_to(u, torch.float32)
     )
     for start in starts:
         up = [] if start is out else [start]

@@ -136,7 +136,9 @@ def _where(nodes: list[Node]) -> tuple[Frame | None, list[Frame]]:
       the pass's `FusionConfig(allreduce_ops=...)`, read from its report) whose result
       feeds, through views and casts, a residual add and/or an RMSNorm (an `rms_norm` op, a
       `FusionConfig(norm_ops=...)` op, or the `pow -> mean -> add eps -> rsqrt` chain) - i.e.
-      a chain that `torch.ops.arfuse.fused_allreduce_*` would have replaced.
+      a chain that `torch.ops.arfuse.fused_allreduce_*` would have replaced. Not reported:
+      the chain in the bare pass's own `arfuse_unfused_N` branch, which runs only above the
+      fusion limit, where the chain is faster unfused.
 
       ## Why is this bad?
       Unfused, the chain does a full allreduce, writes the sum to memory, and reads it back
