@@ -45,6 +45,11 @@ class FusionConfig:
         the fused op and plain Inductor's chain (`arfuse.token_branch`); None = the table for
         the chain's GPU, world size, dtype and hidden (no table, e.g. on CPU: fuse at every
         size, no branch).
+    token_branch: where the token count is dynamic and a fusion limit applies, emit each chain
+        as a run-time branch (the op up to the limit, plain Inductor's kernels above it;
+        `arfuse.token_branch`). It costs a few microseconds of host time per chain and call, so
+        an eager model that never runs past the limit may prefer False: the op alone, which
+        runs its own unfused path above the limit.
     """
 
     allreduce: frozenset[str] = field(default=frozenset(AXES["allreduce"]))
@@ -56,6 +61,7 @@ class FusionConfig:
     hidden_multiple: int = optable.HIDDEN_MULTIPLE
     token_range: tuple[int, int | None] | None = None
     fused_max_tokens: int | None = None
+    token_branch: bool = True
 
     def __post_init__(self) -> None:
         for axis in AXES:
@@ -91,5 +97,6 @@ class FusionConfig:
             f"hidden_multiple={self.hidden_multiple}",
             f"token_range={self.token_range}",
             f"fused_max_tokens={self.fused_max_tokens}",
+            f"token_branch={self.token_branch}",
         ]
         return ";".join(parts)

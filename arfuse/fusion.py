@@ -249,8 +249,13 @@ class AllReduceFusionPass(CustomGraphPass):
         the run time knows which side of it a call lies (the op and plain Inductor's chain as
         two branches, `token_branch`); a reason where every size the graph serves lies above
         it; None where the op alone is right (below it, no limit known, a token range
-        decided it, or Inductor's CUDA graphs, which do not capture a branch)."""
-        if self.config.token_range is not None or inductor_config.triton.cudagraphs:
+        decided it, Inductor's CUDA graphs, which do not capture a branch, or the config's
+        `token_branch=False`)."""
+        if (
+            self.config.token_range is not None
+            or not self.config.token_branch
+            or inductor_config.triton.cudagraphs
+        ):
             return None
         limit = _fused_max_tokens(m, self.config, self.policy)
         if limit is None:

@@ -28,7 +28,14 @@ reinplacing would decide (it does not run inside a branch); the fused branch lik
 `mm` first where something does, as the op may sum into its input.
 
 Not under Inductor's own CUDA graphs (`mode="reduce-overhead"`): Inductor does not graph a
-compiled `cond` over GPU tensors, so there the op is emitted alone and decides inside.
+compiled `cond` over GPU tensors, so there the op is emitted alone and decides inside. Nor with
+`FusionConfig(token_branch=False)`.
+
+The host cost: each branch is a function of its own that re-checks its inputs' sizes and
+strides, and the cond's outputs are checked again. That adds 3.6-5 us per chain and call on
+this project's 2-core CPU machine and 7-10 us on the H200 machine (against 47-58 us for the op
+alone above the limit; `bench/results/2026-12-04_local_work_h200_v3.md`). Under a CUDA graph
+the cost is nil. Eagerly, it is paid on both sides of the limit.
 """
 
 from __future__ import annotations

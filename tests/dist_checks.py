@@ -978,6 +978,7 @@ def check_token_branch(
     tokens=(5, 33, 1),
     dynamic: bool = True,
     cudagraphs: bool = False,
+    token_branch: bool = True,
 ) -> dict:
     """The bare pass with a fusion limit and a dynamic token count: the chain becomes
     cond(tokens <= limit, fused op, the chain as it was). The chain reads a producer's output
@@ -988,7 +989,9 @@ def check_token_branch(
 
     spec = FusionSpec.parse(spec_name)
     base = CUSTOM_CONFIG if spec.allreduce == "custom" else arfuse.FusionConfig()
-    config = arfuse.FusionConfig(**{**base.__dict__, "fused_max_tokens": limit})
+    config = arfuse.FusionConfig(
+        **{**base.__dict__, "fused_max_tokens": limit, "token_branch": token_branch}
+    )
     chain = make_chain(spec, 1e-6, three_d, residual_live=True, norm_live=norm_live)
 
     def fn(a, residual, weight, scale):

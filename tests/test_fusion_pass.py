@@ -388,10 +388,14 @@ def test_bare_pass_leaves_static_sizes_above_the_limit_to_inductor(group2):
     assert all(e <= r["tol"] for errs in r["errors"].values() for e in errs), r["errors"]
 
 
-def test_bare_pass_under_inductor_cuda_graphs_emits_the_op_alone(group2):
+@pytest.mark.parametrize("why", [{"cudagraphs": True}, {"token_branch": False}])
+def test_bare_pass_under_inductor_cuda_graphs_or_asked_not_to_branch_emits_the_op_alone(
+    group2, why
+):
     """Inductor does not CUDA-graph a compiled cond: under mode="reduce-overhead" the op is
-    emitted alone, and decides unfused above the limit inside."""
-    r = group2.run(dc.check_token_branch, tokens=(5, 33), cudagraphs=True)[0]
+    emitted alone, and decides unfused above the limit inside; so it is with
+    FusionConfig(token_branch=False)."""
+    r = group2.run(dc.check_token_branch, tokens=(5, 33), **why)[0]
     main = r["graphs"][0]["main"]
     assert "cond" not in main and main[FUSED] == 1 and dc.count_allreduces(main) == 0
     assert r["calls"] == {5: 1, 33: 1}
