@@ -365,13 +365,17 @@ def _fake_call(node: Node) -> None:
         node.meta["val"] = target(*args, **kwargs)
 
 
-def _fused_builder(m: ChainMatch, policy: str, functional: bool) -> token_branch.FusedBuilder:
+def _fused_builder(
+    m: ChainMatch, policy: str, functional: bool
+) -> tuple[token_branch.FusedBuilder, tuple[str, ...]]:
     """What builds the fused op's nodes for `m` into a graph: the chain's views replayed on its
     input, then the op (`policy`: the pass's policy digest, which the op's run-time plan
     resolves back). `functional`: through `auto_functionalized` (the pass's own graph, where
     reinplacing decides whether the op may sum into its input), else the mutating op itself,
-    after a copy of its input where the builder is asked for one (a branch of a `cond`)."""
+    after a copy of its input where the builder is asked for one (a branch of a `cond`).
+    Also returns the names of the op's outputs, in order."""
     chain = set(m.nodes)
+    names: tuple[str, ...]
     if m.scale is None:
         op, names = torch.ops.arfuse.fused_allreduce_rmsnorm, ("norm_out", "residual_out")
     elif any(user not in chain for user in m.norm_out.users):  # the bf16 norm is read too
@@ -414,8 +418,7 @@ def _fused_builder(m: ChainMatch, policy: str, functional: bool) -> token_branch
             outs[-1].meta["val"] = fused.meta["val"][i]
         return outs
 
-    build.names = names  # type: ignore[attr-defined]
-    return build
+    return build, names
 
 
 def _outputs(m: ChainMatch, names: tuple[str, ...]) -> list[Node]:
@@ -431,14 +434,14 @@ def _rewrite(graph: Graph, m: ChainMatch, policy: str, limit: int | None = None)
     stack_trace = m.last.meta.get("stack_trace")
     order = {n: i for i, n in enumerate(graph.nodes)}
     chain = sorted(m.nodes, key=order.__getitem__)
-    build = _fused_builder(m, policy, functional=limit is None)
-    outputs = _outputs(m, build.names)  # type: ignore[attr-defined]
+    build, names = _fused_builder(m, policy, functional=limit is None)
+    outputs = _outputs(m, names)
     if limit is None:
         # the op may sum into `input`: functional form, so reinplacing (a later post-grad
         # pass) gives it the input's buffer when the input is dead, a copy when it is not
         with graph.inserting_before(m.last):
             results = build(graph, lambda n: n, False)
-        for node in [results[0].args[0], *results]:
+        for node in [cast(Node, results[0].args[0]), *results]:
             if stack_trace:
                 node.meta["stack_trace"] = stack_trace
     else:
