@@ -56,7 +56,7 @@ def test_ci_runs_the_lint_and_type_gate_after_installing_the_tools():
     floor = (ROOT / "ci" / "torch_floor.sh").read_text()
     assert ci.index("\nci/gate.sh") < ci.index("\nci/torch_floor.sh")
     assert "set -euo pipefail" in floor and "python3 -m venv .venv-torch-floor" in floor
-    assert re.search(r'ARFUSE_TORCH_FLOOR:-([\d.]+)', floor).group(1) == "2.11.0"
+    assert re.search(r"ARFUSE_TORCH_FLOOR:-([\d.]+)", floor).group(1) == "2.11.0"
     assert '"torch>=2.11"' in (ROOT / "pyproject.toml").read_text()  # the floor it tests
     for step in ("step ruff check .", "step ruff format --check .", "step mypy"):
         assert step in lint
