@@ -241,8 +241,17 @@ class AllReduceFusionPass(CustomGraphPass):
         )
 
     def _group_unusable(self, group_name: str) -> str | None:
-        """Why the pass cannot fuse collectives of this group at all, or None."""
-        return _group_unusable(group_name)
+        """Why the pass cannot fuse collectives of this group at all, or None. (The one-rank
+        bench, `arfuse.bench.local.OneRankPass`, lifts the world-size check.)"""
+        if not dist.is_available() or not dist.is_initialized():
+            return "torch.distributed is not initialized: no process group to reduce over"
+        try:
+            group = kernels.resolve_group(group_name)
+        except ValueError as e:
+            return str(e)
+        if group.size() < 2:
+            return f"world size {group.size()} of group {group_name!r}: nothing to fuse"
+        return None
 
     def _branch_limit(self, m: ChainMatch) -> int | str | None:
         """Without a token range (the bare pass): the chain's fusion limit in tokens where only
@@ -278,8 +287,7 @@ class AllReduceFusionPass(CustomGraphPass):
         dtype = act.dtype
         # a norm read only by the FP8 quant may be float32 (its round trip through `dtype`
         # dropped): the quant-only op never produces it
-        chain = set(m.nodes)
-        quant_only = m.quant_out is not None and all(u in chain for u in m.norm_out.users)
+        quant_only = m.quant_out is not None and not m.norm_read
         if (out.dtype != dtype and not quant_only) or weight.dtype != dtype:
             return (
                 f"dtypes differ: activation {dtype}, weight {weight.dtype}, norm output "
@@ -338,19 +346,6 @@ def _fused_max_tokens(m: ChainMatch, config: FusionConfig, policy: FusionPolicy)
     return None if limits is None else policy.fused_max_tokens(limits)
 
 
-def _group_unusable(group_name: str) -> str | None:
-    """Why the pass cannot fuse collectives of this group at all, or None."""
-    if not dist.is_available() or not dist.is_initialized():
-        return "torch.distributed is not initialized: no process group to reduce over"
-    try:
-        group = kernels.resolve_group(group_name)
-    except ValueError as e:
-        return str(e)
-    if group.size() < 2:
-        return f"world size {group.size()} of group {group_name!r}: nothing to fuse"
-    return None
-
-
 # ---- graph surgery ----------------------------------------------------------------------------
 
 
@@ -378,7 +373,7 @@ def _fused_builder(
     names: tuple[str, ...]
     if m.scale is None:
         op, names = torch.ops.arfuse.fused_allreduce_rmsnorm, ("norm_out", "residual_out")
-    elif any(user not in chain for user in m.norm_out.users):  # the bf16 norm is read too
+    elif m.norm_read:  # the bf16 norm is read too
         op = torch.ops.arfuse.fused_allreduce_rmsnorm_fp8
         names = ("quant_out", "norm_out", "residual_out")
     else:  # only the FP8 value is read: the op that does not store the norm

@@ -183,20 +183,19 @@ def rewrite_as_branch(
 
     stack_trace = chain[-1].meta.get("stack_trace")
     with graph.inserting_before(chain[-1]):
-        tokens: Any = 1
+        # tokens_of(x) in the graph: a sym_size per dynamic dim, multiplied
+        tokens: Any = None
         for d, size in enumerate(x.meta["val"].shape[:-1]):
-            if isinstance(size, int):
-                factor: Any = size
-            else:
+            factor: Any = size
+            if not isinstance(size, int):
                 factor = graph.call_function(torch.ops.aten.sym_size.int, (x, d))
                 factor.meta["val"] = size
-            if tokens == 1:
-                tokens = factor
-            else:
-                tokens = graph.call_function(operator.mul, (tokens, factor))
-                tokens.meta["val"] = operator.mul(*(_v(a) for a in tokens.args))
+            if tokens is not None:
+                factor = graph.call_function(operator.mul, (tokens, factor))
+                factor.meta["val"] = operator.mul(*(_v(a) for a in factor.args))
+            tokens = factor
         pred = graph.call_function(operator.le, (tokens, limit))
-        pred.meta["val"] = _v(tokens) <= limit
+        pred.meta["val"] = tokens_of(x) <= limit
         branches = [graph.get_attr(name) for name in names]
         cond = graph.call_function(torch.ops.higher_order.cond, (pred, *branches, tuple(operands)))
         cond.meta["val"] = [o.meta["val"] for o in outputs]

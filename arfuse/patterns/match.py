@@ -73,6 +73,13 @@ class ChainMatch:
     def last(self) -> Node:
         return self.quant_out if self.quant_out is not None else self.norm_out
 
+    @property
+    def norm_read(self) -> bool:
+        """Whether anything outside the chain reads the norm's output (so the fused op must
+        produce it; behind an FP8 quant it is often read by the quant alone)."""
+        chain = set(self.nodes)
+        return any(user not in chain for user in self.norm_out.users)
+
 
 @dataclass(frozen=True)
 class Miss:

@@ -16,18 +16,16 @@ from arfuse.audit.findings import Finding
 from arfuse.audit.judge.attribution import user_frame
 from arfuse.audit.judge.context import AuditContext
 from arfuse.audit.rules import rule
-from arfuse.audit.rules.ranks import RanksContext, rank_finding, ranks_text
+from arfuse.audit.rules.ranks import (
+    RanksContext,
+    at_position,
+    first_difference,
+    rank_finding,
+    ranks_text,
+)
 from arfuse.audit.trace import facts
 from arfuse.audit.trace.records import CompileId
 from arfuse.audit.trace.slim import DIVERGENCE
-
-
-def _first_difference(seqs: dict[int, list[Any]]) -> int | None:
-    longest = max((len(s) for s in seqs.values()), default=0)
-    for i in range(longest):
-        if len({repr(s[i]) if i < len(s) else None for s in seqs.values()}) > 1:
-            return i
-    return None
 
 
 @rule(
@@ -64,10 +62,10 @@ def check_cache(rc: RanksContext) -> Iterable[Finding]:
         r: [(str(cid), status) for cid, status, _ in facts.cache_statuses(ctx.trace)]
         for r, ctx in rc.contexts.items()
     }
-    pos = _first_difference({r: [s for _, s in seq] for r, seq in seqs.items()})
+    pos = first_difference({r: [s for _, s in seq] for r, seq in seqs.items()})
     if pos is None:
         return
-    at = {r: (seq[pos] if pos < len(seq) else ("-", "nothing")) for r, seq in seqs.items()}
+    at = at_position(seqs, pos, ("-", "nothing"))
     cid = next((CompileId.parse(c) for c, _ in at.values() if c != "-"), None)
     where = rc.frame(cid)
     text = ranks_text(at, lambda cs: f"{cs[1]} ({cs[0]})")
@@ -128,10 +126,10 @@ def check_tensor_meta(rc: RanksContext) -> Iterable[Finding]:
     common = set.intersection(*[set(m) for m in metas.values()])
     for cid in sorted(c for c in common if c is not None):
         ops = {r: [_meta_key(op) for op in m[cid]] for r, m in metas.items()}
-        pos = _first_difference(ops)
+        pos = first_difference(ops)
         if pos is None:
             continue
-        at = {r: (o[pos] if pos < len(o) else ("nothing", "")) for r, o in ops.items()}
+        at = at_position(ops, pos, ("nothing", ""))
         yield rank_finding(
             f"compiled graph {cid} works on different tensors per rank: op #{pos + 1} is "
             + ranks_text(at, lambda o: f"{o[0]} -> {o[1] or 'no output'}"),
@@ -176,10 +174,10 @@ def check_execution_order(rc: RanksContext) -> Iterable[Finding]:
     known = {r: o for r, o in orders.items() if o}
     if len(known) < 2:
         return
-    pos = _first_difference(known)
+    pos = first_difference(known)
     if pos is None:
         return
-    at = {r: (o[pos] if pos < len(o) else "nothing") for r, o in known.items()}
+    at = at_position(known, pos, "nothing")
     cid = next((CompileId.parse(c) for c in at.values() if CompileId.parse(c)), None)
     yield rank_finding(
         f"ranks ran their compiled graphs in a different order: call #{pos + 1} runs "

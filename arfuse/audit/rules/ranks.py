@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from arfuse import optable
 from arfuse.audit.findings import Finding, Location
@@ -86,6 +86,21 @@ def ranks_text(by_rank: Mapping[int, _V], fmt: Callable[[_V], str]) -> str:
         who = f"rank {rs[0]}" if len(rs) == 1 else f"ranks {', '.join(map(str, rs))}"
         parts.append(f"{who}: {text}")
     return "; ".join(parts)
+
+
+def first_difference(seqs: Mapping[int, Sequence[Any]]) -> int | None:
+    """The first position where the ranks' sequences differ (a sequence that has ended differs
+    from one that has not), or None where they are all the same."""
+    longest = max((len(s) for s in seqs.values()), default=0)
+    for i in range(longest):
+        if len({repr(s[i]) if i < len(s) else None for s in seqs.values()}) > 1:
+            return i
+    return None
+
+
+def at_position(seqs: Mapping[int, Sequence[_V]], pos: int, missing: _V) -> dict[int, _V]:
+    """Each rank's item at `pos`; `missing` where its sequence ended before it."""
+    return {r: (s[pos] if pos < len(s) else missing) for r, s in seqs.items()}
 
 
 def _user_frame(nodes: Iterable[Node]) -> Frame | None:
@@ -367,15 +382,7 @@ def check_fusion(rc: RanksContext) -> Iterable[Finding]:
         if len({tuple(p) for p in placement.values()}) < 2 and len(set(counts.values())) < 2:
             continue
         # the first position where the ranks differ: its node's line is the finding's line
-        longest = max(len(p) for p in placement.values())
-        pos = next(
-            (
-                i
-                for i in range(longest)
-                if len({p[i] if i < len(p) else None for p in placement.values()}) > 1
-            ),
-            0,
-        )
+        pos = first_difference(placement) or 0  # 0: only the match counts differ
         where = _user_frame(nodes[pos] for nodes in fused.values() if pos < len(nodes)) or rc.frame(
             cid
         )
@@ -448,13 +455,9 @@ def check_collectives(rc: RanksContext) -> Iterable[Finding]:
         seqs = {r: [n.op for n in ns] for r, ns in nodes.items()}
         if len({tuple(s) for s in seqs.values()}) < 2:
             continue
-        longest = max(len(s) for s in seqs.values())
-        pos = next(
-            i
-            for i in range(longest)
-            if len({s[i] if i < len(s) else None for s in seqs.values()}) > 1
-        )
-        at = {r: (s[pos] if pos < len(s) else "nothing") for r, s in seqs.items()}
+        pos = first_difference(seqs)
+        assert pos is not None  # the sequences differ (checked above)
+        at = at_position(seqs, pos, "nothing")
         where = _user_frame(ns[pos] for ns in nodes.values() if pos < len(ns)) or rc.frame(cid)
         yield rank_finding(
             f"compiled graph {cid} issues different collectives per rank (a hang): collective "
