@@ -1064,3 +1064,37 @@ def check_fp8_of_float32_norm(form: str = "rms_norm", limit: int | None = None) 
                 for g, w_ in zip(got, want, strict=True)
             ]
     return _pass_counts(fusion) | {"errors": errors, "graphs": len(capture.graphs)}
+
+
+def check_hf_branch(name: str, limit: int = 8, sizes=(5, 12, 3)) -> dict:
+    """A tiny HF model under DTensor TP compiled by Inductor with the bare pass and a fusion
+    limit, called as a user calls it (input_ids, attention_mask): every chain a branch on the
+    token count; how often the op ran per size, errors vs eager, frames compiled."""
+    from torch._dynamo.utils import counters
+    from torch._inductor import config as inductor_config
+
+    inductor_config.force_disable_caches = True
+    model = _hf_model(name)
+    fusion = arfuse.AllReduceFusionPass(arfuse.FusionConfig(fused_max_tokens=limit))
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, options={"post_grad_custom_post_pass": fusion})
+    errors, calls = {}, {}
+    with counting_op_calls() as counter, torch.no_grad():
+        for seq in sizes:
+            ids = torch.randint(0, 128, (1, seq), generator=torch.Generator().manual_seed(seq))
+            mask = torch.ones(1, seq, dtype=torch.long)
+            torch._dynamo.maybe_mark_dynamic(ids, 1)
+            torch._dynamo.maybe_mark_dynamic(mask, 1)
+            before = counter.calls
+            got = compiled(input_ids=ids, attention_mask=mask, use_cache=False)
+            calls[seq] = counter.calls - before
+            want = model(input_ids=ids, attention_mask=mask, use_cache=False)
+            errors[seq] = rel_l2(got.last_hidden_state.float(), want.last_hidden_state.float())
+    return {
+        "matched": dict(fusion.matched),
+        "skipped": fusion.skipped,
+        "calls": calls,
+        "errors": errors,
+        "frames": counters["stats"]["unique_graphs"],
+    }

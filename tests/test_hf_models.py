@@ -75,3 +75,23 @@ def test_ranges_auto_finds_the_dtensor_allreduce(group2):
     DTensor TP that is RowwiseParallel's Partial -> Replicate redistribute."""
     r = group2.run(dc.check_hf_allreduce_in_dynamo_graph)[0]
     assert r == {"shape": [64], "dtype": "torch.float32", "group": r["group"], "world": 2}
+
+
+@pytest.mark.parametrize(
+    "name,spec",
+    [
+        ("llama", "c10d/hf/res+ar/none"),
+        ("qwen3", "c10d/hf/res+ar/none"),
+        ("mistral", "c10d/hf/res+ar/none"),
+        ("gemma3", "c10d/gemma/none/none"),
+    ],
+)
+def test_bare_pass_branch_on_a_tp_model_called_as_users_call_it(group2, name, spec):
+    """Issue 24: compiled by Inductor with the bare pass and a fusion limit of 8 tokens, each
+    of the 4 chains is a run-time branch: the op runs at 3 and 5 tokens, plain Inductor's chain
+    at 12 (the op is not called), one graph for all three, outputs as eager (float32)."""
+    r = group2.run(dc.check_hf_branch, name, timeout=420)[0]
+    assert r["matched"] == {spec: 4} and r["skipped"] == []
+    assert r["calls"] == {5: 4, 12: 0, 3: 4}
+    assert r["frames"] == 1
+    assert all(e <= 1e-5 for e in r["errors"].values()), r["errors"]
